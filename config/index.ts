@@ -1,0 +1,144 @@
+/**
+ * Connection settings shared by every part of the pipeline (producer, processor, sink, the local
+ * stack and the tests). One place names the environment variables and their defaults, so the
+ * local stack, `docker-compose.yml` and the library always agree.
+ *
+ * @module
+ */
+import { z } from "zod";
+
+/** Environment variable names, by setting. */
+export const ENV_NAMES = Object.freeze({
+  kafkaBrokers: "KAFKA_BROKERS",
+  schemaRegistryUrl: "SCHEMA_REGISTRY_URL",
+  databaseUrl: "DATABASE_URL",
+  topicPrefix: "MCPO_TOPIC_PREFIX",
+} as const);
+
+/** Default values: the addresses the local stack and `docker-compose.yml` listen on. */
+export const DEFAULTS = Object.freeze({
+  kafkaBrokers: "127.0.0.1:9092",
+  /** Apicurio Registry's Confluent-compatible API (ccompat v7). */
+  schemaRegistryUrl: "http://127.0.0.1:8081/apis/ccompat/v7",
+  databaseUrl: "postgresql://postgres@127.0.0.1:5432/mcp_observatory",
+  topicPrefix: "mcpo.",
+} as const);
+
+/** Validated, frozen connection settings. */
+export interface ConnectionConfig {
+  /** Bootstrap brokers as `host:port`, at least one. */
+  readonly kafkaBrokers: readonly string[];
+  /** Base URL of a Confluent-compatible schema registry (no trailing slash). */
+  readonly schemaRegistryUrl: string;
+  /** A `postgres://` or `postgresql://` connection string. */
+  readonly databaseUrl: string;
+  /** Prefix of every topic name the project creates, e.g. `mcpo.` gives `mcpo.model-calls`. */
+  readonly topicPrefix: string;
+}
+
+/** Invalid configuration: names the key (option or environment variable) that was wrong. */
+export class ConfigError extends Error {
+  readonly code = "CONFIG_INVALID";
+  /** The option or environment variable at fault. */
+  readonly key: string;
+
+  constructor(key: string, message: string, options?: { cause?: unknown }) {
+    super(`invalid configuration ${key}: ${message}`, options);
+    this.name = "ConfigError";
+    this.key = key;
+  }
+}
+
+const hostPort = z
+  .string()
+  .trim()
+  .regex(/^[A-Za-z0-9.[\]:-]+:\d{1,5}$/, "expected host:port");
+
+const brokersSchema = z
+  .string()
+  .trim()
+  .min(1, "expected a comma-separated list of host:port")
+  .transform((value) => value.split(",").map((part) => part.trim()))
+  .pipe(z.array(hostPort).min(1));
+
+const httpUrl = z
+  .url({ protocol: /^https?$/, error: "expected an http(s) URL" })
+  .transform((value) => value.replace(/\/+$/, ""));
+
+const postgresUrl = z.url({
+  protocol: /^postgres(ql)?$/,
+  error: "expected a postgres:// or postgresql:// URL",
+});
+
+const topicPrefix = z
+  .string()
+  .regex(/^[A-Za-z0-9._-]*$/, "only letters, digits, '.', '_' and '-' are allowed in topic names");
+
+function parseKey<T>(schema: z.ZodType<T>, key: string, value: string): T {
+  const result = schema.safeParse(value);
+  if (!result.success) {
+    const detail = result.error.issues.map((issue) => issue.message).join("; ");
+    throw new ConfigError(key, `${detail} (got ${JSON.stringify(value)})`);
+  }
+  return result.data;
+}
+
+/** Options that override the environment; each falls back to its variable, then to the default. */
+export interface ConnectionOptions {
+  kafkaBrokers?: string | readonly string[];
+  schemaRegistryUrl?: string;
+  databaseUrl?: string;
+  topicPrefix?: string;
+}
+
+/**
+ * Resolves connection settings: option, then environment variable, then default.
+ *
+ * @throws {ConfigError} naming the option or variable whose value is invalid.
+ */
+export function loadConnectionConfig(
+  options: ConnectionOptions = {},
+  env: NodeJS.ProcessEnv = process.env,
+): ConnectionConfig {
+  const pick = (
+    key: keyof typeof ENV_NAMES,
+    option: string | undefined,
+  ): { key: string; value: string } => {
+    if (option !== undefined) return { key, value: option };
+    const fromEnv = env[ENV_NAMES[key]];
+    if (fromEnv !== undefined && fromEnv !== "") return { key: ENV_NAMES[key], value: fromEnv };
+    return { key: ENV_NAMES[key], value: DEFAULTS[key] };
+  };
+  const brokersOption = Array.isArray(options.kafkaBrokers)
+    ? options.kafkaBrokers.join(",")
+    : (options.kafkaBrokers as string | undefined);
+
+  const brokers = pick("kafkaBrokers", brokersOption);
+  const registry = pick("schemaRegistryUrl", options.schemaRegistryUrl);
+  const database = pick("databaseUrl", options.databaseUrl);
+  const prefix = pick("topicPrefix", options.topicPrefix);
+
+  return Object.freeze({
+    kafkaBrokers: Object.freeze(parseKey(brokersSchema, brokers.key, brokers.value)),
+    schemaRegistryUrl: parseKey(httpUrl, registry.key, registry.value),
+    databaseUrl: parseKey(postgresUrl, database.key, database.value),
+    topicPrefix: parseKey(topicPrefix, prefix.key, prefix.value),
+  });
+}
+
+/** The port of a `host:port` address or URL, for checks that compare configurations. */
+export function portOf(address: string): number {
+  const url = address.includes("://") ? new URL(address) : new URL(`tcp://${address}`);
+  if (url.port !== "") return Number(url.port);
+  switch (url.protocol) {
+    case "http:":
+      return 80;
+    case "https:":
+      return 443;
+    case "postgres:":
+    case "postgresql:":
+      return 5432;
+    default:
+      throw new ConfigError("address", `no port in ${JSON.stringify(address)}`);
+  }
+}

@@ -1,0 +1,162 @@
+import { existsSync, readFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+import { ConfigError, DEFAULTS, loadConnectionConfig, portOf } from "../../config/index.js";
+
+/** Where this package's own files are: the repository root in development, the package root once installed. */
+export const PACKAGE_ROOT = findPackageRoot(dirname(fileURLToPath(import.meta.url)));
+
+function findPackageRoot(start: string): string {
+  let dir = start;
+  for (;;) {
+    if (
+      existsSync(join(dir, "package.json")) &&
+      existsSync(join(dir, "scripts", "stack", "pom.xml"))
+    )
+      return dir;
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error(`cannot find scripts/stack/pom.xml above ${start}`);
+    dir = parent;
+  }
+}
+
+/** The versions the stack runs, read from `scripts/stack/pom.xml` (the one place they are named). */
+export interface StackVersions {
+  readonly kafka: string;
+  readonly apicurio: string;
+  readonly log4j: string;
+}
+
+export const POM_PATH = join(PACKAGE_ROOT, "scripts", "stack", "pom.xml");
+
+export function readStackVersions(pomPath: string = POM_PATH): StackVersions {
+  const pom = readFileSync(pomPath, "utf8");
+  const property = (name: string): string => {
+    const match = new RegExp(`<${name.replace(/\./g, "\\.")}>([^<]+)</`).exec(pom);
+    if (!match?.[1]) throw new Error(`${pomPath} has no <${name}> property`);
+    return match[1].trim();
+  };
+  return Object.freeze({
+    kafka: property("kafka.version"),
+    apicurio: property("apicurio.version"),
+    log4j: property("log4j.version"),
+  });
+}
+
+/** Environment variables that configure the local stack. */
+export const STACK_ENV = Object.freeze({
+  dir: "STACK_DIR",
+  kafkaPort: "STACK_KAFKA_PORT",
+  kafkaControllerPort: "STACK_KAFKA_CONTROLLER_PORT",
+  registryPort: "STACK_REGISTRY_PORT",
+  registryManagementPort: "STACK_REGISTRY_MANAGEMENT_PORT",
+  kafkaHeap: "STACK_KAFKA_HEAP",
+  registryHeap: "STACK_REGISTRY_HEAP",
+  javaHome: "STACK_JAVA_HOME",
+  registryJavaHome: "STACK_REGISTRY_JAVA_HOME",
+  startTimeoutMs: "STACK_START_TIMEOUT_MS",
+} as const);
+
+/** Validated settings of the local stack. Ports are loopback ports. */
+export interface StackConfig {
+  /** Folder for downloads, data, logs and pid records (git-ignored `.stack/` by default). */
+  readonly dir: string;
+  readonly kafkaPort: number;
+  readonly kafkaControllerPort: number;
+  readonly registryPort: number;
+  /** Apicurio's Quarkus management interface (health, metrics); bound to loopback. */
+  readonly registryManagementPort: number;
+  /** JVM heap, e.g. `512m`. */
+  readonly kafkaHeap: string;
+  readonly registryHeap: string;
+  /** JDK for Kafka (Java 17+); undefined means `JAVA_HOME`, then `java` on PATH. */
+  readonly javaHome: string | undefined;
+  /** JDK for Apicurio Registry (Java 21+); undefined means: search for one. */
+  readonly registryJavaHome: string | undefined;
+  /** How long `up` waits for each service to answer, in ms. */
+  readonly startTimeoutMs: number;
+  /** The PostgreSQL the stack checks and creates its database in. */
+  readonly databaseUrl: string;
+  readonly versions: StackVersions;
+}
+
+function parsePort(env: NodeJS.ProcessEnv, key: string, fallback: number): number {
+  const raw = env[key];
+  if (raw === undefined || raw === "") return fallback;
+  const port = Number(raw);
+  if (!Number.isInteger(port) || port < 1 || port > 65535)
+    throw new ConfigError(key, `expected a port number 1-65535 (got ${JSON.stringify(raw)})`);
+  return port;
+}
+
+function parseHeap(env: NodeJS.ProcessEnv, key: string, fallback: string): string {
+  const raw = env[key];
+  if (raw === undefined || raw === "") return fallback;
+  if (!/^\d+[mMgG]$/.test(raw))
+    throw new ConfigError(
+      key,
+      `expected a JVM heap size such as 512m or 1g (got ${JSON.stringify(raw)})`,
+    );
+  return raw;
+}
+
+function parsePositiveInt(env: NodeJS.ProcessEnv, key: string, fallback: number): number {
+  const raw = env[key];
+  if (raw === undefined || raw === "") return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value <= 0)
+    throw new ConfigError(key, `expected a positive integer (got ${JSON.stringify(raw)})`);
+  return value;
+}
+
+/**
+ * Resolves the stack's settings from the environment. The Kafka and registry ports default to the
+ * ports of the project's connection defaults, so the stack serves exactly what the library expects.
+ *
+ * @throws {ConfigError} naming the variable whose value is invalid.
+ */
+export function loadStackConfig(env: NodeJS.ProcessEnv = process.env): StackConfig {
+  const connection = loadConnectionConfig({}, env);
+  const defaultKafkaPort = portOf(DEFAULTS.kafkaBrokers);
+  const defaultRegistryPort = portOf(DEFAULTS.schemaRegistryUrl);
+  const config: StackConfig = {
+    dir: resolve(env[STACK_ENV.dir] ?? join(PACKAGE_ROOT, ".stack")),
+    kafkaPort: parsePort(env, STACK_ENV.kafkaPort, defaultKafkaPort),
+    kafkaControllerPort: parsePort(env, STACK_ENV.kafkaControllerPort, defaultKafkaPort + 1),
+    registryPort: parsePort(env, STACK_ENV.registryPort, defaultRegistryPort),
+    registryManagementPort: parsePort(env, STACK_ENV.registryManagementPort, 9081),
+    kafkaHeap: parseHeap(env, STACK_ENV.kafkaHeap, "512m"),
+    registryHeap: parseHeap(env, STACK_ENV.registryHeap, "512m"),
+    javaHome: env[STACK_ENV.javaHome] ?? env.JAVA_HOME ?? undefined,
+    registryJavaHome: env[STACK_ENV.registryJavaHome] ?? undefined,
+    startTimeoutMs: parsePositiveInt(env, STACK_ENV.startTimeoutMs, 180_000),
+    databaseUrl: connection.databaseUrl,
+    versions: readStackVersions(),
+  };
+  const ports = new Map<number, string>();
+  for (const [key, port] of [
+    [STACK_ENV.kafkaPort, config.kafkaPort],
+    [STACK_ENV.kafkaControllerPort, config.kafkaControllerPort],
+    [STACK_ENV.registryPort, config.registryPort],
+    [STACK_ENV.registryManagementPort, config.registryManagementPort],
+  ] as const) {
+    const other = ports.get(port);
+    if (other !== undefined) throw new ConfigError(key, `port ${port} is already used by ${other}`);
+    ports.set(port, key);
+  }
+  return Object.freeze(config);
+}
+
+/** The connection settings a client uses to reach this stack. */
+export function stackEndpoints(config: StackConfig): {
+  kafkaBrokers: string;
+  schemaRegistryUrl: string;
+  databaseUrl: string;
+} {
+  return {
+    kafkaBrokers: `127.0.0.1:${config.kafkaPort}`,
+    schemaRegistryUrl: `http://127.0.0.1:${config.registryPort}/apis/ccompat/v7`,
+    databaseUrl: config.databaseUrl,
+  };
+}

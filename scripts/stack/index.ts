@@ -1,0 +1,472 @@
+/**
+ * The local stack without Docker: a single-node KRaft Apache Kafka broker and Apicurio Registry,
+ * both from Maven Central and run with this machine's Java, plus a check of the PostgreSQL that
+ * `DATABASE_URL` names. `up` is idempotent, `down` stops only what `up` started.
+ *
+ * @module
+ */
+import { execFile } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { createHash } from "node:crypto";
+
+import { POM_PATH, STACK_ENV, stackEndpoints, type StackConfig } from "./config.js";
+import {
+  ensurePostgresDatabase,
+  kafkaRoundTrip,
+  postgresSelectOne,
+  registryRoundTrip,
+  setGlobalCompatibility,
+} from "./probes.js";
+import {
+  findJava,
+  isRunning,
+  portIsFree,
+  readRecord,
+  removeRecord,
+  sleep,
+  StackError,
+  startDetached,
+  stopProcess,
+  tail,
+  type Java,
+  type ProcessRecord,
+} from "./process.js";
+
+export { loadStackConfig, stackEndpoints, STACK_ENV, type StackConfig } from "./config.js";
+export { StackError } from "./process.js";
+
+const execFileAsync = promisify(execFile);
+
+/** The processes the stack runs. PostgreSQL is not one: the stack uses the one that runs. */
+export type StackService = "kafka" | "registry";
+const SERVICES: readonly StackService[] = ["kafka", "registry"];
+
+/** Progress lines; the CLI prints them, tests may collect them. */
+export type StackLog = (line: string) => void;
+
+/** What `up` did. */
+export interface StackUpResult {
+  readonly endpoints: ReturnType<typeof stackEndpoints>;
+  /** Services this call started; those already running are not listed. */
+  readonly started: readonly StackService[];
+  /** Whether Maven had to fetch the distributions in this call. */
+  readonly downloaded: boolean;
+  readonly elapsedMs: number;
+}
+
+/**
+ * Brings the stack up and waits until each service really answers: a Kafka produce/consume round
+ * trip, a schema registration, and `select 1` on PostgreSQL (creating its database if needed).
+ *
+ * @throws {StackError} with a code: Java or Maven missing, a port taken, a service that did not start.
+ */
+export async function stackUp(
+  config: StackConfig,
+  log: StackLog = () => undefined,
+): Promise<StackUpResult> {
+  const started = Date.now();
+  mkdirSync(join(config.dir, "logs"), { recursive: true });
+
+  const database = await ensurePostgresDatabase(config.databaseUrl);
+  await postgresSelectOne(config.databaseUrl);
+  log(`postgres  ${redact(config.databaseUrl)} answers (database ${database})`);
+
+  const running = new Map<StackService, ProcessRecord>();
+  for (const service of SERVICES) {
+    const record = readRecord(config.dir, service);
+    if (record && isRunning(record)) running.set(service, record);
+    else if (record) removeRecord(config.dir, service);
+  }
+  const toStart = SERVICES.filter((service) => !running.has(service));
+  for (const service of toStart) await assertPortsFree(config, service);
+
+  let downloaded = false;
+  if (toStart.length > 0) downloaded = await ensureDownloads(config, log);
+
+  const startedNow: StackService[] = [];
+  const kafkaJava = toStart.includes("kafka")
+    ? await findJava({
+        purpose: `Apache Kafka ${config.versions.kafka}`,
+        minMajor: 17,
+        home: config.javaHome,
+        homeKey: `${STACK_ENV.javaHome} or JAVA_HOME`,
+        searchJvmFolder: false,
+      })
+    : undefined;
+  const registryJava = toStart.includes("registry")
+    ? await findJava({
+        purpose: `Apicurio Registry ${config.versions.apicurio}`,
+        minMajor: 21,
+        home: config.registryJavaHome,
+        homeKey: STACK_ENV.registryJavaHome,
+        searchJvmFolder: true,
+      })
+    : undefined;
+
+  if (kafkaJava) {
+    await startKafka(config, kafkaJava, log);
+    startedNow.push("kafka");
+  }
+  if (registryJava) {
+    startRegistry(config, registryJava, log);
+    startedNow.push("registry");
+  }
+
+  const endpoints = stackEndpoints(config);
+  await Promise.all([
+    waitUntil(config, "kafka", () => kafkaRoundTrip(endpoints.kafkaBrokers, 15_000)),
+    waitUntil(config, "registry", async () => {
+      await setGlobalCompatibility(endpoints.schemaRegistryUrl, "BACKWARD");
+      await registryRoundTrip(endpoints.schemaRegistryUrl);
+    }),
+  ]);
+  log(
+    `kafka     ${endpoints.kafkaBrokers} answers (Apache Kafka ${config.versions.kafka}, KRaft, produce/consume round trip)`,
+  );
+  log(
+    `registry  ${endpoints.schemaRegistryUrl} answers (Apicurio Registry ${config.versions.apicurio}, schema registered)`,
+  );
+  const elapsedMs = Date.now() - started;
+  return { endpoints, started: startedNow, downloaded, elapsedMs };
+}
+
+/** What `down` did per service. */
+export type StackDownResult = Record<StackService, "stopped" | "killed" | "not-running">;
+
+/** Stops the processes `up` recorded (and only those): SIGTERM, then SIGKILL after 30 s. */
+export async function stackDown(
+  config: StackConfig,
+  log: StackLog = () => undefined,
+): Promise<StackDownResult> {
+  const result: Partial<StackDownResult> = {};
+  // The registry first: it is the client of nothing here, but Kafka's controlled shutdown is slower.
+  await Promise.all(
+    [...SERVICES].reverse().map(async (service) => {
+      const record = readRecord(config.dir, service);
+      const outcome = record ? await stopProcess(record, 30_000) : "not-running";
+      removeRecord(config.dir, service);
+      result[service] = outcome;
+      log(
+        `${service.padEnd(9)} ${outcome}${record && outcome !== "not-running" ? ` (pid ${record.pid})` : ""}`,
+      );
+    }),
+  );
+  return result as StackDownResult;
+}
+
+/** One service's state. */
+export interface ServiceStatus {
+  readonly service: StackService | "postgres";
+  readonly running: boolean;
+  readonly answers: boolean;
+  readonly pid: number | undefined;
+  readonly address: string;
+  readonly detail: string;
+}
+
+/** Reports whether each service runs (by recorded pid) and answers (a quick round trip). */
+export async function stackStatus(config: StackConfig): Promise<readonly ServiceStatus[]> {
+  const endpoints = stackEndpoints(config);
+  const check = async (probe: () => Promise<unknown>): Promise<string | undefined> => {
+    try {
+      await probe();
+      return undefined;
+    } catch (error) {
+      return (error as Error).message;
+    }
+  };
+  const statuses: ServiceStatus[] = [];
+  for (const service of SERVICES) {
+    const record = readRecord(config.dir, service);
+    const running = record !== undefined && isRunning(record);
+    const address = service === "kafka" ? endpoints.kafkaBrokers : endpoints.schemaRegistryUrl;
+    const failure = await check(() =>
+      service === "kafka"
+        ? kafkaRoundTrip(endpoints.kafkaBrokers, 10_000)
+        : registryRoundTrip(endpoints.schemaRegistryUrl),
+    );
+    statuses.push({
+      service,
+      running,
+      answers: failure === undefined,
+      pid: running ? record.pid : undefined,
+      address,
+      detail:
+        failure ??
+        (running ? "started by this stack" : "answers, but was not started by this stack"),
+    });
+  }
+  const pgFailure = await check(() => postgresSelectOne(endpoints.databaseUrl));
+  statuses.push({
+    service: "postgres",
+    running: pgFailure === undefined,
+    answers: pgFailure === undefined,
+    pid: undefined,
+    address: redact(endpoints.databaseUrl),
+    detail: pgFailure ?? "select 1 answered",
+  });
+  return statuses;
+}
+
+async function assertPortsFree(config: StackConfig, service: StackService): Promise<void> {
+  const ports: [number, string][] =
+    service === "kafka"
+      ? [
+          [config.kafkaPort, STACK_ENV.kafkaPort],
+          [config.kafkaControllerPort, STACK_ENV.kafkaControllerPort],
+        ]
+      : [
+          [config.registryPort, STACK_ENV.registryPort],
+          [config.registryManagementPort, STACK_ENV.registryManagementPort],
+        ];
+  for (const [port, key] of ports) {
+    if (!(await portIsFree(port)))
+      throw new StackError(
+        "PORT_TAKEN",
+        `port ${port} for ${service} is taken by a process this stack did not start. ` +
+          `Stop it, or choose another port with ${key}=<port>.`,
+      );
+  }
+}
+
+/** Fetches the distributions through Maven once; later calls find them in the stack folder. */
+async function ensureDownloads(config: StackConfig, log: StackLog): Promise<boolean> {
+  const pomHash = createHash("sha256").update(readFileSync(POM_PATH)).digest("hex").slice(0, 16);
+  const marker = join(config.dir, "dist", `.installed-${pomHash}`);
+  if (existsSync(marker) && existsSync(kafkaHome(config)) && existsSync(registryHome(config)))
+    return false;
+  log(
+    `fetching Kafka ${config.versions.kafka} and Apicurio Registry ${config.versions.apicurio} through Maven…`,
+  );
+  try {
+    await execFileAsync("mvn", ["-v"], { timeout: 60_000 });
+  } catch (error) {
+    throw new StackError(
+      "MAVEN_MISSING",
+      "Maven (mvn) is needed once to fetch Kafka and Apicurio Registry from Maven Central, and it was not found. " +
+        "Install it (e.g. apt-get install maven), or point KAFKA_BROKERS, SCHEMA_REGISTRY_URL and DATABASE_URL at running services.",
+      { cause: error },
+    );
+  }
+  try {
+    await execFileAsync(
+      "mvn",
+      ["-q", "-B", "-f", POM_PATH, `-Dstack.dir=${config.dir}`, "package"],
+      { timeout: 20 * 60_000, maxBuffer: 64 * 1024 * 1024 },
+    );
+  } catch (error) {
+    const output = error as { stdout?: string; stderr?: string };
+    throw new StackError(
+      "DOWNLOAD_FAILED",
+      `Maven could not fetch the stack's distributions:\n${(output.stdout ?? "") + (output.stderr ?? "")}`,
+      { cause: error },
+    );
+  }
+  writeFileSync(marker, new Date().toISOString());
+  return true;
+}
+
+function kafkaHome(config: StackConfig): string {
+  return join(config.dir, "dist", `kafka-${config.versions.kafka}`);
+}
+
+function registryHome(config: StackConfig): string {
+  return join(config.dir, "dist", `apicurio-registry-${config.versions.apicurio}`);
+}
+
+async function startKafka(config: StackConfig, java: Java, log: StackLog): Promise<void> {
+  const home = join(config.dir, "kafka");
+  const dataDir = join(home, "data");
+  mkdirSync(dataDir, { recursive: true });
+  const properties = join(home, "server.properties");
+  writeFileSync(properties, kafkaProperties(config, dataDir));
+  const log4j = join(home, "log4j2.xml");
+  writeFileSync(log4j, KAFKA_LOG4J2);
+  const classpath = `${join(kafkaHome(config), "libs")}/*`;
+  const logFile = join(config.dir, "logs", "kafka.log");
+
+  if (!existsSync(join(dataDir, "meta.properties"))) {
+    const clusterId = randomBytes(16).toString("base64url");
+    try {
+      await execFileAsync(
+        java.executable,
+        [
+          `-Dlog4j2.configurationFile=${log4j}`,
+          "-cp",
+          classpath,
+          "kafka.tools.StorageTool",
+          "format",
+          "-t",
+          clusterId,
+          "-c",
+          properties,
+        ],
+        { timeout: 120_000 },
+      );
+    } catch (error) {
+      const output = error as { stdout?: string; stderr?: string };
+      throw new StackError(
+        "START_FAILED",
+        `formatting Kafka storage failed:\n${(output.stdout ?? "") + (output.stderr ?? "")}`,
+        {
+          cause: error,
+        },
+      );
+    }
+    log(`kafka     storage formatted in ${dataDir} (cluster ${clusterId})`);
+  }
+  startDetached({
+    stackDir: config.dir,
+    service: "kafka",
+    command: java.executable,
+    args: [
+      `-Xms${config.kafkaHeap}`,
+      `-Xmx${config.kafkaHeap}`,
+      "-XX:+UseG1GC",
+      "-XX:MaxGCPauseMillis=20",
+      "-Djava.awt.headless=true",
+      `-Dlog4j2.configurationFile=${log4j}`,
+      `-Dmcpo.stack=${config.dir}`,
+      "-cp",
+      classpath,
+      "kafka.Kafka",
+      properties,
+    ],
+    cwd: home,
+    log: logFile,
+    marker: `-Dmcpo.stack=${config.dir}`,
+  });
+  log(`kafka     starting with Java ${java.major} (log: ${logFile})`);
+}
+
+function startRegistry(config: StackConfig, java: Java, log: StackLog): void {
+  const home = join(config.dir, "registry");
+  mkdirSync(join(home, "data"), { recursive: true });
+  const logFile = join(config.dir, "logs", "registry.log");
+  startDetached({
+    stackDir: config.dir,
+    service: "registry",
+    command: java.executable,
+    args: [
+      `-Xmx${config.registryHeap}`,
+      "-XX:+UseSerialGC",
+      `-Dmcpo.stack=${config.dir}`,
+      "-Dquarkus.http.host=127.0.0.1",
+      `-Dquarkus.http.port=${config.registryPort}`,
+      "-Dquarkus.management.host=127.0.0.1",
+      `-Dquarkus.management.port=${config.registryManagementPort}`,
+      "-Dquarkus.http.access-log.enabled=false",
+      // Persist schemas across restarts: Kafka keeps records that carry these schema ids.
+      "-Dapicurio.storage.kind=sql",
+      "-Dapicurio.storage.sql.kind=h2",
+      `-Dapicurio.datasource.url=jdbc:h2:file:${join(home, "data", "registry")}`,
+      "-jar",
+      join(registryHome(config), "quarkus-run.jar"),
+    ],
+    cwd: home,
+    log: logFile,
+    marker: `-Dmcpo.stack=${config.dir}`,
+  });
+  log(`registry  starting with Java ${java.major} (log: ${logFile})`);
+}
+
+/** Polls `probe` until it passes; fails fast when the recorded process has died. */
+async function waitUntil(
+  config: StackConfig,
+  service: StackService,
+  probe: () => Promise<void>,
+): Promise<void> {
+  const deadline = Date.now() + config.startTimeoutMs;
+  let lastError: unknown;
+  for (;;) {
+    try {
+      await probe();
+      return;
+    } catch (error) {
+      lastError = error;
+    }
+    const record = readRecord(config.dir, service);
+    if (record && !isRunning(record)) {
+      removeRecord(config.dir, service);
+      throw new StackError(
+        "START_FAILED",
+        `${service} exited during start-up. Last lines of ${record.log}:\n${tail(record.log)}`,
+      );
+    }
+    if (Date.now() > deadline) {
+      throw new StackError(
+        "START_TIMEOUT",
+        `${service} did not answer within ${config.startTimeoutMs} ms (last error: ${(lastError as Error).message}). ` +
+          `See ${record?.log ?? join(config.dir, "logs")}.`,
+        { cause: lastError },
+      );
+    }
+    await sleep(500);
+  }
+}
+
+function kafkaProperties(config: StackConfig, dataDir: string): string {
+  const lines = [
+    "# Written by the mcp-observatory local stack on every start; edit scripts/stack instead.",
+    "process.roles=broker,controller",
+    "node.id=1",
+    `controller.quorum.voters=1@127.0.0.1:${config.kafkaControllerPort}`,
+    `listeners=PLAINTEXT://127.0.0.1:${config.kafkaPort},CONTROLLER://127.0.0.1:${config.kafkaControllerPort}`,
+    `advertised.listeners=PLAINTEXT://127.0.0.1:${config.kafkaPort}`,
+    "controller.listener.names=CONTROLLER",
+    "inter.broker.listener.name=PLAINTEXT",
+    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+    `log.dirs=${dataDir}`,
+    "num.partitions=3",
+    // One node: internal topics cannot have more than one replica.
+    "offsets.topic.replication.factor=1",
+    "offsets.topic.num.partitions=10",
+    "transaction.state.log.replication.factor=1",
+    "transaction.state.log.min.isr=1",
+    "transaction.state.log.num.partitions=10",
+    "share.coordinator.state.topic.replication.factor=1",
+    "share.coordinator.state.topic.min.isr=1",
+    "default.replication.factor=1",
+    "min.insync.replicas=1",
+    "group.initial.rebalance.delay.ms=0",
+    "auto.create.topics.enable=true",
+    "delete.topic.enable=true",
+    "log.retention.hours=168",
+    "log.segment.bytes=104857600",
+    "num.network.threads=2",
+    "num.io.threads=4",
+    "background.threads=4",
+    "log.cleaner.threads=1",
+    "log.cleaner.dedupe.buffer.size=16777216",
+  ];
+  return `${lines.join("\n")}\n`;
+}
+
+const KAFKA_LOG4J2 = `<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders>
+    <Console name="stdout" target="SYSTEM_OUT">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+    </Console>
+  </Appenders>
+  <Loggers>
+    <Logger name="kafka.request.logger" level="WARN"/>
+    <Logger name="state.change.logger" level="WARN"/>
+    <Logger name="kafka.log.LogCleaner" level="WARN"/>
+    <Logger name="org.apache.kafka.storage.internals.log" level="WARN"/>
+    <Logger name="org.apache.kafka.raft" level="WARN"/>
+    <Root level="INFO">
+      <AppenderRef ref="stdout"/>
+    </Root>
+  </Loggers>
+</Configuration>
+`;
+
+function redact(url: string): string {
+  const parsed = new URL(url);
+  if (parsed.password !== "") parsed.password = "***";
+  return parsed.toString();
+}

@@ -1,0 +1,178 @@
+import { randomUUID } from "node:crypto";
+
+import { Kafka, logLevel } from "kafkajs";
+import pg from "pg";
+
+import { StackError } from "./process.js";
+
+const PROBE_TOPIC = "__mcpo_stack_probe";
+
+/**
+ * A real produce/consume round trip: creates the probe topic if needed, starts a consumer in a
+ * fresh group, produces a unique value and waits until that value comes back.
+ */
+export async function kafkaRoundTrip(brokers: string, timeoutMs: number): Promise<void> {
+  const kafka = new Kafka({
+    clientId: "mcpo-stack-probe",
+    brokers: [brokers],
+    logLevel: logLevel.NOTHING,
+    connectionTimeout: 3000,
+    retry: { retries: 2 },
+  });
+  const admin = kafka.admin();
+  const producer = kafka.producer({ allowAutoTopicCreation: false });
+  const groupId = `__mcpo_stack_probe_${randomUUID()}`;
+  const consumer = kafka.consumer({ groupId, sessionTimeout: 10_000, rebalanceTimeout: 10_000 });
+  const value = randomUUID();
+  try {
+    await admin.connect();
+    const topics = await admin.listTopics();
+    if (!topics.includes(PROBE_TOPIC)) {
+      await admin.createTopics({
+        waitForLeaders: true,
+        topics: [
+          {
+            topic: PROBE_TOPIC,
+            numPartitions: 1,
+            configEntries: [{ name: "retention.ms", value: String(60 * 60 * 1000) }],
+          },
+        ],
+      });
+    }
+    await consumer.connect();
+    await consumer.subscribe({ topic: PROBE_TOPIC, fromBeginning: true });
+    const seen = new Promise<void>((resolve) => {
+      void consumer.run({
+        eachMessage: ({ message }) => {
+          if (message.value?.toString() === value) resolve();
+          return Promise.resolve();
+        },
+      });
+    });
+    await producer.connect();
+    await producer.send({ topic: PROBE_TOPIC, acks: -1, messages: [{ value }] });
+    await withTimeout(seen, timeoutMs, "the probe message did not come back");
+  } finally {
+    await Promise.allSettled([consumer.disconnect(), producer.disconnect()]);
+    await admin.deleteGroups([groupId]).catch(() => undefined);
+    await admin.disconnect();
+  }
+}
+
+/** Registers a small Avro schema through the ccompat API and reads it back by id. */
+export async function registryRoundTrip(baseUrl: string): Promise<number> {
+  const schema = JSON.stringify({
+    type: "record",
+    name: "StackProbe",
+    namespace: "io.mcpobservatory.stack",
+    fields: [{ name: "at", type: "long" }],
+  });
+  const registered = await requestJson(`${baseUrl}/subjects/${PROBE_TOPIC}-value/versions`, {
+    method: "POST",
+    body: JSON.stringify({ schema }),
+  });
+  const id = (registered as { id?: unknown }).id;
+  if (typeof id !== "number")
+    throw new Error(`registry answered without an id: ${JSON.stringify(registered)}`);
+  const fetched = (await requestJson(`${baseUrl}/schemas/ids/${id}`)) as { schema?: unknown };
+  if (typeof fetched.schema !== "string") throw new Error(`schema ${id} could not be read back`);
+  return id;
+}
+
+/**
+ * Sets the registry's global compatibility level. Apicurio's default is NONE; our event contract
+ * promises BACKWARD evolution, so the stack says so explicitly.
+ */
+export async function setGlobalCompatibility(baseUrl: string, level: "BACKWARD"): Promise<void> {
+  await requestJson(`${baseUrl}/config`, {
+    method: "PUT",
+    body: JSON.stringify({ compatibility: level }),
+  });
+}
+
+async function requestJson(
+  url: string,
+  init: { method?: string; body?: string } = {},
+): Promise<unknown> {
+  const response = await fetch(url, {
+    method: init.method ?? "GET",
+    headers: {
+      "content-type": "application/vnd.schemaregistry.v1+json",
+      accept: "application/json",
+    },
+    ...(init.body === undefined ? {} : { body: init.body }),
+    signal: AbortSignal.timeout(5000),
+  });
+  const text = await response.text();
+  if (!response.ok)
+    throw new Error(`${init.method ?? "GET"} ${url}: HTTP ${response.status} ${text}`);
+  return JSON.parse(text) as unknown;
+}
+
+/**
+ * Checks the PostgreSQL server behind `databaseUrl` (`select 1`) and creates its database when it
+ * does not exist yet.
+ *
+ * @returns whether the database was created.
+ * @throws {StackError} `POSTGRES_UNAVAILABLE` when the server does not answer.
+ */
+export async function ensurePostgresDatabase(databaseUrl: string): Promise<"created" | "exists"> {
+  const target = new URL(databaseUrl);
+  const database = decodeURIComponent(target.pathname.replace(/^\//, "")) || "postgres";
+  const admin = new URL(databaseUrl);
+  admin.pathname = "/postgres";
+  const client = new pg.Client({
+    connectionString: admin.toString(),
+    connectionTimeoutMillis: 5000,
+  });
+  try {
+    await client.connect();
+  } catch (error) {
+    throw new StackError(
+      "POSTGRES_UNAVAILABLE",
+      `PostgreSQL at ${target.host} does not answer (${(error as Error).message}). Start it ` +
+        `(on Debian: pg_ctlcluster --skip-systemctl-redirect <version> main start) or set DATABASE_URL.`,
+      { cause: error },
+    );
+  }
+  try {
+    await client.query("select 1");
+    const exists = await client.query("select 1 from pg_database where datname = $1", [database]);
+    if (exists.rowCount === 0) {
+      try {
+        await client.query(`create database ${pg.escapeIdentifier(database)}`);
+        return "created";
+      } catch (error) {
+        // 42P04 duplicate_database: created concurrently by another process; that is fine.
+        if ((error as { code?: string }).code !== "42P04") throw error;
+      }
+    }
+    return "exists";
+  } finally {
+    await client.end();
+  }
+}
+
+/** `select 1` against the database itself. */
+export async function postgresSelectOne(databaseUrl: string): Promise<void> {
+  const client = new pg.Client({ connectionString: databaseUrl, connectionTimeoutMillis: 5000 });
+  await client.connect();
+  try {
+    const result = await client.query<{ one: number }>("select 1 as one");
+    if (result.rows[0]?.one !== 1) throw new Error("select 1 did not return 1");
+  } finally {
+    await client.end();
+  }
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      reject(new Error(`${what} within ${ms} ms`));
+    }, ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => {
+    clearTimeout(timer);
+  });
+}
