@@ -1,12 +1,19 @@
 #!/usr/bin/env node
 /**
- * `npm run stack -- up|down|status`: the local stack from the command line.
+ * `npm run stack -- up|down|status|fetch`: the local stack from the command line.
  * Exit codes: 0 ok, 1 failure, 2 bad usage or configuration, 3 (status) something is down.
  */
 import { ConfigError } from "../../config/index.js";
-import { loadStackConfig, stackDown, StackError, stackStatus, stackUp } from "./index.js";
+import {
+  ensureDownloads,
+  loadStackConfig,
+  stackDown,
+  StackError,
+  stackStatus,
+  stackUp,
+} from "./index.js";
 
-const USAGE = "usage: mcp-observatory-stack up|down|status";
+const USAGE = "usage: mcp-observatory-stack up|down|status|fetch";
 
 async function main(argv: readonly string[]): Promise<number> {
   const command = argv[0];
@@ -24,6 +31,11 @@ async function main(argv: readonly string[]): Promise<number> {
       print(`export KAFKA_BROKERS=${result.endpoints.kafkaBrokers}`);
       print(`export SCHEMA_REGISTRY_URL=${result.endpoints.schemaRegistryUrl}`);
       print(`export DATABASE_URL=${result.endpoints.databaseUrl}`);
+      return 0;
+    }
+    case "fetch": {
+      const downloaded = await ensureDownloads(config, print);
+      print(downloaded ? `fetched into ${config.distDir}` : `already in ${config.distDir}`);
       return 0;
     }
     case "down": {

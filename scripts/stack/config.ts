@@ -47,6 +47,7 @@ export function readStackVersions(pomPath: string = POM_PATH): StackVersions {
 /** Environment variables that configure the local stack. */
 export const STACK_ENV = Object.freeze({
   dir: "STACK_DIR",
+  distDir: "STACK_DIST_DIR",
   kafkaPort: "STACK_KAFKA_PORT",
   kafkaControllerPort: "STACK_KAFKA_CONTROLLER_PORT",
   registryPort: "STACK_REGISTRY_PORT",
@@ -62,6 +63,8 @@ export const STACK_ENV = Object.freeze({
 export interface StackConfig {
   /** Folder for downloads, data, logs and pid records (git-ignored `.stack/` by default). */
   readonly dir: string;
+  /** Folder of the downloaded distributions (`<dir>/dist` by default); stacks may share one. */
+  readonly distDir: string;
   readonly kafkaPort: number;
   readonly kafkaControllerPort: number;
   readonly registryPort: number;
@@ -120,8 +123,10 @@ export function loadStackConfig(env: NodeJS.ProcessEnv = process.env): StackConf
   const connection = loadConnectionConfig({}, env);
   const defaultKafkaPort = portOf(DEFAULTS.kafkaBrokers);
   const defaultRegistryPort = portOf(DEFAULTS.schemaRegistryUrl);
+  const dir = resolve(env[STACK_ENV.dir] ?? join(PACKAGE_ROOT, ".stack"));
   const config: StackConfig = {
-    dir: resolve(env[STACK_ENV.dir] ?? join(PACKAGE_ROOT, ".stack")),
+    dir,
+    distDir: resolve(env[STACK_ENV.distDir] ?? join(dir, "dist")),
     kafkaPort: parsePort(env, STACK_ENV.kafkaPort, defaultKafkaPort),
     kafkaControllerPort: parsePort(env, STACK_ENV.kafkaControllerPort, defaultKafkaPort + 1),
     registryPort: parsePort(env, STACK_ENV.registryPort, defaultRegistryPort),

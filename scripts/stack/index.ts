@@ -136,15 +136,19 @@ export async function stackUp(
 /** What `down` did per service. */
 export type StackDownResult = Record<StackService, "stopped" | "killed" | "not-running">;
 
-/** Stops the processes `up` recorded (and only those): SIGTERM, then SIGKILL after 30 s. */
+/**
+ * Stops the processes `up` recorded (and only those; by default every service, else the ones
+ * named): SIGTERM, then SIGKILL after 30 s.
+ */
 export async function stackDown(
   config: StackConfig,
   log: StackLog = () => undefined,
-): Promise<StackDownResult> {
+  services: readonly StackService[] = SERVICES,
+): Promise<Partial<StackDownResult>> {
   const result: Partial<StackDownResult> = {};
   // The registry first: it is the client of nothing here, but Kafka's controlled shutdown is slower.
   await Promise.all(
-    [...SERVICES].reverse().map(async (service) => {
+    [...services].reverse().map(async (service) => {
       const record = readRecord(config.dir, service);
       const outcome = record ? await stopProcess(record, 30_000) : "not-running";
       removeRecord(config.dir, service);
@@ -154,7 +158,7 @@ export async function stackDown(
       );
     }),
   );
-  return result as StackDownResult;
+  return result;
 }
 
 /** One service's state. */
@@ -232,10 +236,18 @@ async function assertPortsFree(config: StackConfig, service: StackService): Prom
   }
 }
 
-/** Fetches the distributions through Maven once; later calls find them in the stack folder. */
-async function ensureDownloads(config: StackConfig, log: StackLog): Promise<boolean> {
+/**
+ * Fetches the distributions through Maven once (Maven's local repository caches the artifacts);
+ * later calls find them in the dist folder and return false without running Maven.
+ *
+ * @throws {StackError} `MAVEN_MISSING` or `DOWNLOAD_FAILED`.
+ */
+export async function ensureDownloads(
+  config: StackConfig,
+  log: StackLog = () => undefined,
+): Promise<boolean> {
   const pomHash = createHash("sha256").update(readFileSync(POM_PATH)).digest("hex").slice(0, 16);
-  const marker = join(config.dir, "dist", `.installed-${pomHash}`);
+  const marker = join(config.distDir, `.installed-${pomHash}`);
   if (existsSync(marker) && existsSync(kafkaHome(config)) && existsSync(registryHome(config)))
     return false;
   log(
@@ -254,7 +266,7 @@ async function ensureDownloads(config: StackConfig, log: StackLog): Promise<bool
   try {
     await execFileAsync(
       "mvn",
-      ["-q", "-B", "-f", POM_PATH, `-Dstack.dir=${config.dir}`, "package"],
+      ["-q", "-B", "-f", POM_PATH, `-Dstack.dist.dir=${config.distDir}`, "package"],
       { timeout: 20 * 60_000, maxBuffer: 64 * 1024 * 1024 },
     );
   } catch (error) {
@@ -270,11 +282,11 @@ async function ensureDownloads(config: StackConfig, log: StackLog): Promise<bool
 }
 
 function kafkaHome(config: StackConfig): string {
-  return join(config.dir, "dist", `kafka-${config.versions.kafka}`);
+  return join(config.distDir, `kafka-${config.versions.kafka}`);
 }
 
 function registryHome(config: StackConfig): string {
-  return join(config.dir, "dist", `apicurio-registry-${config.versions.apicurio}`);
+  return join(config.distDir, `apicurio-registry-${config.versions.apicurio}`);
 }
 
 async function startKafka(config: StackConfig, java: Java, log: StackLog): Promise<void> {

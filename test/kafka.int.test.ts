@@ -1,0 +1,138 @@
+import type { Admin } from "kafkajs";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { createTopics, testKafka, uniqueName } from "./support/isolation.js";
+
+/** Consumes until `count` messages arrived (or fails after `timeoutMs`). */
+async function consume(
+  groupId: string,
+  topic: string,
+  count: number,
+  options: { readCommitted?: boolean; timeoutMs?: number } = {},
+): Promise<{ key: string; value: string; partition: number; offset: string }[]> {
+  const consumer = testKafka().consumer({
+    groupId,
+    sessionTimeout: 10_000,
+    readUncommitted: options.readCommitted === false,
+  });
+  const received: { key: string; value: string; partition: number; offset: string }[] = [];
+  await consumer.connect();
+  try {
+    await consumer.subscribe({ topic, fromBeginning: true });
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(new Error(`only ${received.length} of ${count} messages within the timeout`));
+      }, options.timeoutMs ?? 30_000);
+      void consumer.run({
+        eachMessage: ({ message, partition }) => {
+          received.push({
+            key: message.key?.toString() ?? "",
+            value: message.value?.toString() ?? "",
+            partition,
+            offset: message.offset,
+          });
+          if (received.length >= count) {
+            clearTimeout(timer);
+            resolve();
+          }
+          return Promise.resolve();
+        },
+      });
+    });
+  } finally {
+    await consumer.disconnect();
+  }
+  return received;
+}
+
+describe("Kafka (real broker)", () => {
+  const kafka = testKafka();
+  let admin: Admin;
+  const topic = uniqueName("smoke");
+
+  beforeAll(async () => {
+    admin = kafka.admin();
+    await admin.connect();
+    await createTopics(admin, [{ topic, numPartitions: 3 }]);
+  });
+
+  afterAll(async () => {
+    await admin.deleteTopics({ topics: [topic] }).catch(() => undefined);
+    await admin.disconnect();
+  });
+
+  it("creates a topic with the partitions asked for", async () => {
+    const metadata = await admin.fetchTopicMetadata({ topics: [topic] });
+    expect(metadata.topics[0]?.partitions).toHaveLength(3);
+  });
+
+  it("round-trips keyed messages through a consumer group, in order per key", async () => {
+    const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+    await producer.connect();
+    const keys = ["svc-a", "svc-b", "svc-c", "svc-d"];
+    const messages = Array.from({ length: 40 }, (_, i) => ({
+      key: keys[i % keys.length] ?? "",
+      value: `m-${String(i).padStart(2, "0")}`,
+    }));
+    await producer.send({ topic, acks: -1, messages });
+    await producer.disconnect();
+
+    const received = await consume(uniqueName("group"), topic, messages.length);
+    expect(received).toHaveLength(40);
+    expect(new Set(received.map((m) => m.value))).toEqual(new Set(messages.map((m) => m.value)));
+    for (const key of keys) {
+      const ofKey = received.filter((m) => m.key === key);
+      // One key, one partition: that is what keeps a service's windows complete on a partition.
+      expect(new Set(ofKey.map((m) => m.partition)).size).toBe(1);
+      expect(ofKey.map((m) => m.value)).toEqual(
+        messages.filter((m) => m.key === key).map((m) => m.value),
+      );
+    }
+  });
+
+  it("resumes a consumer group from its committed offsets", async () => {
+    const resumeTopic = uniqueName("resume");
+    await createTopics(admin, [{ topic: resumeTopic }]);
+    const producer = kafka.producer();
+    await producer.connect();
+    await producer.send({
+      topic: resumeTopic,
+      messages: [{ value: "first-1" }, { value: "first-2" }],
+    });
+    const groupId = uniqueName("group");
+    const first = await consume(groupId, resumeTopic, 2);
+    expect(first.map((m) => m.value)).toEqual(["first-1", "first-2"]);
+
+    await producer.send({ topic: resumeTopic, messages: [{ value: "second-1" }] });
+    await producer.disconnect();
+    const second = await consume(groupId, resumeTopic, 1);
+    expect(second.map((m) => m.value)).toEqual(["second-1"]);
+    const offsets = await admin.fetchOffsets({ groupId, topics: [resumeTopic] });
+    expect(offsets[0]?.partitions[0]?.offset).toBe("3");
+  });
+
+  it("runs transactions on one node: committed records are read, aborted ones are not", async () => {
+    const txTopic = uniqueName("tx");
+    await createTopics(admin, [{ topic: txTopic }]);
+    const producer = kafka.producer({
+      transactionalId: uniqueName("txid"),
+      idempotent: true,
+      maxInFlightRequests: 1,
+    });
+    await producer.connect();
+    const aborted = await producer.transaction();
+    await aborted.send({ topic: txTopic, messages: [{ value: "aborted" }] });
+    await aborted.abort();
+    const committed = await producer.transaction();
+    await committed.send({ topic: txTopic, messages: [{ value: "committed" }] });
+    await committed.commit();
+    await producer.disconnect();
+
+    const readCommitted = await consume(uniqueName("group"), txTopic, 1);
+    expect(readCommitted.map((m) => m.value)).toEqual(["committed"]);
+    const readUncommitted = await consume(uniqueName("group"), txTopic, 2, {
+      readCommitted: false,
+    });
+    expect(readUncommitted.map((m) => m.value)).toEqual(["aborted", "committed"]);
+  });
+});
