@@ -20,7 +20,13 @@ export async function kafkaRoundTrip(brokers: string, timeoutMs: number): Promis
     retry: { retries: 2 },
   });
   const admin = kafka.admin();
-  const producer = kafka.producer({ allowAutoTopicCreation: false });
+  // Idempotent: its InitProducerId waits for the transaction coordinator, which a fresh broker
+  // loads after it starts serving plain requests.
+  const producer = kafka.producer({
+    allowAutoTopicCreation: false,
+    idempotent: true,
+    maxInFlightRequests: 1,
+  });
   const groupId = `__mcpo_stack_probe_${randomUUID()}`;
   const consumer = kafka.consumer({ groupId, sessionTimeout: 10_000, rebalanceTimeout: 10_000 });
   const value = randomUUID();
