@@ -12,22 +12,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadStackConfig } from "../scripts/stack/config.js";
 import { runTs, type CommandResult } from "./support/cli.js";
 import { services } from "./support/isolation.js";
+import { freePort } from "./support/ports.js";
 
 const CLI = "scripts/stack/cli.ts";
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => {
-        if (typeof address === "object" && address !== null) resolve(address.port);
-        else reject(new Error("no port"));
-      });
-    });
-  });
-}
 
 /** Loopback-only check: the local addresses that listen on `port`, from /proc/net/tcp{,6}. */
 function listeningAddresses(port: number): string[] {

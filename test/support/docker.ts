@@ -1,7 +1,6 @@
-import { createServer } from "node:net";
-
 import type { ServiceEndpoints } from "./endpoints.js";
 import { IMAGES } from "./images.js";
+import { freePort } from "./ports.js";
 
 /** Whether a Docker (or compatible) engine answers, as testcontainers sees it. */
 export async function dockerAvailable(): Promise<boolean> {
@@ -12,20 +11,6 @@ export async function dockerAvailable(): Promise<boolean> {
   } catch {
     return false;
   }
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => {
-        if (typeof address === "object" && address !== null) resolve(address.port);
-        else reject(new Error("no port"));
-      });
-    });
-  });
 }
 
 /**
