@@ -10,8 +10,6 @@ export type CompatibilityLevel =
 
 /** A registry call that failed, with the HTTP status and the registry's own error code. */
 export class SchemaRegistryError extends Error {
-  readonly code = "SCHEMA_REGISTRY_ERROR";
-
   constructor(
     message: string,
     /** HTTP status, or undefined when the registry did not answer. */
@@ -21,6 +19,8 @@ export class SchemaRegistryError extends Error {
     /** 5xx and network failures are worth retrying; 4xx are not. */
     readonly retriable: boolean,
     options?: { cause?: unknown },
+    /** `SCHEMA_INCOMPATIBLE`: the registry refused a schema as incompatible with the subject. */
+    readonly code: "SCHEMA_REGISTRY_ERROR" | "SCHEMA_INCOMPATIBLE" = "SCHEMA_REGISTRY_ERROR",
   ) {
     super(message, options);
     this.name = "SchemaRegistryError";

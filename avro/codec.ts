@@ -1,0 +1,357 @@
+/**
+ * Encode and decode contract records in the Confluent wire format — magic byte 0, a 4-byte
+ * big-endian schema id, then the Avro binary body — with schemas registered in and fetched from a
+ * Confluent-compatible registry through `@kafkajs/confluent-schema-registry` (which uses `avsc`).
+ *
+ * Encoding validates first and throws {@link EncodeError} for a value that breaks the contract
+ * (a bug in the caller). Decoding never throws for bad input: it returns a {@link DecodeResult}
+ * whose error says what was wrong and where, for the consumers' dead-letter topic.
+ */
+import { COMPATIBILITY, SchemaRegistry, SchemaType } from "@kafkajs/confluent-schema-registry";
+import avro from "avsc";
+
+import type { EventContract } from "./contracts.js";
+import {
+  SchemaRegistryError,
+  setSubjectCompatibility,
+  type CompatibilityLevel,
+} from "./registry.js";
+
+/** The Confluent wire format's magic byte. */
+export const MAGIC_BYTE = 0;
+/** Magic byte and schema id. */
+export const WIRE_HEADER_BYTES = 5;
+
+/** Why a record could not be decoded into a valid value. */
+export type DecodeErrorCode =
+  /** Shorter than the 5-byte header, or the Avro body ends early. */
+  | "TRUNCATED"
+  /** The first byte is not 0: not Confluent wire format. */
+  | "BAD_MAGIC_BYTE"
+  /** The registry has no schema with this id. */
+  | "UNKNOWN_SCHEMA_ID"
+  /** The registry did not answer; retrying later may succeed. */
+  | "REGISTRY_UNAVAILABLE"
+  /** The writer's schema cannot be read as this contract's record (another record, an incompatible version). */
+  | "INCOMPATIBLE_WRITER_SCHEMA"
+  /** The Avro body does not decode (bad union or enum index, trailing bytes, …). */
+  | "MALFORMED_BODY"
+  /** The body decodes but a field breaks the contract (out of range, NaN, bad id, …). */
+  | "INVALID_FIELD";
+
+/** A decoding failure, as a value. `message` says what and where, for dead-letter headers. */
+export interface DecodeError {
+  readonly code: DecodeErrorCode;
+  readonly message: string;
+  /** The schema id from the header, when the header was readable. */
+  readonly schemaId: number | undefined;
+  /** For `INVALID_FIELD`: the field's path. */
+  readonly path: string | undefined;
+  /** Whether the same bytes may decode later (only `REGISTRY_UNAVAILABLE`). */
+  readonly retriable: boolean;
+}
+
+/** The outcome of decoding one record. */
+export type DecodeResult<T> =
+  | { readonly ok: true; readonly value: T; readonly schemaId: number }
+  | { readonly ok: false; readonly error: DecodeError };
+
+/** Encoding refused a value that breaks the contract; a bug in the caller, not bad input. */
+export class EncodeError extends Error {
+  readonly code = "INVALID_EVENT";
+  constructor(
+    readonly record: string,
+    readonly path: string,
+    readonly reason: string,
+  ) {
+    super(`cannot encode ${record}: ${path} ${reason}`);
+    this.name = "EncodeError";
+  }
+}
+
+/** Options of {@link AvroCodec.register}. */
+export interface CodecOptions {
+  /** Base URL of the registry's Confluent-compatible API. */
+  readonly registryUrl: string;
+  /** The subject, usually `<topic>-value` (see {@link valueSubject}). */
+  readonly subject: string;
+  /**
+   * The subject's compatibility level, set explicitly before registering. Default
+   * `FULL_TRANSITIVE`: consumers replay the log from its beginning (so they read every older
+   * version: backward, transitively) while producers inside users' servers upgrade at their own
+   * pace (so older consumers read newer records: forward). Optional fields with defaults are the
+   * only changes this allows, which is how the contract evolves.
+   */
+  readonly compatibility?: CompatibilityLevel;
+  /** A registry client to share (its schema cache is shared too); one is made otherwise. */
+  readonly registry?: SchemaRegistry;
+}
+
+/** The TopicNameStrategy subject of a topic's values. */
+export function valueSubject(topic: string): string {
+  return `${topic}-value`;
+}
+
+/** A registry client with the retry and avsc settings the codec expects. */
+export function createRegistryClient(registryUrl: string): SchemaRegistry {
+  return new SchemaRegistry({
+    host: registryUrl,
+    clientId: "mcp-observatory",
+    retry: { retries: 2, initialRetryTimeInSecs: 0.1, maxRetryTimeInSecs: 2 },
+  });
+}
+
+interface WriterEntry {
+  /** undefined: the writer is the reader's own schema; no resolution needed. */
+  readonly resolver: avro.Resolver | undefined;
+  readonly error: DecodeError | undefined;
+}
+
+const INITIAL_SCRATCH_BYTES = 16 * 1024;
+
+/**
+ * Codec of one contract record on one subject. Create with {@link AvroCodec.register}: it sets
+ * the subject's compatibility, registers the contract's schema (idempotent: the same schema gets
+ * the same id) and keeps the id. Writer schemas met while decoding are fetched once by id and
+ * cached with their resolvers.
+ */
+export class AvroCodec<T> {
+  private readonly readerType: avro.Type;
+  private readonly writers = new Map<number, WriterEntry>();
+  private scratch = Buffer.allocUnsafe(INITIAL_SCRATCH_BYTES);
+
+  private constructor(
+    readonly contract: EventContract<T>,
+    /** The id under which this codec's (writer) schema is registered. */
+    readonly schemaId: number,
+    readonly subject: string,
+    private readonly registry: SchemaRegistry,
+  ) {
+    this.readerType = avro.Type.forSchema(contract.schema as avro.Schema);
+    this.writers.set(schemaId, { resolver: undefined, error: undefined });
+  }
+
+  /**
+   * Sets the subject's compatibility explicitly, registers the contract's schema, and returns a
+   * codec that encodes with it.
+   *
+   * @throws {SchemaRegistryError} code `SCHEMA_INCOMPATIBLE` when the registry refuses the schema
+   *   as incompatible with the subject's earlier versions; `SCHEMA_REGISTRY_ERROR` otherwise.
+   */
+  static async register<T>(
+    contract: EventContract<T>,
+    options: CodecOptions,
+  ): Promise<AvroCodec<T>> {
+    const compatibility = options.compatibility ?? "FULL_TRANSITIVE";
+    const registry = options.registry ?? createRegistryClient(options.registryUrl);
+    await setSubjectCompatibility(options.registryUrl, options.subject, compatibility);
+    let id: number;
+    try {
+      ({ id } = await registry.register(
+        { type: SchemaType.AVRO, schema: JSON.stringify(contract.schema) },
+        { subject: options.subject, compatibility: COMPATIBILITY[compatibility] },
+      ));
+    } catch (error) {
+      throw toRegistryError(error, contract.name, options.subject, compatibility);
+    }
+    return new AvroCodec(contract, id, options.subject, registry);
+  }
+
+  /**
+   * Encodes a valid value in Confluent wire format with this codec's schema id.
+   *
+   * @throws {EncodeError} naming the field when the value breaks the contract.
+   */
+  encode(value: T): Buffer {
+    const issue = this.contract.check(value);
+    if (issue) throw new EncodeError(this.contract.name, issue.path, issue.reason);
+    for (;;) {
+      this.scratch[0] = MAGIC_BYTE;
+      this.scratch.writeInt32BE(this.schemaId, 1);
+      const end = this.readerType.encode(value, this.scratch, WIRE_HEADER_BYTES);
+      if (end >= 0) return Buffer.from(this.scratch.subarray(0, end));
+      // A negative end is how many bytes were missing.
+      this.scratch = Buffer.allocUnsafe(
+        Math.max(this.scratch.length * 2, this.scratch.length - end),
+      );
+    }
+  }
+
+  /**
+   * Decodes one record. Never throws for bad bytes: the result says what was wrong and where.
+   * Fetches the writer schema from the registry the first time an id is met.
+   */
+  async decode(buffer: Buffer): Promise<DecodeResult<T>> {
+    const header = readHeader(buffer);
+    if (!header.ok) return header;
+    if (!this.writers.has(header.schemaId)) {
+      try {
+        await this.loadWriter(header.schemaId);
+      } catch (error) {
+        return failure("REGISTRY_UNAVAILABLE", (error as Error).message, header.schemaId);
+      }
+    }
+    return this.decodeBody(buffer, header.schemaId);
+  }
+
+  /**
+   * Decodes synchronously when the record's writer schema is already known (the usual case),
+   * else returns undefined: call {@link decode} for that record.
+   */
+  decodeIfKnown(buffer: Buffer): DecodeResult<T> | undefined {
+    const header = readHeader(buffer);
+    if (!header.ok) return header;
+    if (!this.writers.has(header.schemaId)) return undefined;
+    return this.decodeBody(buffer, header.schemaId);
+  }
+
+  private decodeBody(buffer: Buffer, schemaId: number): DecodeResult<T> {
+    const writer = this.writers.get(schemaId);
+    if (writer?.error) return { ok: false, error: writer.error };
+    let decoded: { value: unknown; offset: number };
+    try {
+      decoded = this.readerType.decode(buffer, WIRE_HEADER_BYTES, writer?.resolver);
+    } catch (error) {
+      return failure(
+        "MALFORMED_BODY",
+        `Avro body does not decode: ${(error as Error).message}`,
+        schemaId,
+      );
+    }
+    if (decoded.offset < 0)
+      return failure("TRUNCATED", `Avro body ends early (${buffer.length} bytes in all)`, schemaId);
+    if (decoded.offset !== buffer.length)
+      return failure(
+        "MALFORMED_BODY",
+        `${buffer.length - decoded.offset} trailing byte(s) after the ${this.contract.name} record`,
+        schemaId,
+      );
+    const issue = this.contract.check(decoded.value);
+    if (issue)
+      return {
+        ok: false,
+        error: {
+          code: "INVALID_FIELD",
+          message: `${this.contract.name}.${issue.path} ${issue.reason} (got ${describe(issue.value)})`,
+          schemaId,
+          path: issue.path,
+          retriable: false,
+        },
+      };
+    return { ok: true, value: decoded.value as T, schemaId };
+  }
+
+  private async loadWriter(schemaId: number): Promise<void> {
+    let writerType: avro.Type;
+    try {
+      writerType = (await this.registry.getSchema(schemaId)) as unknown as avro.Type;
+    } catch (error) {
+      const status = (error as { status?: unknown }).status;
+      if (status === 404) {
+        this.writers.set(schemaId, {
+          resolver: undefined,
+          error: failure(
+            "UNKNOWN_SCHEMA_ID",
+            `the registry has no schema with id ${schemaId}`,
+            schemaId,
+          ).error,
+        });
+        return;
+      }
+      // Not cached: the next record with this id asks again.
+      throw new SchemaRegistryError(
+        `schema ${schemaId} could not be fetched: ${(error as Error).message}`,
+        typeof status === "number" ? status : undefined,
+        undefined,
+        true,
+        { cause: error },
+      );
+    }
+    try {
+      this.writers.set(schemaId, {
+        resolver: this.readerType.createResolver(writerType),
+        error: undefined,
+      });
+    } catch (error) {
+      this.writers.set(schemaId, {
+        resolver: undefined,
+        error: failure(
+          "INCOMPATIBLE_WRITER_SCHEMA",
+          `schema ${schemaId} (${String(writerType.name)}) cannot be read as ${this.contract.name}: ${(error as Error).message}`,
+          schemaId,
+        ).error,
+      });
+    }
+  }
+}
+
+/** Reads the wire header; a failure result when it is not Confluent wire format. */
+export function readHeader(
+  buffer: Buffer,
+):
+  | { readonly ok: true; readonly schemaId: number }
+  | { readonly ok: false; readonly error: DecodeError } {
+  if (buffer.length < WIRE_HEADER_BYTES)
+    return failure(
+      "TRUNCATED",
+      `${buffer.length} byte(s), shorter than the 5-byte wire header`,
+      undefined,
+    );
+  if (buffer[0] !== MAGIC_BYTE)
+    return failure(
+      "BAD_MAGIC_BYTE",
+      `magic byte is ${buffer[0]}, expected 0 (Confluent wire format)`,
+      undefined,
+    );
+  return { ok: true, schemaId: buffer.readInt32BE(1) };
+}
+
+function failure(
+  code: DecodeErrorCode,
+  message: string,
+  schemaId: number | undefined,
+): { readonly ok: false; readonly error: DecodeError } {
+  return {
+    ok: false,
+    error: { code, message, schemaId, path: undefined, retriable: code === "REGISTRY_UNAVAILABLE" },
+  };
+}
+
+function describe(value: unknown): string {
+  if (
+    typeof value === "number" ||
+    typeof value === "boolean" ||
+    value === null ||
+    value === undefined
+  )
+    return String(value);
+  const text = JSON.stringify(value);
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+}
+
+function toRegistryError(
+  error: unknown,
+  record: string,
+  subject: string,
+  compatibility: CompatibilityLevel,
+): SchemaRegistryError {
+  if (error instanceof SchemaRegistryError) return error;
+  const status = (error as { status?: unknown }).status;
+  const message = error instanceof Error ? error.message : String(error);
+  if (status === 409)
+    return new SchemaRegistryError(
+      `${record} schema is not ${compatibility} compatible with the earlier versions of subject ${subject}: ${message}`,
+      409,
+      409,
+      false,
+      { cause: error },
+      "SCHEMA_INCOMPATIBLE",
+    );
+  return new SchemaRegistryError(
+    `registering ${record} under ${subject} failed: ${message}`,
+    typeof status === "number" ? status : undefined,
+    undefined,
+    typeof status !== "number" || status >= 500,
+    { cause: error },
+  );
+}

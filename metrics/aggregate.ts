@@ -1,0 +1,116 @@
+import type { MetricRollup, MetricThresholds, ModelCallEvent } from "../avro/generated.js";
+import { DEFAULT_THRESHOLDS, WindowAccumulator } from "./accumulator.js";
+import { windowOf, type TimeWindow } from "./window.js";
+
+/**
+ * The accumulators of one service's windows: a service-level total per window (model null) and
+ * one per model. Events without a model count in the total only.
+ */
+export class ServiceWindows {
+  /** window start → model (null: total) → accumulator */
+  private readonly windows = new Map<number, Map<string | null, WindowAccumulator>>();
+
+  constructor(
+    readonly service: string,
+    readonly windowSizeMicros: number,
+    readonly thresholds: MetricThresholds = DEFAULT_THRESHOLDS,
+  ) {}
+
+  /** Counts an event (of this service) in its window, by `end_time`; returns the window. */
+  add(event: ModelCallEvent): TimeWindow {
+    const window = windowOf(event.end_time, this.windowSizeMicros);
+    const byModel = this.window(window.start);
+    this.accumulator(byModel, null).add(event);
+    if (event.model !== null) this.accumulator(byModel, event.model).add(event);
+    return window;
+  }
+
+  /** Counts a late event of the given model against a window that has already closed. */
+  addLate(windowStart: number, model: string | null, count = 1): void {
+    const byModel = this.window(windowStart);
+    this.accumulator(byModel, null).addLate(count);
+    if (model !== null) this.accumulator(byModel, model).addLate(count);
+  }
+
+  /** Open window starts, ascending. */
+  windowStarts(): number[] {
+    return [...this.windows.keys()].sort((a, b) => a - b);
+  }
+
+  /**
+   * Removes a window and returns its rollups: the service total first, then models by name.
+   * Empty when the window holds nothing.
+   */
+  close(windowStart: number): MetricRollup[] {
+    const byModel = this.windows.get(windowStart);
+    if (!byModel) return [];
+    this.windows.delete(windowStart);
+    const window = { start: windowStart, end: windowStart + this.windowSizeMicros };
+    return [...byModel.entries()]
+      .sort(([a], [b]) => (a === null ? -1 : b === null ? 1 : a < b ? -1 : a > b ? 1 : 0))
+      .map(([model, accumulator]) => accumulator.toRollup(this.service, model, window));
+  }
+
+  /** The accumulator of a window and model, if any (read-only use). */
+  peek(windowStart: number, model: string | null): WindowAccumulator | undefined {
+    return this.windows.get(windowStart)?.get(model);
+  }
+
+  private window(start: number): Map<string | null, WindowAccumulator> {
+    let byModel = this.windows.get(start);
+    if (!byModel) {
+      byModel = new Map();
+      this.windows.set(start, byModel);
+    }
+    return byModel;
+  }
+
+  private accumulator(
+    byModel: Map<string | null, WindowAccumulator>,
+    model: string | null,
+  ): WindowAccumulator {
+    let accumulator = byModel.get(model);
+    if (!accumulator) {
+      accumulator = new WindowAccumulator(this.thresholds);
+      byModel.set(model, accumulator);
+    }
+    return accumulator;
+  }
+}
+
+/**
+ * The compacted-topic key of a rollup: service, model (`*` for the total), window start and size
+ * (µs). Unique per (service, model, window).
+ */
+export function rollupKey(
+  rollup: Pick<MetricRollup, "service" | "model" | "window_start" | "window_end">,
+): string {
+  return `${rollup.service}|${rollup.model ?? "*"}|${rollup.window_start}|${rollup.window_end - rollup.window_start}`;
+}
+
+/**
+ * Every rollup of a bounded set of events, as a batch: sorted by service, window start, then
+ * model (total first). The reference the streaming processor's output must equal.
+ */
+export function rollupEvents(
+  events: Iterable<ModelCallEvent>,
+  windowSizeMicros: number,
+  thresholds: MetricThresholds = DEFAULT_THRESHOLDS,
+): MetricRollup[] {
+  const services = new Map<string, ServiceWindows>();
+  for (const event of events) {
+    let windows = services.get(event.service);
+    if (!windows) {
+      windows = new ServiceWindows(event.service, windowSizeMicros, thresholds);
+      services.set(event.service, windows);
+    }
+    windows.add(event);
+  }
+  const rollups: MetricRollup[] = [];
+  for (const service of [...services.keys()].sort()) {
+    const windows = services.get(service);
+    if (!windows) continue;
+    for (const start of windows.windowStarts()) rollups.push(...windows.close(start));
+  }
+  return rollups;
+}

@@ -1,0 +1,36 @@
+/**
+ * The one metrics core (DESIGN.md §4), pure code without I/O, used by the interceptor, the
+ * processor, the sink and replay alike: window assignment, accumulators of numerators and
+ * denominators, derived rates, latency sketches, and alert rules.
+ *
+ * @module
+ */
+export { DEFAULT_THRESHOLDS, merge, WindowAccumulator } from "./accumulator.js";
+export { rollupEvents, rollupKey, ServiceWindows } from "./aggregate.js";
+export { parseMetricsConfig, type MetricsConfig } from "./config.js";
+export {
+  deriveRates,
+  isMetricName,
+  LATENCY_METRICS,
+  METRIC_NAMES,
+  RATIO_METRICS,
+  sampleCount,
+  type CountName,
+  type LatencyMetric,
+  type MetricName,
+  type RatioDefinition,
+  type RatioMetric,
+} from "./rates.js";
+export {
+  AlertTracker,
+  alertId,
+  compare,
+  DEFAULT_ALERT_RULES,
+  evaluateRule,
+  type ActiveAlert,
+  type AlertRule,
+  type AlertTrackerState,
+  type RuleVerdict,
+} from "./rules.js";
+export { LATENCY_RELATIVE_ACCURACY, LatencySketch } from "./sketch.js";
+export { MICROS_PER_MILLI, MICROS_PER_SECOND, windowOf, type TimeWindow } from "./window.js";

@@ -1,0 +1,157 @@
+/**
+ * Generates `avro/generated.ts` from the `.avsc` files, the event contract's source of truth:
+ * TypeScript types for every record and enum, the schemas themselves as constants, and a table
+ * of the OpenTelemetry names the fields map to. `npm run gen:avro` writes the file;
+ * `test/avro-generated.unit.test.ts` fails when it is out of date.
+ */
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+/** The contract's schema files, in the order they are emitted. */
+export const SCHEMA_FILES = [
+  "ModelCallEvent.avsc",
+  "MetricRollup.avsc",
+  "AlertEvent.avsc",
+] as const;
+
+const AVRO_DIR = fileURLToPath(new URL("../avro/", import.meta.url));
+export const GENERATED_PATH = join(AVRO_DIR, "generated.ts");
+
+type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+interface AvroField {
+  name: string;
+  type: AvroType;
+  doc?: string;
+  default?: Json;
+  otel?: string;
+}
+type AvroType =
+  | string
+  | AvroType[]
+  | { type: "record"; name: string; doc?: string; fields: AvroField[] }
+  | { type: "enum"; name: string; symbols: string[]; doc?: string }
+  | { type: "map"; values: AvroType }
+  | { type: "array"; items: AvroType }
+  | { type: string; logicalType?: string };
+
+const PRIMITIVES: Record<string, string> = {
+  string: "string",
+  int: "number",
+  long: "number",
+  float: "number",
+  double: "number",
+  boolean: "boolean",
+  bytes: "Buffer",
+  null: "null",
+};
+
+function constName(name: string): string {
+  return name.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toUpperCase();
+}
+
+function docComment(text: string | undefined, indent: string): string {
+  if (text === undefined || text === "") return "";
+  return `${indent}/** ${text.replace(/\*\//g, "*\\/")} */\n`;
+}
+
+/** Emits declarations for named types (records, enums) depth-first, each once. */
+function collect(type: AvroType, out: string[], seen: Set<string>): string {
+  if (typeof type === "string") {
+    const primitive = PRIMITIVES[type];
+    if (primitive !== undefined) return primitive;
+    return type; // a reference to a named type emitted already
+  }
+  if (Array.isArray(type)) return type.map((branch) => collect(branch, out, seen)).join(" | ");
+  switch (type.type) {
+    case "record": {
+      const record = type as { name: string; doc?: string; fields: AvroField[] };
+      const lines = record.fields.map((field) => {
+        const tsType = collect(field.type, out, seen);
+        const doc =
+          field.doc === undefined
+            ? field.otel === undefined
+              ? undefined
+              : `OpenTelemetry: \`${field.otel}\`.`
+            : field.otel === undefined
+              ? field.doc
+              : `${field.doc} OpenTelemetry: \`${field.otel}\`.`;
+        return `${docComment(doc, "  ")}  readonly ${field.name}: ${tsType};\n`;
+      });
+      if (!seen.has(record.name)) {
+        seen.add(record.name);
+        out.push(
+          `${docComment(record.doc, "")}export interface ${record.name} {\n${lines.join("")}}\n`,
+        );
+      }
+      return record.name;
+    }
+    case "enum": {
+      const enumType = type as { name: string; symbols: string[]; doc?: string };
+      if (!seen.has(enumType.name)) {
+        seen.add(enumType.name);
+        const symbols = enumType.symbols.map((symbol) => JSON.stringify(symbol));
+        out.push(
+          `${docComment(enumType.doc, "")}export type ${enumType.name} = ${symbols.join(" | ")};\n` +
+            `/** The symbols of {@link ${enumType.name}}, in schema order. */\n` +
+            `export const ${constName(enumType.name)}_SYMBOLS: readonly ${enumType.name}[] = [${symbols.join(", ")}];\n`,
+        );
+      }
+      return enumType.name;
+    }
+    case "map":
+      return `Readonly<Record<string, ${collect((type as { values: AvroType }).values, out, seen)}>>`;
+    case "array":
+      return `readonly ${wrap(collect((type as { items: AvroType }).items, out, seen))}[]`;
+    default: {
+      const primitive = PRIMITIVES[type.type];
+      if (primitive === undefined) throw new Error(`unsupported Avro type ${JSON.stringify(type)}`);
+      return primitive;
+    }
+  }
+}
+
+function wrap(tsType: string): string {
+  return tsType.includes(" ") ? `(${tsType})` : tsType;
+}
+
+function otelRows(schema: AvroType, prefix: string, rows: string[]): void {
+  if (typeof schema !== "object" || Array.isArray(schema) || schema.type !== "record") return;
+  for (const field of (schema as { fields: AvroField[] }).fields) {
+    if (field.otel !== undefined)
+      rows.push(`  ${JSON.stringify(prefix + field.name)}: ${JSON.stringify(field.otel)},\n`);
+  }
+}
+
+/** The generated module's text. */
+export function generate(): string {
+  const out: string[] = [];
+  const seen = new Set<string>();
+  const schemaConsts: string[] = [];
+  const otel: string[] = [];
+  for (const file of SCHEMA_FILES) {
+    const schema = JSON.parse(readFileSync(join(AVRO_DIR, file), "utf8")) as AvroType;
+    collect(schema, out, seen);
+    const name = file.replace(/\.avsc$/, "");
+    schemaConsts.push(
+      `/** The schema of {@link ${name}}, as in avro/${file}. */\n` +
+        `export const ${constName(name)}_SCHEMA: AvroSchema = ${JSON.stringify(schema)};\n`,
+    );
+    otelRows(schema, `${name}.`, otel);
+  }
+  return (
+    "// Generated by scripts/gen-avro-types.ts from avro/*.avsc. Do not edit: run `npm run gen:avro`.\n\n" +
+    "/** A parsed Avro schema (JSON). */\n" +
+    "export type AvroSchema = Readonly<Record<string, unknown>>;\n\n" +
+    out.join("\n") +
+    "\n" +
+    schemaConsts.join("\n") +
+    "\n/** Record field → the OpenTelemetry attribute (or span field) it corresponds to. */\n" +
+    `export const OTEL_FIELD_MAPPING: Readonly<Record<string, string>> = {\n${otel.join("")}};\n`
+  );
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  writeFileSync(GENERATED_PATH, generate());
+  process.stdout.write(`wrote ${GENERATED_PATH}\n`);
+}
