@@ -29,6 +29,10 @@ export default tseslint.config(
         { considerDefaultExhaustiveForUnions: true },
       ],
       "no-empty": ["error", { allowEmptyCatch: false }],
+      "@typescript-eslint/no-unused-vars": [
+        "error",
+        { argsIgnorePattern: "^_", varsIgnorePattern: "^_", ignoreRestSiblings: true },
+      ],
     },
   },
   {

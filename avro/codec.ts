@@ -169,7 +169,12 @@ export class AvroCodec<T> {
       this.scratch[0] = MAGIC_BYTE;
       this.scratch.writeInt32BE(this.schemaId, 1);
       const end = this.readerType.encode(value, this.scratch, WIRE_HEADER_BYTES);
-      if (end >= 0) return Buffer.from(this.scratch.subarray(0, end));
+      if (end >= 0) {
+        // allocUnsafe takes small buffers from Node's pool: cheaper than a fresh allocation.
+        const out = Buffer.allocUnsafe(end);
+        this.scratch.copy(out, 0, 0, end);
+        return out;
+      }
       // A negative end is how many bytes were missing.
       this.scratch = Buffer.allocUnsafe(
         Math.max(this.scratch.length * 2, this.scratch.length - end),
@@ -226,7 +231,7 @@ export class AvroCodec<T> {
         `${buffer.length - decoded.offset} trailing byte(s) after the ${this.contract.name} record`,
         schemaId,
       );
-    const issue = this.contract.check(decoded.value);
+    const issue = this.contract.checkDecoded(decoded.value);
     if (issue)
       return {
         ok: false,

@@ -22,6 +22,11 @@ export interface EventContract<T> {
   readonly schema: AvroSchema;
   /** The first thing wrong with `value`, or undefined when it is a valid `T`. */
   readonly check: (value: unknown) => FieldIssue | undefined;
+  /**
+   * {@link check} for a value the Avro decoder of this schema produced: skips what the types
+   * already guarantee, checks ranges, formats, finite numbers and the cross-field rules.
+   */
+  readonly checkDecoded: (value: unknown) => FieldIssue | undefined;
   /** Type guard over {@link check}. */
   readonly is: (value: unknown) => value is T;
 }
@@ -35,12 +40,15 @@ export function defineContract<T>(
   crossFieldRules: (value: T) => FieldIssue | undefined = () => undefined,
 ): EventContract<T> {
   const validate = compileValidator(schema);
+  const validateDecoded = compileValidator(schema, { trustAvroTypes: true });
   const check = (value: unknown): FieldIssue | undefined =>
     validate(value) ?? crossFieldRules(value as T);
   return Object.freeze({
     name: String(schema.name),
     schema,
     check,
+    checkDecoded: (value: unknown): FieldIssue | undefined =>
+      validateDecoded(value) ?? crossFieldRules(value as T),
     is: (value: unknown): value is T => check(value) === undefined,
   });
 }

@@ -1,8 +1,14 @@
 /**
- * Validation of `unknown` values against the contract's Avro schemas, compiled once per schema.
- * Checks the Avro types (so a JSON or hand-built value is caught before encoding), finite numbers,
- * safe integers, and the contract's own field constraints, which the `.avsc` files carry as
- * attributes: `mcpo.min`, `mcpo.max`, `mcpo.pattern`, `mcpo.minLength`.
+ * Validation of `unknown` values against the contract's Avro schemas, compiled once per schema
+ * into plain closures (paths and patterns are fixed at compile time, so a valid value costs no
+ * allocation). Checks the Avro types (so a JSON or hand-built value is caught before encoding),
+ * finite numbers, exact integers, and the contract's own field constraints, which the `.avsc`
+ * files carry as attributes: `mcpo.min`, `mcpo.max`, `mcpo.minLength`, and `mcpo.format`
+ * (`uuid`, or `hex` with `mcpo.length` and optionally `mcpo.nonZero`).
+ *
+ * Records compile to generated code (as avsc does for its codecs), so each field is read by a
+ * fixed property name and checked inline on the valid path; a closure builds the issue only when
+ * a value fails.
  */
 import type { AvroSchema } from "./generated.js";
 
@@ -19,25 +25,41 @@ export interface FieldIssue {
 /** Returns the first issue found, or undefined when the value is valid. */
 export type Validator = (value: unknown) => FieldIssue | undefined;
 
-type Check = (value: unknown, path: string) => FieldIssue | undefined;
+/** A compiled check of the value at a fixed path. */
+type Check = (value: unknown) => FieldIssue | undefined;
 
 interface FieldSchema {
   name: string;
   type: unknown;
   "mcpo.min"?: number;
   "mcpo.max"?: number;
-  "mcpo.pattern"?: string;
   "mcpo.minLength"?: number;
+  "mcpo.format"?: "uuid" | "hex";
+  "mcpo.length"?: number;
+  "mcpo.nonZero"?: boolean;
 }
 
 const INT_MIN = -(2 ** 31);
 const INT_MAX = 2 ** 31 - 1;
 
+/** Options of {@link compileValidator}. */
+export interface ValidatorOptions {
+  /**
+   * The value comes from the Avro decoder of this same schema, so its types are right by
+   * construction: check only what Avro cannot say (ranges, formats, finite doubles).
+   */
+  readonly trustAvroTypes?: boolean;
+}
+
 /** Compiles a validator for a record schema (as in the `.avsc` files). */
-export function compileValidator(schema: AvroSchema): Validator {
-  const named = new Map<string, Check>();
-  const check = compileType(schema, undefined, named);
-  return (value) => check(value, "$");
+export function compileValidator(schema: AvroSchema, options: ValidatorOptions = {}): Validator {
+  const named: NamedTypes = new Map();
+  return compileType(
+    schema,
+    undefined,
+    "$",
+    Object.assign(named, { trusted: options.trustAvroTypes === true }),
+  );
 }
 
 function issue(path: string, reason: string, value: unknown): FieldIssue {
@@ -48,152 +70,277 @@ function join(path: string, name: string): string {
   return path === "$" ? name : `${path}.${name}`;
 }
 
+/** Named types (records, enums, fixed) by name; `trusted` as in {@link ValidatorOptions}. */
+type NamedTypes = Map<string, Record<string, unknown>> & { trusted?: boolean };
+
 function compileType(
   type: unknown,
   field: FieldSchema | undefined,
-  named: Map<string, Check>,
+  path: string,
+  named: NamedTypes,
 ): Check {
-  if (typeof type === "string") return compilePrimitive(type, field, named);
-  if (Array.isArray(type)) return compileUnion(type, field, named);
+  if (typeof type === "string") {
+    const definition = named.get(type);
+    return definition
+      ? compileType(definition, field, path, named)
+      : compilePrimitive(type, field, path);
+  }
+  if (Array.isArray(type)) return compileUnion(type, field, path, named);
   if (typeof type !== "object" || type === null)
     throw new Error(`bad Avro type ${JSON.stringify(type)}`);
   const object = type as Record<string, unknown>;
   switch (object.type) {
     case "record":
-      return compileRecord(object, named);
+      named.set(object.name as string, object);
+      return compileRecord(object, path, named);
     case "enum": {
+      named.set(object.name as string, object);
       const symbols = new Set(object.symbols as string[]);
-      const check: Check = (value, path) =>
-        typeof value === "string" && symbols.has(value)
-          ? undefined
-          : issue(path, `expected one of ${[...symbols].join(", ")}`, value);
-      named.set(object.name as string, check);
-      return check;
+      const reason = `expected one of ${[...symbols].join(", ")}`;
+      return (value) =>
+        typeof value === "string" && symbols.has(value) ? undefined : issue(path, reason, value);
     }
     case "map": {
-      const values = compileType(object.values, undefined, named);
-      return (value, path) => {
+      // Entries are checked at a placeholder path; a failure is reported at the entry's own path.
+      const values = compileType(object.values, undefined, "\u0000", named);
+      return (value) => {
         if (typeof value !== "object" || value === null || Array.isArray(value))
           return issue(path, "expected a map (object)", value);
-        for (const [key, entry] of Object.entries(value)) {
-          const found = values(entry, `${path}[${JSON.stringify(key)}]`);
-          if (found) return found;
+        for (const key in value) {
+          const found = values((value as Record<string, unknown>)[key]);
+          if (found) return relocate(found, `${path}[${JSON.stringify(key)}]`);
         }
         return undefined;
       };
     }
+    case "fixed": {
+      named.set(object.name as string, object);
+      const size = object.size as number;
+      const reason = `expected ${size} bytes (Buffer)`;
+      return (value) =>
+        Buffer.isBuffer(value) && value.length === size ? undefined : issue(path, reason, value);
+    }
     case "array": {
-      const items = compileType(object.items, undefined, named);
-      return (value, path) => {
+      const items = compileType(object.items, undefined, "\u0000", named);
+      return (value) => {
         if (!Array.isArray(value)) return issue(path, "expected an array", value);
         for (let i = 0; i < value.length; i++) {
-          const found = items(value[i], `${path}[${i}]`);
-          if (found) return found;
+          const found = items(value[i]);
+          if (found) return relocate(found, `${path}[${i}]`);
         }
         return undefined;
       };
     }
     default:
-      return compilePrimitive(object.type as string, field, named);
+      return compilePrimitive(object.type as string, field, path);
   }
+}
+
+function relocate(found: FieldIssue, at: string): FieldIssue {
+  return { ...found, path: found.path.replace("\u0000", at) };
 }
 
 function compileUnion(
   branches: unknown[],
   field: FieldSchema | undefined,
-  named: Map<string, Check>,
+  path: string,
+  named: NamedTypes,
 ): Check {
   const nonNull = branches.filter((branch) => branch !== "null");
-  const nullable = nonNull.length < branches.length;
   if (nonNull.length !== 1) throw new Error("only [null, T] unions are used in the contract");
-  const inner = compileType(nonNull[0], field, named);
-  return (value, path) => {
-    if (value === null) return nullable ? undefined : issue(path, "must not be null", value);
-    return inner(value, path);
-  };
+  const inner = compileType(nonNull[0], field, path, named);
+  if (nonNull.length === branches.length) return inner;
+  return (value) => (value === null ? undefined : inner(value));
 }
 
-function compileRecord(record: Record<string, unknown>, named: Map<string, Check>): Check {
+function compileRecord(record: Record<string, unknown>, path: string, named: NamedTypes): Check {
   const fields = record.fields as FieldSchema[];
-  const checks: [string, Check][] = [];
-  const check: Check = (value, path) => {
-    if (typeof value !== "object" || value === null || Array.isArray(value))
-      return issue(path, `expected a ${String(record.name)} record (object)`, value);
-    const object = value as Record<string, unknown>;
-    for (const [name, fieldCheck] of checks) {
-      const fieldPath = join(path, name);
-      if (!(name in object)) return issue(fieldPath, "missing", undefined);
-      const found = fieldCheck(object[name], fieldPath);
-      if (found) return found;
-    }
-    return undefined;
-  };
-  named.set(record.name as string, check);
-  for (const field of fields) checks.push([field.name, compileType(field.type, field, named)]);
-  return check;
+  const checks = fields.map((field) =>
+    compileType(field.type, field, join(path, field.name), named),
+  );
+  const missing = fields.map((field) => issue(join(path, field.name), "missing", undefined));
+  const notObject = (value: unknown): FieldIssue =>
+    issue(path, `expected a ${String(record.name)} record (object)`, value);
+  let body =
+    "return function check(o) {\n" +
+    "  if (typeof o !== 'object' || o === null || Array.isArray(o)) return notObject(o);\n" +
+    "  let v, r;\n";
+  fields.forEach((field, i) => {
+    if (named.trusted === true && typeSaysItAll(field.type, field, named)) return;
+    const fast = fastTest(field.type, field, named);
+    body += `  v = o[${JSON.stringify(field.name)}];\n  if (v === undefined) return missing[${i}];\n`;
+    body += fast
+      ? `  if (!(${fast})) { r = checks[${i}](v); if (r !== undefined) return r; }\n`
+      : `  r = checks[${i}](v); if (r !== undefined) return r;\n`;
+  });
+  body += "  return undefined;\n};";
+  // eslint-disable-next-line @typescript-eslint/no-implied-eval -- generated from our own schema, as avsc does
+  const factory = new Function("checks", "missing", "notObject", body) as (
+    checks: Check[],
+    missing: FieldIssue[],
+    notObject: (value: unknown) => FieldIssue,
+  ) => Check;
+  return factory(checks, missing, notObject);
 }
 
-function compilePrimitive(
-  name: string,
-  field: FieldSchema | undefined,
-  named: Map<string, Check>,
-): Check {
-  const min = field?.["mcpo.min"];
-  const max = field?.["mcpo.max"];
-  const range: Check = (value, path) => {
-    const number = value as number;
-    if (min !== undefined && number < min) return issue(path, `below minimum ${min}`, value);
-    if (max !== undefined && number > max) return issue(path, `above maximum ${max}`, value);
-    return undefined;
-  };
+/** Whether a decoded value of this field can break nothing but its Avro type. */
+function typeSaysItAll(type: unknown, field: FieldSchema, named: NamedTypes): boolean {
+  if (Array.isArray(type))
+    return type.every((branch) => branch === "null" || typeSaysItAll(branch, field, named));
+  const resolved = typeof type === "string" ? (named.get(type) ?? type) : type;
+  const name = typeof resolved === "string" ? resolved : (resolved as { type?: unknown }).type;
+  const bounded = field["mcpo.min"] !== undefined || field["mcpo.max"] !== undefined;
   switch (name) {
     case "null":
-      return (value, path) => (value === null ? undefined : issue(path, "expected null", value));
     case "boolean":
-      return (value, path) =>
+    case "enum":
+    case "fixed":
+    case "bytes":
+      return true;
+    case "int":
+    case "long":
+      return !bounded;
+    case "string":
+      return field["mcpo.format"] === undefined && field["mcpo.minLength"] === undefined;
+    case "map":
+    case "array": {
+      const inner =
+        (resolved as { values?: unknown; items?: unknown }).values ??
+        (resolved as { items?: unknown }).items;
+      return typeSaysItAll(inner, {} as FieldSchema, named);
+    }
+    default:
+      // Doubles can be NaN; records have fields of their own.
+      return false;
+  }
+}
+
+/**
+ * A JavaScript expression over `v` that is true for a valid value of a simple type (the inline
+ * fast path), or undefined when the type needs its compiled check every time.
+ */
+function fastTest(type: unknown, field: FieldSchema, named: NamedTypes): string | undefined {
+  if (Array.isArray(type)) {
+    const nonNull = type.filter((branch) => branch !== "null");
+    const inner = nonNull.length === 1 ? fastTest(nonNull[0], field, named) : undefined;
+    return inner === undefined ? undefined : `(v === null || (${inner}))`;
+  }
+  const name = typeof type === "string" ? type : (type as { type?: unknown }).type;
+  const definition = typeof type === "string" ? named.get(type) : undefined;
+  if (definition?.type === "enum" || name === "enum") {
+    const symbols = ((definition ?? type) as { symbols: string[] }).symbols;
+    return symbols.map((symbol) => `v === ${JSON.stringify(symbol)}`).join(" || ");
+  }
+  const min = field["mcpo.min"];
+  const max = field["mcpo.max"];
+  const bounds = `${min === undefined ? "" : ` && v >= ${min}`}${max === undefined ? "" : ` && v <= ${max}`}`;
+  switch (name) {
+    case "boolean":
+      return "typeof v === 'boolean'";
+    case "int":
+      return `typeof v === 'number' && (v | 0) === v${bounds}`;
+    case "long":
+      return `typeof v === 'number' && Number.isSafeInteger(v)${bounds}`;
+    case "float":
+    case "double":
+      // NaN fails every comparison, so the slow path reports it.
+      return bounds === ""
+        ? "typeof v === 'number' && Number.isFinite(v)"
+        : `typeof v === 'number'${bounds}`;
+    case "string":
+      if (field["mcpo.format"] !== undefined) return undefined;
+      return field["mcpo.minLength"] === undefined
+        ? "typeof v === 'string'"
+        : `typeof v === 'string' && v.length >= ${field["mcpo.minLength"]}`;
+    default:
+      return undefined;
+  }
+}
+
+/** Whether `text` is exactly `length` lower-case hex digits (and, if asked, not all zeros). */
+export function isLowerHex(text: string, length: number, nonZero = false): boolean {
+  if (text.length !== length) return false;
+  let zero = true;
+  for (let i = 0; i < length; i++) {
+    const code = text.charCodeAt(i);
+    if (code === 48) continue;
+    zero = false;
+    if (!((code > 48 && code <= 57) || (code >= 97 && code <= 102))) return false;
+  }
+  return !(nonZero && zero);
+}
+
+/** Whether `text` is a UUID in its canonical lower-case 8-4-4-4-12 form. */
+export function isUuid(text: string): boolean {
+  if (text.length !== 36) return false;
+  for (let i = 0; i < 36; i++) {
+    const code = text.charCodeAt(i);
+    if (i === 8 || i === 13 || i === 18 || i === 23) {
+      if (code !== 45) return false;
+    } else if (!((code >= 48 && code <= 57) || (code >= 97 && code <= 102))) return false;
+  }
+  return true;
+}
+
+function compilePrimitive(name: string, field: FieldSchema | undefined, path: string): Check {
+  const min = field?.["mcpo.min"];
+  const max = field?.["mcpo.max"];
+  const belowMin = `below minimum ${min}`;
+  const aboveMax = `above maximum ${max}`;
+  switch (name) {
+    case "null":
+      return (value) => (value === null ? undefined : issue(path, "expected null", value));
+    case "boolean":
+      return (value) =>
         typeof value === "boolean" ? undefined : issue(path, "expected a boolean", value);
     case "int":
     case "long": {
       const [low, high] =
         name === "int" ? [INT_MIN, INT_MAX] : [Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER];
-      return (value, path) => {
+      const notInteger = `expected an integer (${name})`;
+      const outside = `outside the exact ${name} range`;
+      return (value) => {
         if (typeof value !== "number" || !Number.isInteger(value))
-          return issue(path, `expected an integer (${name})`, value);
-        if (value < low || value > high)
-          return issue(path, `outside the exact ${name} range`, value);
-        return range(value, path);
+          return issue(path, notInteger, value);
+        if (value < low || value > high) return issue(path, outside, value);
+        if (min !== undefined && value < min) return issue(path, belowMin, value);
+        if (max !== undefined && value > max) return issue(path, aboveMax, value);
+        return undefined;
       };
     }
     case "float":
     case "double":
-      return (value, path) => {
+      return (value) => {
         if (typeof value !== "number") return issue(path, "expected a number", value);
         if (!Number.isFinite(value)) return issue(path, "must be a finite number", value);
-        return range(value, path);
+        if (min !== undefined && value < min) return issue(path, belowMin, value);
+        if (max !== undefined && value > max) return issue(path, aboveMax, value);
+        return undefined;
       };
     case "string": {
-      const pattern =
-        field?.["mcpo.pattern"] === undefined ? undefined : new RegExp(field["mcpo.pattern"]);
       const minLength = field?.["mcpo.minLength"];
-      return (value, path) => {
+      const tooShort = `shorter than ${minLength} character(s)`;
+      const format = field?.["mcpo.format"];
+      const length = field?.["mcpo.length"] ?? 0;
+      const nonZero = field?.["mcpo.nonZero"] === true;
+      const badFormat =
+        format === "uuid"
+          ? "is not a lower-case UUID (8-4-4-4-12 hex digits)"
+          : `is not ${length} lower-case hex digits${nonZero ? ", not all zero" : ""}`;
+      return (value) => {
         if (typeof value !== "string") return issue(path, "expected a string", value);
         if (minLength !== undefined && value.length < minLength)
-          return issue(path, `shorter than ${minLength} character(s)`, value);
-        if (pattern && !pattern.test(value))
-          return issue(path, `does not match ${pattern.source}`, value);
+          return issue(path, tooShort, value);
+        if (format === "uuid" && !isUuid(value)) return issue(path, badFormat, value);
+        if (format === "hex" && !isLowerHex(value, length, nonZero))
+          return issue(path, badFormat, value);
         return undefined;
       };
     }
     case "bytes":
-      return (value, path) =>
+      return (value) =>
         Buffer.isBuffer(value) ? undefined : issue(path, "expected bytes (Buffer)", value);
-    default: {
-      // A reference to a named type defined earlier in the schema.
-      return (value, path) => {
-        const check = named.get(name);
-        if (!check) return issue(path, `unknown Avro type ${name}`, value);
-        return check(value, path);
-      };
-    }
+    default:
+      throw new Error(`unknown Avro type ${name} at ${path}`);
   }
 }

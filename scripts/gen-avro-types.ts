@@ -31,6 +31,7 @@ type AvroType =
   | AvroType[]
   | { type: "record"; name: string; doc?: string; fields: AvroField[] }
   | { type: "enum"; name: string; symbols: string[]; doc?: string }
+  | { type: "fixed"; name: string; size: number }
   | { type: "map"; values: AvroType }
   | { type: "array"; items: AvroType }
   | { type: string; logicalType?: string };
@@ -98,6 +99,14 @@ function collect(type: AvroType, out: string[], seen: Set<string>): string {
         );
       }
       return enumType.name;
+    }
+    case "fixed": {
+      const fixed = type as { name: string; size: number };
+      if (!seen.has(fixed.name)) {
+        seen.add(fixed.name);
+        out.push(`/** ${fixed.size} bytes (Avro fixed). */\nexport type ${fixed.name} = Buffer;\n`);
+      }
+      return fixed.name;
     }
     case "map":
       return `Readonly<Record<string, ${collect((type as { values: AvroType }).values, out, seen)}>>`;

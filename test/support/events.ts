@@ -1,5 +1,5 @@
 /** Valid contract values for tests: a typical event, and fast-check generators of random ones. */
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 
 import fc from "fast-check";
 
@@ -40,8 +40,8 @@ export function sampleEvent(overrides: Partial<ModelCallEvent> = {}): ModelCallE
     error_type: null,
     prompt_size_bytes: 9,
     response_size_bytes: 11,
-    prompt_sha256: "a".repeat(64),
-    response_sha256: "b".repeat(64),
+    prompt_sha256: createHash("sha256").update("Hello MCP").digest(),
+    response_sha256: createHash("sha256").update("Hello human").digest(),
     prompt_text: null,
     response_text: null,
     attributes: { "mcp.session.id": "s-1", "gen_ai.response.id": "chatcmpl-1" },

@@ -1,0 +1,146 @@
+import { createServer, type Server } from "node:http";
+
+import { describe, expect, it } from "vitest";
+
+import { AvroCodec, valueSubject } from "../avro/codec.js";
+import { defineContract, MODEL_CALL_EVENT } from "../avro/contracts.js";
+import {
+  MODEL_CALL_EVENT_SCHEMA,
+  type AvroSchema,
+  type ModelCallEvent,
+} from "../avro/generated.js";
+import { SchemaRegistryError } from "../avro/registry.js";
+import { sampleEvent } from "./support/events.js";
+import { services, uniqueName } from "./support/isolation.js";
+
+type Field = { name: string; type: unknown; default?: unknown };
+const v1Fields = (MODEL_CALL_EVENT_SCHEMA as { fields: Field[] }).fields;
+
+function withFields(fields: Field[]): AvroSchema {
+  return { ...MODEL_CALL_EVENT_SCHEMA, fields };
+}
+
+/** v2: one more optional field, with a default, as the contract evolves. */
+type ModelCallEventV2 = ModelCallEvent & { readonly reasoning_tokens: number | null };
+const V2 = defineContract<ModelCallEventV2>(
+  withFields([...v1Fields, { name: "reasoning_tokens", type: ["null", "long"], default: null }]),
+);
+
+async function register<T>(
+  contract: Parameters<typeof AvroCodec.register<T>>[0],
+  subject: string,
+  compatibility?: "BACKWARD",
+) {
+  return AvroCodec.register(contract, {
+    registryUrl: services().schemaRegistryUrl,
+    subject,
+    ...(compatibility === undefined ? {} : { compatibility }),
+  });
+}
+
+describe("schema evolution against the real registry", () => {
+  it("registers a v2 with an added optional field as BACKWARD compatible", async () => {
+    const subject = valueSubject(uniqueName("evo-backward"));
+    const v1 = await register(MODEL_CALL_EVENT, subject, "BACKWARD");
+    const v2 = await register(V2, subject, "BACKWARD");
+    expect(v2.schemaId).not.toBe(v1.schemaId);
+  });
+
+  it("lets a v1 reader decode v2 records and a v2 reader decode v1 records", async () => {
+    const subject = valueSubject(uniqueName("evo-full"));
+    const v1 = await register(MODEL_CALL_EVENT, subject);
+    const v2 = await register(V2, subject);
+
+    const newer: ModelCallEventV2 = { ...sampleEvent(), reasoning_tokens: 1234 };
+    const readByV1 = await v1.decode(v2.encode(newer));
+    const { reasoning_tokens: _ignored, ...projected } = newer;
+    expect(readByV1).toEqual({ ok: true, value: projected, schemaId: v2.schemaId });
+
+    const older = sampleEvent();
+    const readByV2 = await v2.decode(v1.encode(older));
+    expect(readByV2).toEqual({
+      ok: true,
+      value: { ...older, reasoning_tokens: null },
+      schemaId: v1.schemaId,
+    });
+  });
+
+  it("refuses removing a required field and changing a type, and says so clearly", async () => {
+    const subject = valueSubject(uniqueName("evo-breaking"));
+    await register(MODEL_CALL_EVENT, subject);
+
+    const removed = defineContract(
+      withFields(v1Fields.filter((field) => field.name !== "service_instance")),
+    );
+    const retyped = defineContract(
+      withFields(
+        v1Fields.map((field) =>
+          field.name === "retries" ? { ...field, type: "string", default: "0" } : field,
+        ),
+      ),
+    );
+    for (const [what, contract] of [
+      ["removing service_instance", removed],
+      ["retries int → string", retyped],
+    ] as const) {
+      const error = await register(contract, subject).then(
+        () => undefined,
+        (caught: unknown) => caught,
+      );
+      expect(error, what).toBeInstanceOf(SchemaRegistryError);
+      const registryError = error as SchemaRegistryError;
+      expect(registryError.code, what).toBe("SCHEMA_INCOMPATIBLE");
+      expect(registryError.status, what).toBe(409);
+      expect(registryError.retriable, what).toBe(false);
+      expect(registryError.message, what).toContain(
+        `ModelCallEvent schema is not FULL_TRANSITIVE compatible with the earlier versions of subject ${subject}`,
+      );
+    }
+  });
+});
+
+describe("a registry that stops answering", () => {
+  it("is a retriable REGISTRY_UNAVAILABLE error while decoding, not a throw and not a dead letter", async () => {
+    // A pass-through to the real registry that the test can close.
+    const target = services().schemaRegistryUrl;
+    const proxy: Server = createServer((request, response) => {
+      const chunks: Buffer[] = [];
+      request.on("data", (chunk: Buffer) => chunks.push(chunk));
+      request.on("end", () => {
+        const body = chunks.length > 0 ? Buffer.concat(chunks) : undefined;
+        void fetch(`${target}${request.url ?? ""}`, {
+          method: request.method ?? "GET",
+          headers: { "content-type": request.headers["content-type"] ?? "application/json" },
+          ...(body === undefined ? {} : { body }),
+        }).then(async (upstream) => {
+          response.writeHead(upstream.status, {
+            "content-type": upstream.headers.get("content-type") ?? "",
+          });
+          response.end(Buffer.from(await upstream.arrayBuffer()));
+        });
+      });
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+    const address = proxy.address();
+    const port = typeof address === "object" && address !== null ? address.port : 0;
+    const viaProxy = await AvroCodec.register(MODEL_CALL_EVENT, {
+      registryUrl: `http://127.0.0.1:${port}`,
+      subject: valueSubject(uniqueName("proxied")),
+    });
+    // Another writer version, registered directly: the proxied codec has not seen its id yet.
+    const direct = await register(V2, valueSubject(uniqueName("other-writer")));
+    const record = direct.encode({ ...sampleEvent(), reasoning_tokens: 7 });
+    await new Promise<void>((resolve) => {
+      proxy.close(() => {
+        resolve();
+      });
+      proxy.closeAllConnections();
+    });
+
+    const result = await viaProxy.decode(record);
+    expect(result).toMatchObject({
+      ok: false,
+      error: { code: "REGISTRY_UNAVAILABLE", retriable: true, schemaId: direct.schemaId },
+    });
+  });
+});
