@@ -6,12 +6,19 @@ import { describe, expect, it } from "vitest";
 import { ALERT_EVENT, METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
 import { OTEL_FIELD_MAPPING } from "../avro/generated.js";
 import { rollupEvents } from "../metrics/index.js";
-import { generate, GENERATED_PATH, SCHEMA_FILES } from "../scripts/gen-avro-types.js";
+import {
+  CONTRACT_DOC_PATH,
+  generate,
+  generateDoc,
+  GENERATED_PATH,
+  SCHEMA_FILES,
+} from "../scripts/gen-avro-types.js";
 import { sampleEvent } from "./support/events.js";
 
 describe("generated types", () => {
   it("are up to date with the .avsc files (run `npm run gen:avro` after editing a schema)", () => {
     expect(readFileSync(GENERATED_PATH, "utf8")).toBe(generate());
+    expect(readFileSync(CONTRACT_DOC_PATH, "utf8")).toBe(generateDoc());
   });
 
   it("come from schemas avsc accepts, each with a namespace and BACKWARD-evolvable optional fields", () => {
