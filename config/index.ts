@@ -126,6 +126,31 @@ export function loadConnectionConfig(
   });
 }
 
+/** The project's topics, by role. */
+export interface TopicNames {
+  /** ModelCallEvent records, key = service: the source of truth. */
+  readonly modelCalls: string;
+  /** MetricRollup records, compacted, key = service|model|window. */
+  readonly metricRollups: string;
+  /** AlertEvent records, key = service. */
+  readonly alerts: string;
+  /** Records that could not be decoded or validated, with the reason in headers. */
+  readonly deadLetter: string;
+  /** Events that arrived after their window closed, with their original bytes. */
+  readonly lateEvents: string;
+}
+
+/** Topic names under a prefix (`MCPO_TOPIC_PREFIX`, default `mcpo.`). */
+export function topicNames(prefix: string = DEFAULTS.topicPrefix): TopicNames {
+  return Object.freeze({
+    modelCalls: `${prefix}model-calls`,
+    metricRollups: `${prefix}metric-rollups`,
+    alerts: `${prefix}alerts`,
+    deadLetter: `${prefix}dead-letter`,
+    lateEvents: `${prefix}late-events`,
+  });
+}
+
 /** The port of a `host:port` address or URL, for checks that compare configurations. */
 export function portOf(address: string): number {
   const url = address.includes("://") ? new URL(address) : new URL(`tcp://${address}`);

@@ -3,6 +3,15 @@ import { DEFAULT_THRESHOLDS, WindowAccumulator } from "./accumulator.js";
 import { windowOf, type TimeWindow } from "./window.js";
 
 /**
+ * Whether an event counts in the metrics: model calls do (`model_call`, and `sampling`, a model
+ * call made through the MCP client). Tool, resource and prompt spans are traces only: counting
+ * them would dilute every rate's N with calls that make no model decision.
+ */
+export function countsTowardMetrics(event: Pick<ModelCallEvent, "kind">): boolean {
+  return event.kind === "model_call" || event.kind === "sampling";
+}
+
+/**
  * The accumulators of one service's windows: a service-level total per window (model null) and
  * one per model. Events without a model count in the total only.
  */
@@ -16,8 +25,12 @@ export class ServiceWindows {
     readonly thresholds: MetricThresholds = DEFAULT_THRESHOLDS,
   ) {}
 
-  /** Counts an event (of this service) in its window, by `end_time`; returns the window. */
-  add(event: ModelCallEvent): TimeWindow {
+  /**
+   * Counts a model call (of this service) in its window, by `end_time`, and returns the window;
+   * returns undefined for spans that do not count toward metrics ({@link countsTowardMetrics}).
+   */
+  add(event: ModelCallEvent): TimeWindow | undefined {
+    if (!countsTowardMetrics(event)) return undefined;
     const window = windowOf(event.end_time, this.windowSizeMicros);
     const byModel = this.window(window.start);
     this.accumulator(byModel, null).add(event);
@@ -99,6 +112,7 @@ export function rollupEvents(
 ): MetricRollup[] {
   const services = new Map<string, ServiceWindows>();
   for (const event of events) {
+    if (!countsTowardMetrics(event)) continue;
     let windows = services.get(event.service);
     if (!windows) {
       windows = new ServiceWindows(event.service, windowSizeMicros, thresholds);

@@ -6,7 +6,7 @@
  * @module
  */
 export { DEFAULT_THRESHOLDS, merge, WindowAccumulator } from "./accumulator.js";
-export { rollupEvents, rollupKey, ServiceWindows } from "./aggregate.js";
+export { countsTowardMetrics, rollupEvents, rollupKey, ServiceWindows } from "./aggregate.js";
 export { parseMetricsConfig, type MetricsConfig } from "./config.js";
 export {
   deriveRates,

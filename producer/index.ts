@@ -1,14 +1,45 @@
 /**
- * The library inside MCP servers: `instrument()`, trace context and exporters.
- * The foundation reserves this entry point; the producer issue fills it.
+ * The library inside MCP servers: `instrument()` gives an `MCPInterceptor` that records model
+ * calls and MCP requests as ModelCallEvents, keeps this replica's metrics and alerts, and exports
+ * events (Kafka for a fleet, in memory for tests; PostgreSQL in `mcp-observatory/exporters/postgres`).
  *
  * @module
  */
+export type { ModelCallEvent, CallKind, CallStatus, TokenSource } from "../avro/generated.js";
+export { ConfigError } from "../config/index.js";
+export { KafkaExporter, type KafkaExporterOptions } from "./exporters/kafka.js";
+export { InMemoryExporter } from "./exporters/memory.js";
+export type {
+  EventExporter,
+  ExporterStats,
+  FlushResult,
+  OverflowPolicy,
+} from "./exporters/types.js";
+export { instrument, MCPInterceptor } from "./interceptor.js";
+export { silentLogger, stderrLogger, type Logger } from "./logger.js";
+export { instrumentMcpServer, type McpInstrumentation } from "./mcp.js";
 export {
-  ConfigError,
-  DEFAULTS,
-  ENV_NAMES,
-  loadConnectionConfig,
-  type ConnectionConfig,
-  type ConnectionOptions,
-} from "../config/index.js";
+  costNanoUsd,
+  PriceTable,
+  pricePerMillionToPicoPerToken,
+  type ModelPrice,
+} from "./pricing.js";
+export { countTokens, encodingForModel, type EncodingName } from "./tokens.js";
+export {
+  currentTraceContext,
+  extractMcpParent,
+  formatTraceparent,
+  injectMcpTraceparent,
+  parseTraceparent,
+  runWithTraceContext,
+  startSpanContext,
+  type RemoteParent,
+  type TraceContext,
+} from "./trace.js";
+export type {
+  InstrumentOptions,
+  InterceptorCounters,
+  MetricsSnapshot,
+  ModelCallInput,
+  ReportedUsage,
+} from "./types.js";

@@ -1,0 +1,141 @@
+/** The public types of the interceptor's API (no kafkajs, pg or avsc types appear here). */
+import type { CallKind, CallStatus } from "../avro/generated.js";
+import type { AlertRule } from "../metrics/index.js";
+import type { EventExporter } from "./exporters/types.js";
+import type { Logger } from "./logger.js";
+import type { ModelPrice } from "./pricing.js";
+import type { RemoteParent, TraceContext } from "./trace.js";
+
+/** Token usage the provider reported. Either spelling is accepted. */
+export interface ReportedUsage {
+  readonly promptTokens?: number;
+  readonly completionTokens?: number;
+  /** OpenTelemetry's name for prompt tokens (`gen_ai.usage.input_tokens`). */
+  readonly inputTokens?: number;
+  /** OpenTelemetry's name for completion tokens (`gen_ai.usage.output_tokens`). */
+  readonly outputTokens?: number;
+}
+
+/** One model call as the host describes it. Only `model` is required. */
+export interface ModelCallInput {
+  readonly model: string;
+  /** e.g. `openai`, `anthropic` (helps the price lookup). */
+  readonly provider?: string;
+  /** The prompt text: hashed and sized; tokens estimated from it when no usage is given. */
+  readonly prompt?: string;
+  readonly response?: string;
+  /** Provider-reported usage; wins over estimation. */
+  readonly usage?: ReportedUsage;
+  /** In [0, 1]. */
+  readonly confidence?: number | null;
+  /** In [0, 1]; a confidence below it is a gate block. */
+  readonly confidenceGateThreshold?: number | null;
+  readonly highRiskPath?: boolean;
+  readonly deterministicFallbackTriggered?: boolean;
+  /** In [0, 1]. */
+  readonly promptDiffScore?: number | null;
+  readonly shadowAgreement?: boolean | null;
+  readonly isGoldenFinancialScenario?: boolean;
+  readonly goldenScenarioPassed?: boolean | null;
+  readonly retries?: number;
+  readonly fallbackUsed?: boolean;
+  /** When the call started/ended (Date or ms since the epoch). Default: end now, start = end − duration. */
+  readonly startTime?: Date | number;
+  readonly endTime?: Date | number;
+  /** Duration in ms, when no start time is given. */
+  readonly durationMs?: number;
+  /** Default `error` when `error` is given, else `ok`. */
+  readonly status?: CallStatus;
+  /** The error the call ended with (its name or code becomes `error_type`). */
+  readonly error?: unknown;
+  /** Explicit error type, e.g. `RateLimitError` or an HTTP status. */
+  readonly errorType?: string;
+  readonly toolName?: string;
+  /** Default `model_call`. */
+  readonly kind?: CallKind;
+  /** Free-form string attributes (OpenTelemetry-style keys). */
+  readonly attributes?: Readonly<Record<string, string>>;
+  /** The span's parent, when not the current context (e.g. taken from a `traceparent`). */
+  readonly parent?: RemoteParent | TraceContext;
+}
+
+/** A span of any kind: a model call, or an MCP request (which has no model). */
+export type SpanInput = Omit<ModelCallInput, "model"> & { readonly model?: string };
+
+/** Settings of {@link instrument}. */
+export interface InstrumentOptions {
+  /** The MCP server's name (`service.name`); required, non-empty. */
+  readonly serviceName: string;
+  /** This replica (`service.instance.id`); default `<hostname>-<pid>`. */
+  readonly serviceInstance?: string;
+  /** Where events go; none: local snapshot and alerts only. */
+  readonly exporter?: EventExporter;
+  /** Rolling window of the local snapshot, ms (default 300 000 = 5 min). */
+  readonly rollingWindowMs?: number;
+  /** Bucket of the rolling window, ms (default 10 000). */
+  readonly bucketMs?: number;
+  /** Thresholds and rules, as in the processor (see metrics/README.md); defaults there. */
+  readonly metrics?: unknown;
+  /** Price overrides by model, USD per million tokens. */
+  readonly prices?: Readonly<Record<string, ModelPrice>>;
+  /** Estimate tokens with the tokenizer when no usage is reported (default true). */
+  readonly estimateTokens?: boolean;
+  /** Ship prompt and response text (default false); they pass `redact` first. */
+  readonly captureContent?: boolean;
+  /** Applied to prompt and response text before it is shipped. */
+  readonly redact?: (text: string, part: "prompt" | "response") => string;
+  readonly logger?: Logger;
+  /** Wall clock in ms (injectable for tests). */
+  readonly now?: () => number;
+}
+
+/**
+ * This replica's metrics over the rolling window. Names are snake_case, as the seed and
+ * DESIGN.md §4 spell them. Rates are null when their denominator is 0.
+ */
+export interface MetricsSnapshot {
+  readonly service: string;
+  readonly window_ms: number;
+  /** Model calls in the window. */
+  readonly calls: number;
+  readonly avg_cost_usd: number | null;
+  readonly fallback_rate: number | null;
+  readonly retry_rate: number | null;
+  readonly low_confidence_rate: number | null;
+  readonly confidence_gate_block_rate: number | null;
+  readonly prompt_diff_violation_rate: number | null;
+  readonly shadow_disagreement_rate: number | null;
+  readonly deterministic_fallback_rate: number | null;
+  readonly high_risk_path_rate: number | null;
+  readonly golden_financial_failure_rate: number | null;
+  readonly error_rate: number | null;
+  readonly latency_p50_ms: number | null;
+  readonly latency_p95_ms: number | null;
+  readonly latency_p99_ms: number | null;
+  readonly prompt_tokens: number;
+  readonly completion_tokens: number;
+  /** Exact total cost as a decimal string of USD (from integer nano-USD). */
+  readonly total_cost_usd: string;
+  /** Calls whose model had no known price (cost null). */
+  readonly unpriced_calls: number;
+}
+
+/** The interceptor's own counters, plus its exporter's. */
+export interface InterceptorCounters {
+  /** Spans recorded (model calls and MCP requests). */
+  readonly recorded: number;
+  /** Calls whose tokens were estimated with the tokenizer. */
+  readonly tokensEstimated: number;
+  /** Calls whose model had no known price. */
+  readonly unpriced: number;
+  /** Input values that were out of range and replaced by null (see the event's attributes). */
+  readonly invalidInputs: number;
+  /** Failures inside the interceptor, reported to the logger, never to the host. */
+  readonly internalErrors: number;
+  readonly sent: number;
+  readonly dropped: number;
+  readonly retried: number;
+  readonly buffered: number;
+}
+
+export type { AlertRule };

@@ -1,0 +1,422 @@
+import { calcPrice } from "@pydantic/genai-prices";
+import { describe, expect, it } from "vitest";
+
+import { MODEL_CALL_EVENT } from "../avro/contracts.js";
+import { DEFAULT_ALERT_RULES } from "../metrics/index.js";
+import { InMemoryExporter } from "../producer/exporters/memory.js";
+import type { EventExporter } from "../producer/exporters/types.js";
+import { instrument } from "../producer/interceptor.js";
+import { silentLogger, type Logger } from "../producer/logger.js";
+import { costNanoUsd, PriceTable, pricePerMillionToPicoPerToken } from "../producer/pricing.js";
+import { countTokens, encodingForModel } from "../producer/tokens.js";
+
+const SEED_CALL = {
+  model: "gpt-4o",
+  prompt: "Hello MCP",
+  response: "Hello human",
+  confidence: 0.64,
+  confidenceGateThreshold: 0.7,
+  highRiskPath: true,
+  deterministicFallbackTriggered: true,
+  promptDiffScore: 0.42,
+  shadowAgreement: false,
+  isGoldenFinancialScenario: true,
+  goldenScenarioPassed: true,
+} as const;
+
+function collectingLogger(): Logger & { lines: string[] } {
+  const lines: string[] = [];
+  return {
+    lines,
+    warn: (message) => lines.push(`warn ${message}`),
+    error: (message) => lines.push(`error ${message}`),
+  };
+}
+
+describe("the seed's quick start", () => {
+  it("records the call, and the snapshot and active alerts reflect it", async () => {
+    const exporter = new InMemoryExporter();
+    const interceptor = instrument({ serviceName: "example-mcp", exporter, logger: silentLogger });
+    const event = await interceptor.interceptModelCall({ ...SEED_CALL });
+    expect(event).toBeDefined();
+    expect(exporter.events).toEqual([event]);
+    expect(MODEL_CALL_EVENT.check(event)).toBeUndefined();
+    expect(Object.isFrozen(event)).toBe(true);
+
+    const promptTokens = await countTokens("gpt-4o", "Hello MCP");
+    const completionTokens = await countTokens("gpt-4o", "Hello human");
+    expect(event).toMatchObject({
+      service: "example-mcp",
+      model: "gpt-4o",
+      kind: "model_call",
+      token_source: "estimated",
+      prompt_tokens: promptTokens,
+      completion_tokens: completionTokens,
+      // gpt-4o: 2.50 USD / 1M input tokens = 2 500 nano-USD per token; 10.00 / 1M output = 10 000.
+      cost_nano_usd: promptTokens * 2_500 + completionTokens * 10_000,
+      confidence: 0.64,
+      confidence_gate_threshold: 0.7,
+      high_risk_path: true,
+      deterministic_fallback_triggered: true,
+      prompt_diff_score: 0.42,
+      shadow_agreement: false,
+      is_golden_financial_scenario: true,
+      golden_scenario_passed: true,
+      status: "ok",
+      error_type: null,
+      prompt_size_bytes: 9,
+      response_size_bytes: 11,
+      prompt_text: null,
+      response_text: null,
+    });
+
+    const snapshot = interceptor.getMetricsSnapshot();
+    expect(snapshot).toMatchObject({
+      service: "example-mcp",
+      calls: 1,
+      fallback_rate: 0,
+      retry_rate: 0,
+      low_confidence_rate: 1,
+      confidence_gate_block_rate: 1,
+      prompt_diff_violation_rate: 1,
+      shadow_disagreement_rate: 1,
+      deterministic_fallback_rate: 1,
+      high_risk_path_rate: 1,
+      golden_financial_failure_rate: 0,
+      error_rate: 0,
+      unpriced_calls: 0,
+    });
+    expect(snapshot.avg_cost_usd).toBeCloseTo(
+      (promptTokens * 2_500 + completionTokens * 10_000) / 1e9,
+      15,
+    );
+    expect(interceptor.getActiveAlerts()).toEqual([
+      "confidence_gate_block_rate_high",
+      "low_confidence_rate_high",
+      "prompt_diff_violation_rate_high",
+      "shadow_disagreement_rate_high",
+      "deterministic_fallback_rate_high",
+    ]);
+    expect(interceptor.getCounters()).toMatchObject({
+      recorded: 1,
+      tokensEstimated: 1,
+      sent: 1,
+      dropped: 0,
+    });
+  });
+
+  it("works with no exporter at all (local snapshot and alerts only)", async () => {
+    const interceptor = instrument({ serviceName: "solo" });
+    await interceptor.interceptModelCall({ ...SEED_CALL });
+    expect(interceptor.getMetricsSnapshot().calls).toBe(1);
+    expect(interceptor.getActiveAlerts().length).toBeGreaterThan(0);
+    expect(await interceptor.shutdown()).toEqual({ complete: true, remaining: 0 });
+  });
+});
+
+describe("event construction", () => {
+  const fixed = 1_764_000_000_000; // ms
+  const make = (options: Partial<Parameters<typeof instrument>[0]> = {}) => {
+    const exporter = new InMemoryExporter();
+    const interceptor = instrument({
+      serviceName: "svc",
+      serviceInstance: "svc-1",
+      exporter,
+      logger: silentLogger,
+      now: () => fixed,
+      ...options,
+    });
+    return { exporter, interceptor };
+  };
+
+  it("prefers provider-reported usage, in either spelling, over estimation", async () => {
+    const { interceptor } = make();
+    const a = await interceptor.interceptModelCall({
+      model: "gpt-4o",
+      prompt: "x".repeat(50),
+      usage: { promptTokens: 7, completionTokens: 3 },
+    });
+    expect(a).toMatchObject({
+      token_source: "reported",
+      prompt_tokens: 7,
+      completion_tokens: 3,
+      cost_nano_usd: 7 * 2_500 + 3 * 10_000,
+    });
+    const b = await interceptor.interceptModelCall({
+      model: "gpt-4o",
+      usage: { inputTokens: 0, outputTokens: 0 },
+    });
+    // Zero reported tokens are a real zero, distinct from "no usage".
+    expect(b).toMatchObject({
+      token_source: "reported",
+      prompt_tokens: 0,
+      completion_tokens: 0,
+      cost_nano_usd: 0,
+    });
+    const c = await interceptor.interceptModelCall({ model: "gpt-4o" });
+    expect(c).toMatchObject({
+      token_source: "none",
+      prompt_tokens: null,
+      completion_tokens: null,
+      cost_nano_usd: null,
+    });
+    const { interceptor: noEstimates } = make({ estimateTokens: false });
+    expect(await noEstimates.interceptModelCall({ model: "gpt-4o", prompt: "hi" })).toMatchObject({
+      token_source: "none",
+    });
+  });
+
+  it("takes times as dates, ms or a duration, and keeps microseconds", async () => {
+    const { interceptor } = make();
+    const a = await interceptor.interceptModelCall({
+      model: "m",
+      startTime: new Date(fixed - 1500),
+      endTime: new Date(fixed),
+    });
+    expect(a).toMatchObject({ start_time: (fixed - 1500) * 1000, end_time: fixed * 1000 });
+    const b = await interceptor.interceptModelCall({ model: "m", durationMs: 12.345 });
+    expect(b).toMatchObject({ end_time: fixed * 1000, start_time: fixed * 1000 - 12_345 });
+  });
+
+  it("marks errors with status and type", async () => {
+    const { interceptor } = make();
+    const rateLimit = Object.assign(new Error("slow down"), { code: "rate_limit_exceeded" });
+    expect(await interceptor.interceptModelCall({ model: "m", error: rateLimit })).toMatchObject({
+      status: "error",
+      error_type: "rate_limit_exceeded",
+    });
+    expect(
+      await interceptor.interceptModelCall({ model: "m", error: new TypeError("x") }),
+    ).toMatchObject({ error_type: "TypeError" });
+    expect(
+      await interceptor.interceptModelCall({ model: "m", status: "error", errorType: "503" }),
+    ).toMatchObject({ error_type: "503" });
+    expect(
+      await interceptor.interceptModelCall({ model: "m", retries: 2, fallbackUsed: true }),
+    ).toMatchObject({ status: "ok", retries: 2, fallback_used: true });
+  });
+
+  it("replaces out-of-range inputs by null, says so in attributes, and counts them", async () => {
+    const { interceptor } = make();
+    const event = await interceptor.interceptModelCall({
+      model: "m",
+      confidence: 1.7,
+      promptDiffScore: Number.NaN,
+      retries: -1,
+      attributes: { "app.request": "r-1" },
+    });
+    expect(event).toMatchObject({ confidence: null, prompt_diff_score: null, retries: 0 });
+    expect(event?.attributes).toEqual({
+      "app.request": "r-1",
+      "mcpo.invalid.confidence": "1.7",
+      "mcpo.invalid.promptDiffScore": "NaN",
+      "mcpo.invalid.retries": "-1",
+    });
+    expect(interceptor.getCounters().invalidInputs).toBe(3);
+  });
+
+  it("ships text only when asked, through the redaction hook, and never when the hook fails", async () => {
+    const { interceptor } = make({
+      captureContent: true,
+      redact: (text) => text.replace(/\d{4}-\d{4}/g, "####"),
+    });
+    const event = await interceptor.interceptModelCall({
+      model: "m",
+      prompt: "card 1234-5678",
+      response: "ok",
+    });
+    expect(event).toMatchObject({ prompt_text: "card ####", response_text: "ok" });
+    const { interceptor: failing } = make({
+      captureContent: true,
+      redact: () => {
+        throw new Error("boom");
+      },
+    });
+    expect(await failing.interceptModelCall({ model: "m", prompt: "secret" })).toMatchObject({
+      prompt_text: null,
+    });
+  });
+
+  it("counts unknown models as unpriced, with a null cost, never 0", async () => {
+    const { interceptor } = make();
+    const event = await interceptor.interceptModelCall({
+      model: "in-house-llm-7b",
+      usage: { promptTokens: 10, completionTokens: 5 },
+    });
+    expect(event?.cost_nano_usd).toBeNull();
+    expect(interceptor.getCounters().unpriced).toBe(1);
+    expect(interceptor.getMetricsSnapshot()).toMatchObject({
+      unpriced_calls: 1,
+      avg_cost_usd: null,
+      total_cost_usd: "0.000000000",
+    });
+    const { interceptor: priced } = make({
+      prices: { "in-house-llm-7b": { inputPerMillionUsd: "0.10", outputPerMillionUsd: "0.40" } },
+    });
+    expect(
+      await priced.interceptModelCall({
+        model: "in-house-llm-7b",
+        usage: { promptTokens: 10, completionTokens: 5 },
+      }),
+    ).toMatchObject({
+      cost_nano_usd: 10 * 100 + 5 * 400,
+    });
+  });
+
+  it("fails open: an exporter that throws never reaches the host", async () => {
+    const logger = collectingLogger();
+    const broken: EventExporter = {
+      export: () => {
+        throw new Error("exporter exploded");
+      },
+      flush: () => Promise.resolve({ complete: true, remaining: 0 }),
+      shutdown: () => Promise.resolve({ complete: true, remaining: 0 }),
+      stats: () => ({ sent: 0, dropped: 0, retried: 0, buffered: 0 }),
+    };
+    const interceptor = instrument({ serviceName: "svc", exporter: broken, logger });
+    await expect(interceptor.interceptModelCall({ model: "m" })).resolves.toBeDefined();
+    expect(interceptor.getCounters().internalErrors).toBe(1);
+    expect(logger.lines).toEqual(["error the exporter failed"]);
+  });
+
+  it("rejects bad settings naming the option", () => {
+    expect(() => instrument({ serviceName: "" })).toThrow(/serviceName/);
+    expect(() => instrument({ serviceName: "s", rollingWindowMs: -1 })).toThrow(/rollingWindowMs/);
+    expect(() => instrument({ serviceName: "s", bucketMs: 600_000 })).toThrow(/bucketMs/);
+    expect(() =>
+      instrument({ serviceName: "s", metrics: { thresholds: { prompt_diff: 2 } } }),
+    ).toThrow(/metrics.thresholds.prompt_diff/);
+    expect(() =>
+      instrument({
+        serviceName: "s",
+        prices: { m: { inputPerMillionUsd: "-1", outputPerMillionUsd: "1" } },
+      }),
+    ).toThrow(/prices\["m"\]/);
+  });
+});
+
+describe("the rolling window", () => {
+  it("forgets calls older than the window and uses the processor's rules", async () => {
+    let now = 1_764_000_000_000;
+    const interceptor = instrument({
+      serviceName: "svc",
+      rollingWindowMs: 60_000,
+      bucketMs: 10_000,
+      now: () => now,
+      logger: silentLogger,
+    });
+    await interceptor.interceptModelCall({ model: "m", status: "error", errorType: "x" });
+    now += 30_000;
+    await interceptor.interceptModelCall({ model: "m" });
+    expect(interceptor.getMetricsSnapshot()).toMatchObject({ calls: 2, error_rate: 0.5 });
+    now += 45_000;
+    expect(interceptor.getMetricsSnapshot()).toMatchObject({ calls: 1, error_rate: 0 });
+    now += 60_000;
+    expect(interceptor.getMetricsSnapshot()).toMatchObject({
+      calls: 0,
+      error_rate: null,
+      fallback_rate: null,
+    });
+    expect(interceptor.getActiveAlerts()).toEqual([]);
+    expect(DEFAULT_ALERT_RULES.length).toBeGreaterThan(0);
+  });
+});
+
+describe("traceModelCall", () => {
+  it("times the call, passes the result through, and nests calls made inside it", async () => {
+    const exporter = new InMemoryExporter();
+    const interceptor = instrument({ serviceName: "svc", exporter, logger: silentLogger });
+    const result = await interceptor.traceModelCall(
+      { model: "gpt-4o", highRiskPath: true },
+      async () => {
+        await interceptor.interceptModelCall({
+          model: "gpt-4o-mini",
+          usage: { promptTokens: 1, completionTokens: 1 },
+        });
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        return { answer: 42, usage: { prompt_tokens: 11, completion_tokens: 4 } };
+      },
+      (r) => ({
+        usage: { promptTokens: r.usage.prompt_tokens, completionTokens: r.usage.completion_tokens },
+        confidence: 0.9,
+      }),
+    );
+    expect(result.answer).toBe(42);
+    const [inner, outer] = exporter.events;
+    expect(outer).toMatchObject({
+      model: "gpt-4o",
+      prompt_tokens: 11,
+      completion_tokens: 4,
+      confidence: 0.9,
+      high_risk_path: true,
+    });
+    expect((outer?.end_time ?? 0) - (outer?.start_time ?? 0)).toBeGreaterThanOrEqual(19_000);
+    expect(inner?.parent_span_id).toBe(outer?.span_id);
+    expect(inner?.trace_id).toBe(outer?.trace_id);
+  });
+
+  it("rethrows the call's own error unchanged and records it", async () => {
+    const exporter = new InMemoryExporter();
+    const interceptor = instrument({ serviceName: "svc", exporter, logger: silentLogger });
+    const failure = new RangeError("model said no");
+    await expect(
+      interceptor.traceModelCall({ model: "m" }, () => Promise.reject(failure)),
+    ).rejects.toBe(failure);
+    expect(exporter.events[0]).toMatchObject({ status: "error", error_type: "RangeError" });
+  });
+});
+
+describe("token estimation with the real tokenizer", () => {
+  it("matches the published token ids' counts for fixed strings", async () => {
+    // OpenAI's cookbook: "tiktoken is great!" is 6 tokens in both cl100k_base and o200k_base;
+    // tiktoken's README: "hello world" is [15339, 1917] in cl100k_base.
+    expect(await countTokens("gpt-4o", "tiktoken is great!")).toBe(6);
+    expect(await countTokens("gpt-4", "tiktoken is great!")).toBe(6);
+    expect(await countTokens("gpt-4", "hello world")).toBe(2);
+    expect(await countTokens("gpt-4o", "")).toBe(0);
+  });
+
+  it("picks each model's encoding, and documents the approximation for other vendors", () => {
+    expect(encodingForModel("gpt-4o")).toEqual({ encoding: "o200k_base", exact: true });
+    expect(encodingForModel("gpt-4")).toEqual({ encoding: "cl100k_base", exact: true });
+    expect(encodingForModel("gpt-3.5-turbo")).toEqual({ encoding: "cl100k_base", exact: true });
+    expect(encodingForModel("claude-sonnet-4-5")).toEqual({ encoding: "o200k_base", exact: false });
+  });
+});
+
+describe("cost arithmetic", () => {
+  it("converts decimal prices exactly and rounds the cost half-up once", () => {
+    expect(pricePerMillionToPicoPerToken("2.5")).toBe(2_500_000n);
+    expect(pricePerMillionToPicoPerToken(0.15)).toBe(150_000n);
+    expect(pricePerMillionToPicoPerToken("0.0375")).toBe(37_500n);
+    expect(() => pricePerMillionToPicoPerToken("0.0000001")).toThrow(/finer than 1e-6/);
+    expect(() => pricePerMillionToPicoPerToken("-1")).toThrow(/non-negative decimal/);
+    const price = {
+      inputPicoUsdPerToken: 37_500n,
+      outputPicoUsdPerToken: 150_000n,
+      tiers: [],
+      source: "override",
+    } as const;
+    // 3 × 37.5 nano = 112.5 → 113 (half-up); 0.1 + 0.2 style sums stay exact.
+    expect(costNanoUsd(price, 3, 0)).toBe(113);
+    expect(costNanoUsd(price, 1, 1)).toBe(188); // 37.5 + 150 = 187.5 → 188
+    expect(costNanoUsd(price, null, 1)).toBeNull();
+  });
+
+  it("agrees with the price package's own calculation, tiers included", () => {
+    const table = new PriceTable();
+    for (const [model, input, output] of [
+      ["gpt-4o", 1_000, 500],
+      ["gpt-4o-mini", 123_456, 789],
+      ["claude-3-5-haiku-latest", 50_000, 2_000],
+      ["gemini-1.5-pro", 300_000, 1_000], // above the 128k tier
+      ["gemini-1.5-pro", 100_000, 1_000], // below it
+    ] as const) {
+      const ours = table.cost(model, null, input, output);
+      const theirs = calcPrice({ input_tokens: input, output_tokens: output }, model)?.total_price;
+      expect(ours, model).not.toBeNull();
+      expect((ours ?? 0) / 1e9, `${model} ${input}`).toBeCloseTo(theirs ?? -1, 9);
+    }
+    expect(table.lookup("llama-3.1-8b")).toBeUndefined();
+  });
+});
