@@ -5,8 +5,14 @@
  *
  * @module
  */
-import { CompressionCodecs, CompressionTypes, Kafka, logLevel, type Producer } from "kafkajs";
+import kafkajs, { type Producer } from "kafkajs";
 import createSnappyCodec from "kafkajs-snappy";
+
+// kafkajs is CommonJS: Node's ESM loader sees only some of its named exports, so take them from
+// the default export.
+const { CompressionCodecs, CompressionTypes, Kafka, logLevel } = kafkajs;
+type Kafka = InstanceType<typeof Kafka>;
+type CompressionTypes = (typeof CompressionTypes)[keyof typeof CompressionTypes];
 
 // Snappy through a pure-JavaScript codec (no native build); gzip is built into kafkajs.
 CompressionCodecs[CompressionTypes.Snappy] = createSnappyCodec;
@@ -133,7 +139,11 @@ export function createRecordProducer(settings: KafkaSettings): RecordProducer {
 export interface TopicAdmin {
   /** Creates the topics that do not exist yet; returns the names it created. */
   ensureTopics(
-    topics: readonly { name: string; partitions: number; config?: Readonly<Record<string, string>> }[],
+    topics: readonly {
+      name: string;
+      partitions: number;
+      config?: Readonly<Record<string, string>>;
+    }[],
   ): Promise<string[]>;
   close(): Promise<void>;
 }
@@ -155,7 +165,10 @@ export async function connectAdmin(settings: KafkaSettings): Promise<TopicAdmin>
         topics: missing.map((topic) => ({
           topic: topic.name,
           numPartitions: topic.partitions,
-          configEntries: Object.entries(topic.config ?? {}).map(([name, value]) => ({ name, value })),
+          configEntries: Object.entries(topic.config ?? {}).map(([name, value]) => ({
+            name,
+            value,
+          })),
         })),
       });
       return missing.map((topic) => topic.name);

@@ -1,0 +1,126 @@
+/**
+ * KafkaExporter's buffer, without a broker: it points at a loopback port where nothing listens,
+ * so every delivery attempt really fails and events stay buffered.
+ */
+import { execFile } from "node:child_process";
+
+import { beforeAll, describe, expect, it } from "vitest";
+
+import { ConfigError } from "../config/index.js";
+import { KafkaExporter } from "../producer/exporters/kafka.js";
+import type { Logger } from "../producer/logger.js";
+import { REPO_ROOT } from "./support/cli.js";
+import { sampleEvent } from "./support/events.js";
+import { freePort } from "./support/ports.js";
+
+let deadBroker = "";
+beforeAll(async () => {
+  deadBroker = `127.0.0.1:${await freePort()}`;
+});
+
+function logger(): Logger & { warnings: string[] } {
+  const warnings: string[] = [];
+  return {
+    warnings,
+    warn: (message) => warnings.push(message),
+    error: (message) => warnings.push(message),
+  };
+}
+
+function exporter(
+  options: ConstructorParameters<typeof KafkaExporter>[0] = {},
+  log = logger(),
+): KafkaExporter {
+  return new KafkaExporter({
+    brokers: deadBroker,
+    schemaRegistryUrl: "http://127.0.0.1:1/apis/ccompat/v7",
+    maxQueueSize: 5,
+    lingerMs: 5,
+    retryInitialMs: 50,
+    retryMaxMs: 200,
+    logger: log,
+    ...options,
+  });
+}
+
+describe("KafkaExporter buffer", () => {
+  it("keeps events while the broker is unreachable, retrying, and drops the newest when full (one warning)", async () => {
+    const log = logger();
+    const kafka = exporter({ overflow: "drop-newest" }, log);
+    for (let i = 0; i < 8; i++) expect(kafka.export(sampleEvent())).toBeUndefined();
+    expect(kafka.stats()).toMatchObject({ buffered: 5, dropped: 3, sent: 0 });
+    expect(log.warnings.filter((line) => line === "dropping events")).toHaveLength(1);
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    expect(kafka.stats().retried).toBeGreaterThan(0);
+    expect(kafka.stats().buffered).toBe(5);
+    expect(log.warnings).toContain("delivery failed; events stay buffered and are retried");
+    await kafka.shutdown(100);
+  });
+
+  it("drops the oldest with drop-oldest", () => {
+    const kafka = exporter({ overflow: "drop-oldest", lingerMs: 60_000 });
+    for (let i = 0; i < 7; i++) kafka.export(sampleEvent());
+    expect(kafka.stats()).toMatchObject({ buffered: 5, dropped: 2 });
+    void kafka.shutdown(10);
+  });
+
+  it("blocks a full buffer's export until the timeout, then drops", async () => {
+    const kafka = exporter({ overflow: "block", maxQueueSize: 2, blockTimeoutMs: 150 });
+    kafka.export(sampleEvent());
+    kafka.export(sampleEvent());
+    const started = Date.now();
+    const waiting = kafka.export(sampleEvent());
+    expect(waiting).toBeInstanceOf(Promise);
+    await waiting;
+    expect(Date.now() - started).toBeGreaterThanOrEqual(140);
+    expect(kafka.stats()).toMatchObject({ buffered: 2, dropped: 1 });
+    await kafka.shutdown(10);
+  });
+
+  it("gives up a flush at its timeout, says what is left, and shuts down once", async () => {
+    const kafka = exporter();
+    kafka.export(sampleEvent());
+    kafka.export(sampleEvent());
+    expect(await kafka.flush(100)).toEqual({ complete: false, remaining: 2 });
+    const first = kafka.shutdown(50);
+    expect(kafka.shutdown(50)).toBe(first);
+    expect(await first).toEqual({ complete: false, remaining: 2 });
+    // Undelivered at shutdown, and refused after it: both count as dropped.
+    kafka.export(sampleEvent());
+    expect(kafka.stats()).toMatchObject({ buffered: 0, dropped: 3 });
+  });
+
+  it("rejects bad options naming them", () => {
+    expect(() => exporter({ maxQueueSize: 0 })).toThrow(ConfigError);
+    expect(() => exporter({ maxQueueSize: 0 })).toThrow(/maxQueueSize/);
+    expect(() => exporter({ compression: "lz77" as never })).toThrow(/compression/);
+    expect(() => exporter({ overflow: "explode" as never })).toThrow(/overflow/);
+    expect(() => new KafkaExporter({ brokers: "not a broker" })).toThrow(/kafkaBrokers/);
+  });
+
+  it("does not keep the process alive with its timers", async () => {
+    // A process that buffers an event for an unreachable broker and never calls shutdown must
+    // still exit by itself once it has nothing else to do.
+    const script = `
+      import { KafkaExporter } from "./producer/exporters/kafka.ts";
+      import { silentLogger } from "./producer/logger.ts";
+      import { sampleEvent } from "./test/support/events.ts";
+      const kafka = new KafkaExporter({ brokers: "${deadBroker}", logger: silentLogger, lingerMs: 10_000, retryInitialMs: 5000 });
+      kafka.export(sampleEvent());
+    `;
+    const started = Date.now();
+    const code = await new Promise<number>((resolve) => {
+      const child = execFile(
+        process.execPath,
+        ["--import", "tsx", "--input-type=module", "-e", script],
+        { cwd: REPO_ROOT, timeout: 30_000 },
+        (error) => {
+          resolve(error ? (typeof error.code === "number" ? error.code : -1) : 0);
+        },
+      );
+      child.stdin?.end();
+    });
+    expect(code).toBe(0);
+    expect(Date.now() - started).toBeLessThan(20_000);
+  });
+});
