@@ -66,6 +66,8 @@ export interface StackUpResult {
 export async function stackUp(
   config: StackConfig,
   log: StackLog = () => undefined,
+  /** Bring up only these services (default: all). */
+  only: readonly StackService[] = SERVICES,
 ): Promise<StackUpResult> {
   const started = Date.now();
   mkdirSync(join(config.dir, "logs"), { recursive: true });
@@ -80,7 +82,7 @@ export async function stackUp(
     if (record && isRunning(record)) running.set(service, record);
     else if (record) removeRecord(config.dir, service);
   }
-  const toStart = SERVICES.filter((service) => !running.has(service));
+  const toStart = SERVICES.filter((service) => only.includes(service) && !running.has(service));
   for (const service of toStart) await assertPortsFree(config, service);
 
   let downloaded = false;
@@ -117,18 +119,24 @@ export async function stackUp(
 
   const endpoints = stackEndpoints(config);
   await Promise.all([
-    waitUntil(config, "kafka", () => kafkaRoundTrip(endpoints.kafkaBrokers, 15_000)),
-    waitUntil(config, "registry", async () => {
-      await setGlobalCompatibility(endpoints.schemaRegistryUrl, "BACKWARD");
-      await registryRoundTrip(endpoints.schemaRegistryUrl);
-    }),
+    only.includes("kafka")
+      ? waitUntil(config, "kafka", () => kafkaRoundTrip(endpoints.kafkaBrokers, 15_000))
+      : undefined,
+    only.includes("registry")
+      ? waitUntil(config, "registry", async () => {
+          await setGlobalCompatibility(endpoints.schemaRegistryUrl, "BACKWARD");
+          await registryRoundTrip(endpoints.schemaRegistryUrl);
+        })
+      : undefined,
   ]);
-  log(
-    `kafka     ${endpoints.kafkaBrokers} answers (Apache Kafka ${config.versions.kafka}, KRaft, produce/consume round trip)`,
-  );
-  log(
-    `registry  ${endpoints.schemaRegistryUrl} answers (Apicurio Registry ${config.versions.apicurio}, schema registered)`,
-  );
+  if (only.includes("kafka"))
+    log(
+      `kafka     ${endpoints.kafkaBrokers} answers (Apache Kafka ${config.versions.kafka}, KRaft, produce/consume round trip)`,
+    );
+  if (only.includes("registry"))
+    log(
+      `registry  ${endpoints.schemaRegistryUrl} answers (Apicurio Registry ${config.versions.apicurio}, schema registered)`,
+    );
   const elapsedMs = Date.now() - started;
   return { endpoints, started: startedNow, downloaded, elapsedMs };
 }

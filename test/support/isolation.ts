@@ -28,11 +28,11 @@ export function uniqueName(prefix: string): string {
   return `${prefix}-${file}-${randomBytes(4).toString("hex")}`;
 }
 
-/** A kafkajs client for tests, quiet unless something fails. */
-export function testKafka(clientId = uniqueName("test")): Kafka {
+/** A kafkajs client for tests (the shared broker unless told), quiet unless something fails. */
+export function testKafka(clientId = uniqueName("test"), brokers = services().kafkaBrokers): Kafka {
   return new Kafka({
     clientId,
-    brokers: services().kafkaBrokers.split(","),
+    brokers: brokers.split(","),
     logLevel: logLevel.ERROR,
     retry: { retries: 5 },
   });
