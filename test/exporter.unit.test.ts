@@ -59,15 +59,15 @@ describe("KafkaExporter buffer", () => {
 
   it("drops the oldest with drop-oldest", () => {
     const kafka = exporter({ overflow: "drop-oldest", lingerMs: 60_000 });
-    for (let i = 0; i < 7; i++) kafka.export(sampleEvent());
+    for (let i = 0; i < 7; i++) void kafka.export(sampleEvent());
     expect(kafka.stats()).toMatchObject({ buffered: 5, dropped: 2 });
     void kafka.shutdown(10);
   });
 
   it("blocks a full buffer's export until the timeout, then drops", async () => {
     const kafka = exporter({ overflow: "block", maxQueueSize: 2, blockTimeoutMs: 150 });
-    kafka.export(sampleEvent());
-    kafka.export(sampleEvent());
+    void kafka.export(sampleEvent());
+    void kafka.export(sampleEvent());
     const started = Date.now();
     const waiting = kafka.export(sampleEvent());
     expect(waiting).toBeInstanceOf(Promise);
@@ -79,14 +79,14 @@ describe("KafkaExporter buffer", () => {
 
   it("gives up a flush at its timeout, says what is left, and shuts down once", async () => {
     const kafka = exporter();
-    kafka.export(sampleEvent());
-    kafka.export(sampleEvent());
+    void kafka.export(sampleEvent());
+    void kafka.export(sampleEvent());
     expect(await kafka.flush(100)).toEqual({ complete: false, remaining: 2 });
     const first = kafka.shutdown(50);
     expect(kafka.shutdown(50)).toBe(first);
     expect(await first).toEqual({ complete: false, remaining: 2 });
     // Undelivered at shutdown, and refused after it: both count as dropped.
-    kafka.export(sampleEvent());
+    void kafka.export(sampleEvent());
     expect(kafka.stats()).toMatchObject({ buffered: 0, dropped: 3 });
   });
 
@@ -106,7 +106,7 @@ describe("KafkaExporter buffer", () => {
       import { silentLogger } from "./producer/logger.ts";
       import { sampleEvent } from "./test/support/events.ts";
       const kafka = new KafkaExporter({ brokers: "${deadBroker}", logger: silentLogger, lingerMs: 10_000, retryInitialMs: 5000 });
-      kafka.export(sampleEvent());
+      void kafka.export(sampleEvent());
     `;
     const started = Date.now();
     const code = await new Promise<number>((resolve) => {
