@@ -4,7 +4,7 @@ import prettier from "eslint-config-prettier";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["dist/", "node_modules/", ".stack/", "coverage/"] },
+  { ignores: ["dist/", "node_modules/", ".stack/", "coverage/", ".scratch/"] },
   js.configs.recommended,
   ...tseslint.configs.strictTypeChecked,
   {

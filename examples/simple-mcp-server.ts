@@ -145,11 +145,14 @@ async function main(): Promise<void> {
   const server = createExampleServer(interceptor);
   instrumentMcpServer(server, interceptor);
   await server.connect(new StdioServerTransport());
+  let stopping = false;
   const stop = async (): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    await interceptor.shutdown();
     process.stderr.write(
       `${JSON.stringify({ snapshot: interceptor.getMetricsSnapshot(), alerts: interceptor.getActiveAlerts(), counters: interceptor.getCounters() })}\n`,
     );
-    await interceptor.shutdown();
     await server.close();
     process.exit(0);
   };

@@ -75,6 +75,7 @@ export class MCPInterceptor {
   private readonly logger: Logger;
   private readonly now: () => number;
   private shutdownPromise: Promise<FlushResult> | undefined;
+  private readonly pending = new Set<Promise<unknown>>();
   private counters = {
     recorded: 0,
     tokensEstimated: 0,
@@ -180,9 +181,13 @@ export class MCPInterceptor {
    * @internal used by the MCP SDK integration.
    */
   recordSpan(input: SpanInput, context: TraceContext): void {
-    void this.recordCall(input, context).catch((error: unknown) => {
+    const pending = this.recordCall(input, context).catch((error: unknown) => {
       this.internalError("recording a span failed", error);
+      return undefined;
     });
+    // Recording can wait on the tokenizer's first load; flush and shutdown wait for it.
+    this.pending.add(pending);
+    void pending.finally(() => this.pending.delete(pending));
   }
 
   /** This replica's metrics over the rolling window. */
@@ -225,16 +230,22 @@ export class MCPInterceptor {
     return { ...this.counters, ...exporter };
   }
 
-  /** Delivers what the exporter buffers (see `EventExporter.flush`). */
-  flush(timeoutMs?: number): Promise<FlushResult> {
-    return this.exporter?.flush(timeoutMs) ?? Promise.resolve({ complete: true, remaining: 0 });
+  /** Finishes spans still being recorded, then delivers what the exporter buffers. */
+  async flush(timeoutMs?: number): Promise<FlushResult> {
+    await this.settlePending();
+    return (await this.exporter?.flush(timeoutMs)) ?? { complete: true, remaining: 0 };
   }
 
-  /** Flushes and closes the exporter; once. */
+  /** Finishes spans still being recorded, then flushes and closes the exporter; once. */
   shutdown(timeoutMs?: number): Promise<FlushResult> {
-    this.shutdownPromise ??=
-      this.exporter?.shutdown(timeoutMs) ?? Promise.resolve({ complete: true, remaining: 0 });
+    this.shutdownPromise ??= this.settlePending().then(
+      async () => (await this.exporter?.shutdown(timeoutMs)) ?? { complete: true, remaining: 0 },
+    );
     return this.shutdownPromise;
+  }
+
+  private async settlePending(): Promise<void> {
+    while (this.pending.size > 0) await Promise.allSettled([...this.pending]);
   }
 
   private recordTimed(
