@@ -60,8 +60,46 @@ export class ServiceWindows {
     this.windows.delete(windowStart);
     const window = { start: windowStart, end: windowStart + this.windowSizeMicros };
     return [...byModel.entries()]
-      .sort(([a], [b]) => (a === null ? -1 : b === null ? 1 : a < b ? -1 : a > b ? 1 : 0))
+      .sort(([a], [b]) => compareModels(a, b))
       .map(([model, accumulator]) => accumulator.toRollup(this.service, model, window));
+  }
+
+  /** How many (window, model) accumulators are open, the service totals included. */
+  openCount(): number {
+    let count = 0;
+    for (const byModel of this.windows.values()) count += byModel.size;
+    return count;
+  }
+
+  /** Every open window's rollup (for a checkpoint), in window then model order; windows stay open. */
+  openRollups(): MetricRollup[] {
+    const rollups: MetricRollup[] = [];
+    for (const start of this.windowStarts()) {
+      const byModel = this.windows.get(start);
+      if (!byModel) continue;
+      const window = { start, end: start + this.windowSizeMicros };
+      for (const [model, accumulator] of [...byModel.entries()].sort(([a], [b]) =>
+        compareModels(a, b),
+      ))
+        rollups.push(accumulator.toRollup(this.service, model, window));
+    }
+    return rollups;
+  }
+
+  /**
+   * Puts back an open window's accumulator from its rollup (restoring a checkpoint).
+   *
+   * @throws {RangeError} when the rollup is of another service or window size.
+   */
+  restore(rollup: MetricRollup): void {
+    if (
+      rollup.service !== this.service ||
+      rollup.window_end - rollup.window_start !== this.windowSizeMicros
+    )
+      throw new RangeError(
+        `rollup ${rollupKey(rollup)} does not belong to ${this.service}'s windows`,
+      );
+    this.window(rollup.window_start).set(rollup.model, WindowAccumulator.fromRollup(rollup));
   }
 
   /** The accumulator of a window and model, if any (read-only use). */
@@ -89,6 +127,14 @@ export class ServiceWindows {
     }
     return accumulator;
   }
+}
+
+/** The service total (null) first, then models in code-unit order (locale-independent). */
+function compareModels(a: string | null, b: string | null): number {
+  if (a === b) return 0;
+  if (a === null) return -1;
+  if (b === null) return 1;
+  return a < b ? -1 : 1;
 }
 
 /**
