@@ -5,7 +5,9 @@
  *
  * @module
  */
-import kafkajs, { type Producer } from "kafkajs";
+import { randomUUID } from "node:crypto";
+
+import kafkajs, { type IHeaders, type Message, type Producer } from "kafkajs";
 import createSnappyCodec from "kafkajs-snappy";
 
 // kafkajs is CommonJS: Node's ESM loader sees only some of its named exports, so take them from
@@ -41,6 +43,14 @@ export interface OutgoingRecord {
   readonly key: string | Buffer | null;
   readonly value: Buffer;
   readonly headers?: Readonly<Record<string, string | Buffer>>;
+  /** An explicit partition; by default the key's hash picks it. */
+  readonly partition?: number;
+}
+
+/** Records for one topic, for {@link RecordProducer.sendMany}. */
+export interface TopicRecords {
+  readonly topic: string;
+  readonly records: readonly OutgoingRecord[];
 }
 
 /** A failure talking to Kafka, with a code a caller can branch on. */
@@ -67,6 +77,8 @@ export interface RecordProducer {
    * @throws {KafkaError}
    */
   send(topic: string, records: readonly OutgoingRecord[], compression: Compression): Promise<void>;
+  /** Sends records for several topics in one request per broker; resolves once all are acknowledged. */
+  sendMany(batches: readonly TopicRecords[], compression: Compression): Promise<void>;
   disconnect(): Promise<void>;
 }
 
@@ -119,20 +131,256 @@ export function createRecordProducer(settings: KafkaSettings): RecordProducer {
           topic,
           acks: -1,
           compression: COMPRESSION[compression],
-          messages: records.map((record) => ({
-            key: record.key,
-            value: record.value,
-            ...(record.headers === undefined ? {} : { headers: { ...record.headers } }),
-          })),
+          messages: records.map(toMessage),
         });
       } catch (error) {
         throw toKafkaError(error, `producing ${records.length} record(s) to ${topic}`);
+      }
+    },
+    async sendMany(batches, compression) {
+      const topicMessages = batches
+        .filter((batch) => batch.records.length > 0)
+        .map((batch) => ({ topic: batch.topic, messages: batch.records.map(toMessage) }));
+      if (topicMessages.length === 0) return;
+      try {
+        await producer.sendBatch({
+          acks: -1,
+          compression: COMPRESSION[compression],
+          topicMessages,
+        });
+      } catch (error) {
+        throw toKafkaError(
+          error,
+          `producing to ${topicMessages.map((batch) => batch.topic).join(", ")}`,
+        );
       }
     },
     async disconnect() {
       await producer.disconnect();
     },
   };
+}
+
+function toMessage(record: OutgoingRecord): Message {
+  return {
+    key: record.key,
+    value: record.value,
+    ...(record.headers === undefined ? {} : { headers: { ...record.headers } }),
+    ...(record.partition === undefined ? {} : { partition: record.partition }),
+  };
+}
+
+/** A record as consumed. Headers are decoded as UTF-8. */
+export interface ConsumedRecord {
+  readonly topic: string;
+  readonly partition: number;
+  /** Offsets are 64-bit: kept as decimal strings. */
+  readonly offset: string;
+  readonly key: Buffer | null;
+  readonly value: Buffer | null;
+  readonly headers: Readonly<Record<string, string>>;
+}
+
+/** The records of one partition fetched together, in offset order. */
+export interface ConsumedBatch {
+  readonly topic: string;
+  readonly partition: number;
+  readonly records: readonly ConsumedRecord[];
+  /** The partition's end offset (next offset to be written) when fetched. */
+  readonly highWatermark: string;
+}
+
+/** What a batch handler can do while it holds a batch. */
+export interface BatchControl {
+  heartbeat(): Promise<void>;
+  /** False once the consumer is stopping. */
+  isRunning(): boolean;
+  /** True when a rebalance took the partition away meanwhile. */
+  isStale(): boolean;
+  /** Marks records up to `offset` as processed, for this consumer's own fetch position. */
+  resolveOffset(offset: string): void;
+  /** Fetches this partition from `offset` next (the rest of this batch should be dropped). */
+  seek(offset: string): void;
+}
+
+/** Options of {@link createGroupConsumer}. */
+export interface GroupConsumerOptions {
+  readonly groupId: string;
+  readonly topics: readonly string[];
+  /** Where a partition without a committed offset starts. */
+  readonly fromBeginning: boolean;
+  readonly sessionTimeoutMs?: number;
+  /** Handles one partition's batch; partitions are handled one at a time, in order. */
+  readonly onBatch: (batch: ConsumedBatch, control: BatchControl) => Promise<void>;
+  /** Called when this member's assignment changes. */
+  readonly onAssignment?: (partitions: readonly { topic: string; partition: number }[]) => void;
+  /** Called when the consumer stopped because of an error it could not recover from. */
+  readonly onCrash?: (error: Error) => void;
+}
+
+/** A consumer-group member with manual offset commits. */
+export interface GroupConsumer {
+  start(): Promise<void>;
+  /** Commits `offset` (the next offset to read) for the group. */
+  commit(topic: string, partition: number, offset: string): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export function createGroupConsumer(
+  settings: KafkaSettings,
+  options: GroupConsumerOptions,
+): GroupConsumer {
+  const kafka = client(settings);
+  const consumer = kafka.consumer({
+    groupId: options.groupId,
+    sessionTimeout: options.sessionTimeoutMs ?? 30_000,
+    // Rebalances hand partitions over while a batch may still be in flight elsewhere; the
+    // processor's checkpoints make that safe, so there is no reason to wait long.
+    rebalanceTimeout: 30_000,
+    retry: { retries: 8, initialRetryTime: 200, maxRetryTime: 5000 },
+  });
+  consumer.on(consumer.events.GROUP_JOIN, (event) => {
+    const assignment = event.payload.memberAssignment;
+    options.onAssignment?.(
+      Object.entries(assignment).flatMap(([topic, partitions]) =>
+        partitions.map((partition) => ({ topic, partition })),
+      ),
+    );
+  });
+  consumer.on(consumer.events.CRASH, (event) => {
+    const error = event.payload.error;
+    if (!event.payload.restart) options.onCrash?.(error);
+  });
+  return {
+    async start() {
+      try {
+        await consumer.connect();
+        for (const topic of options.topics)
+          await consumer.subscribe({ topic, fromBeginning: options.fromBeginning });
+      } catch (error) {
+        throw toKafkaError(error, "starting the consumer");
+      }
+      await consumer.run({
+        autoCommit: false,
+        eachBatchAutoResolve: false,
+        eachBatch: async (payload) => {
+          const batch = payload.batch;
+          const records: ConsumedRecord[] = batch.messages.map((message) => ({
+            topic: batch.topic,
+            partition: batch.partition,
+            offset: message.offset,
+            key: message.key,
+            value: message.value,
+            headers: decodeHeaders(message.headers),
+          }));
+          await options.onBatch(
+            {
+              topic: batch.topic,
+              partition: batch.partition,
+              records,
+              highWatermark: batch.highWatermark,
+            },
+            {
+              heartbeat: () => payload.heartbeat(),
+              isRunning: () => payload.isRunning(),
+              isStale: () => payload.isStale(),
+              resolveOffset: (offset) => {
+                payload.resolveOffset(offset);
+              },
+              seek: (offset) => {
+                consumer.seek({ topic: batch.topic, partition: batch.partition, offset });
+              },
+            },
+          );
+        },
+      });
+    },
+    async commit(topic, partition, offset) {
+      try {
+        await consumer.commitOffsets([{ topic, partition, offset }]);
+      } catch (error) {
+        throw toKafkaError(error, `committing ${topic}[${partition}]@${offset}`);
+      }
+    },
+    async stop() {
+      await consumer.disconnect();
+    },
+  };
+}
+
+function decodeHeaders(headers: IHeaders | undefined): Record<string, string> {
+  const decoded: Record<string, string> = {};
+  for (const [name, value] of Object.entries(headers ?? {})) {
+    if (value === undefined) continue;
+    const first = Array.isArray(value) ? value[0] : value;
+    if (first !== undefined) decoded[name] = first.toString();
+  }
+  return decoded;
+}
+
+/**
+ * Reads a whole topic as it is now: every record up to the end offsets taken at the start, then
+ * stops. For small topics (checkpoints). Uses a throwaway consumer group, deleted afterwards.
+ */
+export async function readTopicToEnd(
+  settings: KafkaSettings,
+  topic: string,
+): Promise<ConsumedRecord[]> {
+  const kafka = client(settings);
+  const admin = kafka.admin();
+  await admin.connect();
+  try {
+    const offsets = await admin.fetchTopicOffsets(topic);
+    const ends = new Map(offsets.map((entry) => [entry.partition, BigInt(entry.high)] as const));
+    const pending = new Set(
+      offsets
+        .filter((entry) => BigInt(entry.high) > BigInt(entry.low))
+        .map((entry) => entry.partition),
+    );
+    if (pending.size === 0) return [];
+    const groupId = `${settings.clientId}-reader-${randomUUID()}`;
+    const consumer = kafka.consumer({ groupId });
+    const records: ConsumedRecord[] = [];
+    await consumer.connect();
+    try {
+      await consumer.subscribe({ topic, fromBeginning: true });
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          reject(new KafkaError(`reading ${topic} to its end took over 60 s`, "Timeout", true));
+        }, 60_000);
+        void consumer.run({
+          eachBatch: async (payload) => {
+            const batch = payload.batch;
+            const end = ends.get(batch.partition) ?? 0n;
+            for (const message of batch.messages) {
+              if (BigInt(message.offset) >= end) break;
+              records.push({
+                topic,
+                partition: batch.partition,
+                offset: message.offset,
+                key: message.key,
+                value: message.value,
+                headers: decodeHeaders(message.headers),
+              });
+              payload.resolveOffset(message.offset);
+              if (BigInt(message.offset) + 1n >= end) pending.delete(batch.partition);
+            }
+            if (pending.size === 0) {
+              clearTimeout(timer);
+              resolve();
+            }
+            return Promise.resolve();
+          },
+        });
+      });
+    } finally {
+      await consumer.disconnect();
+      await admin.deleteGroups([groupId]).catch(() => undefined);
+    }
+    return records;
+  } finally {
+    await admin.disconnect();
+  }
 }
 
 /** Topic administration: what the project's processes create on start. */
@@ -145,6 +393,8 @@ export interface TopicAdmin {
       config?: Readonly<Record<string, string>>;
     }[],
   ): Promise<string[]>;
+  /** Each partition's end offset (the next offset to be written), as decimal strings. */
+  endOffsets(topic: string): Promise<Map<number, string>>;
   close(): Promise<void>;
 }
 
@@ -172,6 +422,11 @@ export async function connectAdmin(settings: KafkaSettings): Promise<TopicAdmin>
         })),
       });
       return missing.map((topic) => topic.name);
+    },
+    async endOffsets(topic) {
+      return new Map(
+        (await admin.fetchTopicOffsets(topic)).map((entry) => [entry.partition, entry.high]),
+      );
     },
     async close() {
       await admin.disconnect();

@@ -1,0 +1,636 @@
+/**
+ * The stream processor: a consumer-group member over the model-calls topic that feeds each
+ * partition's records, in offset order, through the partition state machine (`partition.ts`) and
+ * produces what it emits: rollups to the compacted metric-rollups topic, alert transitions to the
+ * alerts topic, late events (original bytes) to the late-events topic, and undecodable or invalid
+ * records (original bytes, reason in headers) to the dead-letter topic.
+ *
+ * Crash safety (see processor/README.md): after a batch's outputs are acknowledged, the
+ * partition's state and next offset are written to a compacted checkpoint topic, and only then is
+ * the offset committed to the group. A restarted or new owner restores the newest checkpoint and
+ * reprocesses from its offset: every output after it is produced again, identical, because the
+ * state machine is a pure function of the log. Consumers deduplicate by key.
+ */
+import { randomUUID } from "node:crypto";
+
+import {
+  Subject,
+  groupBy,
+  map,
+  mergeMap,
+  switchMap,
+  timer,
+  type SchedulerLike,
+  type Subscription,
+} from "rxjs";
+
+import { AvroCodec, valueSubject } from "../avro/codec.js";
+import { ALERT_EVENT, METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
+import { readControl, watermarkTick } from "../avro/control.js";
+import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
+import { ConfigError, loadConnectionConfig, topicNames, type TopicNames } from "../config/index.js";
+import {
+  connectAdmin,
+  createGroupConsumer,
+  createRecordProducer,
+  type BatchControl,
+  type ConsumedBatch,
+  type ConsumedRecord,
+  type GroupConsumer,
+  type KafkaSettings,
+  type OutgoingRecord,
+  type RecordProducer,
+} from "../kafka/index.js";
+import { MICROS_PER_MILLI, parseMetricsConfig, rollupKey } from "../metrics/index.js";
+import { CheckpointStore, type Checkpoint } from "./checkpoints.js";
+import { PartitionState, type PartitionOutput, type WindowSettings } from "./partition.js";
+
+/** A logger for the processor's own events (JSON lines by default). */
+export interface ProcessorLogger {
+  info(message: string, context?: Readonly<Record<string, unknown>>): void;
+  warn(message: string, context?: Readonly<Record<string, unknown>>): void;
+  error(message: string, context?: Readonly<Record<string, unknown>>): void;
+}
+
+const jsonLogger: ProcessorLogger = {
+  info: (message, context) => {
+    process.stdout.write(
+      `${JSON.stringify({ level: "info", time: new Date().toISOString(), component: "processor", message, ...context })}\n`,
+    );
+  },
+  warn: (message, context) => {
+    process.stderr.write(
+      `${JSON.stringify({ level: "warn", time: new Date().toISOString(), component: "processor", message, ...context })}\n`,
+    );
+  },
+  error: (message, context) => {
+    process.stderr.write(
+      `${JSON.stringify({ level: "error", time: new Date().toISOString(), component: "processor", message, ...context })}\n`,
+    );
+  },
+};
+
+/** Settings of {@link StreamProcessor}; each falls back to the environment, then a default. */
+export interface ProcessorOptions {
+  readonly brokers?: string | readonly string[];
+  readonly schemaRegistryUrl?: string;
+  /** Default `MCPO_TOPIC_PREFIX`, then `mcpo.`. */
+  readonly topicPrefix?: string;
+  /** Default `mcpo-processor`. A replay uses a group of its own. */
+  readonly groupId?: string;
+  /** `live` (default): runs until stopped, closes idle partitions' windows after `idleTimeoutMs`.
+   * `replay`: reads to the end offsets present at start, then flushes every open window and stops. */
+  readonly mode?: "live" | "replay";
+  /** Tumbling window size, ms (default 60 000). */
+  readonly windowSizeMs?: number;
+  /** Grace period for out-of-order events, ms (default 10 000). */
+  readonly graceMs?: number;
+  /** Live mode: a partition with open windows and no records for this long gets a watermark tick, ms (default 30 000). */
+  readonly idleTimeoutMs?: number;
+  /** How often a partition's state is checkpointed, at most, ms (default 2000). */
+  readonly checkpointIntervalMs?: number;
+  /** Partitions of the topics the processor creates if missing (default 6). */
+  readonly partitions?: number;
+  /** Thresholds and alert rules (see metrics/README.md). */
+  readonly metrics?: unknown;
+  readonly clientId?: string;
+  readonly logger?: ProcessorLogger;
+  /** RxJS scheduler for the idle timers (tests use a virtual one). */
+  readonly scheduler?: SchedulerLike;
+}
+
+/** Counters since start. */
+export interface ProcessorStats {
+  readonly records: number;
+  readonly events: number;
+  readonly ticks: number;
+  readonly rollups: number;
+  readonly alerts: number;
+  readonly late: number;
+  readonly deadLettered: number;
+  readonly checkpoints: number;
+  readonly openSeries: number;
+  readonly assignedPartitions: number;
+}
+
+interface OwnedPartition {
+  readonly state: PartitionState;
+  /** The next offset to process; null until the first record when there was no checkpoint. */
+  nextOffset: bigint | null;
+  lastCheckpointAt: number;
+  lastCheckpointOffset: bigint;
+}
+
+function positive(key: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isInteger(value) || value <= 0)
+    throw new ConfigError(key, `expected a positive integer (got ${value})`);
+  return value;
+}
+
+export class StreamProcessor {
+  readonly topics: TopicNames & { readonly checkpoints: string };
+  readonly groupId: string;
+  readonly mode: "live" | "replay";
+  private readonly settings: WindowSettings;
+  private readonly kafka: KafkaSettings;
+  private readonly registryUrl: string;
+  private readonly idleTimeoutMs: number;
+  private readonly checkpointIntervalMs: number;
+  private readonly partitions: number;
+  private readonly logger: ProcessorLogger;
+  private readonly scheduler: SchedulerLike | undefined;
+
+  private producer: RecordProducer | undefined;
+  private consumer: GroupConsumer | undefined;
+  private checkpoints: CheckpointStore | undefined;
+  private codecs:
+    | {
+        events: AvroCodec<ModelCallEvent>;
+        rollups: AvroCodec<MetricRollup>;
+        alerts: AvroCodec<AlertEvent>;
+      }
+    | undefined;
+  private readonly owned = new Map<number, OwnedPartition>();
+  private assignment = new Set<number>();
+  private checkpointLoad: Promise<Map<number, Checkpoint>> | undefined;
+  private readonly activity = new Subject<number>();
+  private idleSubscription: Subscription | undefined;
+  private replayEnds: Map<number, bigint> | undefined;
+  private replayDone: { resolve: () => void; reject: (error: Error) => void } | undefined;
+  private stopping: Promise<void> | undefined;
+  private counters = {
+    records: 0,
+    events: 0,
+    ticks: 0,
+    rollups: 0,
+    alerts: 0,
+    late: 0,
+    deadLettered: 0,
+    checkpoints: 0,
+  };
+
+  /** @throws {ConfigError} naming the option or variable that is invalid. */
+  constructor(options: ProcessorOptions = {}) {
+    const connection = loadConnectionConfig({
+      ...(options.brokers === undefined ? {} : { kafkaBrokers: options.brokers }),
+      ...(options.schemaRegistryUrl === undefined
+        ? {}
+        : { schemaRegistryUrl: options.schemaRegistryUrl }),
+      ...(options.topicPrefix === undefined ? {} : { topicPrefix: options.topicPrefix }),
+    });
+    const names = topicNames(connection.topicPrefix);
+    this.topics = { ...names, checkpoints: `${connection.topicPrefix}processor-checkpoints` };
+    this.groupId = options.groupId ?? "mcpo-processor";
+    const mode: string = options.mode ?? "live";
+    if (mode !== "live" && mode !== "replay")
+      throw new ConfigError("mode", `expected live or replay (got ${JSON.stringify(mode)})`);
+    this.mode = mode;
+    const metrics = parseMetricsConfig(options.metrics ?? {}, "metrics");
+    const windowSizeMs = positive("windowSizeMs", options.windowSizeMs, 60_000);
+    const graceMs = options.graceMs ?? 10_000;
+    if (!Number.isInteger(graceMs) || graceMs < 0)
+      throw new ConfigError("graceMs", `expected a non-negative integer (got ${graceMs})`);
+    this.settings = {
+      windowSizeMicros: windowSizeMs * MICROS_PER_MILLI,
+      graceMicros: graceMs * MICROS_PER_MILLI,
+      thresholds: metrics.thresholds,
+      rules: metrics.rules,
+    };
+    this.idleTimeoutMs = positive("idleTimeoutMs", options.idleTimeoutMs, 30_000);
+    this.checkpointIntervalMs = positive(
+      "checkpointIntervalMs",
+      options.checkpointIntervalMs,
+      2000,
+    );
+    this.partitions = positive("partitions", options.partitions, 6);
+    this.kafka = {
+      brokers: connection.kafkaBrokers,
+      clientId: options.clientId ?? `mcpo-processor-${randomUUID().slice(0, 8)}`,
+    };
+    this.registryUrl = connection.schemaRegistryUrl;
+    this.logger = options.logger ?? jsonLogger;
+    this.scheduler = options.scheduler;
+  }
+
+  /** Creates missing topics, registers the schemas and joins the group. */
+  async start(): Promise<void> {
+    const admin = await connectAdmin(this.kafka);
+    try {
+      const created = await admin.ensureTopics([
+        { name: this.topics.modelCalls, partitions: this.partitions },
+        {
+          name: this.topics.metricRollups,
+          partitions: this.partitions,
+          config: { "cleanup.policy": "compact" },
+        },
+        { name: this.topics.alerts, partitions: this.partitions },
+        { name: this.topics.deadLetter, partitions: this.partitions },
+        { name: this.topics.lateEvents, partitions: this.partitions },
+        {
+          name: this.topics.checkpoints,
+          partitions: 1,
+          config: { "cleanup.policy": "compact", "max.message.bytes": String(16 * 1024 * 1024) },
+        },
+      ]);
+      if (created.length > 0) this.logger.info("created topics", { topics: created });
+      if (this.mode === "replay") {
+        const ends = await admin.endOffsets(this.topics.modelCalls);
+        this.replayEnds = new Map(
+          [...ends].map(([partition, offset]) => [partition, BigInt(offset)]),
+        );
+      }
+    } finally {
+      await admin.close();
+    }
+    const events = await AvroCodec.register(MODEL_CALL_EVENT, {
+      registryUrl: this.registryUrl,
+      subject: valueSubject(this.topics.modelCalls),
+    });
+    const rollups = await AvroCodec.register(METRIC_ROLLUP, {
+      registryUrl: this.registryUrl,
+      subject: valueSubject(this.topics.metricRollups),
+    });
+    const alerts = await AvroCodec.register(ALERT_EVENT, {
+      registryUrl: this.registryUrl,
+      subject: valueSubject(this.topics.alerts),
+    });
+    this.codecs = { events, rollups, alerts };
+    this.producer = createRecordProducer(this.kafka);
+    await this.producer.connect();
+    this.checkpoints = new CheckpointStore(this.kafka, this.topics.checkpoints, this.producer);
+    if (this.mode === "live") this.watchIdlePartitions();
+    this.consumer = createGroupConsumer(this.kafka, {
+      groupId: this.groupId,
+      topics: [this.topics.modelCalls],
+      fromBeginning: true,
+      onBatch: (batch, control) => this.onBatch(batch, control),
+      onAssignment: (partitions) => {
+        this.onAssignment(partitions.map((entry) => entry.partition));
+      },
+      onCrash: (error) => {
+        this.logger.error("consumer stopped", { error: error.message });
+        this.replayDone?.reject(error);
+      },
+    });
+    await this.consumer.start();
+    this.logger.info("processor started", {
+      group: this.groupId,
+      mode: this.mode,
+      topic: this.topics.modelCalls,
+    });
+  }
+
+  /**
+   * Replay mode: resolves once every partition was read to the end offsets present at start and
+   * every open window was flushed; then stops.
+   */
+  async runToEnd(): Promise<ProcessorStats> {
+    if (this.mode !== "replay") throw new Error("runToEnd() is for replay mode");
+    const done = new Promise<void>((resolve, reject) => {
+      this.replayDone = { resolve, reject };
+    });
+    await this.start();
+    if (this.replayFinished()) await this.finishReplay();
+    await done;
+    await this.stop();
+    return this.stats();
+  }
+
+  /** Leaves the group (after the batch in flight) and closes connections; once. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.idleSubscription?.unsubscribe();
+      try {
+        await this.consumer?.stop();
+      } finally {
+        await this.producer?.disconnect().catch(() => undefined);
+        this.logger.info("processor stopped", { ...this.stats() });
+      }
+    })();
+    return this.stopping;
+  }
+
+  stats(): ProcessorStats {
+    let openSeries = 0;
+    for (const partition of this.owned.values()) openSeries += partition.state.openSeries;
+    return { ...this.counters, openSeries, assignedPartitions: this.assignment.size };
+  }
+
+  private onAssignment(partitions: readonly number[]): void {
+    this.assignment = new Set(partitions);
+    // Partitions given away: their next owner continues from their checkpoint.
+    for (const partition of [...this.owned.keys()])
+      if (!this.assignment.has(partition)) this.owned.delete(partition);
+    this.checkpointLoad = undefined;
+    this.logger.info("assigned", { partitions: [...this.assignment].sort((a, b) => a - b) });
+  }
+
+  private async partitionFor(partition: number): Promise<OwnedPartition> {
+    const owned = this.owned.get(partition);
+    if (owned) return owned;
+    this.checkpointLoad ??= (this.checkpoints as CheckpointStore).loadAll(
+      this.groupId,
+      this.topics.modelCalls,
+    );
+    const checkpoint = (await this.checkpointLoad).get(partition);
+    const restored: OwnedPartition = {
+      state: new PartitionState(this.settings, checkpoint?.state),
+      nextOffset: checkpoint ? BigInt(checkpoint.nextOffset) : null,
+      lastCheckpointAt: Date.now(),
+      lastCheckpointOffset: checkpoint ? BigInt(checkpoint.nextOffset) : -1n,
+    };
+    this.owned.set(partition, restored);
+    this.logger.info("partition restored", {
+      partition,
+      nextOffset: restored.nextOffset?.toString() ?? "earliest",
+      fromCheckpoint: checkpoint !== undefined,
+    });
+    return restored;
+  }
+
+  private async onBatch(batch: ConsumedBatch, control: BatchControl): Promise<void> {
+    const owned = await this.partitionFor(batch.partition);
+    const first = batch.records[0];
+    if (!first) return;
+    // No checkpoint: the partition starts where the log does (retention may have removed offset 0).
+    owned.nextOffset ??= BigInt(first.offset);
+    if (BigInt(first.offset) > owned.nextOffset) {
+      // The group's committed offset is ahead of the newest checkpoint: read from the checkpoint.
+      control.seek(owned.nextOffset.toString());
+      return;
+    }
+    const outputs: {
+      rollups: OutgoingRecord[];
+      alerts: OutgoingRecord[];
+      late: OutgoingRecord[];
+      dead: OutgoingRecord[];
+      ticks: number;
+    } = {
+      rollups: [],
+      alerts: [],
+      late: [],
+      dead: [],
+      ticks: 0,
+    };
+    let lastOffset: string | undefined;
+    for (const record of batch.records) {
+      const offset = BigInt(record.offset);
+      if (offset < owned.nextOffset) continue; // already in the restored state
+      if (!control.isRunning() || control.isStale()) break;
+      if (this.replayEnds && offset >= (this.replayEnds.get(batch.partition) ?? 0n)) break;
+      const handled = await this.processRecord(owned, record, outputs);
+      if (!handled) break; // the registry is unreachable: stop here, retry this record later
+      owned.nextOffset = offset + 1n;
+      lastOffset = record.offset;
+      this.counters.records++;
+    }
+    if (lastOffset === undefined) return;
+    if (this.replayFinishedFor(batch.partition, owned)) this.flushInto(owned, outputs);
+    await this.produce(outputs);
+    control.resolveOffset(lastOffset);
+    await this.maybeCheckpoint(
+      batch.partition,
+      owned,
+      this.replayFinishedFor(batch.partition, owned),
+    );
+    await control.heartbeat();
+    if (this.mode === "live") this.activity.next(batch.partition);
+    if (this.replayEnds && this.replayFinished()) await this.finishReplay();
+  }
+
+  /** Feeds one record through the partition's state; false when it must be retried later. */
+  private async processRecord(
+    owned: OwnedPartition,
+    record: ConsumedRecord,
+    outputs: {
+      rollups: OutgoingRecord[];
+      alerts: OutgoingRecord[];
+      late: OutgoingRecord[];
+      dead: OutgoingRecord[];
+    },
+  ): Promise<boolean> {
+    const controlRecord = readControl(record.headers, record.value);
+    if (controlRecord.type === "tick") {
+      this.counters.ticks++;
+      this.collect(
+        owned.state.apply({ type: "tick", eventTimeMicros: controlRecord.eventTimeMicros }),
+        record,
+        outputs,
+      );
+      return true;
+    }
+    if (controlRecord.type === "unknown") {
+      outputs.dead.push(
+        this.deadLetter(record, "UNKNOWN_CONTROL_RECORD", controlRecord.reason, undefined),
+      );
+      return true;
+    }
+    const codec = this.codecs?.events as AvroCodec<ModelCallEvent>;
+    const value = record.value ?? Buffer.alloc(0);
+    const decoded = codec.decodeIfKnown(value) ?? (await codec.decode(value));
+    if (!decoded.ok) {
+      if (decoded.error.retriable) {
+        this.logger.warn("schema registry unavailable; will retry", {
+          partition: record.partition,
+          offset: record.offset,
+        });
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        return false;
+      }
+      outputs.dead.push(
+        this.deadLetter(record, decoded.error.code, decoded.error.message, decoded.error.schemaId),
+      );
+      return true;
+    }
+    this.counters.events++;
+    this.collect(owned.state.apply({ type: "event", event: decoded.value }), record, outputs);
+    return true;
+  }
+
+  private collect(
+    emitted: readonly PartitionOutput[],
+    record: ConsumedRecord,
+    outputs: { rollups: OutgoingRecord[]; alerts: OutgoingRecord[]; late: OutgoingRecord[] },
+  ): void {
+    const codecs = this.codecs;
+    if (!codecs) throw new Error("processor not started");
+    for (const output of emitted) {
+      switch (output.type) {
+        case "rollup":
+          outputs.rollups.push({
+            key: rollupKey(output.rollup),
+            value: codecs.rollups.encode(output.rollup),
+          });
+          break;
+        case "alert":
+          outputs.alerts.push({
+            key: output.alert.service,
+            value: codecs.alerts.encode(output.alert),
+          });
+          break;
+        case "late":
+          outputs.late.push({
+            key: record.key,
+            value: record.value ?? Buffer.alloc(0),
+            headers: {
+              ...this.sourceHeaders(record),
+              "mcpo-late-watermark-micros": String(output.watermarkMicros),
+            },
+          });
+          break;
+      }
+    }
+  }
+
+  private flushInto(
+    owned: OwnedPartition,
+    outputs: { rollups: OutgoingRecord[]; alerts: OutgoingRecord[]; late: OutgoingRecord[] },
+  ): void {
+    const dummy: ConsumedRecord = {
+      topic: this.topics.modelCalls,
+      partition: -1,
+      offset: "-1",
+      key: null,
+      value: null,
+      headers: {},
+    };
+    this.collect(owned.state.apply({ type: "flush" }), dummy, outputs);
+  }
+
+  private deadLetter(
+    record: ConsumedRecord,
+    code: string,
+    reason: string,
+    schemaId: number | undefined,
+  ): OutgoingRecord {
+    this.counters.deadLettered++;
+    this.logger.warn("dead-lettered a record", {
+      partition: record.partition,
+      offset: record.offset,
+      code,
+      reason,
+    });
+    return {
+      key: record.key,
+      value: record.value ?? Buffer.alloc(0),
+      headers: {
+        ...this.sourceHeaders(record),
+        "mcpo-dlq-code": code,
+        "mcpo-dlq-reason": reason.slice(0, 1000),
+        ...(schemaId === undefined ? {} : { "mcpo-dlq-schema-id": String(schemaId) }),
+      },
+    };
+  }
+
+  private sourceHeaders(record: ConsumedRecord): Record<string, string> {
+    return {
+      "mcpo-source-topic": record.topic,
+      "mcpo-source-partition": String(record.partition),
+      "mcpo-source-offset": record.offset,
+    };
+  }
+
+  private async produce(outputs: {
+    rollups: OutgoingRecord[];
+    alerts: OutgoingRecord[];
+    late: OutgoingRecord[];
+    dead: OutgoingRecord[];
+  }): Promise<void> {
+    const producer = this.producer;
+    if (!producer) throw new Error("processor not started");
+    await producer.sendMany(
+      [
+        { topic: this.topics.metricRollups, records: outputs.rollups },
+        { topic: this.topics.alerts, records: outputs.alerts },
+        { topic: this.topics.lateEvents, records: outputs.late },
+        { topic: this.topics.deadLetter, records: outputs.dead },
+      ],
+      "gzip",
+    );
+    this.counters.rollups += outputs.rollups.length;
+    this.counters.alerts += outputs.alerts.length;
+    this.counters.late += outputs.late.length;
+  }
+
+  private async maybeCheckpoint(
+    partition: number,
+    owned: OwnedPartition,
+    force: boolean,
+  ): Promise<void> {
+    const nextOffset = owned.nextOffset;
+    if (nextOffset === null || nextOffset === owned.lastCheckpointOffset) return;
+    if (!force && Date.now() - owned.lastCheckpointAt < this.checkpointIntervalMs) return;
+    await (this.checkpoints as CheckpointStore).save({
+      version: 1,
+      group: this.groupId,
+      topic: this.topics.modelCalls,
+      partition,
+      nextOffset: nextOffset.toString(),
+      state: owned.state.snapshot(),
+    });
+    owned.lastCheckpointAt = Date.now();
+    owned.lastCheckpointOffset = nextOffset;
+    this.counters.checkpoints++;
+    // Only after the checkpoint is durable does the group's offset move.
+    await (this.consumer as GroupConsumer).commit(
+      this.topics.modelCalls,
+      partition,
+      nextOffset.toString(),
+    );
+  }
+
+  /** Live mode: a partition with open windows that stays quiet gets a watermark tick in the log. */
+  private watchIdlePartitions(): void {
+    this.idleSubscription = this.activity
+      .pipe(
+        groupBy((partition) => partition),
+        mergeMap((partition$) =>
+          partition$.pipe(
+            switchMap(() => timer(this.idleTimeoutMs, this.scheduler)),
+            map(() => partition$.key),
+          ),
+        ),
+        mergeMap((partition) => this.tick(partition)),
+      )
+      .subscribe();
+  }
+
+  private async tick(partition: number): Promise<void> {
+    const owned = this.owned.get(partition);
+    if (!owned || owned.state.openSeries === 0 || !this.assignment.has(partition)) return;
+    const tick = watermarkTick(Date.now() * MICROS_PER_MILLI);
+    try {
+      await this.producer?.send(
+        this.topics.modelCalls,
+        [{ key: null, partition, ...tick }],
+        "none",
+      );
+    } catch (error) {
+      this.logger.warn("could not write a watermark tick", {
+        partition,
+        error: (error as Error).message,
+      });
+    }
+  }
+
+  private replayFinishedFor(partition: number, owned: OwnedPartition): boolean {
+    const end = this.replayEnds?.get(partition);
+    return end !== undefined && owned.nextOffset !== null && owned.nextOffset >= end;
+  }
+
+  private replayFinished(): boolean {
+    if (!this.replayEnds) return false;
+    for (const [partition, end] of this.replayEnds) {
+      if (end === 0n) continue;
+      const owned = this.owned.get(partition);
+      if (owned?.nextOffset == null || owned.nextOffset < end) return false;
+    }
+    return true;
+  }
+
+  private async finishReplay(): Promise<void> {
+    this.replayDone?.resolve();
+    await Promise.resolve();
+  }
+}
