@@ -89,6 +89,8 @@ export interface ProcessorOptions {
   readonly idleTimeoutMs?: number;
   /** How often a partition's state is checkpointed, at most, ms (default 2000). */
   readonly checkpointIntervalMs?: number;
+  /** Consumer-group session timeout, ms (default 30 000): how soon a dead member's partitions move. */
+  readonly sessionTimeoutMs?: number;
   /** Partitions of the topics the processor creates if missing (default 6). */
   readonly partitions?: number;
   /** Thresholds and alert rules (see metrics/README.md). */
@@ -138,6 +140,7 @@ export class StreamProcessor {
   private readonly idleTimeoutMs: number;
   private readonly checkpointIntervalMs: number;
   private readonly partitions: number;
+  private readonly sessionTimeoutMs: number;
   private readonly logger: ProcessorLogger;
   private readonly scheduler: SchedulerLike | undefined;
 
@@ -152,6 +155,7 @@ export class StreamProcessor {
       }
     | undefined;
   private readonly owned = new Map<number, OwnedPartition>();
+  private readonly restoring = new Map<number, Promise<OwnedPartition>>();
   private assignment = new Set<number>();
   private checkpointLoad: Promise<Map<number, Checkpoint>> | undefined;
   private readonly activity = new Subject<number>();
@@ -204,6 +208,7 @@ export class StreamProcessor {
       2000,
     );
     this.partitions = positive("partitions", options.partitions, 6);
+    this.sessionTimeoutMs = positive("sessionTimeoutMs", options.sessionTimeoutMs, 30_000);
     this.kafka = {
       brokers: connection.kafkaBrokers,
       clientId: options.clientId ?? `mcpo-processor-${randomUUID().slice(0, 8)}`,
@@ -264,6 +269,7 @@ export class StreamProcessor {
       groupId: this.groupId,
       topics: [this.topics.modelCalls],
       fromBeginning: true,
+      sessionTimeoutMs: this.sessionTimeoutMs,
       onBatch: (batch, control) => this.onBatch(batch, control),
       onAssignment: (partitions) => {
         this.onAssignment(partitions.map((entry) => entry.partition));
@@ -324,11 +330,36 @@ export class StreamProcessor {
       if (!this.assignment.has(partition)) this.owned.delete(partition);
     this.checkpointLoad = undefined;
     this.logger.info("assigned", { partitions: [...this.assignment].sort((a, b) => a - b) });
+    if (this.mode === "live")
+      // Restore now, not at the first batch: a partition whose log has nothing new still has open
+      // windows that only an idle tick will close.
+      for (const partition of this.assignment)
+        this.partitionFor(partition).then(
+          () => {
+            this.activity.next(partition);
+          },
+          (error: unknown) => {
+            this.logger.warn("restoring a partition failed; it is retried at its next batch", {
+              partition,
+              error: error instanceof Error ? error.message : String(error),
+            });
+          },
+        );
   }
 
-  private async partitionFor(partition: number): Promise<OwnedPartition> {
+  /** The partition's state, restored from its newest checkpoint once (concurrent callers share it). */
+  private partitionFor(partition: number): Promise<OwnedPartition> {
     const owned = this.owned.get(partition);
-    if (owned) return owned;
+    if (owned) return Promise.resolve(owned);
+    let pending = this.restoring.get(partition);
+    if (!pending) {
+      pending = this.restore(partition).finally(() => this.restoring.delete(partition));
+      this.restoring.set(partition, pending);
+    }
+    return pending;
+  }
+
+  private async restore(partition: number): Promise<OwnedPartition> {
     this.checkpointLoad ??= (this.checkpoints as CheckpointStore).loadAll(
       this.groupId,
       this.topics.modelCalls,
