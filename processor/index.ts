@@ -1,7 +1,27 @@
 /**
- * The stream processor: event-time tumbling windows, rollups and alerts.
- * The foundation reserves this entry point; the processor issue fills it.
+ * The stream processor: event-time tumbling windows over the model-calls topic, rollups and
+ * alerts to their own topics, crash-safe and deterministic (see processor/README.md).
  *
  * @module
  */
-export { loadConnectionConfig, type ConnectionConfig } from "../config/index.js";
+export { checkpointKey, type Checkpoint } from "./checkpoints.js";
+export {
+  DEFAULT_WINDOW_SETTINGS,
+  eventTimeWindows,
+  PartitionState,
+  type PartitionInput,
+  type PartitionOutput,
+  type PartitionSnapshot,
+  type WindowSettings,
+} from "./partition.js";
+export {
+  StreamProcessor,
+  type ProcessorLogger,
+  type ProcessorOptions,
+  type ProcessorStats,
+} from "./processor.js";
+export {
+  subscribeAlerts,
+  type AlertSubscription,
+  type AlertSubscriptionOptions,
+} from "./subscribe.js";

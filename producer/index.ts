@@ -18,6 +18,12 @@ export type {
 export { instrument, MCPInterceptor } from "./interceptor.js";
 export { silentLogger, stderrLogger, type Logger } from "./logger.js";
 export { instrumentMcpServer, type McpInstrumentation } from "./mcp.js";
+export type { AlertEvent } from "../avro/generated.js";
+export {
+  subscribeAlerts,
+  type AlertSubscription,
+  type AlertSubscriptionOptions,
+} from "../processor/subscribe.js";
 export {
   costNanoUsd,
   PriceTable,

@@ -1,0 +1,103 @@
+/**
+ * Subscribing to alerts: for services that react to them (e.g. trip a circuit breaker when the
+ * golden financial scenarios start failing). A consumer group over the alerts topic; each
+ * transition reaches the handler once per (alert id, state) — replays and restarts of the
+ * processor write identical transitions again, and the subscription drops those repeats.
+ */
+import { AvroCodec, valueSubject } from "../avro/codec.js";
+import { ALERT_EVENT } from "../avro/contracts.js";
+import type { AlertEvent } from "../avro/generated.js";
+import { loadConnectionConfig, topicNames } from "../config/index.js";
+import { createGroupConsumer } from "../kafka/index.js";
+
+/** Options of {@link subscribeAlerts}. */
+export interface AlertSubscriptionOptions {
+  /** The consumer group: subscribers in one group share the alerts; each group sees them all. */
+  readonly groupId: string;
+  /** Start from the oldest alert (true) or from now (false, default) when the group is new. */
+  readonly fromBeginning?: boolean;
+  readonly brokers?: string | readonly string[];
+  readonly schemaRegistryUrl?: string;
+  readonly topicPrefix?: string;
+  /** Called when the handler throws or a record cannot be decoded; the subscription goes on. */
+  readonly onError?: (error: Error) => void;
+  /** How many recent (alert id, state) pairs are remembered to drop repeats (default 10 000). */
+  readonly dedupeWindow?: number;
+}
+
+/** A running subscription. */
+export interface AlertSubscription {
+  stop(): Promise<void>;
+}
+
+/**
+ * Calls `handler` for every alert transition, in order per service. The offset is committed after
+ * the handler returns, so a crash repeats at most the batch being handled.
+ *
+ * @throws {ConfigError} naming an invalid setting; Kafka or registry errors while starting.
+ */
+export async function subscribeAlerts(
+  options: AlertSubscriptionOptions,
+  handler: (alert: AlertEvent) => void | Promise<void>,
+): Promise<AlertSubscription> {
+  const connection = loadConnectionConfig({
+    ...(options.brokers === undefined ? {} : { kafkaBrokers: options.brokers }),
+    ...(options.schemaRegistryUrl === undefined
+      ? {}
+      : { schemaRegistryUrl: options.schemaRegistryUrl }),
+    ...(options.topicPrefix === undefined ? {} : { topicPrefix: options.topicPrefix }),
+  });
+  const topic = topicNames(connection.topicPrefix).alerts;
+  const codec = await AvroCodec.register(ALERT_EVENT, {
+    registryUrl: connection.schemaRegistryUrl,
+    subject: valueSubject(topic),
+  });
+  const seen = new Set<string>();
+  const limit = options.dedupeWindow ?? 10_000;
+  const report = (error: unknown): void => {
+    options.onError?.(error instanceof Error ? error : new Error(String(error)));
+  };
+  const consumer = createGroupConsumer(
+    { brokers: connection.kafkaBrokers, clientId: `mcpo-alerts-${options.groupId}` },
+    {
+      groupId: options.groupId,
+      topics: [topic],
+      fromBeginning: options.fromBeginning ?? false,
+      onBatch: async (batch, control) => {
+        for (const record of batch.records) {
+          if (!control.isRunning() || control.isStale()) return;
+          const decoded = await codec.decode(record.value ?? Buffer.alloc(0));
+          if (!decoded.ok)
+            report(
+              new Error(
+                `alert at ${topic}[${record.partition}]@${record.offset}: ${decoded.error.message}`,
+              ),
+            );
+          else {
+            const key = `${decoded.value.alert_id}|${decoded.value.state}`;
+            if (!seen.has(key)) {
+              seen.add(key);
+              if (seen.size > limit) seen.delete(seen.values().next().value as string);
+              try {
+                await handler(decoded.value);
+              } catch (error) {
+                report(error);
+              }
+            }
+          }
+          control.resolveOffset(record.offset);
+        }
+        const last = batch.records.at(-1);
+        if (last)
+          await consumer.commit(
+            batch.topic,
+            batch.partition,
+            (BigInt(last.offset) + 1n).toString(),
+          );
+      },
+      onCrash: report,
+    },
+  );
+  await consumer.start();
+  return { stop: () => consumer.stop() };
+}
