@@ -9,6 +9,8 @@
  * | MCPO_PROCESSOR_MODE | live (or replay: read to the end, flush, exit) |
  * | MCPO_WINDOW_MS, MCPO_GRACE_MS, MCPO_IDLE_TIMEOUT_MS, MCPO_CHECKPOINT_INTERVAL_MS | 60000, 10000, 30000, 2000 |
  * | MCPO_SESSION_TIMEOUT_MS | 30000 |
+ * | MCPO_METRICS_PORT | 9464 (Prometheus `/metrics` on loopback; -1: none; 0: any free port) |
+ * | LOG_LEVEL | info (JSON logs through pino) |
  */
 import { pathToFileURL } from "node:url";
 
@@ -36,6 +38,7 @@ export async function main(): Promise<number> {
   const idleTimeoutMs = intFromEnv("MCPO_IDLE_TIMEOUT_MS");
   const checkpointIntervalMs = intFromEnv("MCPO_CHECKPOINT_INTERVAL_MS");
   const sessionTimeoutMs = intFromEnv("MCPO_SESSION_TIMEOUT_MS");
+  const metricsPort = intFromEnv("MCPO_METRICS_PORT") ?? 9464;
   const processor = new StreamProcessor({
     mode,
     ...(process.env.MCPO_PROCESSOR_GROUP ? { groupId: process.env.MCPO_PROCESSOR_GROUP } : {}),
@@ -44,6 +47,7 @@ export async function main(): Promise<number> {
     ...(idleTimeoutMs === undefined ? {} : { idleTimeoutMs }),
     ...(checkpointIntervalMs === undefined ? {} : { checkpointIntervalMs }),
     ...(sessionTimeoutMs === undefined ? {} : { sessionTimeoutMs }),
+    ...(metricsPort < 0 ? {} : { metricsPort }),
   });
   if (mode === "replay") {
     await processor.runToEnd();

@@ -43,6 +43,7 @@ import {
 } from "../kafka/index.js";
 import { MICROS_PER_MILLI, parseMetricsConfig, rollupKey } from "../metrics/index.js";
 import { CheckpointStore, type Checkpoint } from "./checkpoints.js";
+import { pinoLogger, ProcessorMetrics } from "./observability.js";
 import { PartitionState, type PartitionOutput, type WindowSettings } from "./partition.js";
 
 /** A logger for the processor's own events (JSON lines by default). */
@@ -51,24 +52,6 @@ export interface ProcessorLogger {
   warn(message: string, context?: Readonly<Record<string, unknown>>): void;
   error(message: string, context?: Readonly<Record<string, unknown>>): void;
 }
-
-const jsonLogger: ProcessorLogger = {
-  info: (message, context) => {
-    process.stdout.write(
-      `${JSON.stringify({ level: "info", time: new Date().toISOString(), component: "processor", message, ...context })}\n`,
-    );
-  },
-  warn: (message, context) => {
-    process.stderr.write(
-      `${JSON.stringify({ level: "warn", time: new Date().toISOString(), component: "processor", message, ...context })}\n`,
-    );
-  },
-  error: (message, context) => {
-    process.stderr.write(
-      `${JSON.stringify({ level: "error", time: new Date().toISOString(), component: "processor", message, ...context })}\n`,
-    );
-  },
-};
 
 /** Settings of {@link StreamProcessor}; each falls back to the environment, then a default. */
 export interface ProcessorOptions {
@@ -99,6 +82,8 @@ export interface ProcessorOptions {
   readonly logger?: ProcessorLogger;
   /** RxJS scheduler for the idle timers (tests use a virtual one). */
   readonly scheduler?: SchedulerLike;
+  /** Serve Prometheus metrics on this port (`/metrics`, loopback); none by default. 0: any free port. */
+  readonly metricsPort?: number;
 }
 
 /** Counters since start. */
@@ -143,6 +128,10 @@ export class StreamProcessor {
   private readonly sessionTimeoutMs: number;
   private readonly logger: ProcessorLogger;
   private readonly scheduler: SchedulerLike | undefined;
+  private readonly metricsPort: number | undefined;
+  /** Prometheus metrics of this processor. */
+  readonly metrics = new ProcessorMetrics();
+  private metricsServer: { port: number; close: () => Promise<void> } | undefined;
 
   private producer: RecordProducer | undefined;
   private consumer: GroupConsumer | undefined;
@@ -214,7 +203,8 @@ export class StreamProcessor {
       clientId: options.clientId ?? `mcpo-processor-${randomUUID().slice(0, 8)}`,
     };
     this.registryUrl = connection.schemaRegistryUrl;
-    this.logger = options.logger ?? jsonLogger;
+    this.logger = options.logger ?? pinoLogger();
+    this.metricsPort = options.metricsPort;
     this.scheduler = options.scheduler;
   }
 
@@ -280,6 +270,12 @@ export class StreamProcessor {
       },
     });
     await this.consumer.start();
+    if (this.metricsPort !== undefined) {
+      this.metricsServer = await this.metrics.serve(this.metricsPort);
+      this.logger.info("metrics endpoint", {
+        url: `http://127.0.0.1:${this.metricsServer.port}/metrics`,
+      });
+    }
     this.logger.info("processor started", {
       group: this.groupId,
       mode: this.mode,
@@ -311,10 +307,16 @@ export class StreamProcessor {
         await this.consumer?.stop();
       } finally {
         await this.producer?.disconnect().catch(() => undefined);
+        await this.metricsServer?.close();
         this.logger.info("processor stopped", { ...this.stats() });
       }
     })();
     return this.stopping;
+  }
+
+  /** Where the Prometheus metrics are served, once started with `metricsPort`. */
+  get metricsUrl(): string | undefined {
+    return this.metricsServer ? `http://127.0.0.1:${this.metricsServer.port}/metrics` : undefined;
   }
 
   stats(): ProcessorStats {
@@ -415,6 +417,7 @@ export class StreamProcessor {
       owned.nextOffset = offset + 1n;
       lastOffset = record.offset;
       this.counters.records++;
+      this.metrics.records.inc();
     }
     if (lastOffset === undefined) return;
     if (this.replayFinishedFor(batch.partition, owned)) this.flushInto(owned, outputs);
@@ -426,6 +429,7 @@ export class StreamProcessor {
       this.replayFinishedFor(batch.partition, owned),
     );
     await control.heartbeat();
+    this.observePartition(batch.partition, owned, batch.highWatermark);
     if (this.mode === "live") this.activity.next(batch.partition);
     if (this.replayEnds && this.replayFinished()) await this.finishReplay();
   }
@@ -475,6 +479,7 @@ export class StreamProcessor {
       return true;
     }
     this.counters.events++;
+    this.metrics.events.inc();
     this.collect(owned.state.apply({ type: "event", event: decoded.value }), record, outputs);
     return true;
   }
@@ -536,6 +541,7 @@ export class StreamProcessor {
     schemaId: number | undefined,
   ): OutgoingRecord {
     this.counters.deadLettered++;
+    this.metrics.deadLettered.inc({ code });
     this.logger.warn("dead-lettered a record", {
       partition: record.partition,
       offset: record.offset,
@@ -582,6 +588,9 @@ export class StreamProcessor {
     this.counters.rollups += outputs.rollups.length;
     this.counters.alerts += outputs.alerts.length;
     this.counters.late += outputs.late.length;
+    this.metrics.rollups.inc(outputs.rollups.length);
+    this.metrics.alerts.inc(outputs.alerts.length);
+    this.metrics.late.inc(outputs.late.length);
   }
 
   private async maybeCheckpoint(
@@ -603,12 +612,22 @@ export class StreamProcessor {
     owned.lastCheckpointAt = Date.now();
     owned.lastCheckpointOffset = nextOffset;
     this.counters.checkpoints++;
+    this.metrics.checkpoints.inc();
     // Only after the checkpoint is durable does the group's offset move.
     await (this.consumer as GroupConsumer).commit(
       this.topics.modelCalls,
       partition,
       nextOffset.toString(),
     );
+  }
+
+  private observePartition(partition: number, owned: OwnedPartition, highWatermark: string): void {
+    const labels = { partition: String(partition) };
+    this.metrics.openWindows.set(labels, owned.state.openSeries);
+    const watermark = owned.state.watermarkMicros;
+    if (watermark !== null) this.metrics.watermark.set(labels, watermark / 1e6);
+    if (owned.nextOffset !== null)
+      this.metrics.lag.set(labels, Number(BigInt(highWatermark) - owned.nextOffset));
   }
 
   /** Live mode: a partition with open windows that stays quiet gets a watermark tick in the log. */

@@ -44,6 +44,7 @@ describe("processor killed with SIGKILL and restarted", () => {
         MCPO_IDLE_TIMEOUT_MS: "1000",
         MCPO_CHECKPOINT_INTERVAL_MS: "300",
         MCPO_SESSION_TIMEOUT_MS: "6000",
+        MCPO_METRICS_PORT: "0",
       },
       stdio: ["ignore", "ignore", "ignore"],
     });

@@ -144,8 +144,9 @@ describe("stream processor with the real stack", () => {
   let rollupCodec: AvroCodec<MetricRollup>;
   let alertCodec: AvroCodec<AlertEvent>;
 
-  const processor = (groupId: string, mode: "live" | "replay" = "live") => {
+  const processor = (groupId: string, mode: "live" | "replay" = "live", metricsPort?: number) => {
     const instance = new StreamProcessor({
+      ...(metricsPort === undefined ? {} : { metricsPort }),
       brokers: services().kafkaBrokers,
       schemaRegistryUrl: services().schemaRegistryUrl,
       topicPrefix: prefix,
@@ -286,7 +287,7 @@ describe("stream processor with the real stack", () => {
   }
 
   it("live: emits exactly the batch computation's rollups and alerts, each key with one set of bytes", async () => {
-    const live = processor(uniqueName("live"));
+    const live = processor(uniqueName("live"), "live", 0);
     await live.start();
     const want = expected();
     const got = await outputs();
@@ -308,6 +309,12 @@ describe("stream processor with the real stack", () => {
     ]);
     for (const versions of [...got.rollups.bytes.values(), ...got.alerts.bytes.values()])
       expect(versions.size).toBe(1);
+    // The Prometheus endpoint counts what happened.
+    const metrics = await (await fetch(live.metricsUrl ?? "")).text();
+    expect(metrics).toContain(`mcpo_processor_events_total ${events.length + lateEvents.length}`);
+    expect(metrics).toMatch(/mcpo_processor_dead_lettered_total\{code="INVALID_FIELD"\} 1/);
+    expect(metrics).toContain("mcpo_processor_late_events_total 2");
+    expect(metrics).toMatch(/mcpo_processor_consumer_lag\{partition="\d"\} 0/);
     await live.stop();
   });
 
