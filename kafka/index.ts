@@ -210,7 +210,12 @@ export interface GroupConsumerOptions {
   /** Where a partition without a committed offset starts. */
   readonly fromBeginning: boolean;
   readonly sessionTimeoutMs?: number;
-  /** Handles one partition's batch; partitions are handled one at a time, in order. */
+  /**
+   * How many partitions' batches may be handled at once (default 1). Each partition's batches
+   * still come one at a time and in order.
+   */
+  readonly partitionsConcurrently?: number;
+  /** Handles one partition's batch. */
   readonly onBatch: (batch: ConsumedBatch, control: BatchControl) => Promise<void>;
   /** Called when this member's assignment changes. */
   readonly onAssignment?: (partitions: readonly { topic: string; partition: number }[]) => void;
@@ -263,6 +268,7 @@ export function createGroupConsumer(
       await consumer.run({
         autoCommit: false,
         eachBatchAutoResolve: false,
+        partitionsConsumedConcurrently: options.partitionsConcurrently ?? 1,
         eachBatch: async (payload) => {
           const batch = payload.batch;
           const records: ConsumedRecord[] = batch.messages.map((message) => ({

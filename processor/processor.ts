@@ -260,6 +260,9 @@ export class StreamProcessor {
       topics: [this.topics.modelCalls],
       fromBeginning: true,
       sessionTimeoutMs: this.sessionTimeoutMs,
+      // Partitions are independent state machines: handling several at once overlaps one
+      // partition's produce and checkpoint round trips with another's decoding.
+      partitionsConcurrently: 4,
       onBatch: (batch, control) => this.onBatch(batch, control),
       onAssignment: (partitions) => {
         this.onAssignment(partitions.map((entry) => entry.partition));
