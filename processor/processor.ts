@@ -145,6 +145,8 @@ export class StreamProcessor {
     | undefined;
   private readonly owned = new Map<number, OwnedPartition>();
   private readonly restoring = new Map<number, Promise<OwnedPartition>>();
+  /** Partitions with a batch in flight (their state may be ahead of their acknowledged outputs). */
+  private readonly busy = new Set<number>();
   private assignment = new Set<number>();
   private checkpointLoad: Promise<Map<number, Checkpoint>> | undefined;
   private readonly activity = new Subject<number>();
@@ -307,6 +309,13 @@ export class StreamProcessor {
     this.stopping ??= (async () => {
       this.idleSubscription?.unsubscribe();
       try {
+        // Checkpoint and commit where we are: partitions between batches now, the batch in flight
+        // at its end (onBatch sees `stopping`), so the next owner has nothing to reprocess.
+        for (const [partition, owned] of this.owned)
+          if (!this.busy.has(partition))
+            await this.maybeCheckpoint(partition, owned, true).catch((error: unknown) => {
+              this.logger.warn("final checkpoint failed", { partition, error: String(error) });
+            });
         await this.consumer?.stop();
       } finally {
         await this.producer?.disconnect().catch(() => undefined);
@@ -386,6 +395,15 @@ export class StreamProcessor {
   }
 
   private async onBatch(batch: ConsumedBatch, control: BatchControl): Promise<void> {
+    this.busy.add(batch.partition);
+    try {
+      await this.handleBatch(batch, control);
+    } finally {
+      this.busy.delete(batch.partition);
+    }
+  }
+
+  private async handleBatch(batch: ConsumedBatch, control: BatchControl): Promise<void> {
     const owned = await this.partitionFor(batch.partition);
     const first = batch.records[0];
     if (!first) return;
@@ -429,7 +447,7 @@ export class StreamProcessor {
     await this.maybeCheckpoint(
       batch.partition,
       owned,
-      this.replayFinishedFor(batch.partition, owned),
+      this.stopping !== undefined || this.replayFinishedFor(batch.partition, owned),
     );
     await control.heartbeat();
     this.observePartition(batch.partition, owned, batch.highWatermark);
