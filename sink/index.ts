@@ -1,7 +1,15 @@
 /**
- * The PostgreSQL sink: idempotent upserts of spans, rollups and alerts.
- * The foundation reserves this entry point; the sink issue fills it.
+ * The PostgreSQL side: schema migrations and the one writer of spans, rollups and alerts (used by
+ * the sink and by the PostgresExporter).
  *
  * @module
  */
-export { loadConnectionConfig, type ConnectionConfig } from "../config/index.js";
+export { listMigrations, migrate, MIGRATIONS_DIR, type Migration } from "./migrate.js";
+export {
+  PostgresWriter,
+  TOTAL_MODEL,
+  type OffsetRow,
+  type SpanRow,
+  type WriteBatch,
+  type WriteResult,
+} from "./writer.js";

@@ -1,0 +1,6 @@
+-- MCP Observatory's PostgreSQL schema, from scratch or over an existing database:
+--   psql "$DATABASE_URL" -f schema/postgres.sql
+-- Safe to run twice. It runs every migration in order; each is idempotent and records itself in
+-- schema_migrations. `mcp-observatory migrate` (sink/migrate.ts) applies the same files.
+\set ON_ERROR_STOP on
+\ir migrations/001_initial.sql

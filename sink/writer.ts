@@ -1,0 +1,363 @@
+/**
+ * The one writer of spans, rollups and alerts into PostgreSQL, used by the sink and by the
+ * PostgresExporter. Set-based: each table gets one `INSERT … SELECT FROM unnest(…)` per batch,
+ * never a round trip per row; keys are deduplicated inside the batch first (ON CONFLICT cannot
+ * touch a row twice). A batch's rows and the consumed offsets go in one transaction.
+ *
+ * - Spans insert once: a redelivered event changes nothing.
+ * - Rollups upsert by (service, model, window): a replayed rollup overwrites with equal values.
+ * - Alerts upsert by id: the newest transition (by `emitted_at`) sets the state, and `history`
+ *   gains each transition once.
+ */
+import type pg from "pg";
+
+import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
+
+/** A span and where it was read from (none for the direct PostgresExporter). */
+export interface SpanRow {
+  readonly event: ModelCallEvent;
+  readonly source?: { readonly topic: string; readonly partition: number; readonly offset: string };
+}
+
+/** The next offset to read, per consumer group, topic and partition. */
+export interface OffsetRow {
+  readonly group: string;
+  readonly topic: string;
+  readonly partition: number;
+  readonly nextOffset: string;
+}
+
+export interface WriteBatch {
+  readonly spans?: readonly SpanRow[];
+  readonly rollups?: readonly MetricRollup[];
+  readonly alerts?: readonly AlertEvent[];
+  readonly offsets?: readonly OffsetRow[];
+}
+
+/** What a write did. */
+export interface WriteResult {
+  /** New span rows; `spansDuplicate` were already there (or repeated in the batch). */
+  readonly spansInserted: number;
+  readonly spansDuplicate: number;
+  readonly rollupsUpserted: number;
+  readonly alertsUpserted: number;
+}
+
+const MICROS = "timestamptz 'epoch' + (x * interval '1 microsecond')";
+const ts = (column: string): string => MICROS.replace("x", column);
+
+const COUNT_COLUMNS = [
+  "calls",
+  "calls_with_cost",
+  "cost_nano_usd",
+  "prompt_tokens",
+  "completion_tokens",
+  "calls_tokens_reported",
+  "calls_tokens_estimated",
+  "calls_tokens_none",
+  "fallbacks",
+  "calls_with_retries",
+  "retries",
+  "low_confidence",
+  "calls_with_confidence",
+  "gate_blocks",
+  "calls_with_gate",
+  "prompt_diff_violations",
+  "calls_with_prompt_diff",
+  "shadow_disagreements",
+  "calls_with_shadow",
+  "deterministic_fallbacks",
+  "high_risk",
+  "golden_failures",
+  "golden_with_result",
+  "errors",
+  "late",
+] as const;
+
+/** The total's model column value (a primary key cannot hold null). */
+export const TOTAL_MODEL = "*";
+
+export class PostgresWriter {
+  constructor(private readonly pool: pg.Pool) {}
+
+  /** Writes a batch in one transaction. */
+  async write(batch: WriteBatch): Promise<WriteResult> {
+    const client = await this.pool.connect();
+    try {
+      await client.query("begin");
+      const spans = await this.writeSpans(client, batch.spans ?? []);
+      const rollupsUpserted = await this.writeRollups(client, batch.rollups ?? []);
+      const alertsUpserted = await this.writeAlerts(client, batch.alerts ?? []);
+      await this.writeOffsets(client, batch.offsets ?? []);
+      await client.query("commit");
+      return { ...spans, rollupsUpserted, alertsUpserted };
+    } catch (error) {
+      await client.query("rollback").catch(() => undefined);
+      throw error;
+    } finally {
+      client.release();
+    }
+  }
+
+  /** The stored next offsets of a group, by topic and partition. */
+  async offsets(group: string): Promise<OffsetRow[]> {
+    const { rows } = await this.pool.query<{
+      topic: string;
+      partition: number;
+      next_offset: string;
+    }>(
+      "select topic, partition, next_offset::text from consumed_offsets where consumer_group = $1",
+      [group],
+    );
+    return rows.map((row) => ({
+      group,
+      topic: row.topic,
+      partition: row.partition,
+      nextOffset: row.next_offset,
+    }));
+  }
+
+  private async writeSpans(
+    client: pg.PoolClient,
+    rows: readonly SpanRow[],
+  ): Promise<{ spansInserted: number; spansDuplicate: number }> {
+    if (rows.length === 0) return { spansInserted: 0, spansDuplicate: 0 };
+    const unique = new Map<string, SpanRow>();
+    for (const row of rows) if (!unique.has(row.event.span_id)) unique.set(row.event.span_id, row);
+    const list = [...unique.values()];
+    const column = <T>(pick: (row: SpanRow) => T): T[] => list.map(pick);
+    const result = await client.query(
+      `insert into spans (span_id, event_id, trace_id, parent_span_id, kind, service, service_instance, provider, model,
+         tool_name, mcp_method, start_time, end_time, prompt_tokens, completion_tokens, token_source, cost_nano_usd,
+         retries, fallback_used, confidence, confidence_gate_threshold, high_risk_path, deterministic_fallback_triggered,
+         prompt_diff_score, shadow_agreement, is_golden_financial_scenario, golden_scenario_passed, status, error_type,
+         prompt_size_bytes, response_size_bytes, prompt_sha256, response_sha256, prompt_text, response_text, attributes,
+         source_topic, source_partition, source_offset)
+       select span_id, event_id::uuid, trace_id, parent_span_id, kind, service, service_instance, provider, model,
+         tool_name, mcp_method, ${ts("start_us")}, ${ts("end_us")}, prompt_tokens, completion_tokens, token_source, cost_nano_usd,
+         retries, fallback_used, confidence, confidence_gate_threshold, high_risk_path, deterministic_fallback_triggered,
+         prompt_diff_score, shadow_agreement, is_golden_financial_scenario, golden_scenario_passed, status, error_type,
+         prompt_size_bytes, response_size_bytes, prompt_sha256, response_sha256, prompt_text, response_text, attributes::jsonb,
+         source_topic, source_partition, source_offset
+       from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+         $10::text[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::text[], $17::bigint[],
+         $18::int[], $19::bool[], $20::float8[], $21::float8[], $22::bool[], $23::bool[],
+         $24::float8[], $25::bool[], $26::bool[], $27::bool[], $28::text[], $29::text[],
+         $30::bigint[], $31::bigint[], $32::bytea[], $33::bytea[], $34::text[], $35::text[], $36::text[],
+         $37::text[], $38::int[], $39::bigint[])
+         as t(span_id, event_id, trace_id, parent_span_id, kind, service, service_instance, provider, model,
+         tool_name, mcp_method, start_us, end_us, prompt_tokens, completion_tokens, token_source, cost_nano_usd,
+         retries, fallback_used, confidence, confidence_gate_threshold, high_risk_path, deterministic_fallback_triggered,
+         prompt_diff_score, shadow_agreement, is_golden_financial_scenario, golden_scenario_passed, status, error_type,
+         prompt_size_bytes, response_size_bytes, prompt_sha256, response_sha256, prompt_text, response_text, attributes,
+         source_topic, source_partition, source_offset)
+       on conflict do nothing`,
+      [
+        column((r) => r.event.span_id),
+        column((r) => r.event.event_id),
+        column((r) => r.event.trace_id),
+        column((r) => r.event.parent_span_id),
+        column((r) => r.event.kind),
+        column((r) => r.event.service),
+        column((r) => r.event.service_instance),
+        column((r) => r.event.provider),
+        column((r) => r.event.model),
+        column((r) => r.event.tool_name),
+        column((r) => r.event.mcp_method),
+        column((r) => r.event.start_time),
+        column((r) => r.event.end_time),
+        column((r) => r.event.prompt_tokens),
+        column((r) => r.event.completion_tokens),
+        column((r) => r.event.token_source),
+        column((r) => r.event.cost_nano_usd),
+        column((r) => r.event.retries),
+        column((r) => r.event.fallback_used),
+        column((r) => r.event.confidence),
+        column((r) => r.event.confidence_gate_threshold),
+        column((r) => r.event.high_risk_path),
+        column((r) => r.event.deterministic_fallback_triggered),
+        column((r) => r.event.prompt_diff_score),
+        column((r) => r.event.shadow_agreement),
+        column((r) => r.event.is_golden_financial_scenario),
+        column((r) => r.event.golden_scenario_passed),
+        column((r) => r.event.status),
+        column((r) => r.event.error_type),
+        column((r) => r.event.prompt_size_bytes),
+        column((r) => r.event.response_size_bytes),
+        column((r) => r.event.prompt_sha256),
+        column((r) => r.event.response_sha256),
+        column((r) => r.event.prompt_text),
+        column((r) => r.event.response_text),
+        column((r) => JSON.stringify(r.event.attributes)),
+        column((r) => r.source?.topic ?? null),
+        column((r) => r.source?.partition ?? null),
+        column((r) => r.source?.offset ?? null),
+      ],
+    );
+    const inserted = result.rowCount ?? 0;
+    return { spansInserted: inserted, spansDuplicate: rows.length - inserted };
+  }
+
+  private async writeRollups(
+    client: pg.PoolClient,
+    rollups: readonly MetricRollup[],
+  ): Promise<number> {
+    if (rollups.length === 0) return 0;
+    const unique = new Map<string, MetricRollup>();
+    for (const rollup of rollups)
+      unique.set(
+        `${rollup.service}\u0000${rollup.model ?? TOTAL_MODEL}\u0000${rollup.window_start}\u0000${rollup.window_end}`,
+        rollup,
+      );
+    const list = [...unique.values()];
+    const base = [
+      "service",
+      "model",
+      "start_us",
+      "end_us",
+      "low_confidence_threshold",
+      "prompt_diff_threshold",
+    ];
+    const tail = ["latency_sketch", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms"];
+    const names = [...base, ...COUNT_COLUMNS, ...tail];
+    const types = [
+      "text",
+      "text",
+      "bigint",
+      "bigint",
+      "float8",
+      "float8",
+      ...COUNT_COLUMNS.map(() => "bigint"),
+      "text",
+      "float8",
+      "float8",
+      "float8",
+    ];
+    const values: unknown[][] = [
+      list.map((r) => r.service),
+      list.map((r) => r.model ?? TOTAL_MODEL),
+      list.map((r) => r.window_start),
+      list.map((r) => r.window_end),
+      list.map((r) => r.thresholds.low_confidence),
+      list.map((r) => r.thresholds.prompt_diff),
+      ...COUNT_COLUMNS.map((name) => list.map((r) => r.counts[name])),
+      list.map((r) => JSON.stringify(r.latency)),
+      list.map((r) => r.rates.latency_p50_ms),
+      list.map((r) => r.rates.latency_p95_ms),
+      list.map((r) => r.rates.latency_p99_ms),
+    ];
+    const stored = [
+      "service",
+      "model",
+      "window_start",
+      "window_end",
+      "low_confidence_threshold",
+      "prompt_diff_threshold",
+      ...COUNT_COLUMNS,
+      ...tail,
+    ];
+    const selected = stored.map((name) =>
+      name === "window_start"
+        ? ts("start_us")
+        : name === "window_end"
+          ? ts("end_us")
+          : name === "latency_sketch"
+            ? "latency_sketch::jsonb"
+            : name,
+    );
+    const updates = stored
+      .filter((name) => !["service", "model", "window_start", "window_end"].includes(name))
+      .map((name) => `${name} = excluded.${name}`);
+    const result = await client.query(
+      `insert into metric_rollups (${stored.join(", ")})
+       select ${selected.join(", ")}
+       from unnest(${types.map((type, i) => `$${i + 1}::${type}[]`).join(", ")}) as t(${names.join(", ")})
+       on conflict (service, model, window_start, window_end) do update set ${updates.join(", ")}, updated_at = now()`,
+      values,
+    );
+    return result.rowCount ?? 0;
+  }
+
+  private async writeAlerts(client: pg.PoolClient, alerts: readonly AlertEvent[]): Promise<number> {
+    if (alerts.length === 0) return 0;
+    // One row per alert id: its newest transition, and every transition of the batch as history.
+    const byId = new Map<string, { latest: AlertEvent; history: Map<string, AlertEvent> }>();
+    for (const alert of alerts) {
+      const entry = byId.get(alert.alert_id) ?? {
+        latest: alert,
+        history: new Map<string, AlertEvent>(),
+      };
+      if (alert.emitted_at >= entry.latest.emitted_at) entry.latest = alert;
+      entry.history.set(`${alert.state}|${alert.emitted_at}`, alert);
+      byId.set(alert.alert_id, entry);
+    }
+    const list = [...byId.values()];
+    const transition = (alert: AlertEvent) => ({
+      state: alert.state,
+      emitted_at_us: alert.emitted_at,
+      window_start_us: alert.window_start,
+      observed_value: alert.observed_value,
+      sample_count: alert.sample_count,
+    });
+    const result = await client.query(
+      `insert into alerts as a (alert_id, service, rule, metric, comparator, state, threshold, min_samples, observed_value,
+         sample_count, fired_window_start, window_start, window_end, emitted_at, history)
+       select alert_id, service, rule, metric, comparator, state, threshold, min_samples, observed_value, sample_count,
+         ${ts("fired_us")}, ${ts("start_us")}, ${ts("end_us")}, ${ts("emitted_us")}, history::jsonb
+       from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::float8[], $8::bigint[],
+         $9::float8[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::text[])
+         as t(alert_id, service, rule, metric, comparator, state, threshold, min_samples, observed_value, sample_count,
+         fired_us, start_us, end_us, emitted_us, history)
+       on conflict (alert_id) do update set
+         state = case when excluded.emitted_at >= a.emitted_at then excluded.state else a.state end,
+         observed_value = case when excluded.emitted_at >= a.emitted_at then excluded.observed_value else a.observed_value end,
+         sample_count = case when excluded.emitted_at >= a.emitted_at then excluded.sample_count else a.sample_count end,
+         window_start = case when excluded.emitted_at >= a.emitted_at then excluded.window_start else a.window_start end,
+         window_end = case when excluded.emitted_at >= a.emitted_at then excluded.window_end else a.window_end end,
+         emitted_at = greatest(a.emitted_at, excluded.emitted_at),
+         history = (
+           select coalesce(jsonb_agg(entry order by (entry->>'emitted_at_us')::bigint, entry->>'state'), '[]'::jsonb)
+           from (select distinct entry from jsonb_array_elements(a.history || excluded.history) as entry) as merged
+         ),
+         updated_at = now()`,
+      [
+        list.map((e) => e.latest.alert_id),
+        list.map((e) => e.latest.service),
+        list.map((e) => e.latest.rule),
+        list.map((e) => e.latest.metric),
+        list.map((e) => e.latest.comparator),
+        list.map((e) => e.latest.state),
+        list.map((e) => e.latest.threshold),
+        list.map((e) => e.latest.min_samples),
+        list.map((e) => e.latest.observed_value),
+        list.map((e) => e.latest.sample_count),
+        list.map((e) => e.latest.fired_window_start),
+        list.map((e) => e.latest.window_start),
+        list.map((e) => e.latest.window_end),
+        list.map((e) => e.latest.emitted_at),
+        list.map((e) => JSON.stringify([...e.history.values()].map(transition))),
+      ],
+    );
+    return result.rowCount ?? 0;
+  }
+
+  private async writeOffsets(client: pg.PoolClient, offsets: readonly OffsetRow[]): Promise<void> {
+    if (offsets.length === 0) return;
+    const unique = new Map<string, OffsetRow>();
+    for (const offset of offsets)
+      unique.set(`${offset.group}\u0000${offset.topic}\u0000${offset.partition}`, offset);
+    const list = [...unique.values()];
+    await client.query(
+      `insert into consumed_offsets (consumer_group, topic, partition, next_offset)
+       select * from unnest($1::text[], $2::text[], $3::int[], $4::bigint[])
+       on conflict (consumer_group, topic, partition) do update
+         set next_offset = greatest(consumed_offsets.next_offset, excluded.next_offset), updated_at = now()`,
+      [
+        list.map((o) => o.group),
+        list.map((o) => o.topic),
+        list.map((o) => o.partition),
+        list.map((o) => o.nextOffset),
+      ],
+    );
+  }
+}

@@ -1,0 +1,206 @@
+/** The schema, its migrations and the shared writer against the real PostgreSQL. */
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import type { AlertEvent } from "../avro/generated.js";
+import { AlertTracker, rollupEvents, type AlertRule } from "../metrics/index.js";
+import { listMigrations, migrate } from "../sink/migrate.js";
+import { PostgresWriter } from "../sink/writer.js";
+import { REPO_ROOT } from "./support/cli.js";
+import { sampleEvent } from "./support/events.js";
+import {
+  createDatabase,
+  dropDatabase,
+  useFreshDatabase,
+  type FreshDatabase,
+} from "./support/isolation.js";
+
+const run = promisify(execFile);
+
+async function schemaDump(url: string): Promise<string> {
+  const { stdout } = await run("pg_dump", ["--schema-only", "--no-owner", "--no-privileges", url]);
+  // pg_dump 15.14+ wraps the dump in \restrict/\unrestrict with a random key.
+  return stdout.replace(/^(--|\\restrict|\\unrestrict).*$/gm, "").replace(/\n{2,}/g, "\n");
+}
+
+describe("schema/postgres.sql and migrations", () => {
+  const scratch: FreshDatabase[] = [];
+  afterAll(async () => {
+    for (const database of scratch) await dropDatabase(database);
+  });
+
+  it("creates everything on an empty database, is safe to run twice, and equals the migrations' result", async () => {
+    const fresh = await createDatabase("mcpo_sql");
+    const migrated = await createDatabase("mcpo_mig");
+    scratch.push(fresh, migrated);
+    for (let i = 0; i < 2; i++)
+      await run("psql", ["-q", "-v", "ON_ERROR_STOP=1", "-f", "schema/postgres.sql", fresh.url], {
+        cwd: REPO_ROOT,
+      });
+    expect(await migrate(migrated.url)).toEqual(listMigrations().map((m) => m.version));
+    expect(await migrate(migrated.url)).toEqual([]);
+    expect(await schemaDump(migrated.url)).toBe(await schemaDump(fresh.url));
+    const client = new pg.Client({ connectionString: fresh.url });
+    await client.connect();
+    const tables = await client.query<{ table_name: string }>(
+      "select table_name from information_schema.tables where table_schema = 'public' order by 1",
+    );
+    await client.end();
+    expect(tables.rows.map((row) => row.table_name)).toEqual([
+      "alerts",
+      "consumed_offsets",
+      "metric_rollups",
+      "schema_migrations",
+      "spans",
+    ]);
+  });
+});
+
+describe("PostgresWriter", () => {
+  const database = useFreshDatabase("mcpo_writer");
+  let pool: pg.Pool;
+  let writer: PostgresWriter;
+
+  beforeAll(async () => {
+    await migrate(database.current.url);
+    pool = new pg.Pool({ connectionString: database.current.url, max: 2 });
+    writer = new PostgresWriter(pool);
+  });
+  afterAll(async () => {
+    await pool.end();
+  });
+
+  it("inserts spans once, verbatim, whatever their text", async () => {
+    const hostile = `x'); drop table spans; -- "quoted" ; ${"ü🚀".repeat(10)} ${"z".repeat(10_000)}`;
+    const events = [
+      sampleEvent({
+        service: hostile,
+        tool_name: "tool'; select pg_sleep(10); --",
+        attributes: { nested: JSON.stringify({ a: [1, { b: "c'd" }] }), "quote'key": "v" },
+      }),
+      sampleEvent({ span_id: "1000000000000002", service: "svc", cost_nano_usd: 1_234_567_891 }),
+    ];
+    const first = await writer.write({
+      spans: events.map((event) => ({ event, source: { topic: "t", partition: 0, offset: "7" } })),
+    });
+    expect(first).toMatchObject({ spansInserted: 2, spansDuplicate: 0 });
+    // Redelivered, and repeated inside one batch: nothing changes.
+    const again = await writer.write({ spans: [...events, ...events].map((event) => ({ event })) });
+    expect(again).toMatchObject({ spansInserted: 0, spansDuplicate: 4 });
+    const { rows } = await pool.query<{
+      service: string;
+      tool_name: string | null;
+      attributes: Record<string, string>;
+      cost_usd: string;
+      start_us: string;
+      source_offset: string;
+    }>(
+      "select service, tool_name, attributes, cost_usd::text, (extract(epoch from start_time) * 1000000)::bigint::text as start_us, source_offset::text from spans order by cost_nano_usd nulls first, service",
+    );
+    expect(rows).toHaveLength(2);
+    const stored = rows.find((row) => row.service === hostile);
+    expect(stored?.tool_name).toBe("tool'; select pg_sleep(10); --");
+    expect(stored?.attributes).toEqual({
+      nested: JSON.stringify({ a: [1, { b: "c'd" }] }),
+      "quote'key": "v",
+    });
+    expect(stored?.start_us).toBe(String(events[0]?.start_time));
+    expect(stored?.source_offset).toBe("7");
+    expect(rows.find((row) => row.service === "svc")?.cost_usd).toBe("1.234567891");
+  });
+
+  it("upserts rollups by key, with the derived rates equal to the core's", async () => {
+    const rollups = rollupEvents(
+      [
+        sampleEvent(),
+        sampleEvent({ model: "gpt-4o-mini", status: "error", error_type: "x", confidence: 0.9 }),
+      ],
+      60_000_000,
+    );
+    expect(await writer.write({ rollups })).toMatchObject({ rollupsUpserted: 3 });
+    expect(await writer.write({ rollups: [...rollups, ...rollups] })).toMatchObject({
+      rollupsUpserted: 3,
+    });
+    const { rows } = await pool.query<{
+      model: string;
+      calls: string;
+      error_rate: number | null;
+      low_confidence_rate: number | null;
+      latency_p95_ms: number | null;
+    }>(
+      "select model, calls::text, error_rate, low_confidence_rate, latency_p95_ms from metric_rollups order by model",
+    );
+    expect(rows).toHaveLength(3);
+    for (const rollup of rollups) {
+      const row = rows.find((candidate) => candidate.model === (rollup.model ?? "*"));
+      expect(row?.calls).toBe(String(rollup.counts.calls));
+      expect(row?.error_rate).toBeCloseTo(rollup.rates.error_rate ?? Number.NaN, 12);
+      expect(row?.low_confidence_rate).toBeCloseTo(
+        rollup.rates.low_confidence_rate ?? Number.NaN,
+        12,
+      );
+      expect(row?.latency_p95_ms).toBe(rollup.rates.latency_p95_ms);
+    }
+  });
+
+  it("keeps one row per alert with its transitions, whatever the redelivery order", async () => {
+    const rule: AlertRule = {
+      key: "errors",
+      metric: "error_rate",
+      comparator: "gt",
+      threshold: 0.5,
+      minSamples: 1,
+    };
+    const tracker = new AlertTracker([rule]);
+    const minute = 60_000_000;
+    const base = 1_764_000_000_000_000 - (1_764_000_000_000_000 % minute);
+    const transitions: AlertEvent[] = ["error", "ok"].flatMap((status, i) =>
+      rollupEvents(
+        [
+          sampleEvent({
+            status: status as "ok" | "error",
+            error_type: status === "error" ? "x" : null,
+            start_time: base + i * minute,
+            end_time: base + i * minute + 1,
+          }),
+        ],
+        minute,
+      )
+        .filter((rollup) => rollup.model === null)
+        .flatMap((rollup) => tracker.observe(rollup)),
+    );
+    const [firing, resolved] = transitions as [AlertEvent, AlertEvent];
+    await writer.write({ alerts: [firing] });
+    await writer.write({ alerts: [resolved] });
+    await writer.write({ alerts: [firing, resolved, firing] }); // a replay
+    const { rows } = await pool.query<{ state: string; history: { state: string }[] }>(
+      "select state, history from alerts",
+    );
+    expect(rows).toHaveLength(1);
+    expect(rows[0]?.state).toBe("resolved");
+    expect(rows[0]?.history.map((entry) => entry.state)).toEqual(["firing", "resolved"]);
+  });
+
+  it("writes the batch and its offsets in one transaction: a failure leaves neither", async () => {
+    const good = sampleEvent({ span_id: "2000000000000001", service: "atomic" });
+    const bad = { ...sampleEvent({ span_id: "2000000000000002" }), event_id: "not-a-uuid" };
+    await expect(
+      writer.write({
+        spans: [{ event: good }, { event: bad }],
+        offsets: [{ group: "g", topic: "t", partition: 0, nextOffset: "42" }],
+      }),
+    ).rejects.toThrow(/uuid/);
+    expect((await pool.query("select 1 from spans where service = 'atomic'")).rowCount).toBe(0);
+    expect(await writer.offsets("g")).toEqual([]);
+    await writer.write({
+      spans: [{ event: good }],
+      offsets: [{ group: "g", topic: "t", partition: 0, nextOffset: "42" }],
+    });
+    expect(await writer.offsets("g")).toEqual([
+      { group: "g", topic: "t", partition: 0, nextOffset: "42" },
+    ]);
+  });
+});
