@@ -7,7 +7,10 @@ import { promisify } from "node:util";
 
 import { beforeAll, describe, expect, it } from "vitest";
 
+import pg from "pg";
+
 import { REPO_ROOT } from "./support/cli.js";
+import { createDatabase, dropDatabase } from "./support/isolation.js";
 
 const run = promisify(execFile);
 
@@ -53,6 +56,41 @@ describe("package", () => {
         { cwd: REPO_ROOT, timeout: 60_000 },
       );
       expect(Number(stdout.trim()), `${subpath} exports something`).toBeGreaterThan(0);
+    }
+  });
+
+  it("runs the seed's quick start as written: a span and a rollup row land in PostgreSQL", async () => {
+    const database = await createDatabase("mcpo_qs");
+    try {
+      const { stdout } = await run(
+        process.execPath,
+        ["--import", "tsx", "examples/quick-start.ts"],
+        {
+          cwd: REPO_ROOT,
+          env: { ...process.env, DATABASE_URL: database.url },
+          timeout: 120_000,
+        },
+      );
+      expect(stdout).toContain("confidence_gate_block_rate_high");
+      const client = new pg.Client({ connectionString: database.url });
+      await client.connect();
+      try {
+        const spans = await client.query<{ service: string; model: string; confidence: number }>(
+          "select service, model, confidence from spans",
+        );
+        expect(spans.rows).toEqual([{ service: "example-mcp", model: "gpt-4o", confidence: 0.64 }]);
+        const rollups = await client.query<{ model: string; calls: string }>(
+          "select model, calls::text from metric_rollups order by model",
+        );
+        expect(rollups.rows).toEqual([
+          { model: "*", calls: "1" },
+          { model: "gpt-4o", calls: "1" },
+        ]);
+      } finally {
+        await client.end();
+      }
+    } finally {
+      await dropDatabase(database);
     }
   });
 

@@ -296,12 +296,17 @@ export abstract class BatchingExporter implements EventExporter {
   }
 
   /** Sends now: cuts a linger or a backoff short. */
+  /**
+   * Sends now: cuts a linger or a backoff short. The pump starts right away rather than from an
+   * unref'd timer, so a flush keeps the process alive until it is done (e.g. from `beforeExit`).
+   */
   private wake(): void {
     if (this.wakeBackoff) {
       this.wakeBackoff();
       return;
     }
-    this.schedule();
+    this.cancelLinger();
+    void this.pump();
   }
 
   private cancelLinger(): void {
@@ -322,10 +327,7 @@ export abstract class BatchingExporter implements EventExporter {
     if (this.pumping || this.isClosed()) return;
     this.pumping = true;
     try {
-      while (
-        (this.bufferedEvents() > 0 || (this.flushing && this.hasPendingWork())) &&
-        !this.isClosed()
-      ) {
+      while ((this.bufferedEvents() > 0 || this.hasPendingWork()) && !this.isClosed()) {
         try {
           if (this.inFlight.length === 0) this.inFlight = this.queue.take(this.maxBatchSize);
           const undeliverable = await this.deliver(this.inFlight);
