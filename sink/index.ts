@@ -1,10 +1,11 @@
 /**
- * The PostgreSQL side: schema migrations and the one writer of spans, rollups and alerts (used by
- * the sink and by the PostgresExporter).
+ * The PostgreSQL side: the sink (topics → PostgreSQL), schema migrations, and the one writer of
+ * spans, rollups and alerts (used by the sink and by the PostgresExporter).
  *
  * @module
  */
 export { listMigrations, migrate, MIGRATIONS_DIR, type Migration } from "./migrate.js";
+export { Sink, type SinkOptions, type SinkStats } from "./sink.js";
 export {
   PostgresWriter,
   TOTAL_MODEL,
