@@ -16,6 +16,7 @@ import { readControl } from "../avro/control.js";
 import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
 import { loadConnectionConfig, topicNames, type TopicNames } from "../config/index.js";
 import {
+  connectAdmin,
   createGroupConsumer,
   createRecordProducer,
   type BatchControl,
@@ -41,6 +42,8 @@ export interface SinkOptions {
   /** Apply schema migrations at start (default true). */
   readonly migrate?: boolean;
   readonly sessionTimeoutMs?: number;
+  /** Partitions of the topics the sink creates if missing (default 6). */
+  readonly partitions?: number;
   readonly logger?: ProcessorLogger;
   /** Backoff while PostgreSQL is down: first delay and cap, ms (defaults 200 and 10 000). */
   readonly retryInitialMs?: number;
@@ -66,6 +69,7 @@ export class Sink {
   private readonly databaseUrl: string;
   private readonly migrateFirst: boolean;
   private readonly sessionTimeoutMs: number;
+  private readonly partitions: number;
   private readonly logger: ProcessorLogger;
   private readonly retryInitialMs: number;
   private readonly retryMaxMs: number;
@@ -112,6 +116,7 @@ export class Sink {
     this.databaseUrl = connection.databaseUrl;
     this.migrateFirst = options.migrate ?? true;
     this.sessionTimeoutMs = options.sessionTimeoutMs ?? 30_000;
+    this.partitions = options.partitions ?? 6;
     this.logger = options.logger ?? pinoLogger();
     this.retryInitialMs = options.retryInitialMs ?? 200;
     this.retryMaxMs = options.retryMaxMs ?? 10_000;
@@ -119,6 +124,21 @@ export class Sink {
 
   async start(): Promise<void> {
     if (this.migrateFirst) await migrate(this.databaseUrl);
+    const admin = await connectAdmin(this.kafka);
+    try {
+      await admin.ensureTopics([
+        { name: this.topics.modelCalls, partitions: this.partitions },
+        {
+          name: this.topics.metricRollups,
+          partitions: this.partitions,
+          config: { "cleanup.policy": "compact" },
+        },
+        { name: this.topics.alerts, partitions: this.partitions },
+        { name: this.topics.deadLetter, partitions: this.partitions },
+      ]);
+    } finally {
+      await admin.close();
+    }
     this.pool = new pg.Pool({
       connectionString: this.databaseUrl,
       max: 4,
