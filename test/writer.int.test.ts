@@ -146,6 +146,48 @@ describe("PostgresWriter", () => {
     }
   });
 
+  it("merges minute rollups into hours by adding counts (merge_rollups), equal to hourly windows", async () => {
+    const events = Array.from({ length: 120 }, (_, i) =>
+      sampleEvent({
+        span_id: (0x4000000000000000n + BigInt(i)).toString(16),
+        service: "merge",
+        status: i % 4 === 0 ? "error" : "ok",
+        error_type: i % 4 === 0 ? "x" : null,
+        start_time: 1_764_000_000_000_000 + i * 45_000_000 - 1000,
+        end_time: 1_764_000_000_000_000 + i * 45_000_000,
+      }),
+    );
+    await writer.write({ rollups: rollupEvents(events, 60_000_000) });
+    const hourly = rollupEvents(events, 3_600_000_000).filter((rollup) => rollup.model === null);
+    const { rows } = await pool.query<{
+      window_start: Date;
+      calls: string;
+      errors: string;
+      error_rate: number;
+      sketches: number;
+    }>(
+      `select window_start, calls::text, errors::text, error_rate, jsonb_array_length(latency_sketches) as sketches
+       from merge_rollups(interval '1 hour', timestamptz 'epoch', timestamptz '3000-01-01') where service = 'merge' and model = '*'
+       order by window_start`,
+    );
+    expect(
+      rows.map((row) => ({
+        start: row.window_start.getTime() * 1000,
+        calls: row.calls,
+        errors: row.errors,
+        rate: row.error_rate,
+      })),
+    ).toEqual(
+      hourly.map((rollup) => ({
+        start: rollup.window_start,
+        calls: String(rollup.counts.calls),
+        errors: String(rollup.counts.errors),
+        rate: rollup.rates.error_rate,
+      })),
+    );
+    expect(rows.every((row) => row.sketches > 0)).toBe(true);
+  });
+
   it("keeps one row per alert with its transitions, whatever the redelivery order", async () => {
     const rule: AlertRule = {
       key: "errors",
