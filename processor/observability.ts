@@ -25,6 +25,48 @@ export function pinoLogger(level: string = process.env.LOG_LEVEL ?? "info"): Pro
   };
 }
 
+/** A running `/metrics` endpoint. */
+export interface MetricsServer {
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+/** Serves a registry's metrics at `/metrics` on loopback (port 0: any free port). */
+export async function serveMetrics(
+  registry: Registry,
+  port: number,
+  host = "127.0.0.1",
+): Promise<MetricsServer> {
+  const server: Server = createServer((request, response) => {
+    if (request.url !== "/metrics") {
+      response.writeHead(404).end();
+      return;
+    }
+    registry.metrics().then(
+      (body) => {
+        response.writeHead(200, { "content-type": registry.contentType }).end(body);
+      },
+      (error: unknown) => {
+        response.writeHead(500).end(String(error));
+      },
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, resolve);
+  });
+  const address = server.address();
+  return {
+    port: typeof address === "object" && address !== null ? address.port : port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => {
+          resolve();
+        });
+      }),
+  };
+}
+
 /** The processor's Prometheus metrics. */
 export class ProcessorMetrics {
   readonly registry = new Registry();
@@ -88,37 +130,7 @@ export class ProcessorMetrics {
   }
 
   /** Serves `/metrics` on `port` (0: any free port); resolves with the bound port. */
-  async serve(
-    port: number,
-    host = "127.0.0.1",
-  ): Promise<{ port: number; close: () => Promise<void> }> {
-    const server: Server = createServer((request, response) => {
-      if (request.url !== "/metrics") {
-        response.writeHead(404).end();
-        return;
-      }
-      this.registry.metrics().then(
-        (body) => {
-          response.writeHead(200, { "content-type": this.registry.contentType }).end(body);
-        },
-        (error: unknown) => {
-          response.writeHead(500).end(String(error));
-        },
-      );
-    });
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      server.listen(port, host, resolve);
-    });
-    const address = server.address();
-    return {
-      port: typeof address === "object" && address !== null ? address.port : port,
-      close: () =>
-        new Promise<void>((resolve) =>
-          server.close(() => {
-            resolve();
-          }),
-        ),
-    };
+  serve(port: number, host = "127.0.0.1"): Promise<MetricsServer> {
+    return serveMetrics(this.registry, port, host);
   }
 }

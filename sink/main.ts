@@ -1,7 +1,8 @@
 /**
  * Runs the sink until SIGINT or SIGTERM: `npm run sink`. Settings from the environment:
  * KAFKA_BROKERS, SCHEMA_REGISTRY_URL, DATABASE_URL, MCPO_TOPIC_PREFIX (see config/index.ts),
- * MCPO_SINK_GROUP (default mcpo-sink), MCPO_SESSION_TIMEOUT_MS (default 30000), LOG_LEVEL.
+ * MCPO_SINK_GROUP (default mcpo-sink), MCPO_SESSION_TIMEOUT_MS (default 30000), LOG_LEVEL,
+ * MCPO_METRICS_PORT (default 9465: Prometheus `/metrics` on loopback; -1: none; 0: any free port).
  * `npm run migrate` (`main.ts migrate`) only applies the schema migrations to DATABASE_URL.
  */
 import { pathToFileURL } from "node:url";
@@ -25,7 +26,12 @@ export async function main(argv: readonly string[] = process.argv.slice(2)): Pro
       "MCPO_SESSION_TIMEOUT_MS",
       `expected an integer (got ${JSON.stringify(session)})`,
     );
+  const port = process.env.MCPO_METRICS_PORT;
+  const metricsPort = port === undefined || port === "" ? 9465 : Number(port);
+  if (!Number.isInteger(metricsPort))
+    throw new ConfigError("MCPO_METRICS_PORT", `expected an integer (got ${JSON.stringify(port)})`);
   const sink = new Sink({
+    ...(metricsPort < 0 ? {} : { metricsPort }),
     ...(process.env.MCPO_SINK_GROUP ? { groupId: process.env.MCPO_SINK_GROUP } : {}),
     ...(sessionTimeoutMs === undefined ? {} : { sessionTimeoutMs }),
   });

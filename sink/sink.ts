@@ -28,6 +28,8 @@ import {
 } from "../kafka/index.js";
 import { pinoLogger } from "../processor/observability.js";
 import type { ProcessorLogger } from "../processor/processor.js";
+import { type MetricsServer } from "../processor/observability.js";
+import { SinkMetrics } from "./metrics.js";
 import { migrate } from "./migrate.js";
 import { PostgresWriter, type SpanRow } from "./writer.js";
 
@@ -45,6 +47,8 @@ export interface SinkOptions {
   /** Partitions of the topics the sink creates if missing (default 6). */
   readonly partitions?: number;
   readonly logger?: ProcessorLogger;
+  /** Serve Prometheus metrics on this port (`/metrics`, loopback); none by default. 0: any free port. */
+  readonly metricsPort?: number;
   /** Backoff while PostgreSQL is down: first delay and cap, ms (defaults 200 and 10 000). */
   readonly retryInitialMs?: number;
   readonly retryMaxMs?: number;
@@ -87,6 +91,10 @@ export class Sink {
   /** Next offsets stored in PostgreSQL, by `topic|partition`; loaded on assignment. */
   private stored: Map<string, bigint> | undefined;
   private stopping: Promise<void> | undefined;
+  /** Prometheus metrics of this sink. */
+  readonly metrics = new SinkMetrics();
+  private readonly metricsPort: number | undefined;
+  private metricsServer: MetricsServer | undefined;
   private counters = {
     batches: 0,
     spansInserted: 0,
@@ -117,6 +125,7 @@ export class Sink {
     this.migrateFirst = options.migrate ?? true;
     this.sessionTimeoutMs = options.sessionTimeoutMs ?? 30_000;
     this.partitions = options.partitions ?? 6;
+    this.metricsPort = options.metricsPort;
     this.logger = options.logger ?? pinoLogger();
     this.retryInitialMs = options.retryInitialMs ?? 200;
     this.retryMaxMs = options.retryMaxMs ?? 10_000;
@@ -173,7 +182,14 @@ export class Sink {
       },
     });
     await this.consumer.start();
-    this.logger.info("sink started", { group: this.groupId });
+    if (this.metricsPort !== undefined)
+      this.metricsServer = await this.metrics.serve(this.metricsPort);
+    this.logger.info("sink started", {
+      group: this.groupId,
+      ...(this.metricsServer
+        ? { metrics: `http://127.0.0.1:${this.metricsServer.port}/metrics` }
+        : {}),
+    });
   }
 
   stop(): Promise<void> {
@@ -183,10 +199,16 @@ export class Sink {
       } finally {
         await this.producer?.disconnect().catch(() => undefined);
         await this.pool?.end().catch(() => undefined);
+        await this.metricsServer?.close();
         this.logger.info("sink stopped", { ...this.counters });
       }
     })();
     return this.stopping;
+  }
+
+  /** Where the Prometheus metrics are served, once started with `metricsPort`. */
+  get metricsUrl(): string | undefined {
+    return this.metricsServer ? `http://127.0.0.1:${this.metricsServer.port}/metrics` : undefined;
   }
 
   stats(): SinkStats {
@@ -267,6 +289,10 @@ export class Sink {
         (this.producer as RecordProducer).send(this.topics.deadLetter, dead, "gzip"),
       );
       this.counters.deadLettered += dead.length;
+      for (const record of dead)
+        this.metrics.deadLettered.inc({
+          code: record.headers?.["mcpo-dlq-code"]?.toString() ?? "unknown",
+        });
       this.logger.warn("dead-lettered records", {
         topic: batch.topic,
         partition: batch.partition,
@@ -290,6 +316,15 @@ export class Sink {
     this.counters.spansDuplicate += result.spansDuplicate;
     this.counters.rollupsUpserted += result.rollupsUpserted;
     this.counters.alertsUpserted += result.alertsUpserted;
+    this.metrics.batchSize.observe(batch.records.length);
+    this.metrics.rows.inc({ table: "spans", outcome: "inserted" }, result.spansInserted);
+    this.metrics.rows.inc({ table: "spans", outcome: "duplicate" }, result.spansDuplicate);
+    this.metrics.rows.inc({ table: "metric_rollups", outcome: "upserted" }, result.rollupsUpserted);
+    this.metrics.rows.inc({ table: "alerts", outcome: "upserted" }, result.alertsUpserted);
+    this.metrics.lag.set(
+      { topic: batch.topic, partition: String(batch.partition) },
+      Number(BigInt(batch.highWatermark) - BigInt(nextOffset)),
+    );
     control.resolveOffset(last.offset);
     // The group's offset is informational (lag); PostgreSQL holds the truth.
     await (this.consumer as GroupConsumer)
@@ -308,6 +343,7 @@ export class Sink {
       } catch (error) {
         if (!control.isRunning()) throw error;
         this.counters.retries++;
+        this.metrics.retries.inc();
         this.logger.warn("write failed; retrying", {
           error: error instanceof Error ? error.message : String(error),
           delayMs: Math.round(delay),

@@ -106,6 +106,7 @@ describe("sink killed with SIGKILL and restarted", () => {
           MCPO_TOPIC_PREFIX: prefix,
           MCPO_SINK_GROUP: "crash-sink",
           MCPO_SESSION_TIMEOUT_MS: "6000",
+          MCPO_METRICS_PORT: "0",
           LOG_LEVEL: "warn",
         },
         stdio: ["ignore", "ignore", "ignore"],

@@ -51,6 +51,7 @@ describe("sink", () => {
 
   const sink = (groupId: string) => {
     const instance = new Sink({
+      metricsPort: 0,
       brokers: services().kafkaBrokers,
       schemaRegistryUrl: services().schemaRegistryUrl,
       databaseUrl: database.current.url,
@@ -173,6 +174,9 @@ describe("sink", () => {
       spansDuplicate: 20,
       deadLettered: 1,
     });
+    const metrics = await (await fetch(first.metricsUrl ?? "")).text();
+    expect(metrics).toContain('mcpo_sink_rows_total{table="spans",outcome="inserted"} 200');
+    expect(metrics).toContain('mcpo_sink_dead_lettered_total{code="BAD_MAGIC_BYTE"} 1');
     const offsets = await client.query<{ topic: string }>("select topic from consumed_offsets");
     expect(new Set(offsets.rows.map((row) => row.topic))).toEqual(
       new Set([`${prefix}model-calls`, `${prefix}metric-rollups`, `${prefix}alerts`]),

@@ -1,0 +1,45 @@
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+
+import { serveMetrics, type MetricsServer } from "../processor/observability.js";
+
+/** The sink's Prometheus metrics (rows/s from the counters' rates). */
+export class SinkMetrics {
+  readonly registry = new Registry();
+  readonly rows = new Counter({
+    name: "mcpo_sink_rows_total",
+    help: "Rows written",
+    labelNames: ["table", "outcome"],
+    registers: [this.registry],
+  });
+  readonly batchSize = new Histogram({
+    name: "mcpo_sink_batch_records",
+    help: "Records per written batch",
+    buckets: [1, 10, 50, 100, 500, 1000, 5000, 10_000],
+    registers: [this.registry],
+  });
+  readonly lag = new Gauge({
+    name: "mcpo_sink_consumer_lag",
+    help: "Records between the written position and the partition's end",
+    labelNames: ["topic", "partition"],
+    registers: [this.registry],
+  });
+  readonly retries = new Counter({
+    name: "mcpo_sink_retries_total",
+    help: "Failed writes that were retried",
+    registers: [this.registry],
+  });
+  readonly deadLettered = new Counter({
+    name: "mcpo_sink_dead_lettered_total",
+    help: "Records sent to the dead-letter topic",
+    labelNames: ["code"],
+    registers: [this.registry],
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: "mcpo_sink_" });
+  }
+
+  serve(port: number): Promise<MetricsServer> {
+    return serveMetrics(this.registry, port);
+  }
+}
