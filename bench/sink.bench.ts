@@ -2,7 +2,8 @@
  * Sink benchmark: `npm run bench:sink` (needs the local stack). BENCH_EVENTS events (default
  * 1 000 000) are pre-produced; then it measures
  * 1. the sink from the topic into PostgreSQL (spans/s, start-up and group join included);
- * 2. the writer alone (set-based `INSERT … SELECT FROM unnest`), batches of 2 000;
+ * 2. the writer alone, batches of 2 000: set-based `INSERT … SELECT FROM unnest`, and COPY into
+ *    a staging table then one merge;
  * 3. the physical limit: a plain `COPY` of the same rows into an unindexed copy of the table;
  * and prints the ratios.
  */
@@ -119,6 +120,16 @@ async function main(): Promise<void> {
     await writer.write({ spans: events.slice(i, i + 2000).map((event) => ({ event })) });
   const writerRate = count / ((performance.now() - writeStarted) / 1000);
 
+  // 2b. The writer with its COPY-and-merge strategy.
+  const copyUrl = await database("mcpo_bench_writer_copy");
+  const copyPool = new pg.Pool({ connectionString: copyUrl, max: 2 });
+  const copyWriter = new PostgresWriter(copyPool, "copy");
+  const copyWriteStarted = performance.now();
+  for (let i = 0; i < count; i += 2000)
+    await copyWriter.write({ spans: events.slice(i, i + 2000).map((event) => ({ event })) });
+  const copyWriterRate = count / ((performance.now() - copyWriteStarted) / 1000);
+  await copyPool.end();
+
   // 3. COPY into an unindexed copy of the table (same rows, as CSV).
   await pool.query("create table spans_copy as select * from spans where false");
   const columns =
@@ -177,6 +188,9 @@ async function main(): Promise<void> {
   );
   print(
     `writer alone (unnest):    ${Math.round(writerRate).toLocaleString("en").padStart(9)} spans/s`,
+  );
+  print(
+    `writer alone (COPY+merge):${Math.round(copyWriterRate).toLocaleString("en").padStart(9)} spans/s`,
   );
   print(
     `COPY, unindexed copy:     ${Math.round(copyRate).toLocaleString("en").padStart(9)} rows/s`,

@@ -9,7 +9,11 @@
  * - Alerts upsert by id: the newest transition (by `emitted_at`) sets the state, and `history`
  *   gains each transition once.
  */
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+
 import type pg from "pg";
+import { from as copyFrom } from "pg-copy-streams";
 
 import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
 
@@ -77,8 +81,121 @@ const COUNT_COLUMNS = [
 /** The total's model column value (a primary key cannot hold null). */
 export const TOTAL_MODEL = "*";
 
+/**
+ * How spans reach their table: `unnest` (one `INSERT … SELECT FROM unnest(…)`), or `copy` (COPY
+ * into a session-local staging table, then one `INSERT … SELECT … ON CONFLICT DO NOTHING`).
+ * `npm run bench:sink` measures both.
+ */
+export type SpanWriteStrategy = "unnest" | "copy";
+
+const SPAN_COLUMNS = [
+  "span_id",
+  "event_id",
+  "trace_id",
+  "parent_span_id",
+  "kind",
+  "service",
+  "service_instance",
+  "provider",
+  "model",
+  "tool_name",
+  "mcp_method",
+  "start_time",
+  "end_time",
+  "prompt_tokens",
+  "completion_tokens",
+  "token_source",
+  "cost_nano_usd",
+  "retries",
+  "fallback_used",
+  "confidence",
+  "confidence_gate_threshold",
+  "high_risk_path",
+  "deterministic_fallback_triggered",
+  "prompt_diff_score",
+  "shadow_agreement",
+  "is_golden_financial_scenario",
+  "golden_scenario_passed",
+  "status",
+  "error_type",
+  "prompt_size_bytes",
+  "response_size_bytes",
+  "prompt_sha256",
+  "response_sha256",
+  "prompt_text",
+  "response_text",
+  "attributes",
+  "source_topic",
+  "source_partition",
+  "source_offset",
+] as const;
+
+/** A value as a CSV field for COPY: empty for NULL, quoted text otherwise. */
+function csvField(value: string | number | boolean | null | undefined): string {
+  if (value === null || value === undefined) return "";
+  if (typeof value === "number" || typeof value === "boolean") return String(value);
+  return `"${value.replace(/"/g, '""')}"`;
+}
+
+/** Microseconds since the epoch as an exact ISO timestamp for COPY. */
+function isoMicros(micros: number): string {
+  const millis = Math.floor(micros / 1000);
+  const rest = micros - millis * 1000;
+  return new Date(millis).toISOString().replace("Z", `${String(rest).padStart(3, "0")}Z`);
+}
+
+function spanCsvLine(row: SpanRow): string {
+  const e = row.event;
+  return [
+    e.span_id,
+    e.event_id,
+    e.trace_id,
+    e.parent_span_id,
+    e.kind,
+    e.service,
+    e.service_instance,
+    e.provider,
+    e.model,
+    e.tool_name,
+    e.mcp_method,
+    isoMicros(e.start_time),
+    isoMicros(e.end_time),
+    e.prompt_tokens,
+    e.completion_tokens,
+    e.token_source,
+    e.cost_nano_usd,
+    e.retries,
+    e.fallback_used,
+    e.confidence,
+    e.confidence_gate_threshold,
+    e.high_risk_path,
+    e.deterministic_fallback_triggered,
+    e.prompt_diff_score,
+    e.shadow_agreement,
+    e.is_golden_financial_scenario,
+    e.golden_scenario_passed,
+    e.status,
+    e.error_type,
+    e.prompt_size_bytes,
+    e.response_size_bytes,
+    e.prompt_sha256 ? `\\x${e.prompt_sha256.toString("hex")}` : null,
+    e.response_sha256 ? `\\x${e.response_sha256.toString("hex")}` : null,
+    e.prompt_text,
+    e.response_text,
+    JSON.stringify(e.attributes),
+    row.source?.topic ?? null,
+    row.source?.partition ?? null,
+    row.source?.offset ?? null,
+  ]
+    .map(csvField)
+    .join(",");
+}
+
 export class PostgresWriter {
-  constructor(private readonly pool: pg.Pool) {}
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly spanStrategy: SpanWriteStrategy = "unnest",
+  ) {}
 
   /** Writes a batch in one transaction. */
   async write(batch: WriteBatch): Promise<WriteResult> {
@@ -122,6 +239,7 @@ export class PostgresWriter {
     rows: readonly SpanRow[],
   ): Promise<{ spansInserted: number; spansDuplicate: number }> {
     if (rows.length === 0) return { spansInserted: 0, spansDuplicate: 0 };
+    if (this.spanStrategy === "copy") return this.copySpans(client, rows);
     const unique = new Map<string, SpanRow>();
     for (const row of rows) if (!unique.has(row.event.span_id)) unique.set(row.event.span_id, row);
     const list = [...unique.values()];
@@ -193,6 +311,26 @@ export class PostgresWriter {
         column((r) => r.source?.partition ?? null),
         column((r) => r.source?.offset ?? null),
       ],
+    );
+    const inserted = result.rowCount ?? 0;
+    return { spansInserted: inserted, spansDuplicate: rows.length - inserted };
+  }
+
+  private async copySpans(
+    client: pg.PoolClient,
+    rows: readonly SpanRow[],
+  ): Promise<{ spansInserted: number; spansDuplicate: number }> {
+    const columns = SPAN_COLUMNS.join(", ");
+    await client.query(
+      `create temp table if not exists spans_stage on commit delete rows as select ${columns} from spans with no data`,
+    );
+    const stream = client.query(
+      copyFrom(`copy spans_stage (${columns}) from stdin with (format csv)`),
+    );
+    const body = Readable.from([`${rows.map(spanCsvLine).join("\n")}\n`]);
+    await pipeline(body, stream);
+    const result = await client.query(
+      `insert into spans (${columns}) select distinct on (span_id) ${columns} from spans_stage on conflict do nothing`,
     );
     const inserted = result.rowCount ?? 0;
     return { spansInserted: inserted, spansDuplicate: rows.length - inserted };

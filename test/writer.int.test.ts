@@ -112,6 +112,55 @@ describe("PostgresWriter", () => {
     expect(rows.find((row) => row.service === "svc")?.cost_usd).toBe("1.234567891");
   });
 
+  it("writes the same rows through COPY as through unnest, hostile values included", async () => {
+    const copyWriter = new PostgresWriter(pool, "copy");
+    const events = [0, 1, 2].map((i) =>
+      sampleEvent({
+        span_id: (0x6000000000000000n + BigInt(i)).toString(16),
+        service: `copy "svc", ${i}; drop table spans; -- é🚀\n`,
+        tool_name: i === 0 ? null : `t'${i}`,
+        attributes: { "a,b": 'x"y', n: String(i) },
+        start_time: 1_764_000_000_123_456 + i,
+        end_time: 1_764_000_000_223_457 + i,
+      }),
+    );
+    expect(
+      await copyWriter.write({
+        spans: [...events, ...events].map((event) => ({
+          event,
+          source: { topic: "c", partition: 1, offset: "9" },
+        })),
+      }),
+    ).toMatchObject({
+      spansInserted: 3,
+      spansDuplicate: 3,
+    });
+    expect(await copyWriter.write({ spans: events.map((event) => ({ event })) })).toMatchObject({
+      spansInserted: 0,
+    });
+    const { rows } = await pool.query<{
+      span_id: string;
+      service: string;
+      tool_name: string | null;
+      attributes: unknown;
+      start_us: string;
+      prompt_sha256: Buffer;
+    }>(
+      `select span_id, service, tool_name, attributes, (extract(epoch from start_time) * 1000000)::bigint::text as start_us, prompt_sha256
+       from spans where span_id like '6%' order by span_id`,
+    );
+    expect(rows).toEqual(
+      events.map((event) => ({
+        span_id: event.span_id,
+        service: event.service,
+        tool_name: event.tool_name,
+        attributes: event.attributes,
+        start_us: String(event.start_time),
+        prompt_sha256: event.prompt_sha256,
+      })),
+    );
+  });
+
   it("upserts rollups by key, with the derived rates equal to the core's", async () => {
     const rollups = rollupEvents(
       [
