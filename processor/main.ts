@@ -12,19 +12,9 @@
  * | MCPO_METRICS_PORT | 9464 (Prometheus `/metrics` on loopback; -1: none; 0: any free port) |
  * | LOG_LEVEL | info (JSON logs through pino) |
  */
-import { pathToFileURL } from "node:url";
-
 import { ConfigError } from "../config/index.js";
+import { intFromEnv, runAsScript, untilSignal } from "../ops/index.js";
 import { StreamProcessor } from "./processor.js";
-
-function intFromEnv(name: string): number | undefined {
-  const raw = process.env[name];
-  if (raw === undefined || raw === "") return undefined;
-  const value = Number(raw);
-  if (!Number.isInteger(value))
-    throw new ConfigError(name, `expected an integer (got ${JSON.stringify(raw)})`);
-  return value;
-}
 
 export async function main(): Promise<number> {
   const mode = process.env.MCPO_PROCESSOR_MODE ?? "live";
@@ -33,20 +23,19 @@ export async function main(): Promise<number> {
       "MCPO_PROCESSOR_MODE",
       `expected live or replay (got ${JSON.stringify(mode)})`,
     );
-  const windowSizeMs = intFromEnv("MCPO_WINDOW_MS");
-  const graceMs = intFromEnv("MCPO_GRACE_MS");
-  const idleTimeoutMs = intFromEnv("MCPO_IDLE_TIMEOUT_MS");
-  const checkpointIntervalMs = intFromEnv("MCPO_CHECKPOINT_INTERVAL_MS");
-  const sessionTimeoutMs = intFromEnv("MCPO_SESSION_TIMEOUT_MS");
+  const optional = (key: string, name: string): Record<string, number> => {
+    const value = intFromEnv(name);
+    return value === undefined ? {} : { [key]: value };
+  };
   const metricsPort = intFromEnv("MCPO_METRICS_PORT") ?? 9464;
   const processor = new StreamProcessor({
     mode,
     ...(process.env.MCPO_PROCESSOR_GROUP ? { groupId: process.env.MCPO_PROCESSOR_GROUP } : {}),
-    ...(windowSizeMs === undefined ? {} : { windowSizeMs }),
-    ...(graceMs === undefined ? {} : { graceMs }),
-    ...(idleTimeoutMs === undefined ? {} : { idleTimeoutMs }),
-    ...(checkpointIntervalMs === undefined ? {} : { checkpointIntervalMs }),
-    ...(sessionTimeoutMs === undefined ? {} : { sessionTimeoutMs }),
+    ...optional("windowSizeMs", "MCPO_WINDOW_MS"),
+    ...optional("graceMs", "MCPO_GRACE_MS"),
+    ...optional("idleTimeoutMs", "MCPO_IDLE_TIMEOUT_MS"),
+    ...optional("checkpointIntervalMs", "MCPO_CHECKPOINT_INTERVAL_MS"),
+    ...optional("sessionTimeoutMs", "MCPO_SESSION_TIMEOUT_MS"),
     ...(metricsPort < 0 ? {} : { metricsPort }),
   });
   if (mode === "replay") {
@@ -54,25 +43,9 @@ export async function main(): Promise<number> {
     return 0;
   }
   await processor.start();
-  await new Promise<void>((resolve) => {
-    process.once("SIGINT", resolve);
-    process.once("SIGTERM", resolve);
-  });
+  await untilSignal();
   await processor.stop();
   return 0;
 }
 
-if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main().then(
-    (code) => {
-      process.exit(code);
-    },
-    (error: unknown) => {
-      const message = error instanceof Error ? error.message : String(error);
-      process.stderr.write(
-        `${JSON.stringify({ level: "error", component: "processor", message })}\n`,
-      );
-      process.exit(error instanceof ConfigError ? 2 : 1);
-    },
-  );
-}
+runAsScript(import.meta.url, "processor", main);

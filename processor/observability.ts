@@ -1,73 +1,8 @@
-/**
- * The processor's operational surface: JSON logs (pino) and Prometheus metrics (prom-client) on
- * an HTTP endpoint. Each processor has its own metrics registry, so several can run in one process.
- */
-import { createServer, type Server } from "node:http";
-
-import { pino } from "pino";
+/** The processor's Prometheus metrics; each processor has its own registry. */
 import { collectDefaultMetrics, Counter, Gauge, Registry } from "prom-client";
 
-import type { ProcessorLogger } from "./processor.js";
+import { serveMetrics, type MetricsServer } from "../ops/index.js";
 
-/** A pino logger behind the processor's small logging interface. */
-export function pinoLogger(level: string = process.env.LOG_LEVEL ?? "info"): ProcessorLogger {
-  const logger = pino({ level, base: { component: "processor" } });
-  return {
-    info: (message, context) => {
-      logger.info(context ?? {}, message);
-    },
-    warn: (message, context) => {
-      logger.warn(context ?? {}, message);
-    },
-    error: (message, context) => {
-      logger.error(context ?? {}, message);
-    },
-  };
-}
-
-/** A running `/metrics` endpoint. */
-export interface MetricsServer {
-  readonly port: number;
-  close(): Promise<void>;
-}
-
-/** Serves a registry's metrics at `/metrics` on loopback (port 0: any free port). */
-export async function serveMetrics(
-  registry: Registry,
-  port: number,
-  host = "127.0.0.1",
-): Promise<MetricsServer> {
-  const server: Server = createServer((request, response) => {
-    if (request.url !== "/metrics") {
-      response.writeHead(404).end();
-      return;
-    }
-    registry.metrics().then(
-      (body) => {
-        response.writeHead(200, { "content-type": registry.contentType }).end(body);
-      },
-      (error: unknown) => {
-        response.writeHead(500).end(String(error));
-      },
-    );
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(port, host, resolve);
-  });
-  const address = server.address();
-  return {
-    port: typeof address === "object" && address !== null ? address.port : port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => {
-          resolve();
-        });
-      }),
-  };
-}
-
-/** The processor's Prometheus metrics. */
 export class ProcessorMetrics {
   readonly registry = new Registry();
   readonly records = new Counter({
@@ -129,8 +64,8 @@ export class ProcessorMetrics {
     collectDefaultMetrics({ register: this.registry, prefix: "mcpo_processor_" });
   }
 
-  /** Serves `/metrics` on `port` (0: any free port); resolves with the bound port. */
-  serve(port: number, host = "127.0.0.1"): Promise<MetricsServer> {
-    return serveMetrics(this.registry, port, host);
+  /** Serves `/metrics` on `port` (0: any free port). */
+  serve(port: number): Promise<MetricsServer> {
+    return serveMetrics(this.registry, port);
   }
 }

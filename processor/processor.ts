@@ -43,15 +43,12 @@ import {
 } from "../kafka/index.js";
 import { MICROS_PER_MILLI, parseMetricsConfig, rollupKey } from "../metrics/index.js";
 import { CheckpointStore, type Checkpoint } from "./checkpoints.js";
-import { pinoLogger, ProcessorMetrics } from "./observability.js";
+import { pinoLogger, type MetricsServer, type OpsLogger } from "../ops/index.js";
+import { ProcessorMetrics } from "./observability.js";
 import { PartitionState, type PartitionOutput, type WindowSettings } from "./partition.js";
 
-/** A logger for the processor's own events (JSON lines by default). */
-export interface ProcessorLogger {
-  info(message: string, context?: Readonly<Record<string, unknown>>): void;
-  warn(message: string, context?: Readonly<Record<string, unknown>>): void;
-  error(message: string, context?: Readonly<Record<string, unknown>>): void;
-}
+/** The processor's logger (see `OpsLogger`). */
+export type ProcessorLogger = OpsLogger;
 
 /** Settings of {@link StreamProcessor}; each falls back to the environment, then a default. */
 export interface ProcessorOptions {
@@ -131,7 +128,7 @@ export class StreamProcessor {
   private readonly metricsPort: number | undefined;
   /** Prometheus metrics of this processor. */
   readonly metrics = new ProcessorMetrics();
-  private metricsServer: { port: number; close: () => Promise<void> } | undefined;
+  private metricsServer: MetricsServer | undefined;
 
   private producer: RecordProducer | undefined;
   private consumer: GroupConsumer | undefined;
@@ -205,7 +202,7 @@ export class StreamProcessor {
       clientId: options.clientId ?? `mcpo-processor-${randomUUID().slice(0, 8)}`,
     };
     this.registryUrl = connection.schemaRegistryUrl;
-    this.logger = options.logger ?? pinoLogger();
+    this.logger = options.logger ?? pinoLogger("processor");
     this.metricsPort = options.metricsPort;
     this.scheduler = options.scheduler;
   }

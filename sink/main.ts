@@ -5,9 +5,8 @@
  * MCPO_METRICS_PORT (default 9465: Prometheus `/metrics` on loopback; -1: none; 0: any free port).
  * `npm run migrate` (`main.ts migrate`) only applies the schema migrations to DATABASE_URL.
  */
-import { pathToFileURL } from "node:url";
-
-import { ConfigError, loadConnectionConfig } from "../config/index.js";
+import { loadConnectionConfig } from "../config/index.js";
+import { intFromEnv, runAsScript, untilSignal } from "../ops/index.js";
 import { migrate } from "./migrate.js";
 import { Sink } from "./sink.js";
 
@@ -19,40 +18,17 @@ export async function main(argv: readonly string[] = process.argv.slice(2)): Pro
     );
     return 0;
   }
-  const session = process.env.MCPO_SESSION_TIMEOUT_MS;
-  const sessionTimeoutMs = session === undefined || session === "" ? undefined : Number(session);
-  if (sessionTimeoutMs !== undefined && !Number.isInteger(sessionTimeoutMs))
-    throw new ConfigError(
-      "MCPO_SESSION_TIMEOUT_MS",
-      `expected an integer (got ${JSON.stringify(session)})`,
-    );
-  const port = process.env.MCPO_METRICS_PORT;
-  const metricsPort = port === undefined || port === "" ? 9465 : Number(port);
-  if (!Number.isInteger(metricsPort))
-    throw new ConfigError("MCPO_METRICS_PORT", `expected an integer (got ${JSON.stringify(port)})`);
+  const sessionTimeoutMs = intFromEnv("MCPO_SESSION_TIMEOUT_MS");
+  const metricsPort = intFromEnv("MCPO_METRICS_PORT") ?? 9465;
   const sink = new Sink({
-    ...(metricsPort < 0 ? {} : { metricsPort }),
     ...(process.env.MCPO_SINK_GROUP ? { groupId: process.env.MCPO_SINK_GROUP } : {}),
     ...(sessionTimeoutMs === undefined ? {} : { sessionTimeoutMs }),
+    ...(metricsPort < 0 ? {} : { metricsPort }),
   });
   await sink.start();
-  await new Promise<void>((resolve) => {
-    process.once("SIGINT", resolve);
-    process.once("SIGTERM", resolve);
-  });
+  await untilSignal();
   await sink.stop();
   return 0;
 }
 
-if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main().then(
-    (code) => {
-      process.exit(code);
-    },
-    (error: unknown) => {
-      const message = error instanceof Error ? error.message : String(error);
-      process.stderr.write(`${JSON.stringify({ level: "error", component: "sink", message })}\n`);
-      process.exit(error instanceof ConfigError ? 2 : 1);
-    },
-  );
-}
+runAsScript(import.meta.url, "sink", main);

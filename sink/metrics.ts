@@ -1,6 +1,6 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 
-import { serveMetrics, type MetricsServer } from "../processor/observability.js";
+import { serveMetrics, type MetricsServer } from "../ops/index.js";
 
 /** The sink's Prometheus metrics (rows/s from the counters' rates). */
 export class SinkMetrics {

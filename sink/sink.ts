@@ -26,9 +26,7 @@ import {
   type OutgoingRecord,
   type RecordProducer,
 } from "../kafka/index.js";
-import { pinoLogger } from "../processor/observability.js";
-import type { ProcessorLogger } from "../processor/processor.js";
-import { type MetricsServer } from "../processor/observability.js";
+import { pinoLogger, type MetricsServer, type OpsLogger } from "../ops/index.js";
 import { SinkMetrics } from "./metrics.js";
 import { migrate } from "./migrate.js";
 import { PostgresWriter, type SpanRow } from "./writer.js";
@@ -46,7 +44,7 @@ export interface SinkOptions {
   readonly sessionTimeoutMs?: number;
   /** Partitions of the topics the sink creates if missing (default 6). */
   readonly partitions?: number;
-  readonly logger?: ProcessorLogger;
+  readonly logger?: OpsLogger;
   /** Serve Prometheus metrics on this port (`/metrics`, loopback); none by default. 0: any free port. */
   readonly metricsPort?: number;
   /** Backoff while PostgreSQL is down: first delay and cap, ms (defaults 200 and 10 000). */
@@ -74,7 +72,7 @@ export class Sink {
   private readonly migrateFirst: boolean;
   private readonly sessionTimeoutMs: number;
   private readonly partitions: number;
-  private readonly logger: ProcessorLogger;
+  private readonly logger: OpsLogger;
   private readonly retryInitialMs: number;
   private readonly retryMaxMs: number;
   private pool: pg.Pool | undefined;
@@ -126,7 +124,7 @@ export class Sink {
     this.sessionTimeoutMs = options.sessionTimeoutMs ?? 30_000;
     this.partitions = options.partitions ?? 6;
     this.metricsPort = options.metricsPort;
-    this.logger = options.logger ?? pinoLogger();
+    this.logger = options.logger ?? pinoLogger("sink");
     this.retryInitialMs = options.retryInitialMs ?? 200;
     this.retryMaxMs = options.retryMaxMs ?? 10_000;
   }

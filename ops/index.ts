@@ -1,0 +1,126 @@
+/**
+ * Operational plumbing shared by the long-running processes (processor, sink): JSON logs through
+ * pino, a Prometheus `/metrics` endpoint, and the entry-point boilerplate (environment integers,
+ * run until SIGINT/SIGTERM, exit codes).
+ *
+ * @module
+ */
+import { createServer, type Server } from "node:http";
+import { pathToFileURL } from "node:url";
+
+import { pino } from "pino";
+import type { Registry } from "prom-client";
+
+import { ConfigError } from "../config/index.js";
+
+/** The small logging interface the processes take (inject yours, or use {@link pinoLogger}). */
+export interface OpsLogger {
+  info(message: string, context?: Readonly<Record<string, unknown>>): void;
+  warn(message: string, context?: Readonly<Record<string, unknown>>): void;
+  error(message: string, context?: Readonly<Record<string, unknown>>): void;
+}
+
+/** JSON lines on stdout through pino, tagged with the component. */
+export function pinoLogger(
+  component: string,
+  level: string = process.env.LOG_LEVEL ?? "info",
+): OpsLogger {
+  const logger = pino({ level, base: { component } });
+  return {
+    info: (message, context) => {
+      logger.info(context ?? {}, message);
+    },
+    warn: (message, context) => {
+      logger.warn(context ?? {}, message);
+    },
+    error: (message, context) => {
+      logger.error(context ?? {}, message);
+    },
+  };
+}
+
+/** A running `/metrics` endpoint. */
+export interface MetricsServer {
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+/** Serves a registry's metrics at `/metrics` on loopback (port 0: any free port). */
+export async function serveMetrics(
+  registry: Registry,
+  port: number,
+  host = "127.0.0.1",
+): Promise<MetricsServer> {
+  const server: Server = createServer((request, response) => {
+    if (request.url !== "/metrics") {
+      response.writeHead(404).end();
+      return;
+    }
+    registry.metrics().then(
+      (body) => {
+        response.writeHead(200, { "content-type": registry.contentType }).end(body);
+      },
+      (error: unknown) => {
+        response.writeHead(500).end(String(error));
+      },
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, resolve);
+  });
+  const address = server.address();
+  return {
+    port: typeof address === "object" && address !== null ? address.port : port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => {
+          resolve();
+        });
+      }),
+  };
+}
+
+/**
+ * An integer from the environment, or undefined when unset.
+ *
+ * @throws {ConfigError} naming the variable when it is not an integer.
+ */
+export function intFromEnv(name: string): number | undefined {
+  const raw = process.env[name];
+  if (raw === undefined || raw === "") return undefined;
+  const value = Number(raw);
+  if (!Number.isInteger(value))
+    throw new ConfigError(name, `expected an integer (got ${JSON.stringify(raw)})`);
+  return value;
+}
+
+/** Resolves at the first SIGINT or SIGTERM. */
+export function untilSignal(): Promise<void> {
+  return new Promise((resolve) => {
+    process.once("SIGINT", resolve);
+    process.once("SIGTERM", resolve);
+  });
+}
+
+/**
+ * Runs `main` when `moduleUrl` is the script Node was started with, and exits with its code:
+ * 2 for a configuration error (the message names the key), 1 for any other failure.
+ */
+export function runAsScript(
+  moduleUrl: string,
+  component: string,
+  main: () => Promise<number>,
+): void {
+  if (process.argv[1] === undefined || moduleUrl !== pathToFileURL(process.argv[1]).href) return;
+  main().then(
+    (code) => {
+      process.exit(code);
+    },
+    (error: unknown) => {
+      const message = error instanceof Error ? error.message : String(error);
+      process.stderr.write(`${JSON.stringify({ level: "error", component, message })}\n`);
+      process.exit(error instanceof ConfigError ? 2 : 1);
+    },
+  );
+}
