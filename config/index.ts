@@ -151,6 +151,30 @@ export function topicNames(prefix: string = DEFAULTS.topicPrefix): TopicNames {
   });
 }
 
+/** The connection options the processes and exporters take, as their users spell them. */
+export interface EndpointOptions {
+  /** Overrides `KAFKA_BROKERS`. */
+  readonly brokers?: string | readonly string[];
+  readonly schemaRegistryUrl?: string;
+  readonly databaseUrl?: string;
+  readonly topicPrefix?: string;
+}
+
+/**
+ * {@link loadConnectionConfig} from {@link EndpointOptions}: each unset option falls back to its
+ * variable, then its default.
+ *
+ * @throws {ConfigError} naming the option or variable that is invalid.
+ */
+export function connectionFromOptions(options: EndpointOptions): ConnectionConfig {
+  return loadConnectionConfig({
+    kafkaBrokers: options.brokers,
+    schemaRegistryUrl: options.schemaRegistryUrl,
+    databaseUrl: options.databaseUrl,
+    topicPrefix: options.topicPrefix,
+  });
+}
+
 /** The port of a `host:port` address or URL, for checks that compare configurations. */
 export function portOf(address: string): number {
   const url = address.includes("://") ? new URL(address) : new URL(`tcp://${address}`);

@@ -28,7 +28,12 @@ import { AvroCodec, valueSubject } from "../avro/codec.js";
 import { ALERT_EVENT, METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
 import { readControl, watermarkTick } from "../avro/control.js";
 import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
-import { ConfigError, loadConnectionConfig, topicNames, type TopicNames } from "../config/index.js";
+import {
+  ConfigError,
+  connectionFromOptions,
+  topicNames,
+  type TopicNames,
+} from "../config/index.js";
 import {
   connectAdmin,
   createGroupConsumer,
@@ -164,13 +169,7 @@ export class StreamProcessor {
 
   /** @throws {ConfigError} naming the option or variable that is invalid. */
   constructor(options: ProcessorOptions = {}) {
-    const connection = loadConnectionConfig({
-      ...(options.brokers === undefined ? {} : { kafkaBrokers: options.brokers }),
-      ...(options.schemaRegistryUrl === undefined
-        ? {}
-        : { schemaRegistryUrl: options.schemaRegistryUrl }),
-      ...(options.topicPrefix === undefined ? {} : { topicPrefix: options.topicPrefix }),
-    });
+    const connection = connectionFromOptions(options);
     const names = topicNames(connection.topicPrefix);
     this.topics = { ...names, checkpoints: `${connection.topicPrefix}processor-checkpoints` };
     this.groupId = options.groupId ?? "mcpo-processor";

@@ -7,7 +7,7 @@
 import { AvroCodec, valueSubject } from "../avro/codec.js";
 import { ALERT_EVENT } from "../avro/contracts.js";
 import type { AlertEvent } from "../avro/generated.js";
-import { loadConnectionConfig, topicNames } from "../config/index.js";
+import { connectionFromOptions, topicNames } from "../config/index.js";
 import { createGroupConsumer } from "../kafka/index.js";
 
 /** Options of {@link subscribeAlerts}. */
@@ -40,13 +40,7 @@ export async function subscribeAlerts(
   options: AlertSubscriptionOptions,
   handler: (alert: AlertEvent) => void | Promise<void>,
 ): Promise<AlertSubscription> {
-  const connection = loadConnectionConfig({
-    ...(options.brokers === undefined ? {} : { kafkaBrokers: options.brokers }),
-    ...(options.schemaRegistryUrl === undefined
-      ? {}
-      : { schemaRegistryUrl: options.schemaRegistryUrl }),
-    ...(options.topicPrefix === undefined ? {} : { topicPrefix: options.topicPrefix }),
-  });
+  const connection = connectionFromOptions(options);
   const topic = topicNames(connection.topicPrefix).alerts;
   const codec = await AvroCodec.register(ALERT_EVENT, {
     registryUrl: connection.schemaRegistryUrl,

@@ -14,7 +14,7 @@ import { AvroCodec, valueSubject, type DecodeResult } from "../avro/codec.js";
 import { ALERT_EVENT, METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
 import { readControl } from "../avro/control.js";
 import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
-import { loadConnectionConfig, topicNames, type TopicNames } from "../config/index.js";
+import { connectionFromOptions, topicNames, type TopicNames } from "../config/index.js";
 import {
   connectAdmin,
   createGroupConsumer,
@@ -104,14 +104,7 @@ export class Sink {
   };
 
   constructor(options: SinkOptions = {}) {
-    const connection = loadConnectionConfig({
-      ...(options.brokers === undefined ? {} : { kafkaBrokers: options.brokers }),
-      ...(options.schemaRegistryUrl === undefined
-        ? {}
-        : { schemaRegistryUrl: options.schemaRegistryUrl }),
-      ...(options.databaseUrl === undefined ? {} : { databaseUrl: options.databaseUrl }),
-      ...(options.topicPrefix === undefined ? {} : { topicPrefix: options.topicPrefix }),
-    });
+    const connection = connectionFromOptions(options);
     this.topics = topicNames(connection.topicPrefix);
     this.groupId = options.groupId ?? "mcpo-sink";
     this.kafka = {

@@ -7,7 +7,7 @@
 import { AvroCodec, valueSubject } from "../../avro/codec.js";
 import { MODEL_CALL_EVENT } from "../../avro/contracts.js";
 import type { ModelCallEvent } from "../../avro/generated.js";
-import { ConfigError, loadConnectionConfig, topicNames } from "../../config/index.js";
+import { ConfigError, connectionFromOptions, topicNames } from "../../config/index.js";
 import {
   connectAdmin,
   createRecordProducer,
@@ -52,12 +52,7 @@ export class KafkaExporter extends BatchingExporter {
 
   /** @throws {ConfigError} naming the option or variable that is invalid. */
   constructor(options: KafkaExporterOptions = {}) {
-    const connection = loadConnectionConfig({
-      ...(options.brokers === undefined ? {} : { kafkaBrokers: options.brokers }),
-      ...(options.schemaRegistryUrl === undefined
-        ? {}
-        : { schemaRegistryUrl: options.schemaRegistryUrl }),
-    });
+    const connection = connectionFromOptions(options);
     const topic = options.topic ?? topicNames(connection.topicPrefix).modelCalls;
     super(options, topic, options.logger ?? stderrLogger);
     this.topic = topic;
