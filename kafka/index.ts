@@ -389,6 +389,103 @@ export async function readTopicToEnd(
   }
 }
 
+/** A range of one partition to read: from `start` (inclusive) to `end` (exclusive). */
+export interface PartitionRange {
+  readonly partition: number;
+  readonly start: bigint;
+  readonly end: bigint;
+}
+
+/**
+ * Streams the given ranges of a topic, batch by batch, in offset order per partition, and resolves
+ * once every range was read (replays, audits). `onBatch` is awaited before the next batch of that
+ * partition, so a slow consumer holds the reader back rather than buffering the log in memory.
+ * Uses a throwaway consumer group that commits nothing and is deleted afterwards.
+ */
+export async function streamTopicRanges(
+  settings: KafkaSettings,
+  topic: string,
+  ranges: readonly PartitionRange[],
+  onBatch: (partition: number, records: readonly ConsumedRecord[]) => Promise<void>,
+): Promise<void> {
+  const pending = new Map(
+    ranges.filter((range) => range.end > range.start).map((range) => [range.partition, range]),
+  );
+  if (pending.size === 0) return;
+  const kafka = client(settings);
+  const groupId = `${settings.clientId}-range-${randomUUID()}`;
+  const consumer = kafka.consumer({
+    groupId,
+    // Replays read far more than live consumers: fetch big batches.
+    maxBytesPerPartition: 16 * 1024 * 1024,
+    maxBytes: 64 * 1024 * 1024,
+    maxWaitTimeInMs: 100,
+    sessionTimeout: 60_000,
+  });
+  const admin = kafka.admin();
+  try {
+    await consumer.connect();
+    await consumer.subscribe({ topic, fromBeginning: true });
+  } catch (error) {
+    throw toKafkaError(error, `reading ${topic}`);
+  }
+  try {
+    await new Promise<void>((resolve, reject) => {
+      consumer.on(consumer.events.CRASH, (event) => {
+        if (!event.payload.restart) reject(toKafkaError(event.payload.error, `reading ${topic}`));
+      });
+      consumer
+        .run({
+          autoCommit: false,
+          eachBatchAutoResolve: false,
+          eachBatch: async (payload) => {
+            const batch = payload.batch;
+            const range = pending.get(batch.partition);
+            if (!range) return;
+            const records: ConsumedRecord[] = [];
+            let done = false;
+            for (const message of batch.messages) {
+              const offset = BigInt(message.offset);
+              if (offset < range.start) continue;
+              if (offset >= range.end) {
+                done = true;
+                break;
+              }
+              records.push({
+                topic,
+                partition: batch.partition,
+                offset: message.offset,
+                key: message.key,
+                value: message.value,
+                headers: decodeHeaders(message.headers),
+              });
+            }
+            const last = records.at(-1);
+            if (records.length > 0) await onBatch(batch.partition, records);
+            if (last) payload.resolveOffset(last.offset);
+            if (done || (last !== undefined && BigInt(last.offset) + 1n >= range.end)) {
+              pending.delete(batch.partition);
+              consumer.pause([{ topic, partitions: [batch.partition] }]);
+            }
+            if (pending.size === 0) resolve();
+            await payload.heartbeat();
+          },
+        })
+        .then(() => {
+          for (const range of pending.values())
+            consumer.seek({ topic, partition: range.partition, offset: range.start.toString() });
+        }, reject);
+    });
+  } finally {
+    await consumer.disconnect().catch(() => undefined);
+    await admin
+      .connect()
+      .then(() => admin.deleteGroups([groupId]))
+      .catch(() => undefined)
+      .finally(() => admin.disconnect());
+  }
+}
+
 /** Topic administration: what the project's processes create on start. */
 export interface TopicAdmin {
   /** Creates the topics that do not exist yet; returns the names it created. */
@@ -401,6 +498,13 @@ export interface TopicAdmin {
   ): Promise<string[]>;
   /** Each partition's end offset (the next offset to be written), as decimal strings. */
   endOffsets(topic: string): Promise<Map<number, string>>;
+  /** Each partition's earliest offset still in the log. */
+  startOffsets(topic: string): Promise<Map<number, string>>;
+  /**
+   * Each partition's first offset whose record timestamp is at or after `timestampMs` (the end
+   * offset when there is none).
+   */
+  offsetsAtTime(topic: string, timestampMs: number): Promise<Map<number, string>>;
   close(): Promise<void>;
 }
 
@@ -432,6 +536,24 @@ export async function connectAdmin(settings: KafkaSettings): Promise<TopicAdmin>
     async endOffsets(topic) {
       return new Map(
         (await admin.fetchTopicOffsets(topic)).map((entry) => [entry.partition, entry.high]),
+      );
+    },
+    async startOffsets(topic) {
+      return new Map(
+        (await admin.fetchTopicOffsets(topic)).map((entry) => [entry.partition, entry.low]),
+      );
+    },
+    async offsetsAtTime(topic, timestampMs) {
+      const [ends, found] = await Promise.all([
+        admin.fetchTopicOffsets(topic),
+        admin.fetchTopicOffsetsByTimestamp(topic, timestampMs),
+      ]);
+      const high = new Map(ends.map((entry) => [entry.partition, entry.high]));
+      return new Map(
+        found.map((entry) => [
+          entry.partition,
+          BigInt(entry.offset) < 0n ? (high.get(entry.partition) ?? "0") : entry.offset,
+        ]),
       );
     },
     async close() {

@@ -26,7 +26,7 @@ import {
 
 import { AvroCodec, valueSubject } from "../avro/codec.js";
 import { ALERT_EVENT, METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
-import { readControl, watermarkTick } from "../avro/control.js";
+import { watermarkTick } from "../avro/control.js";
 import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
 import {
   ConfigError,
@@ -48,6 +48,7 @@ import {
 } from "../kafka/index.js";
 import { MICROS_PER_MILLI, parseMetricsConfig, rollupKey } from "../metrics/index.js";
 import { CheckpointStore, type Checkpoint } from "./checkpoints.js";
+import { readLogRecord } from "./log-record.js";
 import { pinoLogger, type MetricsServer, type OpsLogger } from "../ops/index.js";
 import { ProcessorMetrics } from "./observability.js";
 import { PartitionState, type PartitionOutput, type WindowSettings } from "./partition.js";
@@ -462,42 +463,27 @@ export class StreamProcessor {
       dead: OutgoingRecord[];
     },
   ): Promise<boolean> {
-    const controlRecord = readControl(record.headers, record.value);
-    if (controlRecord.type === "tick") {
+    const read = await readLogRecord(record, this.codecs?.events as AvroCodec<ModelCallEvent>);
+    if (read.type === "retry") {
+      this.logger.warn("schema registry unavailable; will retry", {
+        partition: record.partition,
+        offset: record.offset,
+      });
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      return false;
+    }
+    if (read.type === "invalid") {
+      outputs.dead.push(this.deadLetter(record, read.code, read.message, read.schemaId));
+      return true;
+    }
+    if (read.input.type === "tick") {
       this.counters.ticks++;
-      this.collect(
-        owned.state.apply({ type: "tick", eventTimeMicros: controlRecord.eventTimeMicros }),
-        record,
-        outputs,
-      );
-      return true;
-    }
-    if (controlRecord.type === "unknown") {
-      outputs.dead.push(
-        this.deadLetter(record, "UNKNOWN_CONTROL_RECORD", controlRecord.reason, undefined),
-      );
-      return true;
-    }
-    const codec = this.codecs?.events as AvroCodec<ModelCallEvent>;
-    const value = record.value ?? Buffer.alloc(0);
-    const decoded = codec.decodeIfKnown(value) ?? (await codec.decode(value));
-    if (!decoded.ok) {
-      if (decoded.error.retriable) {
-        this.logger.warn("schema registry unavailable; will retry", {
-          partition: record.partition,
-          offset: record.offset,
-        });
-        await new Promise((resolve) => setTimeout(resolve, 1000));
-        return false;
-      }
-      outputs.dead.push(
-        this.deadLetter(record, decoded.error.code, decoded.error.message, decoded.error.schemaId),
-      );
+      this.collect(owned.state.apply(read.input), record, outputs);
       return true;
     }
     this.counters.events++;
     this.metrics.events.inc();
-    this.collect(owned.state.apply({ type: "event", event: decoded.value }), record, outputs);
+    this.collect(owned.state.apply(read.input), record, outputs);
     return true;
   }
 

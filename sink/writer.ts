@@ -16,6 +16,7 @@ import type pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
 
 import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
+import { ConfigError } from "../config/index.js";
 
 /** A span and where it was read from (none for the direct PostgresExporter). */
 export interface SpanRow {
@@ -50,7 +51,7 @@ export interface WriteResult {
 const MICROS = "timestamptz 'epoch' + (x * interval '1 microsecond')";
 const ts = (column: string): string => MICROS.replace("x", column);
 
-const COUNT_COLUMNS = [
+export const COUNT_COLUMNS = [
   "calls",
   "calls_with_cost",
   "cost_nano_usd",
@@ -191,11 +192,40 @@ function spanCsvLine(row: SpanRow): string {
     .join(",");
 }
 
+/** The tables a writer writes rollups and alerts into (replays may write into fresh ones). */
+export interface WriterTables {
+  readonly rollups: string;
+  readonly alerts: string;
+}
+
+export const DEFAULT_TABLES: WriterTables = Object.freeze({
+  rollups: "metric_rollups",
+  alerts: "alerts",
+});
+
+/** A plain SQL identifier (optionally schema-qualified): safe to splice into statements. */
+export function checkIdentifier(name: string, key: string): string {
+  if (!/^[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62})?$/.test(name))
+    throw new ConfigError(
+      key,
+      `expected a lower-case SQL identifier such as metric_rollups_v2 (got ${JSON.stringify(name)})`,
+    );
+  return name;
+}
+
 export class PostgresWriter {
+  private readonly tables: WriterTables;
+
   constructor(
     private readonly pool: pg.Pool,
     private readonly spanStrategy: SpanWriteStrategy = "unnest",
-  ) {}
+    tables: WriterTables = DEFAULT_TABLES,
+  ) {
+    this.tables = {
+      rollups: checkIdentifier(tables.rollups, "tables.rollups"),
+      alerts: checkIdentifier(tables.alerts, "tables.alerts"),
+    };
+  }
 
   /** Writes a batch in one transaction. */
   async write(batch: WriteBatch): Promise<WriteResult> {
@@ -407,7 +437,7 @@ export class PostgresWriter {
       .filter((name) => !["service", "model", "window_start", "window_end"].includes(name))
       .map((name) => `${name} = excluded.${name}`);
     const result = await client.query(
-      `insert into metric_rollups (${stored.join(", ")})
+      `insert into ${this.tables.rollups} (${stored.join(", ")})
        select ${selected.join(", ")}
        from unnest(${types.map((type, i) => `$${i + 1}::${type}[]`).join(", ")}) as t(${names.join(", ")})
        on conflict (service, model, window_start, window_end) do update set ${updates.join(", ")}, updated_at = now()`,
@@ -438,7 +468,7 @@ export class PostgresWriter {
       sample_count: alert.sample_count,
     });
     const result = await client.query(
-      `insert into alerts as a (alert_id, service, rule, metric, comparator, state, threshold, min_samples, observed_value,
+      `insert into ${this.tables.alerts} as a (alert_id, service, rule, metric, comparator, state, threshold, min_samples, observed_value,
          sample_count, fired_window_start, window_start, window_end, emitted_at, history)
        select alert_id, service, rule, metric, comparator, state, threshold, min_samples, observed_value, sample_count,
          ${ts("fired_us")}, ${ts("start_us")}, ${ts("end_us")}, ${ts("emitted_us")}, history::jsonb

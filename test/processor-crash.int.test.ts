@@ -31,7 +31,7 @@ describe("processor killed with SIGKILL and restarted", () => {
   });
 
   function startProcessor(): ChildProcess {
-    const started = spawn(process.execPath, ["--import", "tsx", "processor/main.ts"], {
+    const started = spawn(process.execPath, ["--import", "tsx", "cli/main.ts", "processor"], {
       cwd: REPO_ROOT,
       env: {
         ...process.env,

@@ -96,7 +96,7 @@ describe("sink killed with SIGKILL and restarted", () => {
       return rows[0]?.n ?? 0;
     };
     const start = (): ChildProcess =>
-      spawn(process.execPath, ["--import", "tsx", "sink/main.ts"], {
+      spawn(process.execPath, ["--import", "tsx", "cli/main.ts", "sink"], {
         cwd: REPO_ROOT,
         env: {
           ...process.env,

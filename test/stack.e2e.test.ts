@@ -14,7 +14,7 @@ import { runTs, type CommandResult } from "./support/cli.js";
 import { services } from "./support/isolation.js";
 import { freePort } from "./support/ports.js";
 
-const CLI = "scripts/stack/cli.ts";
+const CLI = "cli/main.ts";
 
 /** Loopback-only check: the local addresses that listen on `port`, from /proc/net/tcp{,6}. */
 function listeningAddresses(port: number): string[] {
@@ -58,7 +58,7 @@ describe("local stack CLI (up, status, down)", () => {
   let env: NodeJS.ProcessEnv;
   let ports: { kafka: number; controller: number; registry: number; management: number };
   const run = (command: string, extraEnv: NodeJS.ProcessEnv = {}): Promise<CommandResult> =>
-    runTs(CLI, [command], { env: { ...env, ...extraEnv } });
+    runTs(CLI, ["stack", command], { env: { ...env, ...extraEnv } });
 
   beforeAll(async () => {
     stackDir = mkdtempSync(join(tmpdir(), "mcpo-stack-e2e-"));

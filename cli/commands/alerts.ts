@@ -1,0 +1,102 @@
+/** `alerts tail`: alert transitions as they arrive, as a table or as JSON lines. */
+import { randomUUID } from "node:crypto";
+
+import type { AlertEvent } from "../../avro/generated.js";
+import { subscribeAlerts } from "../../processor/subscribe.js";
+import type { SettingsResolver } from "../config.js";
+import { isoMicros } from "../output.js";
+import { checkKafka, checkRegistry } from "../preflight.js";
+
+export interface TailFlags {
+  readonly json?: boolean;
+  readonly fromBeginning?: boolean;
+  readonly service?: readonly string[];
+  /** Exit after this many alerts. */
+  readonly maxMessages?: number;
+  /** Exit when no alert arrived for this long, ms. */
+  readonly timeoutMs?: number;
+}
+
+const COLUMNS: readonly { header: string; width: number; value: (alert: AlertEvent) => string }[] =
+  [
+    { header: "emitted (event time)", width: 24, value: (a) => isoMicros(a.emitted_at) },
+    { header: "state", width: 8, value: (a) => a.state.toUpperCase() },
+    { header: "service", width: 16, value: (a) => a.service },
+    { header: "rule", width: 34, value: (a) => a.rule },
+    {
+      header: "observed",
+      width: 10,
+      value: (a) => (a.observed_value === null ? "-" : formatValue(a.metric, a.observed_value)),
+    },
+    {
+      header: "threshold",
+      width: 10,
+      value: (a) =>
+        `${a.comparator === "gt" ? ">" : a.comparator === "gte" ? ">=" : a.comparator === "lt" ? "<" : "<="}${formatValue(a.metric, a.threshold)}`,
+    },
+    { header: "samples", width: 8, value: (a) => String(a.sample_count) },
+    { header: "alert id", width: 32, value: (a) => a.alert_id },
+  ];
+
+function formatValue(metric: string, value: number): string {
+  if (metric.endsWith("_rate")) return `${(value * 100).toFixed(1)}%`;
+  if (metric.endsWith("_ms")) return `${value.toFixed(0)}ms`;
+  return String(Number(value.toPrecision(4)));
+}
+
+function row(values: readonly string[]): string {
+  return values
+    .map((value, i) => value.padEnd(COLUMNS[i]?.width ?? 0))
+    .join(" ")
+    .trimEnd();
+}
+
+export async function runAlertsTail(settings: SettingsResolver, flags: TailFlags): Promise<number> {
+  const connection = settings.connection();
+  await checkKafka(connection);
+  await checkRegistry(connection);
+  const services = flags.service && flags.service.length > 0 ? new Set(flags.service) : undefined;
+  const out = process.stdout;
+  if (!flags.json) out.write(`${row(COLUMNS.map((c) => c.header))}\n`);
+  let printed = 0;
+  let idleTimer: NodeJS.Timeout | undefined;
+  let finish: () => void = () => undefined;
+  const finished = new Promise<void>((resolve) => {
+    finish = resolve;
+  });
+  const armIdle = (): void => {
+    if (flags.timeoutMs === undefined) return;
+    clearTimeout(idleTimer);
+    idleTimer = setTimeout(finish, flags.timeoutMs);
+  };
+  process.once("SIGINT", finish);
+  process.once("SIGTERM", finish);
+  const subscription = await subscribeAlerts(
+    {
+      // A group of its own: every tail sees every alert, and `--from-beginning` means it.
+      groupId: `mcpo-alerts-tail-${randomUUID().slice(0, 8)}`,
+      fromBeginning: flags.fromBeginning ?? false,
+      brokers: connection.kafkaBrokers,
+      schemaRegistryUrl: connection.schemaRegistryUrl,
+      topicPrefix: connection.topicPrefix,
+      onError: (error) => {
+        process.stderr.write(`alerts tail: ${error.message}\n`);
+      },
+    },
+    (alert) => {
+      if (services && !services.has(alert.service)) return;
+      if (flags.maxMessages !== undefined && printed >= flags.maxMessages) return;
+      out.write(
+        flags.json ? `${JSON.stringify(alert)}\n` : `${row(COLUMNS.map((c) => c.value(alert)))}\n`,
+      );
+      printed++;
+      armIdle();
+      if (flags.maxMessages !== undefined && printed >= flags.maxMessages) finish();
+    },
+  );
+  armIdle();
+  await finished;
+  clearTimeout(idleTimer);
+  await subscription.stop();
+  return 0;
+}

@@ -1,0 +1,333 @@
+#!/usr/bin/env node
+/**
+ * `mcp-observatory`: one command line for the whole pipeline. Every command's `--help` lists its
+ * flags with their environment variable, config-file key and default.
+ *
+ * Exit codes: 0 ok; 1 failure (or `replay --verify` found differences); 2 bad usage or
+ * configuration; 3 a service (Kafka, the registry, PostgreSQL) did not answer; 130 interrupted.
+ */
+import { realpathSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+
+import { Argument, Command, CommanderError, InvalidArgumentError, Option } from "commander";
+
+import { ConfigError } from "../config/index.js";
+import { StackError } from "../scripts/stack/index.js";
+import { runAlertsTail } from "./commands/alerts.js";
+import { runDemo } from "./commands/demo.js";
+import { parseFromTime, parseOffsets, runReplay } from "./commands/replay.js";
+import { runReport } from "./commands/report.js";
+import { runMigrate, runProcessor, runSink, runStack } from "./commands/run.js";
+import {
+  CONNECTION_SETTINGS,
+  parseDuration,
+  PROCESSOR_SETTINGS,
+  SettingsResolver,
+  settingHelp,
+  SINK_SETTINGS,
+  WINDOW_SETTINGS,
+  type SettingSpec,
+} from "./config.js";
+import { UnreachableError } from "./preflight.js";
+
+function addSettings(command: Command, settings: readonly SettingSpec[]): Command {
+  for (const setting of settings) command.option(`${setting.flag} <value>`, settingHelp(setting));
+  return command;
+}
+
+function positiveInt(name: string) {
+  return (raw: string): number => {
+    const value = Number(raw);
+    if (!Number.isInteger(value) || value < 1)
+      throw new InvalidArgumentError(`expected a positive integer for ${name}.`);
+    return value;
+  };
+}
+
+function duration(name: string) {
+  return (raw: string): number => {
+    const value = parseDuration(raw);
+    if (value === undefined || value < 1)
+      throw new InvalidArgumentError(`expected a duration such as 500ms, 30s or 5m for ${name}.`);
+    return value;
+  };
+}
+
+function collect(value: string, previous: string[] | undefined): string[] {
+  return [
+    ...(previous ?? []),
+    ...value
+      .split(",")
+      .map((part) => part.trim())
+      .filter(Boolean),
+  ];
+}
+
+/** Builds the program; `run` receives each action's exit code. */
+export function buildProgram(setExitCode: (code: number) => void): Command {
+  const program = new Command("mcp-observatory");
+  program
+    .description(
+      "Observability for MCP servers: interceptors → Kafka → stream processor → PostgreSQL.\n" +
+        "Settings come from flags, then environment variables, then a config file (--config), then defaults.",
+    )
+    .option("--config <file>", "settings file, JSON or YAML [env MCPO_CONFIG]")
+    .option(
+      "--log-level <level>",
+      "log level of long-running services [env LOG_LEVEL, default info]",
+    )
+    .option("--verbose", "stack traces on errors; component logs in the demo")
+    .exitOverride()
+    .showHelpAfterError("(run the command with --help to see its flags)")
+    .configureOutput({
+      outputError: (text, write) => {
+        write(text.replace(/^error: /, "mcp-observatory: "));
+      },
+    })
+    .addHelpText(
+      "after",
+      `
+Examples:
+  $ mcp-observatory demo                                  # the whole pipeline on this machine, ~1 minute
+  $ mcp-observatory demo --duration 2m --rate 1000 --services 6 --replicas 4
+  $ mcp-observatory stack up                              # local Kafka + Apicurio Registry (no Docker)
+  $ mcp-observatory migrate                               # create or update the PostgreSQL schema
+  $ mcp-observatory processor --window 60s --grace 10s    # run the stream processor
+  $ mcp-observatory sink                                  # run the PostgreSQL sink
+  $ mcp-observatory replay --verify --dry-run             # rebuild every rollup from the log and compare
+  $ mcp-observatory alerts tail --from-beginning --json
+  $ mcp-observatory report --service payments-mcp --since 6h --bucket 1h`,
+    );
+
+  const settingsOf = (command: Command): SettingsResolver =>
+    SettingsResolver.fromFlags(command.optsWithGlobals());
+  const verboseOf = (command: Command): boolean => command.optsWithGlobals().verbose === true;
+
+  program
+    .command("stack")
+    .description(
+      "start, stop or inspect the local stack: Apache Kafka (KRaft) and Apicurio Registry",
+    )
+    .addArgument(new Argument("<action>", "what to do").choices(["up", "down", "status", "fetch"]))
+    .addHelpText(
+      "after",
+      "\nPostgreSQL is not started: the stack uses the one at DATABASE_URL (and creates its database).\n" +
+        "Ports and folders: STACK_KAFKA_PORT, STACK_REGISTRY_PORT, STACK_DIR (see README).",
+    )
+    .action(async (action: string) => {
+      setExitCode(await runStack(action));
+    });
+
+  program
+    .command("migrate")
+    .description("create the database if missing and apply the schema migrations")
+    .option("--database-url <value>", settingHelp(CONNECTION_SETTINGS[2]))
+    .action(async (_options: unknown, command: Command) => {
+      setExitCode(await runMigrate(settingsOf(command)));
+    });
+
+  addSettings(
+    program
+      .command("processor")
+      .description(
+        "run the stream processor until SIGINT/SIGTERM (event-time windows, rollups, alerts)",
+      ),
+    [...CONNECTION_SETTINGS.filter((s) => s.key !== "databaseUrl"), ...PROCESSOR_SETTINGS],
+  ).action(async (_options: unknown, command: Command) => {
+    setExitCode(await runProcessor(settingsOf(command)));
+  });
+
+  addSettings(program.command("sink").description("run the PostgreSQL sink until SIGINT/SIGTERM"), [
+    ...CONNECTION_SETTINGS,
+    ...SINK_SETTINGS,
+  ]).action(async (_options: unknown, command: Command) => {
+    setExitCode(await runSink(settingsOf(command)));
+  });
+
+  addSettings(
+    program
+      .command("replay")
+      .description(
+        "rebuild rollups and alerts from the model-calls log into PostgreSQL, with progress; --verify compares with the stored ones",
+      )
+      .option("--from-beginning", "replay the whole log (the default)")
+      .option("--from <time>", "start at an ISO time, or that long ago (e.g. 2h)")
+      .option("--from-offset <offsets>", "start at offset N in every partition, or P:N,P:N")
+      .option("--service <names>", "only these services (repeat or comma-separate)", collect)
+      .addOption(
+        new Option("--into <target>", "current tables, or new metric_rollups_vN/alerts_vN tables")
+          .choices(["current", "new-version"])
+          .default("current"),
+      )
+      .option(
+        "--verify",
+        "compare the rebuilt rollups (and alert ids) with the stored ones; exit 1 on any difference",
+      )
+      .option("--dry-run", "with --verify: compare only, write nothing")
+      .option("--with-spans", "also insert the events' spans (insert-once: existing rows stay)")
+      .option("--json", "print the summary as one JSON object")
+      .addHelpText(
+        "after",
+        "\n--window and --grace must equal the live processor's; thresholds and rules come from the config file's metrics section.",
+      ),
+    [...CONNECTION_SETTINGS, ...WINDOW_SETTINGS],
+  ).action(async (options: Record<string, unknown>, command: Command) => {
+    const starts = [options.fromBeginning, options.from, options.fromOffset].filter(
+      (value) => value !== undefined,
+    );
+    if (starts.length > 1)
+      throw new ConfigError("--from", "give one of --from-beginning, --from and --from-offset");
+    setExitCode(
+      await runReplay(settingsOf(command), {
+        ...(typeof options.from === "string" ? { from: parseFromTime(options.from) } : {}),
+        ...(typeof options.fromOffset === "string"
+          ? { from: parseOffsets(options.fromOffset) }
+          : {}),
+        ...(Array.isArray(options.service) ? { service: options.service as string[] } : {}),
+        into: options.into === "new-version" ? "new-version" : "current",
+        verify: options.verify === true,
+        dryRun: options.dryRun === true,
+        withSpans: options.withSpans === true,
+        json: options.json === true,
+      }),
+    );
+  });
+
+  const alerts = program.command("alerts").description("alerts on the alerts topic");
+  addSettings(
+    alerts
+      .command("tail")
+      .description("print alert transitions as they arrive (a table, or --json lines) until Ctrl-C")
+      .option("--json", "one JSON object (the AlertEvent) per line")
+      .option("--from-beginning", "start from the oldest alert instead of now")
+      .option("--service <names>", "only these services (repeat or comma-separate)", collect)
+      .option("--max-messages <n>", "exit after n alerts", positiveInt("--max-messages"))
+      .option(
+        "--timeout <duration>",
+        "exit when no alert arrived for this long",
+        duration("--timeout"),
+      ),
+    CONNECTION_SETTINGS.filter((s) => s.key !== "databaseUrl"),
+  ).action(async (options: Record<string, unknown>, command: Command) => {
+    setExitCode(
+      await runAlertsTail(settingsOf(command), {
+        json: options.json === true,
+        fromBeginning: options.fromBeginning === true,
+        ...(Array.isArray(options.service) ? { service: options.service as string[] } : {}),
+        ...(typeof options.maxMessages === "number" ? { maxMessages: options.maxMessages } : {}),
+        ...(typeof options.timeout === "number" ? { timeoutMs: options.timeout } : {}),
+      }),
+    );
+  });
+
+  program
+    .command("report")
+    .description("the derived rates of stored rollups for services and a time range")
+    .option("--service <names>", "only these services (repeat or comma-separate)", collect)
+    .option("--since <time>", "from an ISO time, or that long ago", "1h")
+    .option("--until <time>", "to an ISO time (default now)")
+    .option(
+      "--bucket <duration>",
+      "merge windows into buckets of this size (e.g. 1h)",
+      duration("--bucket"),
+    )
+    .option("--model <name>", "one model instead of the service totals")
+    .option("--json", "one JSON object per row")
+    .option("--database-url <value>", settingHelp(CONNECTION_SETTINGS[2]))
+    .action(async (options: Record<string, unknown>, command: Command) => {
+      const now = Date.now();
+      const since = String(options.since);
+      const from = parseFromTime(since, now);
+      if (from.kind !== "time") throw new ConfigError("--since", "expected a time");
+      const until = typeof options.until === "string" ? Date.parse(options.until) : now;
+      if (!Number.isFinite(until))
+        throw new ConfigError(
+          "--until",
+          `expected an ISO time (got ${JSON.stringify(options.until)})`,
+        );
+      setExitCode(
+        await runReport(settingsOf(command), {
+          ...(Array.isArray(options.service) ? { service: options.service as string[] } : {}),
+          fromMs: from.timestampMs,
+          toMs: until,
+          ...(typeof options.bucket === "number" ? { bucketMs: options.bucket } : {}),
+          ...(typeof options.model === "string" ? { model: options.model } : {}),
+          json: options.json === true,
+        }),
+      );
+    });
+
+  addSettings(
+    program
+      .command("demo")
+      .description(
+        "the main job: local stack (unless configured), schema, processor, sink and a simulated fleet of MCP replicas; prints what the pipeline derived",
+      )
+      .option("--duration <duration>", "how long the fleet runs", duration("--duration"), 60_000)
+      .option("--rate <n>", "model calls per second across the fleet", positiveInt("--rate"), 400)
+      .option("--services <n>", "services in the fleet (1-8)", positiveInt("--services"), 4)
+      .option("--replicas <n>", "replicas per service", positiveInt("--replicas"), 3)
+      .option(
+        "--keep-stack",
+        "leave the local stack running afterwards (for replay, alerts tail, report)",
+      )
+      .option("--json", "print the summary as one JSON object (progress goes to stderr)")
+      .addHelpText(
+        "after",
+        "\nThe demo's windows default to 5s with 1s grace (--window, --grace).",
+      ),
+    [...CONNECTION_SETTINGS, ...WINDOW_SETTINGS],
+  ).action(async (options: Record<string, unknown>, command: Command) => {
+    setExitCode(
+      await runDemo(settingsOf(command), {
+        durationMs: Number(options.duration),
+        rate: Number(options.rate),
+        services: Number(options.services),
+        replicas: Number(options.replicas),
+        keepStack: options.keepStack === true,
+        json: options.json === true,
+        verbose: verboseOf(command),
+      }),
+    );
+  });
+
+  return program;
+}
+
+/** Runs the CLI and resolves with the exit code; prints one line per error (`--verbose`: the stack). */
+export async function run(argv: readonly string[]): Promise<number> {
+  let code = 0;
+  const program = buildProgram((value) => {
+    code = value;
+  });
+  const verbose = argv.includes("--verbose");
+  try {
+    await program.parseAsync([...argv], { from: "user" });
+    return code;
+  } catch (error) {
+    if (error instanceof CommanderError) return error.exitCode === 0 ? 0 : 2; // commander printed the message
+    const message = error instanceof Error ? error.message : String(error);
+    if (error instanceof ConfigError) process.stderr.write(`mcp-observatory: ${message}\n`);
+    else if (error instanceof UnreachableError)
+      process.stderr.write(`mcp-observatory: ${message}\n`);
+    else if (error instanceof StackError)
+      process.stderr.write(`mcp-observatory: stack ${error.code}: ${message}\n`);
+    else
+      process.stderr.write(
+        `mcp-observatory: ${message}${verbose ? "" : " (run with --verbose for details)"}\n`,
+      );
+    if (verbose && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
+    if (error instanceof ConfigError) return 2;
+    if (error instanceof UnreachableError) return 3;
+    if (error instanceof StackError && error.code === "POSTGRES_UNAVAILABLE") return 3;
+    return 1;
+  }
+}
+
+const invokedDirectly =
+  process.argv[1] !== undefined &&
+  realpathSync(process.argv[1]) === realpathSync(fileURLToPath(import.meta.url));
+if (invokedDirectly)
+  void run(process.argv.slice(2)).then((code) => {
+    process.exit(code);
+  });

@@ -1,0 +1,273 @@
+/**
+ * Replay: rebuilds rollups and alerts from the model-calls log with the same partition state
+ * machine the live processor runs, and hands them to a consumer (the CLI writes them with the
+ * sink's writer). Closing is driven by event time only (events and the watermark ticks the live
+ * processor wrote), so a replay from the beginning closes exactly the windows the live processor
+ * closed, with the same counts and the same alert ids; windows still open at the log's end are
+ * left open, as they are live.
+ *
+ * A replay from a timestamp or an offset starts mid-log: the first windows after the start would
+ * hold only part of their events, so only windows that start at or after the replay's start (a
+ * timestamp rounded up to a window boundary; for an offset, the first event's time plus the grace
+ * period, rounded up) are emitted. Alert state starts empty there: alerts that were firing before
+ * the start are not known to a partial replay.
+ */
+import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
+import { AvroCodec, valueSubject } from "../avro/codec.js";
+import { MODEL_CALL_EVENT } from "../avro/contracts.js";
+import {
+  ConfigError,
+  connectionFromOptions,
+  topicNames,
+  type EndpointOptions,
+} from "../config/index.js";
+import {
+  connectAdmin,
+  streamTopicRanges,
+  type ConsumedRecord,
+  type KafkaSettings,
+  type PartitionRange,
+} from "../kafka/index.js";
+import { MICROS_PER_MILLI, parseMetricsConfig, windowOf } from "../metrics/index.js";
+import { readLogRecord } from "./log-record.js";
+import { PartitionState, type WindowSettings } from "./partition.js";
+
+/** Where a replay starts. */
+export type ReplayStart =
+  | { readonly kind: "beginning" }
+  /** The first record at or after this time (ms since the epoch), in every partition. */
+  | { readonly kind: "time"; readonly timestampMs: number }
+  /** This offset in every partition, or per partition (partitions not named start at the beginning). */
+  | { readonly kind: "offset"; readonly offsets: bigint | ReadonlyMap<number, bigint> };
+
+/** What one batch of the log produced, handed to {@link ReplayOptions.onOutputs}. */
+export interface ReplayOutputs {
+  readonly partition: number;
+  readonly rollups: readonly MetricRollup[];
+  readonly alerts: readonly AlertEvent[];
+  /** The batch's decoded events with their offsets (only with `withEvents`). */
+  readonly events: readonly { readonly event: ModelCallEvent; readonly offset: string }[];
+}
+
+/** Progress, reported after every batch. */
+export interface ReplayProgress {
+  readonly records: number;
+  /** Records in the ranges being replayed. */
+  readonly totalRecords: number;
+  readonly events: number;
+  readonly elapsedMs: number;
+}
+
+/** Settings of {@link replayLog}. */
+export interface ReplayOptions extends EndpointOptions {
+  /** Must equal the live processor's (default 60 000). */
+  readonly windowSizeMs?: number;
+  /** Must equal the live processor's (default 10 000). */
+  readonly graceMs?: number;
+  /** Thresholds and rules (as the processor's `metrics`). */
+  readonly metrics?: unknown;
+  /** Only these services' rollups and alerts are emitted (all partitions are still read). */
+  readonly services?: readonly string[];
+  readonly from?: ReplayStart;
+  /** Also hand over the decoded events (to rewrite spans). */
+  readonly withEvents?: boolean;
+  readonly onOutputs: (outputs: ReplayOutputs) => Promise<void>;
+  readonly onProgress?: (progress: ReplayProgress) => void;
+  readonly clientId?: string;
+}
+
+/** What a replay did. */
+export interface ReplaySummary {
+  readonly topic: string;
+  readonly partitions: number;
+  /** Records read (events, ticks and invalid records). */
+  readonly records: number;
+  readonly events: number;
+  readonly ticks: number;
+  /** Records that did not decode or validate (the live processor dead-lettered them), by code. */
+  readonly invalid: Readonly<Record<string, number>>;
+  /** Events beyond the grace period (counted in `late` of their service's rollups). */
+  readonly late: number;
+  /** Closed (service, window) pairs emitted: service-total rollups. */
+  readonly windows: number;
+  /** Rollup rows emitted (service totals and per model). */
+  readonly rollups: number;
+  readonly alertsFired: number;
+  readonly alertsResolved: number;
+  /** (service, model, window) series still open at the end of the log (not emitted). */
+  readonly openSeries: number;
+  /** Earliest window start emitted, µs (null: none emitted). */
+  readonly firstWindowStartMicros: number | null;
+  /** Latest window end emitted, µs (null: none emitted). */
+  readonly lastWindowEndMicros: number | null;
+  /** Windows starting before this were not emitted (partial replays), µs; null: none skipped. */
+  readonly emittedFromMicros: number | null;
+  readonly durationMs: number;
+}
+
+/**
+ * Reads the model-calls topic from `from` to the end offsets present when it starts, through the
+ * partition state machine, and resolves with a summary once every partition was read.
+ *
+ * @throws {ConfigError} naming the setting that is invalid; Kafka or registry errors.
+ */
+export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> {
+  const started = Date.now();
+  const connection = connectionFromOptions(options);
+  const topic = topicNames(connection.topicPrefix).modelCalls;
+  const metrics = parseMetricsConfig(options.metrics ?? {}, "metrics");
+  const windowSizeMs = options.windowSizeMs ?? 60_000;
+  const graceMs = options.graceMs ?? 10_000;
+  if (!Number.isInteger(windowSizeMs) || windowSizeMs <= 0)
+    throw new ConfigError("windowSizeMs", `expected a positive integer (got ${windowSizeMs})`);
+  if (!Number.isInteger(graceMs) || graceMs < 0)
+    throw new ConfigError("graceMs", `expected a non-negative integer (got ${graceMs})`);
+  const settings: WindowSettings = {
+    windowSizeMicros: windowSizeMs * MICROS_PER_MILLI,
+    graceMicros: graceMs * MICROS_PER_MILLI,
+    thresholds: metrics.thresholds,
+    rules: metrics.rules,
+  };
+  const kafka: KafkaSettings = {
+    brokers: connection.kafkaBrokers,
+    clientId: options.clientId ?? "mcpo-replay",
+  };
+  const from = options.from ?? { kind: "beginning" };
+  const services = options.services ? new Set(options.services) : undefined;
+
+  const ranges = await planRanges(kafka, topic, from);
+  const codec = await AvroCodec.register(MODEL_CALL_EVENT, {
+    registryUrl: connection.schemaRegistryUrl,
+    subject: valueSubject(topic),
+  });
+  const totalRecords = ranges.reduce((sum, range) => sum + Number(range.end - range.start), 0);
+
+  // Partial replays emit only whole windows: from the start time, rounded up to a window.
+  const emitFrom = new Map<number, number | null>();
+  const roundUp = (micros: number): number => {
+    const window = windowOf(micros, settings.windowSizeMicros);
+    return window.start === micros ? micros : window.end;
+  };
+  for (const range of ranges)
+    emitFrom.set(
+      range.partition,
+      from.kind === "time" ? roundUp(from.timestampMs * MICROS_PER_MILLI) : null,
+    );
+
+  const states = new Map<number, PartitionState>();
+  const counters = { records: 0, events: 0, ticks: 0, late: 0, windows: 0, rollups: 0 };
+  const alertsByState = { firing: 0, resolved: 0 };
+  const invalid: Record<string, number> = {};
+  let firstWindowStart: number | null = null;
+  let lastWindowEnd: number | null = null;
+  let emittedFrom: number | null = null;
+
+  await streamTopicRanges(kafka, topic, ranges, async (partition, records) => {
+    let state = states.get(partition);
+    if (!state) {
+      state = new PartitionState(settings);
+      states.set(partition, state);
+    }
+    const rollups: MetricRollup[] = [];
+    const alerts: AlertEvent[] = [];
+    const events: { event: ModelCallEvent; offset: string }[] = [];
+    for (const record of records) {
+      counters.records++;
+      const read = await readLogRecord(record, codec);
+      if (read.type === "invalid") {
+        invalid[read.code] = (invalid[read.code] ?? 0) + 1;
+        continue;
+      }
+      if (read.type === "retry") throw new Error(`${read.message} at ${where(record)}`);
+      if (read.input.type === "event") {
+        counters.events++;
+        if (emitFrom.get(partition) === null && from.kind === "offset")
+          emitFrom.set(partition, roundUp(read.input.event.end_time + settings.graceMicros));
+        if (options.withEvents && (!services || services.has(read.input.event.service)))
+          events.push({ event: read.input.event, offset: record.offset });
+      } else counters.ticks++;
+      const floor = emitFrom.get(partition) ?? null;
+      for (const output of state.apply(read.input)) {
+        if (output.type === "late") {
+          if (!services || services.has(output.event.service)) counters.late++;
+          continue;
+        }
+        const item = output.type === "rollup" ? output.rollup : output.alert;
+        if (services && !services.has(item.service)) continue;
+        if (floor !== null && item.window_start < floor) {
+          emittedFrom = floor;
+          continue;
+        }
+        if (output.type === "rollup") {
+          rollups.push(output.rollup);
+          counters.rollups++;
+          if (output.rollup.model === null) counters.windows++;
+          firstWindowStart = Math.min(firstWindowStart ?? Infinity, output.rollup.window_start);
+          lastWindowEnd = Math.max(lastWindowEnd ?? -Infinity, output.rollup.window_end);
+        } else {
+          alerts.push(output.alert);
+          alertsByState[output.alert.state]++;
+        }
+      }
+    }
+    if (rollups.length > 0 || alerts.length > 0 || events.length > 0)
+      await options.onOutputs({ partition, rollups, alerts, events });
+    options.onProgress?.({
+      records: counters.records,
+      totalRecords,
+      events: counters.events,
+      elapsedMs: Date.now() - started,
+    });
+  });
+
+  let openSeries = 0;
+  for (const state of states.values()) openSeries += state.openSeries;
+  return {
+    topic,
+    partitions: ranges.length,
+    ...counters,
+    invalid,
+    alertsFired: alertsByState.firing,
+    alertsResolved: alertsByState.resolved,
+    openSeries,
+    firstWindowStartMicros: firstWindowStart,
+    lastWindowEndMicros: lastWindowEnd,
+    emittedFromMicros: emittedFrom,
+    durationMs: Date.now() - started,
+  };
+}
+
+function where(record: ConsumedRecord): string {
+  return `${record.topic}[${record.partition}]@${record.offset}`;
+}
+
+async function planRanges(
+  kafka: KafkaSettings,
+  topic: string,
+  from: ReplayStart,
+): Promise<PartitionRange[]> {
+  const admin = await connectAdmin(kafka);
+  try {
+    const [starts, ends] = await Promise.all([admin.startOffsets(topic), admin.endOffsets(topic)]);
+    const at =
+      from.kind === "time" ? await admin.offsetsAtTime(topic, from.timestampMs) : undefined;
+    return [...ends.keys()]
+      .sort((a, b) => a - b)
+      .map((partition) => {
+        const low = BigInt(starts.get(partition) ?? "0");
+        const end = BigInt(ends.get(partition) ?? "0");
+        let start = low;
+        if (from.kind === "time") start = BigInt(at?.get(partition) ?? end.toString());
+        else if (from.kind === "offset") {
+          const wanted =
+            typeof from.offsets === "bigint" ? from.offsets : from.offsets.get(partition);
+          if (wanted !== undefined) start = wanted;
+        }
+        if (start < low) start = low;
+        if (start > end) start = end;
+        return { partition, start, end };
+      });
+  } finally {
+    await admin.close();
+  }
+}
