@@ -102,6 +102,11 @@ export interface ReplaySummary {
   readonly lastWindowEndMicros: number | null;
   /** Windows starting before this were not emitted (partial replays), µs; null: none skipped. */
   readonly emittedFromMicros: number | null;
+  /**
+   * Partial replays: per service met, the first window start it emits (its partition's start,
+   * rounded up to a window); windows before are not rebuilt. Empty for replays from the beginning.
+   */
+  readonly serviceFloors: Readonly<Record<string, number>>;
   readonly durationMs: number;
 }
 
@@ -161,6 +166,7 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
   let firstWindowStart: number | null = null;
   let lastWindowEnd: number | null = null;
   let emittedFrom: number | null = null;
+  const serviceFloors: Record<string, number> = {};
 
   await streamTopicRanges(kafka, topic, ranges, async (partition, records) => {
     let state = states.get(partition);
@@ -183,6 +189,9 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
         counters.events++;
         if (emitFrom.get(partition) === null && from.kind === "offset")
           emitFrom.set(partition, roundUp(read.input.event.end_time + settings.graceMicros));
+        const partitionFloor = emitFrom.get(partition) ?? null;
+        if (partitionFloor !== null && !(read.input.event.service in serviceFloors))
+          serviceFloors[read.input.event.service] = partitionFloor;
         if (options.withEvents && (!services || services.has(read.input.event.service)))
           events.push({ event: read.input.event, offset: record.offset });
       } else counters.ticks++;
@@ -233,6 +242,7 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
     firstWindowStartMicros: firstWindowStart,
     lastWindowEndMicros: lastWindowEnd,
     emittedFromMicros: emittedFrom,
+    serviceFloors,
     durationMs: Date.now() - started,
   };
 }

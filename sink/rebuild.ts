@@ -63,6 +63,8 @@ export interface VerifyScope {
   readonly fromMicros?: number | null;
   /** Windows ending at or before this, µs. */
   readonly toMicros?: number | null;
+  /** Partial replays: only these services, each from its own first window start, µs. */
+  readonly serviceFloors?: Readonly<Record<string, number>>;
 }
 
 /** One rollup row that differs. */
@@ -127,6 +129,13 @@ export async function verifyRollups(
       `window_end <= timestamptz 'epoch' + $${params.length}::bigint * interval '1 microsecond'`,
     );
   }
+  if (scope.serviceFloors) {
+    params.push(Object.keys(scope.serviceFloors), Object.values(scope.serviceFloors));
+    conditions.push(
+      `exists (select 1 from unnest($${params.length - 1}::text[], $${params.length}::bigint[]) as f(service, floor_us)
+               where f.service = t.service and t.window_start >= timestamptz 'epoch' + f.floor_us * interval '1 microsecond')`,
+    );
+  }
   const where = conditions.length > 0 ? `where ${conditions.join(" and ")}` : "";
   const differs = COMPARED.map(
     (column) => `case when r.${column} is distinct from s.${column} then '${column}' end`,
@@ -142,8 +151,8 @@ export async function verifyRollups(
     rebuilt_rows: string;
     stored_rows: string;
   }>(
-    `with r as (select * from ${rebuilt} ${where}),
-          s as (select * from ${stored} ${where}),
+    `with r as (select * from ${rebuilt} as t ${where}),
+          s as (select * from ${stored} as t ${where}),
           joined as (
             select coalesce(r.service, s.service) as service, coalesce(r.model, s.model) as model,
                    coalesce(r.window_start, s.window_start) as window_start,

@@ -59,12 +59,24 @@ describe("package", () => {
     }
   });
 
+  it("installs the mcp-observatory command, which runs in plain Node.js", async () => {
+    expect(Object.keys(pkg.bin)).toEqual(["mcp-observatory"]);
+    const bin = join(REPO_ROOT, pkg.bin["mcp-observatory"] ?? "");
+    expect(readFileSync(bin, "utf8").startsWith("#!/usr/bin/env node")).toBe(true);
+    const { stdout } = await run(process.execPath, [bin, "--help"], {
+      cwd: REPO_ROOT,
+      timeout: 60_000,
+    });
+    expect(stdout).toContain("Usage: mcp-observatory");
+    expect(stdout).toMatch(/^ {2}replay \[options\]/m);
+  });
+
   it("runs the seed's quick start as written: a span and a rollup row land in PostgreSQL", async () => {
     const database = await createDatabase("mcpo_qs");
     try {
       const { stdout } = await run(
         process.execPath,
-        ["--import", "tsx", "examples/quick-start.ts"],
+        ["--import", "tsx", "examples/quickstart.ts"],
         {
           cwd: REPO_ROOT,
           env: { ...process.env, DATABASE_URL: database.url },

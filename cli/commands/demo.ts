@@ -91,6 +91,8 @@ export interface DemoSummary {
     readonly settleSeconds: number;
   };
   readonly metricsEndpoints: { readonly processor?: string; readonly sink?: string };
+  /** Whether the demo started the local stack, and whether it stops it on exit. */
+  readonly localStack: "not-used" | "started-and-stopped" | "started-and-kept";
 }
 
 function quietLogger(verbose: boolean, component: string): OpsLogger {
@@ -152,7 +154,19 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
   try {
     // 1. Services: the configured ones, or the local stack.
     const configured = settings.given(CONNECTION_SETTINGS.slice(0, 2));
-    if (!configured) {
+    let localStack: DemoSummary["localStack"] = "not-used";
+    const answering = async (): Promise<boolean> =>
+      checkKafka(connection, 1000)
+        .then(
+          () => checkRegistry(connection, 2000).then(() => true),
+          () => false,
+        )
+        .catch(() => false);
+    if (!configured && (await answering())) {
+      say(
+        "Kafka and the schema registry answer at the default addresses (a running stack or docker compose): using them",
+      );
+    } else if (!configured) {
       say(
         "no Kafka or schema registry configured: starting the local stack (Kafka, Apicurio Registry) …",
       );
@@ -161,6 +175,12 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
         say(`  ${line}`);
       });
       const started: readonly StackService[] = result.started;
+      localStack =
+        started.length === 0
+          ? "not-used"
+          : flags.keepStack
+            ? "started-and-kept"
+            : "started-and-stopped";
       if (started.length > 0 && !flags.keepStack)
         cleanups.push(async () => {
           say(`stopping the local stack services this demo started (${started.join(", ")}) …`);
@@ -284,6 +304,7 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
       graceMs: processorOptions.graceMs,
       fleetSeconds,
       settleSeconds,
+      localStack,
       metricsEndpoints: {
         ...(processor.metricsUrl ? { processor: processor.metricsUrl } : {}),
         ...(sink.metricsUrl ? { sink: sink.metricsUrl } : {}),
@@ -386,6 +407,7 @@ async function summarize(
     fleetSeconds: number;
     settleSeconds: number;
     metricsEndpoints: DemoSummary["metricsEndpoints"];
+    localStack: DemoSummary["localStack"];
   },
 ): Promise<DemoSummary> {
   const from = new Date(input.range.fromMs);
@@ -461,6 +483,7 @@ async function summarize(
       settleSeconds: input.settleSeconds,
     },
     metricsEndpoints: input.metricsEndpoints,
+    localStack: input.localStack,
   };
 }
 
@@ -533,6 +556,10 @@ function printSummary(summary: DemoSummary): void {
   );
   out();
   out("next steps (same settings):");
+  if (summary.localStack === "started-and-stopped")
+    out(
+      "  npm run stack:up                                          # the demo stops the stack it started; its data stays",
+    );
   const window = `--window ${summary.windowMs / 1000}s --grace ${summary.graceMs / 1000}s`;
   out(
     `  npm run cli -- replay --verify --dry-run ${window}    # rebuild every rollup from the log and compare`,

@@ -123,7 +123,12 @@ export function loadStackConfig(env: NodeJS.ProcessEnv = process.env): StackConf
   const connection = loadConnectionConfig({}, env);
   const defaultKafkaPort = portOf(DEFAULTS.kafkaBrokers);
   const defaultRegistryPort = portOf(DEFAULTS.schemaRegistryUrl);
-  const dir = resolve(env[STACK_ENV.dir] ?? join(PACKAGE_ROOT, ".stack"));
+  // In this repository the stack lives in its git-ignored `.stack/`; an installed package keeps it
+  // in the working directory rather than inside node_modules.
+  const installed = PACKAGE_ROOT.split(/[\\/]/).includes("node_modules");
+  const dir = resolve(
+    env[STACK_ENV.dir] ?? join(installed ? process.cwd() : PACKAGE_ROOT, ".stack"),
+  );
   const config: StackConfig = {
     dir,
     distDir: resolve(env[STACK_ENV.distDir] ?? join(dir, "dist")),

@@ -1,7 +1,7 @@
 /**
  * The seed's quick start, as written (DESIGN.md §2), with the connection string taken from
- * DATABASE_URL when set. Run it with `npm run example:quick-start` (after `npm run build`, since it
- * imports the package by its name).
+ * DATABASE_URL when set. Run it with `npm run example:quickstart` (tsx resolves the package's own
+ * name to its sources through tsconfig.json's `paths`; an installed package resolves to `dist/`).
  */
 import { instrument } from "mcp-observatory";
 import { PostgresExporter } from "mcp-observatory/exporters/postgres";

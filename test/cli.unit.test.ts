@@ -1,0 +1,236 @@
+/** The CLI's settings resolution, parsing helpers, output helpers and the fleet simulator. */
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+import { describe, expect, it } from "vitest";
+
+import { parseFromTime, parseOffsets } from "../cli/commands/replay.js";
+import {
+  CONNECTION_SETTINGS,
+  formatDuration,
+  parseDuration,
+  PROCESSOR_SETTINGS,
+  readConfigFile,
+  SettingsResolver,
+} from "../cli/config.js";
+import { CallGenerator } from "../cli/fleet.js";
+import { clock, percent, table } from "../cli/output.js";
+import { ConfigError } from "../config/index.js";
+
+const [windowSetting, graceSetting] = PROCESSOR_SETTINGS;
+
+function file(name: string, text: string): string {
+  const path = join(mkdtempSync(join(tmpdir(), "mcpo-cli-")), name);
+  writeFileSync(path, text);
+  return path;
+}
+
+function configError(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (error) {
+    if (error instanceof ConfigError) return error;
+    throw error;
+  }
+  throw new Error("expected a ConfigError");
+}
+
+describe("settings: flag, then environment, then file, then default", () => {
+  const yaml = file(
+    "settings.yaml",
+    "brokers: file-host:9092\nprocessor:\n  windowMs: 30s\n  graceMs: 2000\n",
+  );
+
+  it("takes each from the first place that has it", () => {
+    const fileOnly = new SettingsResolver({}, readConfigFile(yaml), {});
+    expect(fileOnly.duration(windowSetting)).toBe(30_000);
+    expect(fileOnly.duration(graceSetting, 0)).toBe(2000);
+    expect(fileOnly.connection().kafkaBrokers).toEqual(["file-host:9092"]);
+
+    const envWins = new SettingsResolver({}, readConfigFile(yaml), {
+      MCPO_WINDOW_MS: "10s",
+      KAFKA_BROKERS: "env-host:9092",
+    });
+    expect(envWins.duration(windowSetting)).toBe(10_000);
+    expect(envWins.connection().kafkaBrokers).toEqual(["env-host:9092"]);
+
+    const flagWins = new SettingsResolver(
+      { window: "1m", brokers: "flag-host:1" },
+      readConfigFile(yaml),
+      {
+        MCPO_WINDOW_MS: "10s",
+        KAFKA_BROKERS: "env-host:9092",
+      },
+    );
+    expect(flagWins.duration(windowSetting)).toBe(60_000);
+    expect(flagWins.connection().kafkaBrokers).toEqual(["flag-host:1"]);
+
+    const defaults = new SettingsResolver({}, undefined, {});
+    expect(defaults.duration(windowSetting)).toBe(60_000);
+    expect(defaults.withDefaults({ "processor.windowMs": 5000 }).duration(windowSetting)).toBe(
+      5000,
+    );
+    expect(defaults.given(CONNECTION_SETTINGS)).toBe(false);
+    expect(envWins.given(CONNECTION_SETTINGS)).toBe(true);
+  });
+
+  it("reads JSON too, and MCPO_CONFIG when no --config is given", () => {
+    const json = file("settings.json", JSON.stringify({ processor: { windowMs: 15000 } }));
+    expect(SettingsResolver.fromFlags({}, { MCPO_CONFIG: json }).duration(windowSetting)).toBe(
+      15_000,
+    );
+    expect(SettingsResolver.fromFlags({ config: json }, {}).duration(windowSetting)).toBe(15_000);
+  });
+
+  it("names the key as the user wrote it when a value is wrong", () => {
+    expect(
+      configError(() =>
+        new SettingsResolver({ window: "soon" }, undefined, {}).duration(windowSetting),
+      ).key,
+    ).toBe("--window");
+    expect(
+      configError(() =>
+        new SettingsResolver({}, undefined, { MCPO_WINDOW_MS: "0" }).duration(windowSetting),
+      ).key,
+    ).toBe("MCPO_WINDOW_MS");
+    const bad = file("bad.yaml", "processor:\n  windowMs: forever\n");
+    expect(
+      configError(() => new SettingsResolver({}, readConfigFile(bad), {}).duration(windowSetting))
+        .key,
+    ).toBe(`processor.windowMs in ${bad}`);
+    const badBrokers = file("brokers.json", JSON.stringify({ brokers: "nohost" }));
+    const error = configError(() =>
+      new SettingsResolver({}, readConfigFile(badBrokers), {}).connection(),
+    );
+    expect(error.key).toBe(`brokers in ${badBrokers}`);
+    expect(error.message).toContain("expected host:port");
+    expect(
+      configError(() =>
+        new SettingsResolver({ databaseUrl: "mysql://x" }, undefined, {}).connection(),
+      ).key,
+    ).toBe("--database-url");
+  });
+
+  it("refuses unknown keys, bad syntax and files that are not objects, naming the file", () => {
+    expect(configError(() => readConfigFile(file("a.json", '{"brokerz": "x:1"}'))).message).toMatch(
+      /brokerz in .*a\.json: unknown key/,
+    );
+    expect(configError(() => readConfigFile(file("b.yaml", "sink:\n  group: x\n"))).key).toMatch(
+      /^sink\.group in /,
+    );
+    expect(configError(() => readConfigFile(file("c.json", "{"))).message).toMatch(
+      /is not valid JSON/,
+    );
+    expect(configError(() => readConfigFile(file("d.yaml", "- 1\n- 2\n"))).message).toMatch(
+      /must hold an object/,
+    );
+    expect(configError(() => readConfigFile("/nonexistent/mcpo.yaml")).message).toMatch(
+      /cannot read/,
+    );
+  });
+
+  it("checks the metrics section with the processor's own parser", () => {
+    const rules = file(
+      "rules.yaml",
+      "metrics:\n  rules:\n    - key: errors\n      metric: error_rate\n      comparator: gt\n      threshold: 0.1\n      minSamples: 0\n",
+    );
+    expect(
+      configError(() => new SettingsResolver({}, readConfigFile(rules), {}).metrics()).key,
+    ).toMatch(/metrics\.rules\[0\]\.minSamples$/);
+  });
+});
+
+describe("parsing", () => {
+  it("durations", () => {
+    expect(parseDuration("250ms")).toBe(250);
+    expect(parseDuration("1.5s")).toBe(1500);
+    expect(parseDuration("5m")).toBe(300_000);
+    expect(parseDuration("1h")).toBe(3_600_000);
+    expect(parseDuration(" 42 ")).toBe(42);
+    expect(parseDuration(7)).toBe(7);
+    for (const bad of ["", "5 minutes", "-1s", "1.5ms", null, {}])
+      expect(parseDuration(bad)).toBeUndefined();
+    expect(formatDuration(60_000)).toBe("1m");
+    expect(formatDuration(10_000)).toBe("10s");
+    expect(formatDuration(1500)).toBe("1500ms");
+  });
+
+  it("replay starts", () => {
+    expect(parseOffsets("120")).toEqual({ kind: "offset", offsets: 120n });
+    expect(parseOffsets("0:5, 3:80")).toEqual({
+      kind: "offset",
+      offsets: new Map([
+        [0, 5n],
+        [3, 80n],
+      ]),
+    });
+    expect(configError(() => parseOffsets("0:x")).key).toBe("--from-offset");
+    expect(parseFromTime("2h", 10_000_000)).toEqual({
+      kind: "time",
+      timestampMs: 10_000_000 - 7_200_000,
+    });
+    expect(parseFromTime("2026-11-25T10:00:00Z")).toEqual({
+      kind: "time",
+      timestampMs: Date.parse("2026-11-25T10:00:00Z"),
+    });
+    expect(configError(() => parseFromTime("yesterday")).key).toBe("--from");
+  });
+});
+
+describe("output", () => {
+  it("aligns tables: text left, numbers right, null as -", () => {
+    expect(
+      table(
+        ["name", "n"],
+        [
+          ["a", 1],
+          ["bbb", null],
+          ["cc", 100],
+        ],
+      ).split("\n"),
+    ).toEqual(["name    n", "----  ---", "a       1", "bbb     -", "cc    100"]);
+    expect(percent(0.1234)).toBe("12.3%");
+    expect(percent(null)).toBeNull();
+    expect(clock(3725)).toBe("1h02m");
+    expect(clock(65)).toBe("1m05s");
+    expect(clock(Number.POSITIVE_INFINITY)).toBe("?");
+  });
+});
+
+describe("fleet simulator", () => {
+  it("is seeded: the same seed gives the same calls", () => {
+    const a = new CallGenerator(7);
+    const b = new CallGenerator(7);
+    for (let i = 0; i < 200; i++)
+      expect(a.next(1_000_000, i % 2 === 0)).toEqual(b.next(1_000_000, i % 2 === 0));
+  });
+
+  it("drifts: a drifting service breaches the default rules, a healthy one does not", () => {
+    const share = (drifting: boolean) => {
+      const generator = new CallGenerator(1);
+      let gated = 0;
+      let blocked = 0;
+      let golden = 0;
+      let goldenFailed = 0;
+      for (let i = 0; i < 5000; i++) {
+        const call = generator.next(1_000_000, drifting);
+        if (call.confidenceGateThreshold !== undefined && call.confidenceGateThreshold !== null) {
+          gated++;
+          if ((call.confidence ?? 1) < call.confidenceGateThreshold) blocked++;
+        }
+        if (call.isGoldenFinancialScenario) {
+          golden++;
+          if (call.goldenScenarioPassed === false) goldenFailed++;
+        }
+      }
+      return { gateBlockRate: blocked / gated, goldenFailureRate: goldenFailed / golden };
+    };
+    const healthy = share(false);
+    const drifting = share(true);
+    expect(healthy.gateBlockRate).toBeLessThan(0.02);
+    expect(healthy.goldenFailureRate).toBe(0);
+    expect(drifting.gateBlockRate).toBeGreaterThan(0.5);
+    expect(drifting.goldenFailureRate).toBeGreaterThan(0.2);
+  });
+});
