@@ -21,9 +21,24 @@ export class LatencySketch {
     this.sketch.accept(latencyMs > 0 ? latencyMs : 0);
   }
 
-  /** Adds every value of `other` into this sketch. */
+  /**
+   * Adds every value of `other` into this sketch, bin by bin. (Not the library's `merge`: merging
+   * into an empty sketch copies the other store, and a later merge into that copy loses bins —
+   * found by the merge property test; see test/metrics.unit.test.ts.)
+   */
   mergeFrom(other: LatencySketch): void {
-    if (other.sketch.count > 0) this.sketch.merge(other.sketch);
+    const from = other.sketch;
+    if (from.count === 0) return;
+    const wasEmpty = this.sketch.count === 0;
+    const store = from.store;
+    for (let key = store.minKey; key <= store.maxKey; key++) {
+      const count = store.bins[key - store.offset] ?? 0;
+      if (count > 0) this.sketch.store.add(key, count);
+    }
+    this.sketch.zeroCount += from.zeroCount;
+    this.sketch.count += from.count;
+    this.sketch.min = wasEmpty ? from.min : Math.min(this.sketch.min, from.min);
+    this.sketch.max = wasEmpty ? from.max : Math.max(this.sketch.max, from.max);
   }
 
   /** How many values the sketch holds. */

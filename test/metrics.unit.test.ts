@@ -4,6 +4,7 @@ import { describe, expect, it } from "vitest";
 import { MODEL_CALL_EVENT } from "../avro/contracts.js";
 import type { MetricRollup, MetricThresholds, ModelCallEvent } from "../avro/generated.js";
 import {
+  LatencySketch,
   DEFAULT_THRESHOLDS,
   merge,
   METRIC_NAMES,
@@ -319,5 +320,53 @@ describe("tumbling window assignment", () => {
     expect(() => windowOf(1, 0)).toThrow(RangeError);
     expect(() => windowOf(1.5, size)).toThrow(RangeError);
     expect(() => windowOf(Number.NaN, size)).toThrow(RangeError);
+  });
+});
+
+describe("latency sketch merges", () => {
+  // Found by the merge property (seed 1815436302): the library's own merge copied the first
+  // sketch's store into an empty one, and merging a wider store into that copy lost a bin.
+  it("keep every bin, whatever the order, including into an empty sketch", () => {
+    const single = new LatencySketch();
+    single.add(0.001);
+    const wider = new LatencySketch();
+    wider.add(0.981);
+    wider.add(0.001);
+    const direct = new LatencySketch();
+    for (const value of [0.001, 0.981, 0.001]) direct.add(value);
+    for (const order of [
+      [single, wider],
+      [wider, single],
+    ]) {
+      const merged = new LatencySketch();
+      for (const sketch of order) merged.mergeFrom(sketch);
+      expect(merged.toRecord()).toEqual(direct.toRecord());
+      expect(merged.count).toBe(3);
+    }
+    // The inputs are unchanged by being merged from.
+    expect(single.toRecord().counts).toEqual([1]);
+  });
+
+  it("equal adding every value, for random latencies and splits", () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.double({ min: 0, max: 1e6, noNaN: true }), { maxLength: 60 }),
+        fc.array(fc.double({ min: 0, max: 1e6, noNaN: true }), { maxLength: 60 }),
+        fc.array(fc.double({ min: 0, max: 1e6, noNaN: true }), { maxLength: 60 }),
+        (a, b, c) => {
+          const sketches = [a, b, c].map((values) => {
+            const sketch = new LatencySketch();
+            for (const value of values) sketch.add(value);
+            return sketch;
+          });
+          const all = new LatencySketch();
+          for (const value of [...a, ...b, ...c]) all.add(value);
+          const merged = new LatencySketch();
+          for (const sketch of sketches) merged.mergeFrom(sketch);
+          expect(merged.toRecord()).toEqual(all.toRecord());
+        },
+      ),
+      { numRuns: 500 },
+    );
   });
 });
