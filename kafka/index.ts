@@ -332,61 +332,29 @@ export async function readTopicToEnd(
   settings: KafkaSettings,
   topic: string,
 ): Promise<ConsumedRecord[]> {
-  const kafka = client(settings);
-  const admin = kafka.admin();
+  const admin = client(settings).admin();
   await admin.connect();
+  let offsets: Awaited<ReturnType<typeof admin.fetchTopicOffsets>>;
   try {
-    const offsets = await admin.fetchTopicOffsets(topic);
-    const ends = new Map(offsets.map((entry) => [entry.partition, BigInt(entry.high)] as const));
-    const pending = new Set(
-      offsets
-        .filter((entry) => BigInt(entry.high) > BigInt(entry.low))
-        .map((entry) => entry.partition),
-    );
-    if (pending.size === 0) return [];
-    const groupId = `${settings.clientId}-reader-${randomUUID()}`;
-    const consumer = kafka.consumer({ groupId });
-    const records: ConsumedRecord[] = [];
-    await consumer.connect();
-    try {
-      await consumer.subscribe({ topic, fromBeginning: true });
-      await new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(() => {
-          reject(new KafkaError(`reading ${topic} to its end took over 60 s`, "Timeout", true));
-        }, 60_000);
-        void consumer.run({
-          eachBatch: async (payload) => {
-            const batch = payload.batch;
-            const end = ends.get(batch.partition) ?? 0n;
-            for (const message of batch.messages) {
-              if (BigInt(message.offset) >= end) break;
-              records.push({
-                topic,
-                partition: batch.partition,
-                offset: message.offset,
-                key: message.key,
-                value: message.value,
-                headers: decodeHeaders(message.headers),
-              });
-              payload.resolveOffset(message.offset);
-              if (BigInt(message.offset) + 1n >= end) pending.delete(batch.partition);
-            }
-            if (pending.size === 0) {
-              clearTimeout(timer);
-              resolve();
-            }
-            return Promise.resolve();
-          },
-        });
-      });
-    } finally {
-      await consumer.disconnect();
-      await admin.deleteGroups([groupId]).catch(() => undefined);
-    }
-    return records;
+    offsets = await admin.fetchTopicOffsets(topic);
   } finally {
     await admin.disconnect();
   }
+  const records: ConsumedRecord[] = [];
+  await streamTopicRanges(
+    settings,
+    topic,
+    offsets.map((entry) => ({
+      partition: entry.partition,
+      start: BigInt(entry.low),
+      end: BigInt(entry.high),
+    })),
+    (_partition, batch) => {
+      records.push(...batch);
+      return Promise.resolve();
+    },
+  );
+  return records;
 }
 
 /** A range of one partition to read: from `start` (inclusive) to `end` (exclusive). */

@@ -11,7 +11,14 @@
  */
 import type pg from "pg";
 
-import { checkIdentifier, COUNT_COLUMNS, DEFAULT_TABLES, type WriterTables } from "./writer.js";
+import {
+  checkIdentifier,
+  DEFAULT_TABLES,
+  ROLLUP_KEY_COLUMNS,
+  ROLLUP_UPSERT,
+  ROLLUP_VALUE_COLUMNS,
+  type WriterTables,
+} from "./writer.js";
 
 /** Where a replay writes. */
 export interface RebuildTarget {
@@ -87,16 +94,7 @@ export interface VerifyResult {
   readonly differenceCount: number;
 }
 
-const COMPARED = [
-  "window_end",
-  "low_confidence_threshold",
-  "prompt_diff_threshold",
-  ...COUNT_COLUMNS,
-  "latency_sketch",
-  "latency_p50_ms",
-  "latency_p95_ms",
-  "latency_p99_ms",
-];
+const COMPARED = ["window_end", ...ROLLUP_VALUE_COLUMNS];
 
 /**
  * Compares rebuilt rollups with the stored ones, row by row and column by column, within the
@@ -195,26 +193,11 @@ export async function verifyRollups(
 export async function finishRebuild(pool: pg.Pool, target: RebuildTarget): Promise<number> {
   if (target.mode !== "current") return 0;
   const staging = checkIdentifier(target.write.rollups, "staging");
-  const columns = [
-    "service",
-    "model",
-    "window_start",
-    "window_end",
-    "low_confidence_threshold",
-    "prompt_diff_threshold",
-    ...COUNT_COLUMNS,
-    "latency_sketch",
-    "latency_p50_ms",
-    "latency_p95_ms",
-    "latency_p99_ms",
-  ];
-  const updates = columns
-    .filter((name) => !["service", "model", "window_start", "window_end"].includes(name))
-    .map((name) => `${name} = excluded.${name}`);
+  const columns = [...ROLLUP_KEY_COLUMNS, ...ROLLUP_VALUE_COLUMNS];
   const result = await pool.query(
     `insert into ${target.stored} (${columns.join(", ")})
      select ${columns.join(", ")} from ${staging}
-     on conflict (service, model, window_start, window_end) do update set ${updates.join(", ")}, updated_at = now()`,
+     ${ROLLUP_UPSERT}`,
   );
   await pool.query(`drop table ${staging}`);
   return result.rowCount ?? 0;

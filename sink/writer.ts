@@ -79,6 +79,25 @@ export const COUNT_COLUMNS = [
   "late",
 ] as const;
 
+/** The key of a rollup row. */
+export const ROLLUP_KEY_COLUMNS = ["service", "model", "window_start", "window_end"] as const;
+
+/** Every stored (not generated) column of a rollup row after its key. */
+export const ROLLUP_VALUE_COLUMNS = [
+  "low_confidence_threshold",
+  "prompt_diff_threshold",
+  ...COUNT_COLUMNS,
+  "latency_sketch",
+  "latency_p50_ms",
+  "latency_p95_ms",
+  "latency_p99_ms",
+] as const;
+
+/** `on conflict … do update` of a rollup row: equal values overwrite equal values. */
+export const ROLLUP_UPSERT = `on conflict (${ROLLUP_KEY_COLUMNS.join(", ")}) do update set ${ROLLUP_VALUE_COLUMNS.map(
+  (name) => `${name} = excluded.${name}`,
+).join(", ")}, updated_at = now()`;
+
 /** The total's model column value (a primary key cannot hold null). */
 export const TOTAL_MODEL = "*";
 
@@ -414,16 +433,7 @@ export class PostgresWriter {
       list.map((r) => r.rates.latency_p95_ms),
       list.map((r) => r.rates.latency_p99_ms),
     ];
-    const stored = [
-      "service",
-      "model",
-      "window_start",
-      "window_end",
-      "low_confidence_threshold",
-      "prompt_diff_threshold",
-      ...COUNT_COLUMNS,
-      ...tail,
-    ];
+    const stored = [...ROLLUP_KEY_COLUMNS, ...ROLLUP_VALUE_COLUMNS];
     const selected = stored.map((name) =>
       name === "window_start"
         ? ts("start_us")
@@ -433,14 +443,11 @@ export class PostgresWriter {
             ? "latency_sketch::jsonb"
             : name,
     );
-    const updates = stored
-      .filter((name) => !["service", "model", "window_start", "window_end"].includes(name))
-      .map((name) => `${name} = excluded.${name}`);
     const result = await client.query(
       `insert into ${this.tables.rollups} (${stored.join(", ")})
        select ${selected.join(", ")}
        from unnest(${types.map((type, i) => `$${i + 1}::${type}[]`).join(", ")}) as t(${names.join(", ")})
-       on conflict (service, model, window_start, window_end) do update set ${updates.join(", ")}, updated_at = now()`,
+       ${ROLLUP_UPSERT}`,
       values,
     );
     return result.rowCount ?? 0;
