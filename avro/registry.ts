@@ -43,9 +43,16 @@ export async function setSubjectCompatibility(
   subject: string,
   level: CompatibilityLevel,
 ): Promise<void> {
-  await registryRequest(registryUrl, `/config/${encodeURIComponent(subject)}`, "PUT", {
-    compatibility: level,
-  });
+  const path = `/config/${encodeURIComponent(subject)}`;
+  try {
+    await registryRequest(registryUrl, path, "PUT", { compatibility: level });
+  } catch (error) {
+    // Apicurio answers 409 ("a rule named COMPATIBILITY already exists") when another client
+    // created the subject's rule between its check and its insert; the rule exists now, so a
+    // second PUT updates it to our level.
+    if (!(error instanceof SchemaRegistryError) || error.status !== 409) throw error;
+    await registryRequest(registryUrl, path, "PUT", { compatibility: level });
+  }
 }
 
 /**

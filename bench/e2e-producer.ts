@@ -10,6 +10,8 @@
  * `{"type":"result",…}` with the fleet's figures once every exporter has shut down. SIGTERM or
  * SIGINT stops the fleet early (it still flushes and reports).
  */
+import { monitorEventLoopDelay } from "node:perf_hooks";
+
 import { z } from "zod";
 
 import { loadConnectionConfig, topicNames } from "../config/index.js";
@@ -66,6 +68,11 @@ export interface ProducerResult {
   readonly calls: Readonly<Record<string, number>>;
   readonly localAlerts: number;
   readonly cpuMs: number;
+  /** Most events waiting in this process's exporters at a progress report. */
+  readonly peakBuffered: number;
+  /** Event-loop delay while the fleet ran (the longest the exporters could not send). */
+  readonly eventLoopDelayP99Ms: number;
+  readonly eventLoopDelayMaxMs: number;
 }
 
 function emit(line: ProducerProgress | ProducerResult): void {
@@ -77,11 +84,39 @@ function cpuMs(): number {
   return (usage.user + usage.system) / 1000;
 }
 
+/**
+ * Connects every exporter (producer, topic check, schema registration) before the fleet starts.
+ * Otherwise each connects with its first batch, so replicas of different processes that share a
+ * partition would start up to a second or two apart and the processor would count the first
+ * events of the slower ones as late.
+ */
+async function warmUp(exporters: readonly KafkaExporter[]): Promise<void> {
+  for (const exporter of exporters) await exporter.connect();
+}
+
 async function main(): Promise<void> {
   const settings: Settings = SettingsSchema.parse(JSON.parse(process.argv[2] ?? "{}"));
   const connection = loadConnectionConfig();
   const topic = topicNames(connection.topicPrefix).modelCalls;
-  const exporters: KafkaExporter[] = [];
+  // One exporter per replica, made before the start so they can connect first.
+  const byReplica = new Map<string, KafkaExporter>();
+  for (const service of settings.services)
+    for (let replica = 0; replica < settings.replicas; replica++)
+      byReplica.set(
+        `${service}|${replica}`,
+        new KafkaExporter({
+          brokers: connection.kafkaBrokers,
+          schemaRegistryUrl: connection.schemaRegistryUrl,
+          topic,
+          clientId: `bench-e2e-p${settings.index}-${service}-${replica}`,
+          compression: settings.compression,
+          maxBatchSize: settings.maxBatchSize,
+          lingerMs: settings.lingerMs,
+          maxQueueSize: settings.maxQueueSize,
+        }),
+      );
+  const exporters = [...byReplica.values()];
+  await warmUp(exporters);
   const abort = new AbortController();
   const stop = (): void => {
     abort.abort();
@@ -91,8 +126,13 @@ async function main(): Promise<void> {
 
   const wait = settings.startAtMs - Date.now();
   if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+  else process.stderr.write(`ready ${-wait} ms after the common start time\n`);
   // CPU from here on: the fleet's, not start-up's (module loading through tsx).
   const cpuAtStart = cpuMs();
+  // How long the fleet's loop holds the event loop (the exporters' sends wait meanwhile).
+  const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+  loopDelay.enable();
+  let peakBuffered = 0;
 
   const progress = setInterval(() => {
     let sent = 0;
@@ -104,6 +144,7 @@ async function main(): Promise<void> {
       dropped += stats.dropped;
       buffered += stats.buffered;
     }
+    peakBuffered = Math.max(peakBuffered, buffered);
     emit({
       type: "progress",
       index: settings.index,
@@ -128,21 +169,13 @@ async function main(): Promise<void> {
       ? {}
       : { driftingService: settings.driftingService }),
     exporterFor: (service, replica) => {
-      const exporter = new KafkaExporter({
-        brokers: connection.kafkaBrokers,
-        schemaRegistryUrl: connection.schemaRegistryUrl,
-        topic,
-        clientId: `bench-e2e-p${settings.index}-${service}-${replica}`,
-        compression: settings.compression,
-        maxBatchSize: settings.maxBatchSize,
-        lingerMs: settings.lingerMs,
-        maxQueueSize: settings.maxQueueSize,
-      });
-      exporters.push(exporter);
+      const exporter = byReplica.get(`${service}|${replica}`);
+      if (!exporter) throw new Error(`no exporter for ${service} replica ${replica}`);
       return exporter;
     },
   });
   clearInterval(progress);
+  loopDelay.disable();
   emit({
     type: "result",
     index: settings.index,
@@ -158,6 +191,9 @@ async function main(): Promise<void> {
     calls: Object.fromEntries(result.calls),
     localAlerts: [...result.localAlerts.values()].reduce((sum, list) => sum + list.length, 0),
     cpuMs: cpuMs() - cpuAtStart,
+    peakBuffered,
+    eventLoopDelayP99Ms: loopDelay.percentile(99) / 1e6,
+    eventLoopDelayMaxMs: loopDelay.max / 1e6,
   });
 }
 

@@ -11,8 +11,9 @@
  *    prints lost = sent − spans (must be 0), the producers' achieved rate, and the sustained
  *    end-to-end rate = spans stored / (first produce → last span stored), against 50 000/s.
  * 2. Latency to the rollup row: per service window, `metric_rollups.updated_at` (the time of the
- *    sink's write transaction) minus the window's end + grace (the earliest it could close); and
- *    per event, that row's `updated_at` minus the event's `end_time`. p50 and p99.
+ *    sink's write transaction) minus the window's end + grace (the earliest it could close), split
+ *    at the rollup record's timestamp on the metric-rollups topic into the processor's part and
+ *    the sink's; and per event, that row's `updated_at` minus the event's `end_time`. p50 and p99.
  * 3. Replay: BENCH_REPLAY_EVENTS events (default 1 000 000) pre-produced to a fresh topic, then
  *    `mcp-observatory replay --json --window 60s --grace 10s` timed: events/s from its summary,
  *    and by the wall clock including process start-up, against 100 000/s.
@@ -27,11 +28,13 @@
  * BENCH_GRACE_MS (1000), BENCH_IDLE_MS (3000), BENCH_COMPRESSION (none | snappy | gzip, default
  * none), BENCH_BATCH (exporter batch, 2000), BENCH_LINGER_MS (20), BENCH_QUEUE (exporter buffer,
  * 200 000), BENCH_TICK_MS (fleet tick, 50), BENCH_DRAIN_TIMEOUT_S (how long to wait for the sink
- * after the producers stop, 180), BENCH_KEEP=1 (keep the databases and topics).
+ * after the producers stop, 180), BENCH_PRODUCER_NICE (nice value of the producer processes,
+ * default 0; e.g. 10 lets the pipeline go first, as if the producers ran on other machines),
+ * BENCH_KEEP=1 (keep the databases and topics).
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
-import { availableParallelism, tmpdir } from "node:os";
+import { availableParallelism, setPriority, tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
@@ -40,7 +43,7 @@ import kafkajs from "kafkajs";
 import pg from "pg";
 
 import { AvroCodec, valueSubject } from "../avro/codec.js";
-import { MODEL_CALL_EVENT } from "../avro/contracts.js";
+import { METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
 import type { ModelCallEvent } from "../avro/generated.js";
 import { FLEET_SERVICES } from "../cli/fleet.js";
 import { checkKafka, checkPostgres, checkRegistry } from "../cli/preflight.js";
@@ -83,6 +86,7 @@ const settings = {
   tickMs: intEnv("BENCH_TICK_MS", 50),
   drainTimeoutMs: intEnv("BENCH_DRAIN_TIMEOUT_S", 180) * 1000,
   compression: (process.env.BENCH_COMPRESSION ?? "none") as Compression,
+  producerNice: Math.min(19, Math.floor(intEnv("BENCH_PRODUCER_NICE", 0))),
   keep: process.env.BENCH_KEEP === "1",
   profile: process.env.BENCH_PROFILE === "1",
 };
@@ -309,18 +313,19 @@ function postgresCpu(): number {
   return total;
 }
 
-/** Busy and total CPU seconds of the whole machine. */
-function machineCpu(): { busy: number; total: number } {
+/** Busy, interrupt (mostly loopback networking) and total CPU seconds of the whole machine. */
+function machineCpu(): { busy: number; irq: number; total: number } {
   const line = readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "";
   const values = line.trim().split(/\s+/).slice(1).map(Number);
   const total = values.slice(0, 8).reduce((sum, value) => sum + value, 0);
   const idle = (values[3] ?? 0) + (values[4] ?? 0);
-  return { busy: (total - idle) / clockTicks, total: total / clockTicks };
+  const irq = (values[5] ?? 0) + (values[6] ?? 0);
+  return { busy: (total - idle) / clockTicks, irq: irq / clockTicks, total: total / clockTicks };
 }
 
 interface CpuSnapshot {
   readonly atMs: number;
-  readonly machine: { busy: number; total: number };
+  readonly machine: { busy: number; irq: number; total: number };
   readonly processor: number;
   readonly sink: number;
   readonly kafka: number;
@@ -328,6 +333,10 @@ interface CpuSnapshot {
   readonly postgres: number;
   /** This process. */
   readonly bench: number;
+  /** This process's reaped children (producers, replay), seconds. */
+  readonly reaped: number;
+  /** The live producer processes. */
+  readonly producers: number;
 }
 
 function snapshot(pids: {
@@ -335,6 +344,7 @@ function snapshot(pids: {
   sink?: number;
   kafka?: number;
   registry?: number;
+  producers?: readonly (number | undefined)[];
 }): CpuSnapshot {
   const self = process.cpuUsage();
   return {
@@ -346,6 +356,8 @@ function snapshot(pids: {
     registry: processCpu(pids.registry),
     postgres: postgresCpu(),
     bench: (self.user + self.system) / 1e6,
+    reaped: processCpu(process.pid, true) - processCpu(process.pid),
+    producers: (pids.producers ?? []).reduce<number>((sum, pid) => sum + processCpu(pid), 0),
   };
 }
 
@@ -382,7 +394,10 @@ async function dropDatabases(names: readonly string[]): Promise<void> {
   }
 }
 
-async function deleteTopics(prefixes: readonly string[]): Promise<void> {
+async function deleteTopicsAndGroups(
+  prefixes: readonly string[],
+  groups: readonly string[],
+): Promise<void> {
   const kafka = new kafkajs.Kafka({
     clientId: "bench-e2e-cleanup",
     brokers: [...config.kafkaBrokers],
@@ -395,6 +410,7 @@ async function deleteTopics(prefixes: readonly string[]): Promise<void> {
       prefixes.some((prefix) => topic.startsWith(prefix)),
     );
     if (topics.length > 0) await admin.deleteTopics({ topics, timeout: 30_000 });
+    if (groups.length > 0) await admin.deleteGroups([...groups]).catch(() => undefined);
   } finally {
     await admin.disconnect();
   }
@@ -403,6 +419,67 @@ async function deleteTopics(prefixes: readonly string[]): Promise<void> {
 async function scalar(pool: pg.Pool, sql: string, params: unknown[] = []): Promise<number> {
   const result = await pool.query<{ value: string | number | null }>(sql, params);
   return Number(result.rows[0]?.value ?? 0);
+}
+
+/**
+ * When the processor produced each service-total rollup: the record timestamps on the
+ * metric-rollups topic, by `service|window_end` (µs).
+ */
+async function rollupRecordTimes(prefix: string): Promise<Map<string, number>> {
+  const topic = topicNames(prefix).metricRollups;
+  const codec = await AvroCodec.register(METRIC_ROLLUP, {
+    registryUrl: config.schemaRegistryUrl,
+    subject: valueSubject(topic),
+  });
+  const kafka = new kafkajs.Kafka({
+    clientId: "bench-e2e-rollups",
+    brokers: [...config.kafkaBrokers],
+    logLevel: kafkajs.logLevel.NOTHING,
+  });
+  const admin = kafka.admin();
+  await admin.connect();
+  const offsets = await admin.fetchTopicOffsets(topic);
+  const ends = new Map(offsets.map((entry) => [entry.partition, BigInt(entry.high)]));
+  const pending = new Set(
+    offsets.filter((entry) => BigInt(entry.high) > BigInt(entry.low)).map((e) => e.partition),
+  );
+  const times = new Map<string, number>();
+  const groupId = `bench-e2e-rollups-${Date.now()}`;
+  const consumer = kafka.consumer({ groupId });
+  try {
+    if (pending.size === 0) return times;
+    await consumer.connect();
+    await consumer.subscribe({ topic, fromBeginning: true });
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(new Error(`reading ${topic} took over 60 s`));
+      }, 60_000);
+      void consumer.run({
+        eachBatch: async ({ batch }) => {
+          const end = ends.get(batch.partition) ?? 0n;
+          for (const message of batch.messages) {
+            if (BigInt(message.offset) >= end) break;
+            const decoded = await codec.decode(message.value ?? Buffer.alloc(0));
+            if (decoded.ok && decoded.value.model === null)
+              times.set(
+                `${decoded.value.service}|${decoded.value.window_end}`,
+                Number(message.timestamp),
+              );
+            if (BigInt(message.offset) + 1n >= end) pending.delete(batch.partition);
+          }
+          if (pending.size === 0) {
+            clearTimeout(timer);
+            resolve();
+          }
+        },
+      });
+    });
+  } finally {
+    await consumer.disconnect();
+    await admin.deleteGroups([groupId]).catch(() => undefined);
+    await admin.disconnect();
+  }
+  return times;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -429,17 +506,27 @@ function summarizeProfile(dir: string, label: string, top = 12): void {
     lineNumber: number;
   }
   const profile = JSON.parse(readFileSync(file, "utf8")) as {
-    nodes: { id: number; callFrame: CallFrame }[];
+    nodes: { id: number; callFrame: CallFrame; children?: number[] }[];
     samples: number[];
     timeDeltas: number[];
   };
   const frames = new Map(profile.nodes.map((node) => [node.id, node.callFrame]));
+  const parents = new Map<number, number>();
+  for (const node of profile.nodes)
+    for (const child of node.children ?? []) parents.set(child, node.id);
   const where = (frame: CallFrame): string =>
     frame.url
       .replace(/^file:\/\//, "")
       .replace(ROOT, "")
-      .replace(/^.*node_modules\/((@[^/]+\/)?[^/]+)\/.*$/, "$1")
-      .replace(/^node:/, "node:");
+      .replace(/^.*node_modules\/((@[^/]+\/)?[^/]+)\/.*$/, "$1");
+  const isOwn = (frame: CallFrame | undefined): boolean =>
+    frame !== undefined && frame.url !== "" && !frame.url.startsWith("node:");
+  /** The nearest caller in application or library code (natives and node: internals have none of their own). */
+  const owner = (id: number): CallFrame | undefined => {
+    let at: number | undefined = id;
+    while (at !== undefined && !isOwn(frames.get(at))) at = parents.get(at);
+    return at === undefined ? undefined : frames.get(at);
+  };
   const byFunction = new Map<string, number>();
   const byModule = new Map<string, number>();
   let total = 0;
@@ -453,8 +540,11 @@ function summarizeProfile(dir: string, label: string, top = 12): void {
       idle += delta;
       return;
     }
-    const module = where(frame) || frame.functionName;
-    const name = `${frame.functionName || "(anonymous)"}${frame.url ? ` ${module}:${frame.lineNumber + 1}` : ""}`;
+    const own = isOwn(frame) ? frame : owner(id);
+    const module = own ? where(own) : frame.functionName;
+    const name =
+      `${frame.functionName || "(anonymous)"}${frame.url ? ` ${where(frame)}:${frame.lineNumber + 1}` : ""}` +
+      (own && own !== frame ? ` ← ${own.functionName || "(anonymous)"} ${module}` : "");
     byFunction.set(name, (byFunction.get(name) ?? 0) + delta);
     byModule.set(module, (byModule.get(module) ?? 0) + delta);
   });
@@ -463,9 +553,9 @@ function summarizeProfile(dir: string, label: string, top = 12): void {
     `  ${label}: ${secs(busy / 1000)} busy of ${secs(total / 1000)} profiled; top self time (share of busy):`,
   );
   for (const [name, micros] of [...byFunction].sort((a, b) => b[1] - a[1]).slice(0, top))
-    print(`    ${((100 * micros) / busy).toFixed(1).padStart(5)}%  ${name.slice(0, 110)}`);
+    print(`    ${((100 * micros) / busy).toFixed(1).padStart(5)}%  ${name.slice(0, 120)}`);
   print(
-    `    by module: ${[...byModule]
+    `    by module (natives and node: internals counted to their caller): ${[...byModule]
       .sort((a, b) => b[1] - a[1])
       .slice(0, 8)
       .map(([module, micros]) => `${module.slice(0, 50)} ${((100 * micros) / busy).toFixed(0)}%`)
@@ -505,6 +595,7 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
     MCPO_PROCESSOR_GROUP: `bench-e2e-processor-${stamp}`,
     MCPO_SINK_GROUP: `bench-e2e-sink-${stamp}`,
   };
+  cleanup.groups.push(serviceEnv.MCPO_PROCESSOR_GROUP, serviceEnv.MCPO_SINK_GROUP);
   const startup = Date.now();
   // One after the other: started together on fresh topics, both create them and the loser of
   // that race can fail to start ("This server does not host this topic-partition").
@@ -530,7 +621,7 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
   const groups: string[][] = Array.from({ length: settings.producers }, () => []);
   FLEET_SERVICES.forEach((service, i) => groups[i % settings.producers]?.push(service));
   const producerGroups = groups.filter((group) => group.length > 0);
-  const startAtMs = Date.now() + 3000;
+  const startAtMs = Date.now() + 6000; // after start-up and the exporters' warm-up
   const progress = new Map<number, ProducerProgress>();
   const results: ProducerResult[] = [];
   const producers = producerGroups.map((services, index) =>
@@ -568,8 +659,11 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
       index === 0 ? profileFlags("producer-0") : [],
     ),
   );
+  if (settings.producerNice !== 0)
+    for (const child of producers)
+      if (child.proc.pid !== undefined) setPriority(child.proc.pid, settings.producerNice);
   print(
-    `producers: ${producerGroups.length} processes, ${FLEET_SERVICES.length} services × ${settings.replicas} replicas (one KafkaExporter each, ` +
+    `producers: ${producerGroups.length} processes${settings.producerNice === 0 ? "" : ` (nice ${settings.producerNice})`}, ${FLEET_SERVICES.length} services × ${settings.replicas} replicas (one KafkaExporter each, ` +
       `batch ${settings.batch}, linger ${settings.lingerMs} ms, compression ${settings.compression}), ${n(settings.rate)} calls/s for ${settings.seconds} s`,
   );
 
@@ -582,6 +676,8 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
     processorLag: number;
     stored: number;
     sinkLag: number;
+    rollupsEmitted: number;
+    openWindows: number;
   }
   const samples: Sample[] = [];
   const takeSample = async (): Promise<Sample> => {
@@ -608,6 +704,8 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
       processorLag: metric(processorMetrics, "mcpo_processor_consumer_lag"),
       stored: metric(sinkMetrics, "mcpo_sink_rows_total", 'table="spans"', 'outcome="inserted"'),
       sinkLag: metric(sinkMetrics, "mcpo_sink_consumer_lag", `topic="${prefix}model-calls"`),
+      rollupsEmitted: metric(processorMetrics, "mcpo_processor_rollups_total"),
+      openWindows: metric(processorMetrics, "mcpo_processor_open_windows"),
     };
     samples.push(sample);
     return sample;
@@ -627,7 +725,7 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
   };
 
   await sleep(Math.max(0, startAtMs - Date.now()));
-  const cpuStart = snapshot(pids);
+  const cpuStart = snapshot({ ...pids, producers: producers.map((child) => child.proc.pid) });
   let lastReported: Sample | undefined;
   const producersDone = Promise.all(producers.map((child) => child.exited));
   const fleet = { running: true };
@@ -653,7 +751,8 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
   const firstStart = Math.min(...results.map((result) => result.startedAtMs));
   const lastEnd = Math.max(...results.map((result) => result.endedAtMs));
   const lastFlush = Math.max(...results.map((result) => result.flushedAtMs));
-  const producerCpu = results.reduce((sum, result) => sum + result.cpuMs, 0) / 1000;
+  // The producers' CPU from the fleet's start: reaped by this process once they exited.
+  const producerCpu = cpuProduced.reaped - cpuStart.reaped - cpuStart.producers;
   const productionRate = recorded / ((lastEnd - firstStart) / 1000);
   const sentRate = sent / ((lastFlush - firstStart) / 1000);
 
@@ -691,25 +790,49 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
     "select extract(epoch from max(inserted_at)) * 1000 as value from spans",
   );
 
-  // Wait until every service window with spans has its rollup row (the last ones close on the
-  // processor's idle timeout).
+  // Wait until the processor has read every event and closed every window (the last ones on its
+  // idle timeout), and every rollup it emitted is a row in metric_rollups.
+  const rollupDeadline = Date.now() + settings.drainTimeoutMs;
+  let rollupsStoredAtMs: number | undefined;
+  let rollupRows = 0;
+  let lastChangeAt = Date.now();
+  let lastState = "";
+  let lastSample: Sample | undefined;
+  while (Date.now() < rollupDeadline && Date.now() - lastChangeAt < 30_000) {
+    const sample = await takeSample();
+    lastSample = sample;
+    if (processorCaughtUpAtMs === undefined && sample.processed >= sent)
+      processorCaughtUpAtMs = sample.atMs;
+    if (sample.atMs - (lastReported?.atMs ?? 0) >= 4900) {
+      report(sample, lastReported);
+      lastReported = sample;
+    }
+    rollupRows = await scalar(pool, "select count(*) as value from metric_rollups");
+    const state = `${sample.processed}|${sample.rollupsEmitted}|${sample.openWindows}|${rollupRows}`;
+    if (state !== lastState) {
+      lastState = state;
+      lastChangeAt = Date.now();
+    }
+    if (
+      sample.processed >= sent &&
+      sample.openWindows === 0 &&
+      rollupRows >= sample.rollupsEmitted
+    ) {
+      rollupsStoredAtMs = sample.atMs;
+      break;
+    }
+    await sleep(500);
+  }
   const windowInterval = `${settings.windowMs} milliseconds`;
-  const expectedWindows = await scalar(
+  const windowsWithSpans = await scalar(
     pool,
     `select count(*) as value from (select distinct service, date_bin($1::interval, end_time, timestamptz 'epoch') from spans) w`,
     [windowInterval],
   );
-  let rollupWindows = 0;
-  const rollupDeadline =
-    Date.now() + Math.max(30_000, 3 * (settings.windowMs + settings.graceMs + settings.idleMs));
-  while (Date.now() < rollupDeadline) {
-    rollupWindows = await scalar(
-      pool,
-      "select count(*) as value from metric_rollups where model = '*'",
-    );
-    if (rollupWindows >= expectedWindows) break;
-    await sleep(500);
-  }
+  const rollupWindows = await scalar(
+    pool,
+    "select count(*) as value from metric_rollups where model = '*'",
+  );
   const processorStats = await scrape(processor.log.metricsUrl);
   const cpuEnd = snapshot(pids);
 
@@ -726,7 +849,8 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
   for (const result of results.sort((a, b) => a.index - b.index))
     print(
       `  producer ${result.index}: ${result.services.join(", ")} × ${result.replicas}: ${n(result.recorded)} calls in ${secs(result.endedAtMs - result.startedAtMs)} = ` +
-        `${n(result.recorded / ((result.endedAtMs - result.startedAtMs) / 1000))}/s of ${n(result.targetRate)}/s asked; flushed ${secs(result.flushedAtMs - result.endedAtMs)} after; CPU ${secs(result.cpuMs)}`,
+        `${n(result.recorded / ((result.endedAtMs - result.startedAtMs) / 1000))}/s of ${n(result.targetRate)}/s asked; flushed ${secs(result.flushedAtMs - result.endedAtMs)} after; CPU ${secs(result.cpuMs)}; ` +
+        `exporters held up to ${n(result.peakBuffered)} events; event loop blocked up to ${n(result.eventLoopDelayMaxMs)} ms (p99 ${n(result.eventLoopDelayP99Ms)} ms)`,
     );
   if (storedAtMs === undefined)
     print(
@@ -750,30 +874,57 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
     `select service, extract(epoch from window_end) * 1000 as end_ms, extract(epoch from updated_at) * 1000 as at_ms
      from metric_rollups where model = '*' order by service, window_end`,
   );
+  const emitted = await rollupRecordTimes(prefix).catch((error: unknown) => {
+    process.stderr.write(`reading the rollups topic failed: ${String(error)}\n`);
+    return new Map<string, number>();
+  });
   const lastWindowOf = new Map<string, number>();
   for (const row of rows.rows)
     lastWindowOf.set(row.service, Math.max(lastWindowOf.get(row.service) ?? 0, Number(row.end_ms)));
   const all: number[] = [];
   const watermarkClosed: number[] = [];
+  const processorPart: number[] = [];
+  const sinkPart: number[] = [];
   for (const row of rows.rows) {
-    const latency = Number(row.at_ms) - (Number(row.end_ms) + settings.graceMs);
+    const closeMs = Number(row.end_ms) + settings.graceMs;
+    const latency = Number(row.at_ms) - closeMs;
     all.push(latency);
-    if (Number(row.end_ms) !== lastWindowOf.get(row.service)) watermarkClosed.push(latency);
+    if (Number(row.end_ms) === lastWindowOf.get(row.service)) continue;
+    watermarkClosed.push(latency);
+    const emittedAt = emitted.get(`${row.service}|${Math.round(Number(row.end_ms) * 1000)}`);
+    if (emittedAt !== undefined) {
+      processorPart.push(emittedAt - closeMs);
+      sinkPart.push(Number(row.at_ms) - emittedAt);
+    }
   }
-  all.sort((a, b) => a - b);
-  watermarkClosed.sort((a, b) => a - b);
+  const sorted = (values: number[]): number[] => values.sort((a, b) => a - b);
+  const p = (values: readonly number[]): string =>
+    `p50 ${n(percentile(values, 0.5))} ms, p99 ${n(percentile(values, 0.99))} ms`;
+  sorted(all);
+  sorted(watermarkClosed);
+  sorted(processorPart);
+  sorted(sinkPart);
   print();
   print(
-    `rollup rows: ${n(rollupWindows)} service windows of ${secs(settings.windowMs)} in metric_rollups (expected ${n(expectedWindows)} from the spans)` +
-      (rollupWindows < expectedWindows ? "  <-- some windows never reached PostgreSQL" : ""),
+    `rollup rows: ${n(rollupRows)} in metric_rollups, ${n(rollupWindows)} of them service totals of ${secs(settings.windowMs)} windows; ` +
+      (rollupsStoredAtMs === undefined
+        ? `NOT complete: processor emitted ${n(lastSample?.rollupsEmitted ?? Number.NaN)}, ${n(lastSample?.openWindows ?? Number.NaN)} windows still open  <-- FAIL`
+        : `all the processor emitted, ${secs(rollupsStoredAtMs - lastEnd)} after the producers stopped`),
   );
+  if (windowsWithSpans !== rollupWindows)
+    print(
+      `  ${n(windowsWithSpans)} (service, window) pairs have spans: ${n(windowsWithSpans - rollupWindows)} windows got only late events, so no rollup of their own`,
+    );
   print(
     `latency window close → rollup row (metric_rollups.updated_at − (window_end + ${settings.graceMs} ms grace)), ${all.length} service windows: ` +
-      `p50 ${n(percentile(all, 0.5))} ms, p99 ${n(percentile(all, 0.99))} ms, max ${n(all.at(-1) ?? Number.NaN)} ms`,
+      `${p(all)}, max ${n(all.at(-1) ?? Number.NaN)} ms`,
   );
   print(
-    `  without each service's last window (closed by the ${settings.idleMs} ms idle timeout, not the watermark), ${watermarkClosed.length} windows: ` +
-      `p50 ${n(percentile(watermarkClosed, 0.5))} ms, p99 ${n(percentile(watermarkClosed, 0.99))} ms`,
+    `  without each service's last window (closed by the ${settings.idleMs} ms idle timeout, not the watermark), ${watermarkClosed.length} windows: ${p(watermarkClosed)}`,
+  );
+  print(
+    `  split at the rollup record's timestamp on ${prefix}metric-rollups (${processorPart.length} windows): ` +
+      `processor (close → record) ${p(processorPart)}; sink (record → row) ${p(sinkPart)}`,
   );
   const perEvent = await pool.query<{ events: string; p50: number | null; p99: number | null }>(
     `select count(*) as events,
@@ -787,8 +938,8 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
   );
   const eventRow = perEvent.rows[0];
   print(
-    `latency event end_time → its window's rollup row (updated_at), ${n(Number(eventRow?.events ?? 0))} events: ` +
-      `p50 ${n(eventRow?.p50 ?? Number.NaN)} ms, p99 ${n(eventRow?.p99 ?? Number.NaN)} ms (includes waiting for the ${secs(settings.windowMs)} window to end)`,
+    `latency event end_time → its window's rollup row (updated_at), ${n(Number(eventRow?.events ?? 0))} of ${n(spans)} events ` +
+      `(the others' windows have no rollup row): p50 ${n(eventRow?.p50 ?? Number.NaN)} ms, p99 ${n(eventRow?.p99 ?? Number.NaN)} ms (includes waiting for the ${secs(settings.windowMs)} window to end)`,
   );
   const late = await scalar(
     pool,
@@ -798,6 +949,23 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
   print(
     `late events (beyond the grace period): ${n(late)}; alert rows: ${n(alerts)}; processor: ${n(metric(processorStats, "mcpo_processor_events_total"))} events, ${n(metric(processorStats, "mcpo_processor_rollups_total"))} rollups`,
   );
+  const distinctTimes = await scalar(pool, "select count(distinct end_time) as value from spans");
+  const largestGap = await scalar(
+    pool,
+    `select coalesce(max(extract(epoch from gap)), 0) * 1000 as value from (
+       select end_time - lag(end_time) over (partition by service order by end_time) as gap
+       from (select distinct service, end_time from spans) d) g`,
+  );
+  print(
+    `event times: ${n(distinctTimes)} distinct end_time values among ${n(spans)} events; largest gap between one service's consecutive event times ${n(largestGap)} ms` +
+      (largestGap > settings.windowMs
+        ? " (the fleet's loop fell behind and stamped whole bursts with one time)"
+        : ""),
+  );
+  if (late > 0)
+    print(
+      `  late events reached Kafka more than the ${settings.graceMs} ms grace after newer events of their partition (other producers' services): the exporters' buffers held them back`,
+    );
 
   // ---- where the time goes
   print();
@@ -844,6 +1012,7 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
       ["registry", to.registry - from.registry],
       ["postgres", to.postgres - from.postgres],
       ["bench", to.bench - from.bench],
+      ["kernel irq/softirq", to.machine.irq - from.machine.irq],
     ];
     const busy = to.machine.busy - from.machine.busy;
     const known = parts.reduce((sum, [, value]) => sum + value, 0);
@@ -854,7 +1023,7 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
     );
   };
   phase("while producing", cpuStart, cpuProduced, producerCpu);
-  phase("draining after", cpuProduced, cpuStored, 0);
+  if (cpuStored.atMs - cpuProduced.atMs >= 1000) phase("draining after", cpuProduced, cpuStored, 0);
   const processedEvents = metric(processorStats, "mcpo_processor_events_total");
   const perThousand = (cpuSeconds: number, events: number): number => (1000 * cpuSeconds) / events;
   const costs: [string, number][] = [
@@ -866,12 +1035,16 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
   ];
   const coresNeeded = costs.reduce((sum, [, cost]) => sum + (cost * TARGET_E2E) / 1000, 0);
   print(
-    `  CPU cost per 1,000 events → cores needed at ${n(TARGET_E2E)} events/s: ${costs
+    `  CPU cost per 1,000 events (at this run's rate) → cores needed at ${n(TARGET_E2E)} events/s: ${costs
       .map(
         ([name, cost]) =>
           `${name} ${(cost * 1000).toFixed(0)} ms → ${((cost * TARGET_E2E) / 1000).toFixed(2)}`,
       )
       .join("; ")}; total ${coresNeeded.toFixed(1)} cores (this machine: ${cores})`,
+  );
+  print(
+    `  at these costs ${cores} cores carry at most ${n((cores * TARGET_E2E) / coresNeeded)} events/s through the whole pipeline, producers included ` +
+      `(${n((cores * TARGET_E2E) / (coresNeeded - (costs[0]?.[1] ?? 0) * (TARGET_E2E / 1000)))} events/s with the producers on other machines)`,
   );
 
   await pool.end();
@@ -888,9 +1061,10 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
     summarizeProfile(join(profileDir, "sink"), "sink");
     summarizeProfile(join(profileDir, "processor"), "processor");
     summarizeProfile(join(profileDir, "producer-0"), "producer 0");
-    rmSync(profileDir, { recursive: true, force: true });
+    if (settings.keep) print(`  (profiles kept in ${profileDir})`);
+    else rmSync(profileDir, { recursive: true, force: true });
   }
-  return { ok: lost === 0 && storedAtMs !== undefined && rollupWindows >= expectedWindows };
+  return { ok: lost === 0 && storedAtMs !== undefined && rollupsStoredAtMs !== undefined };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1034,6 +1208,7 @@ async function replay(stamp: string, cleanup: Cleanup): Promise<boolean> {
 interface Cleanup {
   databases: string[];
   prefixes: string[];
+  groups: string[];
   pools: pg.Pool[];
 }
 
@@ -1043,20 +1218,20 @@ async function cleanUp(cleanup: Cleanup): Promise<void> {
   if (settings.keep) {
     if (cleanup.databases.length > 0)
       process.stderr.write(
-        `BENCH_KEEP=1: kept databases ${cleanup.databases.join(", ")} and topics ${cleanup.prefixes.map((p) => `${p}*`).join(", ")}\n`,
+        `BENCH_KEEP=1: kept databases ${cleanup.databases.join(", ")}, topics ${cleanup.prefixes.map((p) => `${p}*`).join(", ")} and consumer groups ${cleanup.groups.join(", ")}\n`,
       );
     return;
   }
   await dropDatabases(cleanup.databases).catch((error: unknown) => {
     process.stderr.write(`dropping the databases failed: ${String(error)}\n`);
   });
-  await deleteTopics(cleanup.prefixes).catch((error: unknown) => {
+  await deleteTopicsAndGroups(cleanup.prefixes, cleanup.groups).catch((error: unknown) => {
     process.stderr.write(`deleting the topics failed: ${String(error)}\n`);
   });
 }
 
 async function main(): Promise<boolean> {
-  const cleanup: Cleanup = { databases: [], prefixes: [], pools: [] };
+  const cleanup: Cleanup = { databases: [], prefixes: [], groups: [], pools: [] };
   const signal = { received: false };
   const onSignal = (): void => {
     if (signal.received) return;

@@ -215,6 +215,8 @@ export interface FleetResult {
   /** Calls recorded, by service. */
   readonly calls: ReadonlyMap<string, number>;
   readonly recorded: number;
+  /** Calls not made because the fleet fell behind its rate (the machine was busy). */
+  readonly shortfall: number;
   /** After shutdown: what the exporters delivered and dropped. */
   readonly sent: number;
   readonly dropped: number;
@@ -257,26 +259,45 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
   const driftTo = started + (end - started) * (options.driftTo ?? 0.6);
   const calls = new Map<string, number>(options.services.map((service) => [service, 0]));
   let recorded = 0;
+  let shortfall = 0;
   let last = started;
+  // A replica owes at most this many calls at once: a fleet that cannot keep up (a busy machine)
+  // makes fewer calls, counted in `shortfall`, instead of ever larger bursts that block the event
+  // loop and hold the exporters back.
+  const maxOwed = Math.max(1, (perReplica * Math.max(tickMs, 100) * 4) / 1000);
+  const chunk = 500;
 
   while (!options.signal?.aborted) {
     const now = Date.now();
     if (now >= end) break;
-    const elapsed = (now - last) / 1000;
+    const from = last;
+    const elapsedMs = now - last;
     last = now;
-    const drifting = now >= driftFrom && now < driftTo;
-    const pending: Promise<unknown>[] = [];
+    let pending: Promise<unknown>[] = [];
     for (const replica of replicas) {
-      replica.owed += perReplica * elapsed;
+      replica.owed += (perReplica * elapsedMs) / 1000;
+      if (replica.owed > maxOwed) {
+        shortfall += Math.floor(replica.owed - maxOwed);
+        replica.owed = maxOwed;
+      }
       const due = Math.floor(replica.owed);
       replica.owed -= due;
-      const driftingHere = drifting && replica.service === options.driftingService;
       for (let i = 0; i < due; i++) {
+        // Calls end at times spread over the interval they were owed for, as real traffic would.
+        const endTime = Math.round(from + ((i + 1) * elapsedMs) / due);
+        const drifting =
+          replica.service === options.driftingService && endTime >= driftFrom && endTime < driftTo;
         pending.push(
-          replica.interceptor.interceptModelCall(replica.generator.next(now, driftingHere)),
+          replica.interceptor.interceptModelCall(replica.generator.next(endTime, drifting)),
         );
         recorded++;
         calls.set(replica.service, (calls.get(replica.service) ?? 0) + 1);
+        if (pending.length >= chunk) {
+          await Promise.all(pending);
+          pending = [];
+          // Let the exporters' I/O run between chunks.
+          await new Promise((resolve) => setImmediate(resolve));
+        }
       }
     }
     await Promise.all(pending);
@@ -300,5 +321,14 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
       dropped += counters.dropped;
     }),
   );
-  return { startedAtMs: started, endedAtMs, calls, recorded, sent, dropped, localAlerts };
+  return {
+    startedAtMs: started,
+    endedAtMs,
+    calls,
+    recorded,
+    shortfall,
+    sent,
+    dropped,
+    localAlerts,
+  };
 }

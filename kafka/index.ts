@@ -487,18 +487,36 @@ export async function connectAdmin(settings: KafkaSettings): Promise<TopicAdmin>
     async ensureTopics(topics) {
       const existing = new Set(await admin.listTopics());
       const missing = topics.filter((topic) => !existing.has(topic.name));
-      if (missing.length === 0) return [];
-      await admin.createTopics({
-        waitForLeaders: true,
-        topics: missing.map((topic) => ({
-          topic: topic.name,
-          numPartitions: topic.partitions,
-          configEntries: Object.entries(topic.config ?? {}).map(([name, value]) => ({
-            name,
-            value,
+      if (missing.length > 0)
+        await admin.createTopics({
+          waitForLeaders: true,
+          topics: missing.map((topic) => ({
+            topic: topic.name,
+            numPartitions: topic.partitions,
+            configEntries: Object.entries(topic.config ?? {}).map(([name, value]) => ({
+              name,
+              value,
+            })),
           })),
-        })),
-      });
+        });
+      // Another process may have created them a moment ago: wait until every partition has a
+      // leader, so the first fetch or produce does not meet "does not host this topic-partition".
+      const deadline = Date.now() + 15_000;
+      for (;;) {
+        const ready = await admin
+          .fetchTopicMetadata({ topics: topics.map((topic) => topic.name) })
+          .then(
+            (metadata) =>
+              metadata.topics.every(
+                (topic) =>
+                  topic.partitions.length > 0 &&
+                  topic.partitions.every((partition) => partition.leader >= 0),
+              ),
+            () => false,
+          );
+        if (ready || Date.now() > deadline) break;
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
       return missing.map((topic) => topic.name);
     },
     async endOffsets(topic) {

@@ -14,7 +14,8 @@ import {
   readConfigFile,
   SettingsResolver,
 } from "../cli/config.js";
-import { CallGenerator } from "../cli/fleet.js";
+import { CallGenerator, runFleet } from "../cli/fleet.js";
+import { InMemoryExporter } from "../producer/exporters/memory.js";
 import { clock, percent, table } from "../cli/output.js";
 import { ConfigError } from "../config/index.js";
 
@@ -232,5 +233,47 @@ describe("fleet simulator", () => {
     expect(healthy.goldenFailureRate).toBe(0);
     expect(drifting.gateBlockRate).toBeGreaterThan(0.5);
     expect(drifting.goldenFailureRate).toBeGreaterThan(0.2);
+  });
+});
+
+describe("fleet run", () => {
+  it("makes about the asked rate, with end times spread over the run, and drifts only its drifting service in the middle", async () => {
+    const exporters: InMemoryExporter[] = [];
+    const result = await runFleet({
+      services: ["payments-mcp", "search-mcp"],
+      replicas: 2,
+      ratePerSecond: 2000,
+      durationMs: 1500,
+      driftingService: "payments-mcp",
+      exporterFor: () => {
+        const exporter = new InMemoryExporter();
+        exporters.push(exporter);
+        return exporter;
+      },
+    });
+    const events = exporters.flatMap((exporter) => exporter.events);
+    expect(events.length).toBe(result.recorded);
+    expect(result.recorded + result.shortfall).toBeGreaterThan(2000);
+    expect(result.recorded).toBeLessThan(3400);
+    expect(new Set(events.map((e) => e.service_instance)).size).toBe(4);
+    // Spread, not bursts stamped with one time: many distinct milliseconds.
+    expect(new Set(events.map((e) => Math.floor(e.end_time / 1000))).size).toBeGreaterThan(500);
+    const span = result.endedAtMs - result.startedAtMs;
+    const inDrift = (e: (typeof events)[number]) => {
+      const t = e.end_time / 1000 - result.startedAtMs;
+      return t >= span * 0.32 && t < span * 0.58;
+    };
+    const gateBlocks = (list: typeof events) =>
+      list.filter(
+        (e) =>
+          e.confidence_gate_threshold !== null && (e.confidence ?? 1) < e.confidence_gate_threshold,
+      ).length / Math.max(1, list.filter((e) => e.confidence_gate_threshold !== null).length);
+    expect(
+      gateBlocks(events.filter((e) => e.service === "payments-mcp" && inDrift(e))),
+    ).toBeGreaterThan(0.5);
+    expect(gateBlocks(events.filter((e) => e.service === "search-mcp"))).toBeLessThan(0.05);
+    expect(
+      gateBlocks(events.filter((e) => e.service === "payments-mcp" && !inDrift(e))),
+    ).toBeLessThan(0.1);
   });
 });

@@ -70,6 +70,8 @@ export interface DemoSummary {
     readonly produced: number;
     readonly sent: number;
     readonly dropped: number;
+    /** Calls the fleet could not make at the asked rate (the machine was busy). */
+    readonly shortfall: number;
     readonly spans: number;
     readonly rollupRows: number;
     readonly alertRows: number;
@@ -463,6 +465,7 @@ async function summarize(
       produced: input.fleet.recorded,
       sent: input.fleet.sent,
       dropped: input.fleet.dropped,
+      shortfall: input.fleet.shortfall,
       spans: services.reduce((sum, s) => sum + s.spans, 0),
       rollupRows: services.reduce((sum, s) => sum + s.rollupRows, 0),
       alertRows: alerts.rows.length,
@@ -547,7 +550,11 @@ function printSummary(summary: DemoSummary): void {
   out("== throughput");
   out(
     `${count(summary.totals.produced)} calls in ${summary.throughput.fleetSeconds.toFixed(1)} s = ${count(summary.throughput.producedPerSecond)} calls/s produced; ` +
-      `${count(summary.totals.dropped)} dropped; everything stored ${summary.throughput.settleSeconds.toFixed(1)} s after the last call ` +
+      `${count(summary.totals.dropped)} dropped; ` +
+      (summary.totals.shortfall > 0
+        ? `${count(summary.totals.shortfall)} calls short of the asked rate (the machine was busy); `
+        : "") +
+      `everything stored ${summary.throughput.settleSeconds.toFixed(1)} s after the last call ` +
       `(the last windows close ${summary.graceMs / 1000} s grace + idle timeout after it)`,
   );
   const firing = summary.alerts.filter((a) => a.state === "firing").length;

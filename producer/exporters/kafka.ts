@@ -69,6 +69,16 @@ export class KafkaExporter extends BatchingExporter {
     this.compression = compression;
   }
 
+  /**
+   * Connects, creates the topic if it is missing and registers the schema now rather than with the
+   * first batch. Optional: for hosts that want to fail fast at start-up, and for benchmarks.
+   *
+   * @throws the Kafka or registry error that stopped it (the exporter retries later anyway).
+   */
+  async connect(): Promise<void> {
+    await this.ensureReady();
+  }
+
   protected async deliver(batch: readonly ModelCallEvent[]): Promise<number> {
     await this.ensureReady();
     if (this.encoded?.batch !== batch) {
