@@ -264,7 +264,7 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
   // A replica owes at most this many calls at once: a fleet that cannot keep up (a busy machine)
   // makes fewer calls, counted in `shortfall`, instead of ever larger bursts that block the event
   // loop and hold the exporters back.
-  const maxOwed = Math.max(1, (perReplica * Math.max(tickMs, 100) * 4) / 1000);
+  const maxOwed = Math.max(1, perReplica);
   const chunk = 500;
 
   while (!options.signal?.aborted) {

@@ -327,7 +327,13 @@ export async function run(argv: readonly string[]): Promise<number> {
 const invokedDirectly =
   process.argv[1] !== undefined &&
   realpathSync(process.argv[1]) === realpathSync(fileURLToPath(import.meta.url));
-if (invokedDirectly)
+if (invokedDirectly) {
+  // `mcp-observatory alerts tail | head`: a closed pipe ends the command quietly, as in any CLI.
+  process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+    if (error.code === "EPIPE") process.exit(0);
+    throw error;
+  });
   void run(process.argv.slice(2)).then((code) => {
     process.exit(code);
   });
+}

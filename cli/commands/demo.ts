@@ -563,14 +563,23 @@ function printSummary(summary: DemoSummary): void {
   );
   out();
   out("next steps (same settings):");
-  if (summary.localStack === "started-and-stopped")
-    out(
-      "  npm run stack:up                                          # the demo stops the stack it started; its data stays",
-    );
   const window = `--window ${summary.windowMs / 1000}s --grace ${summary.graceMs / 1000}s`;
-  out(
-    `  npm run cli -- replay --verify --dry-run ${window}    # rebuild every rollup from the log and compare`,
-  );
-  out("  npm run cli -- alerts tail --from-beginning             # the alerts topic");
-  out(`  npm run cli -- report --since 15m                        # rates from PostgreSQL`);
+  const steps: [string, string][] = [
+    ...(summary.localStack === "started-and-stopped"
+      ? [
+          ["npm run stack:up", "the demo stopped the stack it started; its data stays"] as [
+            string,
+            string,
+          ],
+        ]
+      : []),
+    [
+      `npm run cli -- replay --verify --dry-run ${window}`,
+      "rebuild every rollup from the log and compare",
+    ],
+    ["npm run cli -- alerts tail --from-beginning", "the alerts topic"],
+    ["npm run cli -- report --since 15m", "rates from PostgreSQL"],
+  ];
+  const width = Math.max(...steps.map(([command]) => command.length));
+  for (const [command, what] of steps) out(`  ${command.padEnd(width)}  # ${what}`);
 }
