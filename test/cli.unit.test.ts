@@ -16,7 +16,7 @@ import {
 } from "../cli/config.js";
 import { CallGenerator, runFleet } from "../cli/fleet.js";
 import { InMemoryExporter } from "../producer/exporters/memory.js";
-import { clock, percent, table } from "../cli/output.js";
+import { clock, percent, Progress, table } from "../cli/output.js";
 import { ConfigError } from "../config/index.js";
 
 const [windowSetting, graceSetting] = PROCESSOR_SETTINGS;
@@ -196,6 +196,45 @@ describe("output", () => {
     expect(clock(3725)).toBe("1h02m");
     expect(clock(65)).toBe("1m05s");
     expect(clock(Number.POSITIVE_INFINITY)).toBe("?");
+  });
+});
+
+describe("progress", () => {
+  const stream = (isTTY: boolean) => {
+    const written: string[] = [];
+    return {
+      written,
+      stream: {
+        isTTY,
+        write: (text: string) => written.push(text),
+      } as unknown as NodeJS.WriteStream,
+    };
+  };
+
+  it("redraws a bar with events/s and ETA in place on a terminal", () => {
+    const tty = stream(true);
+    const progress = new Progress("replay", tty.stream, 0);
+    progress.update(250_000, 1_000_000, 2000, true);
+    progress.update(500_000, 1_000_000, 4000, true);
+    progress.done();
+    expect(tty.written[0]).toMatch(
+      /^\rreplay \[#{8}\.{22}\] 250,000\/1,000,000 25\.0% {2}125,000 events\/s {2}ETA 6s/,
+    );
+    expect(tty.written[1]).toMatch(/^\rreplay \[#{15}\.{15}\] 500,000\/1,000,000 50\.0%/);
+    expect(tty.written.at(-1)).toBe("\n");
+  });
+
+  it("prints plain lines, at most every interval, when not on a terminal", () => {
+    const plain = stream(false);
+    const progress = new Progress("replay", plain.stream, 60_000);
+    progress.update(1, 10, 1000);
+    progress.update(2, 10, 2000); // within the interval: not printed
+    progress.update(10, 10, 3000, true);
+    progress.done();
+    expect(plain.written).toEqual([
+      "replay: 1/10 10.0%  1 events/s  ETA 9s\n",
+      "replay: 10/10 100.0%  3 events/s  ETA 0s\n",
+    ]);
   });
 });
 

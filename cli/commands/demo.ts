@@ -20,6 +20,7 @@ import { silentLogger } from "../../producer/logger.js";
 import {
   loadStackConfig,
   stackDown,
+  stackEndpoints,
   stackUp,
   type StackService,
 } from "../../scripts/stack/index.js";
@@ -131,7 +132,18 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
     if (!flags.json) process.stdout.write(`${line}\n`);
     else process.stderr.write(`${line}\n`);
   };
-  const connection: ConnectionConfig = settings.connection();
+  // Kafka and the registry as configured; when neither is, the local stack's (its ports may be
+  // moved with STACK_KAFKA_PORT and STACK_REGISTRY_PORT).
+  const configured = settings.given(CONNECTION_SETTINGS.slice(0, 2));
+  const stack = configured ? undefined : loadStackConfig();
+  const configuredConnection = settings.connection();
+  const connection: ConnectionConfig = stack
+    ? Object.freeze({
+        ...configuredConnection,
+        kafkaBrokers: [stackEndpoints(stack).kafkaBrokers],
+        schemaRegistryUrl: stackEndpoints(stack).schemaRegistryUrl,
+      })
+    : configuredConnection;
   const processorOptions = processorSettings(settings, connection);
   // An idle partition's windows close one grace period (plus margin) after the fleet stops.
   const idleSetting = PROCESSOR_SETTINGS.filter((s) => s.key === "processor.idleTimeoutMs");
@@ -155,7 +167,6 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
   };
   try {
     // 1. Services: the configured ones, or the local stack.
-    const configured = settings.given(CONNECTION_SETTINGS.slice(0, 2));
     let localStack: DemoSummary["localStack"] = "not-used";
     const answering = async (): Promise<boolean> =>
       checkKafka(connection, 1000)
@@ -164,15 +175,14 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
           () => false,
         )
         .catch(() => false);
-    if (!configured && (await answering())) {
+    if (stack && (await answering())) {
       say(
-        "Kafka and the schema registry answer at the default addresses (a running stack or docker compose): using them",
+        `Kafka and the schema registry answer at ${connection.kafkaBrokers.join(",")} and ${connection.schemaRegistryUrl} (a running stack or docker compose): using them`,
       );
-    } else if (!configured) {
+    } else if (stack) {
       say(
         "no Kafka or schema registry configured: starting the local stack (Kafka, Apicurio Registry) …",
       );
-      const stack = loadStackConfig();
       const result = await stackUp(stack, (line) => {
         say(`  ${line}`);
       });
