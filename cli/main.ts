@@ -78,10 +78,14 @@ export function buildProgram(setExitCode: (code: number) => void): Command {
     )
     .option("--verbose", "stack traces on errors; component logs in the demo")
     .exitOverride()
-    .showHelpAfterError("(run the command with --help to see its flags)")
     .configureOutput({
+      // One line: what was wrong (and commander's "did you mean"), then where to look.
       outputError: (text, write) => {
-        write(text.replace(/^error: /, "mcp-observatory: "));
+        const message = text
+          .trim()
+          .replace(/^error: /, "")
+          .replace(/\s*\n\s*/g, " ");
+        write(`mcp-observatory: ${message} (see --help)\n`);
       },
     })
     .addHelpText(
