@@ -25,3 +25,11 @@ export {
   type AlertSubscription,
   type AlertSubscriptionOptions,
 } from "./subscribe.js";
+export {
+  replayLog,
+  type ReplayOptions,
+  type ReplayOutputs,
+  type ReplayProgress,
+  type ReplayStart,
+  type ReplaySummary,
+} from "./replay.js";

@@ -14,3 +14,12 @@ export {
   type WriteBatch,
   type WriteResult,
 } from "./writer.js";
+export {
+  finishRebuild,
+  prepareRebuild,
+  verifyRollups,
+  type RebuildTarget,
+  type RollupDifference,
+  type VerifyResult,
+  type VerifyScope,
+} from "./rebuild.js";
