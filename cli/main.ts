@@ -12,6 +12,7 @@ import { fileURLToPath } from "node:url";
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from "commander";
 
 import { ConfigError } from "../config/index.js";
+import { MissingTopicError } from "../processor/replay.js";
 import { StackError } from "../scripts/stack/index.js";
 import { runAlertsTail } from "./commands/alerts.js";
 import { runDemo } from "./commands/demo.js";
@@ -311,8 +312,11 @@ export async function run(argv: readonly string[]): Promise<number> {
   } catch (error) {
     if (error instanceof CommanderError) return error.exitCode === 0 ? 0 : 2; // commander printed the message
     const message = error instanceof Error ? error.message : String(error);
-    if (error instanceof ConfigError) process.stderr.write(`mcp-observatory: ${message}\n`);
-    else if (error instanceof UnreachableError)
+    if (
+      error instanceof ConfigError ||
+      error instanceof UnreachableError ||
+      error instanceof MissingTopicError
+    )
       process.stderr.write(`mcp-observatory: ${message}\n`);
     else if (error instanceof StackError)
       process.stderr.write(`mcp-observatory: stack ${error.code}: ${message}\n`);

@@ -466,6 +466,8 @@ export interface TopicAdmin {
   ): Promise<string[]>;
   /** Each partition's end offset (the next offset to be written), as decimal strings. */
   endOffsets(topic: string): Promise<Map<number, string>>;
+  /** Whether a topic exists. */
+  exists(topic: string): Promise<boolean>;
   /** Each partition's earliest offset still in the log. */
   startOffsets(topic: string): Promise<Map<number, string>>;
   /**
@@ -523,6 +525,9 @@ export async function connectAdmin(settings: KafkaSettings): Promise<TopicAdmin>
       return new Map(
         (await admin.fetchTopicOffsets(topic)).map((entry) => [entry.partition, entry.high]),
       );
+    },
+    async exists(topic) {
+      return (await admin.listTopics()).includes(topic);
     },
     async startOffsets(topic) {
       return new Map(

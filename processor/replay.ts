@@ -247,6 +247,15 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
   };
 }
 
+/** The topic to read does not exist. */
+export class MissingTopicError extends Error {
+  readonly code = "TOPIC_MISSING";
+  constructor(message: string) {
+    super(message);
+    this.name = "MissingTopicError";
+  }
+}
+
 function where(record: ConsumedRecord): string {
   return `${record.topic}[${record.partition}]@${record.offset}`;
 }
@@ -258,6 +267,10 @@ async function planRanges(
 ): Promise<PartitionRange[]> {
   const admin = await connectAdmin(kafka);
   try {
+    if (!(await admin.exists(topic)))
+      throw new MissingTopicError(
+        `nothing to replay: topic ${topic} does not exist (check the topic prefix: MCPO_TOPIC_PREFIX or --topic-prefix)`,
+      );
     const [starts, ends] = await Promise.all([admin.startOffsets(topic), admin.endOffsets(topic)]);
     const at =
       from.kind === "time" ? await admin.offsetsAtTime(topic, from.timestampMs) : undefined;

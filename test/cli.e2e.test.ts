@@ -401,6 +401,14 @@ describe("the mcp-observatory CLI, as the README runs it", () => {
         message: /unknown option '--duraton' \(Did you mean --duration\?\) \(see --help\)/,
       },
       {
+        name: "a replay of a topic that does not exist",
+        args: () => ["replay"],
+        env: { MCPO_TOPIC_PREFIX: "missing-topic-e2e." },
+        code: 1,
+        message:
+          /nothing to replay: topic missing-topic-e2e\.model-calls does not exist \(check the topic prefix/,
+      },
+      {
         name: "an unknown command",
         args: () => ["frobnicate"],
         code: 2,

@@ -2,6 +2,9 @@
 import { randomUUID } from "node:crypto";
 
 import type { AlertEvent } from "../../avro/generated.js";
+import { topicNames } from "../../config/index.js";
+import { connectAdmin } from "../../kafka/index.js";
+import { MissingTopicError } from "../../processor/replay.js";
 import { subscribeAlerts } from "../../processor/subscribe.js";
 import type { SettingsResolver } from "../config.js";
 import { isoMicros } from "../output.js";
@@ -55,6 +58,19 @@ export async function runAlertsTail(settings: SettingsResolver, flags: TailFlags
   const connection = settings.connection();
   await checkKafka(connection);
   await checkRegistry(connection);
+  const topic = topicNames(connection.topicPrefix).alerts;
+  const admin = await connectAdmin({
+    brokers: connection.kafkaBrokers,
+    clientId: "mcpo-alerts-tail",
+  });
+  try {
+    if (!(await admin.exists(topic)))
+      throw new MissingTopicError(
+        `topic ${topic} does not exist yet: start the processor (it creates it), or check the topic prefix (MCPO_TOPIC_PREFIX or --topic-prefix)`,
+      );
+  } finally {
+    await admin.close();
+  }
   const services = flags.service && flags.service.length > 0 ? new Set(flags.service) : undefined;
   const out = process.stdout;
   if (!flags.json) out.write(`${row(COLUMNS.map((c) => c.header))}\n`);
