@@ -4,6 +4,7 @@
  * processor), and hands them to the exporter. Fails open: nothing inside the interceptor throws
  * into the host or changes its results; failures go to the injected logger and are counted.
  */
+import { wallClockMs } from "./clock.js";
 import { hash, randomUUID } from "node:crypto";
 import { hostname } from "node:os";
 import { performance } from "node:perf_hooks";
@@ -121,7 +122,7 @@ export class MCPInterceptor {
     this.captureContent = options.captureContent ?? false;
     this.redact = options.redact;
     this.logger = options.logger ?? stderrLogger;
-    this.now = options.now ?? Date.now;
+    this.now = options.now ?? wallClockMs;
   }
 
   /**

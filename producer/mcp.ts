@@ -15,6 +15,7 @@
  * Messages pass through unchanged (bar the added `_meta.traceparent` on outgoing requests), and
  * a failure inside the instrumentation is logged by the interceptor, never raised to the host.
  */
+import { wallClockMs } from "./clock.js";
 import { performance } from "node:perf_hooks";
 
 import type { CallKind } from "../avro/generated.js";
@@ -216,7 +217,7 @@ function openIncoming(
     context,
     kind: TRACED_REQUESTS[request.method] ?? "other",
     method: request.method,
-    startWall: Date.now(),
+    startWall: wallClockMs(),
     started: performance.now(),
     attributes,
     toolName,
@@ -263,7 +264,7 @@ function openOutgoing(transport: TransportLike, request: JsonRpcRequest): JsonRp
     context,
     kind: "sampling",
     method: request.method,
-    startWall: Date.now(),
+    startWall: wallClockMs(),
     started: performance.now(),
     attributes: {
       "mcp.method.name": request.method,

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { wallClockMs } from "../producer/clock.js";
 
 import {
   currentTraceContext,
@@ -83,5 +84,23 @@ describe("context propagation", () => {
   it("makes distinct ids", () => {
     const ids = new Set(Array.from({ length: 10_000 }, () => startSpanContext(undefined).spanId));
     expect(ids.size).toBe(10_000);
+  });
+});
+
+describe("span clock", () => {
+  it("has sub-millisecond resolution, never goes back, and stays with the system clock", () => {
+    let previous = wallClockMs();
+    let fractional = 0;
+    for (let i = 0; i < 20_000; i++) {
+      const before = Date.now();
+      const now = wallClockMs();
+      const after = Date.now();
+      expect(now).toBeGreaterThanOrEqual(previous);
+      expect(now).toBeGreaterThanOrEqual(before - 1);
+      expect(now).toBeLessThan(after + 2);
+      if (!Number.isInteger(now)) fractional++;
+      previous = now;
+    }
+    expect(fractional).toBeGreaterThan(10_000);
   });
 });
