@@ -57,6 +57,7 @@ import {
 import { loadStackConfig, stackStatus } from "../scripts/stack/index.js";
 import { sampleEvent } from "../test/support/events.js";
 import type { ProducerProgress, ProducerResult } from "./e2e-producer.js";
+import { runBench } from "./run.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const TARGET_E2E = 50_000;
@@ -1265,12 +1266,4 @@ async function main(): Promise<boolean> {
   }
 }
 
-main().then(
-  (ok) => process.exit(ok ? 0 : 1),
-  (error: unknown) => {
-    process.stderr.write(
-      `bench failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\nIt needs the local stack: npm run stack:up\n`,
-    );
-    process.exit(1);
-  },
-);
+runBench(main);

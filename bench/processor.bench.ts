@@ -19,6 +19,7 @@ import { loadConnectionConfig } from "../config/index.js";
 import { PartitionState } from "../processor/partition.js";
 import { StreamProcessor, type ProcessorLogger } from "../processor/processor.js";
 import { sampleEvent } from "../test/support/events.js";
+import { runBench } from "./run.js";
 
 const { Kafka, logLevel } = kafkajs;
 const quiet: ProcessorLogger = {
@@ -219,12 +220,4 @@ async function main(): Promise<void> {
   );
 }
 
-main().then(
-  () => process.exit(0),
-  (error: unknown) => {
-    process.stderr.write(
-      `bench failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\nIt needs the local stack: npm run stack:up\n`,
-    );
-    process.exit(1);
-  },
-);
+runBench(main);

@@ -24,6 +24,7 @@ import { silentLogger } from "../producer/logger.js";
 import { countTokens, loadEncoding } from "../producer/tokens.js";
 import { loadStackConfig } from "../scripts/stack/config.js";
 import { findJava } from "../scripts/stack/process.js";
+import { runBench } from "./run.js";
 
 const run = promisify(execFile);
 
@@ -241,12 +242,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (error: unknown) => {
-    process.stderr.write(
-      `bench failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\nIt needs the local stack: npm run stack:up\n`,
-    );
-    process.exit(1);
-  },
-);
+runBench(main);

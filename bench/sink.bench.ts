@@ -26,6 +26,7 @@ import { migrate } from "../sink/migrate.js";
 import { Sink } from "../sink/sink.js";
 import { PostgresWriter } from "../sink/writer.js";
 import { sampleEvent } from "../test/support/events.js";
+import { runBench } from "./run.js";
 
 const run = promisify(execFile);
 const quiet: ProcessorLogger = {
@@ -200,12 +201,4 @@ async function main(): Promise<void> {
   );
 }
 
-main().then(
-  () => process.exit(0),
-  (error: unknown) => {
-    process.stderr.write(
-      `bench failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\nIt needs the local stack: npm run stack:up\n`,
-    );
-    process.exit(1);
-  },
-);
+runBench(main);

@@ -7,7 +7,7 @@ import { connect } from "node:net";
 
 import pg from "pg";
 
-import type { ConnectionConfig } from "../config/index.js";
+import { redactUrl, type ConnectionConfig } from "../config/index.js";
 
 /** A service did not answer. Exit code 3. */
 export class UnreachableError extends Error {
@@ -95,16 +95,5 @@ export async function checkPostgres(config: ConnectionConfig, timeoutMs = 3000):
     );
   } finally {
     await client.end().catch(() => undefined);
-  }
-}
-
-/** The URL without its password. */
-export function redactUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password !== "") parsed.password = "***";
-    return parsed.toString();
-  } catch {
-    return url;
   }
 }

@@ -191,3 +191,14 @@ export function portOf(address: string): number {
       throw new ConfigError("address", `no port in ${JSON.stringify(address)}`);
   }
 }
+
+/** A connection URL without its password, for messages and logs. */
+export function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password !== "") parsed.password = "***";
+    return parsed.toString();
+  } catch {
+    return url;
+  }
+}

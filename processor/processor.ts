@@ -48,7 +48,7 @@ import {
 } from "../kafka/index.js";
 import { MICROS_PER_MILLI, parseMetricsConfig, rollupKey } from "../metrics/index.js";
 import { CheckpointStore, type Checkpoint } from "./checkpoints.js";
-import { readLogRecord } from "./log-record.js";
+import { readLogRecord, readLogRecordIfKnown } from "./log-record.js";
 import { pinoLogger, type MetricsServer, type OpsLogger } from "../ops/index.js";
 import { ProcessorMetrics } from "./observability.js";
 import { PartitionState, type PartitionOutput, type WindowSettings } from "./partition.js";
@@ -463,7 +463,8 @@ export class StreamProcessor {
       dead: OutgoingRecord[];
     },
   ): Promise<boolean> {
-    const read = await readLogRecord(record, this.codecs?.events as AvroCodec<ModelCallEvent>);
+    const codec = this.codecs?.events as AvroCodec<ModelCallEvent>;
+    const read = readLogRecordIfKnown(record, codec) ?? (await readLogRecord(record, codec));
     if (read.type === "retry") {
       this.logger.warn("schema registry unavailable; will retry", {
         partition: record.partition,

@@ -29,7 +29,7 @@ import {
   type PartitionRange,
 } from "../kafka/index.js";
 import { MICROS_PER_MILLI, parseMetricsConfig, windowOf } from "../metrics/index.js";
-import { readLogRecord } from "./log-record.js";
+import { readLogRecord, readLogRecordIfKnown } from "./log-record.js";
 import { PartitionState, type WindowSettings } from "./partition.js";
 
 /** Where a replay starts. */
@@ -100,8 +100,6 @@ export interface ReplaySummary {
   readonly firstWindowStartMicros: number | null;
   /** Latest window end emitted, µs (null: none emitted). */
   readonly lastWindowEndMicros: number | null;
-  /** Windows starting before this were not emitted (partial replays), µs; null: none skipped. */
-  readonly emittedFromMicros: number | null;
   /**
    * Partial replays: per service met, the first window start it emits (its partition's start,
    * rounded up to a window); windows before are not rebuilt. Empty for replays from the beginning.
@@ -165,7 +163,6 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
   const invalid: Record<string, number> = {};
   let firstWindowStart: number | null = null;
   let lastWindowEnd: number | null = null;
-  let emittedFrom: number | null = null;
   const serviceFloors: Record<string, number> = {};
 
   await streamTopicRanges(kafka, topic, ranges, async (partition, records) => {
@@ -179,7 +176,7 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
     const events: { event: ModelCallEvent; offset: string }[] = [];
     for (const record of records) {
       counters.records++;
-      const read = await readLogRecord(record, codec);
+      const read = readLogRecordIfKnown(record, codec) ?? (await readLogRecord(record, codec));
       if (read.type === "invalid") {
         invalid[read.code] = (invalid[read.code] ?? 0) + 1;
         continue;
@@ -203,10 +200,7 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
         }
         const item = output.type === "rollup" ? output.rollup : output.alert;
         if (services && !services.has(item.service)) continue;
-        if (floor !== null && item.window_start < floor) {
-          emittedFrom = floor;
-          continue;
-        }
+        if (floor !== null && item.window_start < floor) continue;
         if (output.type === "rollup") {
           rollups.push(output.rollup);
           counters.rollups++;
@@ -241,7 +235,6 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
     openSeries,
     firstWindowStartMicros: firstWindowStart,
     lastWindowEndMicros: lastWindowEnd,
-    emittedFromMicros: emittedFrom,
     serviceFloors,
     durationMs: Date.now() - started,
   };

@@ -1,5 +1,5 @@
 /** The long-lived services and the plumbing commands: `processor`, `sink`, `migrate`, `stack`. */
-import { type ConnectionConfig } from "../../config/index.js";
+import { redactUrl, type ConnectionConfig } from "../../config/index.js";
 import { pinoLogger, untilSignal } from "../../ops/index.js";
 import { StreamProcessor } from "../../processor/processor.js";
 import { ensurePostgresDatabase } from "../../scripts/stack/probes.js";
@@ -13,7 +13,7 @@ import {
 import { migrate } from "../../sink/migrate.js";
 import { Sink } from "../../sink/sink.js";
 import { PROCESSOR_SETTINGS, SINK_SETTINGS, type SettingsResolver } from "../config.js";
-import { checkKafka, checkPostgres, checkRegistry, redactUrl } from "../preflight.js";
+import { checkKafka, checkPostgres, checkRegistry } from "../preflight.js";
 
 const [
   windowMs,

@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { createHash } from "node:crypto";
 
+import { redactUrl } from "../../config/index.js";
 import { POM_PATH, STACK_ENV, stackEndpoints, type StackConfig } from "./config.js";
 import {
   ensurePostgresDatabase,
@@ -74,7 +75,7 @@ export async function stackUp(
 
   const database = await ensurePostgresDatabase(config.databaseUrl);
   await postgresSelectOne(config.databaseUrl);
-  log(`postgres  ${redact(config.databaseUrl)} answers (database ${database})`);
+  log(`postgres  ${redactUrl(config.databaseUrl)} answers (database ${database})`);
 
   const running = new Map<StackService, ProcessRecord>();
   for (const service of SERVICES) {
@@ -217,7 +218,7 @@ export async function stackStatus(config: StackConfig): Promise<readonly Service
     running: pgFailure === undefined,
     answers: pgFailure === undefined,
     pid: undefined,
-    address: redact(endpoints.databaseUrl),
+    address: redactUrl(endpoints.databaseUrl),
     detail: pgFailure ?? "select 1 answered",
   });
   return statuses;
@@ -484,9 +485,3 @@ const KAFKA_LOG4J2 = `<?xml version="1.0" encoding="UTF-8"?>
   </Loggers>
 </Configuration>
 `;
-
-function redact(url: string): string {
-  const parsed = new URL(url);
-  if (parsed.password !== "") parsed.password = "***";
-  return parsed.toString();
-}
