@@ -1,0 +1,341 @@
+/**
+ * An oracle written apart from `metrics/`: every count, rate and alert transition of the product
+ * contract computed by brute force from the events (filters and counts over a whole window),
+ * importing nothing from the metrics core but its types. Tests above the unit tier compare what
+ * the processor, the sink and the CLI produce with this, so a wrong formula in the core cannot
+ * hide by being used on both sides of an assertion.
+ */
+import { expect } from "vitest";
+
+import type {
+  MetricThresholds,
+  ModelCallEvent,
+  WindowCounts,
+  DerivedRates,
+} from "../../avro/generated.js";
+
+/** Confidence below 0.7 is low; a prompt-diff score above 0.3 is a violation (the README's defaults). */
+export const ORACLE_DEFAULT_THRESHOLDS: MetricThresholds = {
+  low_confidence: 0.7,
+  prompt_diff: 0.3,
+};
+
+/** The counts and rates of one window of one service (model `null`: every model). */
+export interface OracleWindow {
+  readonly service: string;
+  readonly model: string | null;
+  /** µs since the epoch. */
+  readonly windowStart: number;
+  readonly windowEnd: number;
+  /** Every count, `late` included (0 unless the test adds late events). */
+  readonly counts: { -readonly [K in keyof WindowCounts]: number };
+  readonly rates: { -readonly [K in keyof DerivedRates]: number | null };
+  /** Latencies in ms, ascending. */
+  readonly latenciesMs: readonly number[];
+}
+
+/** `service`, model and window start, joined by NUL (which no name may contain). */
+export function oracleKey(service: string, model: string | null, windowStart: number): string {
+  return `${service}\u0000${model ?? "\u0001total"}\u0000${windowStart}`;
+}
+
+const countsModelCalls = (event: ModelCallEvent): boolean =>
+  event.kind === "model_call" || event.kind === "sampling";
+
+/** The nearest-rank sample at quantile `q` (rank ⌊q·(n−1)⌋ of the ascending latencies). */
+export function exactQuantile(sortedMs: readonly number[], q: number): number | null {
+  if (sortedMs.length === 0) return null;
+  return sortedMs[Math.floor(q * (sortedMs.length - 1))] ?? null;
+}
+
+/** One window's counts and rates from its events, by filtering and counting. */
+export function oracleWindow(
+  events: readonly ModelCallEvent[],
+  window: { service: string; model: string | null; start: number; end: number },
+  thresholds: MetricThresholds = ORACLE_DEFAULT_THRESHOLDS,
+  late = 0,
+): OracleWindow {
+  const count = (predicate: (e: ModelCallEvent) => boolean): number =>
+    events.filter(predicate).length;
+  const sum = (pick: (e: ModelCallEvent) => number | null): number =>
+    events.reduce((total, e) => total + (pick(e) ?? 0), 0);
+  const rate = (numerator: number, denominator: number): number | null =>
+    denominator === 0 ? null : numerator / denominator;
+  const withCost = events.filter((e) => e.cost_nano_usd !== null);
+  const costSum = withCost.reduce((total, e) => total + BigInt(e.cost_nano_usd ?? 0), 0n);
+  const counts = {
+    calls: events.length,
+    calls_with_cost: withCost.length,
+    cost_nano_usd: Number(costSum),
+    prompt_tokens: sum((e) => e.prompt_tokens),
+    completion_tokens: sum((e) => e.completion_tokens),
+    calls_tokens_reported: count((e) => e.token_source === "reported"),
+    calls_tokens_estimated: count((e) => e.token_source === "estimated"),
+    calls_tokens_none: count((e) => e.token_source === "none"),
+    fallbacks: count((e) => e.fallback_used),
+    calls_with_retries: count((e) => e.retries > 0),
+    retries: sum((e) => e.retries),
+    low_confidence: count((e) => e.confidence !== null && e.confidence < thresholds.low_confidence),
+    calls_with_confidence: count((e) => e.confidence !== null),
+    gate_blocks: count(
+      (e) =>
+        e.confidence !== null &&
+        e.confidence_gate_threshold !== null &&
+        e.confidence < e.confidence_gate_threshold,
+    ),
+    calls_with_gate: count((e) => e.confidence !== null && e.confidence_gate_threshold !== null),
+    prompt_diff_violations: count(
+      (e) => e.prompt_diff_score !== null && e.prompt_diff_score > thresholds.prompt_diff,
+    ),
+    calls_with_prompt_diff: count((e) => e.prompt_diff_score !== null),
+    shadow_disagreements: count((e) => e.shadow_agreement === false),
+    calls_with_shadow: count((e) => e.shadow_agreement !== null),
+    deterministic_fallbacks: count((e) => e.high_risk_path && e.deterministic_fallback_triggered),
+    high_risk: count((e) => e.high_risk_path),
+    golden_failures: count(
+      (e) => e.is_golden_financial_scenario && e.golden_scenario_passed === false,
+    ),
+    golden_with_result: count(
+      (e) => e.is_golden_financial_scenario && e.golden_scenario_passed !== null,
+    ),
+    errors: count((e) => e.status === "error"),
+    late,
+  };
+  const latenciesMs = events.map((e) => (e.end_time - e.start_time) / 1000).sort((a, b) => a - b);
+  const n = counts.calls;
+  return {
+    service: window.service,
+    model: window.model,
+    windowStart: window.start,
+    windowEnd: window.end,
+    counts,
+    latenciesMs,
+    rates: {
+      avg_cost_usd:
+        counts.calls_with_cost === 0 ? null : (Number(costSum) / counts.calls_with_cost) * 1e-9,
+      fallback_rate: rate(counts.fallbacks, n),
+      retry_rate: rate(counts.calls_with_retries, n),
+      low_confidence_rate: rate(counts.low_confidence, counts.calls_with_confidence),
+      confidence_gate_block_rate: rate(counts.gate_blocks, counts.calls_with_gate),
+      prompt_diff_violation_rate: rate(
+        counts.prompt_diff_violations,
+        counts.calls_with_prompt_diff,
+      ),
+      shadow_disagreement_rate: rate(counts.shadow_disagreements, counts.calls_with_shadow),
+      deterministic_fallback_rate: rate(counts.deterministic_fallbacks, counts.high_risk),
+      high_risk_path_rate: rate(counts.high_risk, n),
+      golden_financial_failure_rate: rate(counts.golden_failures, counts.golden_with_result),
+      error_rate: rate(counts.errors, n),
+      latency_p50_ms: exactQuantile(latenciesMs, 0.5),
+      latency_p95_ms: exactQuantile(latenciesMs, 0.95),
+      latency_p99_ms: exactQuantile(latenciesMs, 0.99),
+    },
+  };
+}
+
+/**
+ * Every window of every service (model `null`) and of every (service, model) that has model
+ * calls, from on-time events; tool, resource and prompt spans are not counted. `lateByKey`
+ * (by {@link oracleKey}) adds late counts, creating a window that has only late events.
+ */
+export function oracleRollups(
+  events: readonly ModelCallEvent[],
+  windowMicros: number,
+  options: { thresholds?: MetricThresholds; lateByKey?: ReadonlyMap<string, number> } = {},
+): Map<string, OracleWindow> {
+  const groups = new Map<
+    string,
+    { service: string; model: string | null; start: number; events: ModelCallEvent[] }
+  >();
+  const add = (service: string, model: string | null, start: number, event?: ModelCallEvent) => {
+    const key = oracleKey(service, model, start);
+    let group = groups.get(key);
+    if (!group) {
+      group = { service, model, start, events: [] };
+      groups.set(key, group);
+    }
+    if (event) group.events.push(event);
+  };
+  for (const event of events) {
+    if (!countsModelCalls(event)) continue;
+    const start =
+      event.end_time - (((event.end_time % windowMicros) + windowMicros) % windowMicros);
+    add(event.service, null, start, event);
+    if (event.model !== null) add(event.service, event.model, start, event);
+  }
+  for (const key of options.lateByKey?.keys() ?? []) {
+    const [service = "", model = "", start = "0"] = key.split("\u0000");
+    add(service, model === "\u0001total" ? null : model, Number(start));
+  }
+  const result = new Map<string, OracleWindow>();
+  for (const [key, group] of groups)
+    result.set(
+      key,
+      oracleWindow(
+        group.events,
+        {
+          service: group.service,
+          model: group.model,
+          start: group.start,
+          end: group.start + windowMicros,
+        },
+        options.thresholds,
+        options.lateByKey?.get(key) ?? 0,
+      ),
+    );
+  return result;
+}
+
+/** A rule as the oracle judges it. */
+export interface OracleRule {
+  readonly key: string;
+  readonly metric: keyof DerivedRates;
+  readonly comparator: "gt" | "gte" | "lt" | "lte";
+  readonly threshold: number;
+  readonly minSamples: number;
+}
+
+/** The denominator a metric stands on (latency: the calls). */
+const SAMPLES: Record<keyof DerivedRates, keyof WindowCounts> = {
+  avg_cost_usd: "calls_with_cost",
+  fallback_rate: "calls",
+  retry_rate: "calls",
+  low_confidence_rate: "calls_with_confidence",
+  confidence_gate_block_rate: "calls_with_gate",
+  prompt_diff_violation_rate: "calls_with_prompt_diff",
+  shadow_disagreement_rate: "calls_with_shadow",
+  deterministic_fallback_rate: "high_risk",
+  high_risk_path_rate: "calls",
+  golden_financial_failure_rate: "golden_with_result",
+  error_rate: "calls",
+  latency_p50_ms: "calls",
+  latency_p95_ms: "calls",
+  latency_p99_ms: "calls",
+};
+
+/** An alert transition as the oracle derives it. */
+export interface OracleTransition {
+  readonly service: string;
+  readonly rule: string;
+  readonly state: "firing" | "resolved";
+  /** The window that caused the transition. */
+  readonly windowStart: number;
+  /** The window the incident fired in. */
+  readonly firedWindowStart: number;
+  readonly observed: number | null;
+  readonly samples: number;
+}
+
+/**
+ * Alert transitions of the service totals, window by window in time order: a breach while quiet
+ * fires, a later window within bounds resolves, too few samples or a null value change nothing.
+ */
+export function oracleAlerts(
+  windows: Iterable<OracleWindow>,
+  rules: readonly OracleRule[],
+): OracleTransition[] {
+  const totals = [...windows]
+    .filter((w) => w.model === null)
+    .sort((a, b) =>
+      a.service === b.service ? a.windowStart - b.windowStart : a.service < b.service ? -1 : 1,
+    );
+  const firing = new Map<string, number>();
+  const transitions: OracleTransition[] = [];
+  for (const window of totals)
+    for (const rule of rules) {
+      const slot = `${window.service}\u0000${rule.key}`;
+      const value = window.rates[rule.metric];
+      const samples = window.counts[SAMPLES[rule.metric]];
+      if (value === null || samples === 0 || samples < rule.minSamples) continue;
+      const breach =
+        rule.comparator === "gt"
+          ? value > rule.threshold
+          : rule.comparator === "gte"
+            ? value >= rule.threshold
+            : rule.comparator === "lt"
+              ? value < rule.threshold
+              : value <= rule.threshold;
+      const fired = firing.get(slot);
+      if (breach && fired === undefined) {
+        firing.set(slot, window.windowStart);
+        transitions.push({
+          service: window.service,
+          rule: rule.key,
+          state: "firing",
+          windowStart: window.windowStart,
+          firedWindowStart: window.windowStart,
+          observed: value,
+          samples,
+        });
+      } else if (!breach && fired !== undefined) {
+        firing.delete(slot);
+        transitions.push({
+          service: window.service,
+          rule: rule.key,
+          state: "resolved",
+          windowStart: window.windowStart,
+          firedWindowStart: fired,
+          observed: value,
+          samples,
+        });
+      }
+    }
+  return transitions;
+}
+
+/** What a stored or emitted rollup offers for comparison (topic records and SQL rows map to it). */
+export interface ComparableRollup {
+  readonly service: string;
+  readonly model: string | null;
+  readonly windowStart: number;
+  readonly counts: Partial<Record<keyof WindowCounts, number | bigint | string>>;
+  readonly rates: Partial<Record<keyof DerivedRates, number | string | null>>;
+}
+
+/**
+ * Asserts that `actual` holds exactly the oracle's windows: the same keys, every count given
+ * equal, every ratio given equal to 12 digits, every latency quantile given within the sketch's
+ * 1% relative accuracy of the exact sample at its rank.
+ */
+export function expectMatchesOracle(
+  actual: Iterable<ComparableRollup>,
+  expected: ReadonlyMap<string, OracleWindow>,
+  where = "rollups",
+): void {
+  const seen = new Set<string>();
+  for (const row of actual) {
+    const key = oracleKey(row.service, row.model, row.windowStart);
+    const label = `${where} ${row.service}/${row.model ?? "*"}@${new Date(row.windowStart / 1000).toISOString()}`;
+    const want = expected.get(key);
+    expect(want, `${label}: not in the oracle`).toBeDefined();
+    if (!want) continue;
+    expect(seen.has(key), `${label}: twice`).toBe(false);
+    seen.add(key);
+    for (const [name, value] of Object.entries(row.counts) as [string, unknown][]) {
+      if (value === undefined) continue;
+      expect(Number(value), `${label} ${name}`).toBe(want.counts[name as keyof WindowCounts]);
+    }
+    for (const [name, raw] of Object.entries(row.rates) as [string, unknown][]) {
+      if (raw === undefined) continue;
+      const metric = name as keyof DerivedRates;
+      const exact = want.rates[metric];
+      const value = raw === null ? null : Number(raw);
+      if (exact === null) {
+        expect(value, `${label} ${name}`).toBeNull();
+        continue;
+      }
+      expect(value, `${label} ${name}`).not.toBeNull();
+      if (metric.startsWith("latency_"))
+        expect(
+          Math.abs((value ?? 0) - exact),
+          `${label} ${name}: ${value} vs exact ${exact}`,
+        ).toBeLessThanOrEqual(exact * 0.01 + 1e-9);
+      else expect(value, `${label} ${name}`).toBeCloseTo(exact, 12);
+    }
+  }
+  const missing = [...expected.keys()].filter((key) => !seen.has(key));
+  expect(
+    missing.map((key) => key.split("\u0000").join("/")),
+    `${where}: windows the oracle has that are missing`,
+  ).toEqual([]);
+}
