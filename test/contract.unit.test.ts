@@ -1,11 +1,12 @@
 import { readFileSync } from "node:fs";
 
 import avro from "avsc";
+import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 
 import { ALERT_EVENT, METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
 import { OTEL_FIELD_MAPPING } from "../avro/generated.js";
-import { rollupEvents } from "../metrics/index.js";
+import { AlertTracker, DEFAULT_ALERT_RULES, rollupEvents } from "../metrics/index.js";
 import {
   CONTRACT_DOC_PATH,
   generate,
@@ -13,7 +14,10 @@ import {
   GENERATED_PATH,
   SCHEMA_FILES,
 } from "../scripts/gen-avro-types.js";
-import { sampleEvent } from "./support/events.js";
+import { EDGE_NAMES, eventArbitrary, sampleEvent } from "./support/events.js";
+import { testSeed } from "./support/seed.js";
+
+const SEED = testSeed("contract.unit.test.ts fast-check");
 
 describe("generated types", () => {
   it("are up to date with the .avsc files (run `npm run gen:avro` after editing a schema)", () => {
@@ -123,5 +127,47 @@ describe("MetricRollup and AlertEvent validation", () => {
       "window_end",
     );
     expect(ALERT_EVENT.check({})?.path).toBe("alert_id");
+  });
+});
+
+describe("edge names and every kind through the contract and Avro", () => {
+  const eventType = avro.Type.forSchema(MODEL_CALL_EVENT.schema as avro.Schema);
+  const rollupType = avro.Type.forSchema(METRIC_ROLLUP.schema as avro.Schema);
+  const alertType = avro.Type.forSchema(ALERT_EVENT.schema as avro.Schema);
+
+  it("round-trip generated events (every kind, edge and unicode names) through Avro unchanged and valid", () => {
+    fc.assert(
+      fc.property(eventArbitrary({ reservedModelNames: true }), (event) => {
+        const decoded = eventType.fromBuffer(eventType.toBuffer(event)) as unknown;
+        expect(decoded).toEqual(event);
+        expect(MODEL_CALL_EVENT.checkDecoded(decoded)).toBeUndefined();
+      }),
+      { numRuns: 300, seed: SEED },
+    );
+  });
+
+  it("give rollups and alerts of edge-named services that the contract accepts and Avro keeps", () => {
+    const events = EDGE_NAMES.flatMap((service, i) =>
+      [0, 1, 2].map((k) =>
+        sampleEvent({
+          service,
+          model: EDGE_NAMES[(i + k) % EDGE_NAMES.length] ?? null,
+          status: k === 0 ? "error" : "ok",
+        }),
+      ),
+    );
+    const rollups = rollupEvents(events, 60_000_000);
+    expect(new Set(rollups.map((r) => r.service))).toEqual(new Set(EDGE_NAMES));
+    for (const rollup of rollups) {
+      expect(METRIC_ROLLUP.check(rollup), rollup.service).toBeUndefined();
+      expect(rollupType.fromBuffer(rollupType.toBuffer(rollup))).toEqual(rollup);
+    }
+    const tracker = new AlertTracker(DEFAULT_ALERT_RULES);
+    const alerts = rollups.filter((r) => r.model === null).flatMap((r) => tracker.observe(r));
+    expect(new Set(alerts.map((a) => a.service))).toEqual(new Set(EDGE_NAMES));
+    for (const alert of alerts) {
+      expect(ALERT_EVENT.check(alert), alert.service).toBeUndefined();
+      expect(alertType.fromBuffer(alertType.toBuffer(alert))).toEqual(alert);
+    }
   });
 });

@@ -1,7 +1,13 @@
+/**
+ * The metrics core against the brute-force oracle of test/support/oracle.ts (every count and rate,
+ * written apart from metrics/), on realistic logs: hundreds to thousands of events of every kind,
+ * services and models with edge names, late counts, random thresholds.
+ */
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 
 import { MODEL_CALL_EVENT } from "../avro/contracts.js";
+import { CALL_KIND_SYMBOLS } from "../avro/generated.js";
 import type { MetricRollup, MetricThresholds, ModelCallEvent } from "../avro/generated.js";
 import {
   LatencySketch,
@@ -13,216 +19,302 @@ import {
   WindowAccumulator,
   windowOf,
 } from "../metrics/index.js";
-import { eventArbitrary, sampleEvent } from "./support/events.js";
+import { EDGE_NAMES, eventArbitrary, RESERVED_MODEL_NAMES, sampleEvent } from "./support/events.js";
+import {
+  expectMatchesOracle,
+  oracleKey,
+  oracleRollups,
+  oracleWindow,
+  type ComparableRollup,
+  type OracleWindow,
+} from "./support/oracle.js";
+import { testSeed } from "./support/seed.js";
 
-/**
- * The oracle: every metric of DESIGN.md §4 computed directly from the events, written apart
- * from the accumulator (filters and counts over the whole batch).
- */
-function oracle(events: readonly ModelCallEvent[], thresholds: MetricThresholds) {
-  const count = (predicate: (e: ModelCallEvent) => boolean): number =>
-    events.filter(predicate).length;
-  const rate = (numerator: number, denominator: number): number | null =>
-    denominator === 0 ? null : numerator / denominator;
-  const withCost = events.filter((e) => e.cost_nano_usd !== null);
-  const costSum = withCost.reduce((sum, e) => sum + BigInt(e.cost_nano_usd ?? 0), 0n);
-  const withConfidence = events.filter((e) => e.confidence !== null);
-  const withGate = events.filter(
-    (e) => e.confidence !== null && e.confidence_gate_threshold !== null,
-  );
-  const withDiff = events.filter((e) => e.prompt_diff_score !== null);
-  const withShadow = events.filter((e) => e.shadow_agreement !== null);
-  const highRisk = events.filter((e) => e.high_risk_path);
-  const golden = events.filter(
-    (e) => e.is_golden_financial_scenario && e.golden_scenario_passed !== null,
-  );
-  const n = events.length;
-  return {
-    calls: n,
-    cost_nano_usd: costSum,
-    prompt_tokens: events.reduce((sum, e) => sum + (e.prompt_tokens ?? 0), 0),
-    completion_tokens: events.reduce((sum, e) => sum + (e.completion_tokens ?? 0), 0),
-    calls_tokens_none: count((e) => e.token_source === "none"),
-    errors: count((e) => e.status === "error"),
-    rates: {
-      avg_cost_usd: withCost.length === 0 ? null : (Number(costSum) / withCost.length) * 1e-9,
-      fallback_rate: rate(
-        count((e) => e.fallback_used),
-        n,
-      ),
-      retry_rate: rate(
-        count((e) => e.retries > 0),
-        n,
-      ),
-      low_confidence_rate: rate(
-        withConfidence.filter((e) => (e.confidence ?? 1) < thresholds.low_confidence).length,
-        withConfidence.length,
-      ),
-      confidence_gate_block_rate: rate(
-        withGate.filter((e) => (e.confidence ?? 1) < (e.confidence_gate_threshold ?? 0)).length,
-        withGate.length,
-      ),
-      prompt_diff_violation_rate: rate(
-        withDiff.filter((e) => (e.prompt_diff_score ?? 0) > thresholds.prompt_diff).length,
-        withDiff.length,
-      ),
-      shadow_disagreement_rate: rate(
-        withShadow.filter((e) => e.shadow_agreement === false).length,
-        withShadow.length,
-      ),
-      deterministic_fallback_rate: rate(
-        highRisk.filter((e) => e.deterministic_fallback_triggered).length,
-        highRisk.length,
-      ),
-      high_risk_path_rate: rate(highRisk.length, n),
-      golden_financial_failure_rate: rate(
-        golden.filter((e) => e.golden_scenario_passed === false).length,
-        golden.length,
-      ),
-      error_rate: rate(
-        count((e) => e.status === "error"),
-        n,
-      ),
-    },
-    latenciesMs: events.map((e) => (e.end_time - e.start_time) / 1000).sort((a, b) => a - b),
-  };
-}
+/** Every property of this file runs from this seed (`MCPO_TEST_SEED=<seed>` replays a failure). */
+const SEED = testSeed("metrics.unit.test.ts fast-check");
+const runs = (numRuns: number) => ({ numRuns, seed: SEED });
+/** Generous: the properties take seconds on a loaded two-core machine. */
+const PROPERTY_TIMEOUT = 120_000;
 
 function accumulate(
   events: readonly ModelCallEvent[],
   thresholds = DEFAULT_THRESHOLDS,
+  late = 0,
 ): WindowAccumulator {
   const accumulator = new WindowAccumulator(thresholds);
   for (const event of events) accumulator.add(event);
+  if (late > 0) accumulator.addLate(late);
   return accumulator;
 }
 
-const WINDOW = { start: 1_764_000_000_000_000, end: 1_764_000_060_000_000 };
-const thresholdsArb = fc.record({
-  low_confidence: fc.double({ min: 0, max: 1, noNaN: true }),
-  prompt_diff: fc.double({ min: 0, max: 1, noNaN: true }),
+const comparable = (rollup: MetricRollup): ComparableRollup => ({
+  service: rollup.service,
+  model: rollup.model,
+  windowStart: rollup.window_start,
+  counts: rollup.counts,
+  rates: rollup.rates,
 });
 
-describe("window accumulator against a brute-force oracle", () => {
-  it("generates only events the contract accepts", () => {
-    fc.assert(
-      fc.property(eventArbitrary(), (event) => {
-        expect(MODEL_CALL_EVENT.check(event)).toBeUndefined();
-      }),
-      { numRuns: 500 },
-    );
+/**
+ * `rollup` holds exactly the oracle's window: every count (the whole record, so a count the
+ * product drops or adds fails too), every rate and the sketch's sample count.
+ */
+function expectWindow(rollup: MetricRollup, want: OracleWindow, where: string): void {
+  expect(rollup.counts, `${where}: counts`).toEqual(want.counts);
+  expect(Object.keys(rollup.rates).sort(), `${where}: rate names`).toEqual(
+    Object.keys(want.rates).sort(),
+  );
+  expectMatchesOracle(
+    [comparable(rollup)],
+    new Map([[oracleKey(want.service, want.model, want.windowStart), want]]),
+    where,
+  );
+  const sketch = rollup.latency;
+  expect(sketch.zero_count + sketch.counts.reduce((a, b) => a + b, 0), `${where}: sketch`).toBe(
+    want.counts.calls,
+  );
+}
+
+const WINDOW = { start: 1_764_000_000_000_000, end: 1_764_000_060_000_000 };
+const thresholdsArb: fc.Arbitrary<MetricThresholds> = fc.record({
+  low_confidence: fc.oneof(
+    fc.double({ min: 0, max: 1, noNaN: true }),
+    fc.constantFrom(0, 0.3, 0.5, 0.7, 1),
+  ),
+  prompt_diff: fc.oneof(
+    fc.double({ min: 0, max: 1, noNaN: true }),
+    fc.constantFrom(0, 0.25, 0.3, 0.5, 1),
+  ),
+});
+/** Late counts: none, or a few additions of 1–50. */
+const lateArb = fc.array(fc.integer({ min: 1, max: 50 }), { maxLength: 4 });
+const sum = (values: readonly number[]): number => values.reduce((a, b) => a + b, 0);
+
+/**
+ * Arrays of realistic size: with fast-check's default size ("small") every array is capped at
+ * 10 elements whatever its `maxLength`; `size: "max"` lets lengths spread up to `maxLength`.
+ */
+const sized = <T>(
+  arbitrary: fc.Arbitrary<T>,
+  options: { minLength?: number; maxLength: number },
+): fc.Arbitrary<T[]> =>
+  fc.array(arbitrary, {
+    minLength: options.minLength ?? 0,
+    maxLength: options.maxLength,
+    size: "max",
   });
 
-  it("accumulate-then-derive equals a direct batch computation of every metric", () => {
-    fc.assert(
-      fc.property(
-        fc.array(eventArbitrary(), { maxLength: 60 }),
-        thresholdsArb,
-        (events, thresholds) => {
-          const rollup = accumulate(events, thresholds).toRollup("svc", null, WINDOW);
-          const expected = oracle(events, thresholds);
-          expect(rollup.counts.calls).toBe(expected.calls);
-          expect(BigInt(rollup.counts.cost_nano_usd)).toBe(expected.cost_nano_usd);
-          expect(rollup.counts.prompt_tokens).toBe(expected.prompt_tokens);
-          expect(rollup.counts.completion_tokens).toBe(expected.completion_tokens);
-          expect(rollup.counts.calls_tokens_none).toBe(expected.calls_tokens_none);
-          expect(rollup.counts.errors).toBe(expected.errors);
-          for (const [metric, value] of Object.entries(expected.rates)) {
-            const actual = rollup.rates[metric as keyof typeof expected.rates];
-            if (value === null) expect(actual, metric).toBeNull();
-            else expect(actual, metric).toBeCloseTo(value, 12);
-          }
-          // Latency quantiles: within DDSketch's 1% relative accuracy of the sample at that rank.
-          for (const [metric, q] of [
-            ["latency_p50_ms", 0.5],
-            ["latency_p95_ms", 0.95],
-            ["latency_p99_ms", 0.99],
-          ] as const) {
-            const actual = rollup.rates[metric];
-            if (events.length === 0) {
-              expect(actual).toBeNull();
-              continue;
-            }
-            const exact = expected.latenciesMs[Math.floor(q * (events.length - 1))] ?? 0;
-            expect(actual).not.toBeNull();
-            expect(
-              Math.abs((actual ?? 0) - exact),
-              `${metric}: ${actual} vs ${exact}`,
-            ).toBeLessThanOrEqual(exact * 0.01 + 1e-9);
-          }
-        },
-      ),
-      { numRuns: 2000 },
-    );
+/** Logs of every kind of event, with edge and reserved names. */
+const events = (options: { minLength?: number; maxLength: number; spanMicros?: number }) =>
+  sized(eventArbitrary({ reservedModelNames: true, spanMicros: options.spanMicros }), options);
+
+describe("event generator", () => {
+  it("makes only events the contract accepts, of every kind, with every edge name as a service and a model, and reserved model names only when asked", () => {
+    const plain = fc.sample(eventArbitrary(), { numRuns: 2000, seed: SEED });
+    const reserved = fc.sample(eventArbitrary({ reservedModelNames: true }), {
+      numRuns: 2000,
+      seed: SEED,
+    });
+    for (const event of [...plain, ...reserved])
+      expect(MODEL_CALL_EVENT.check(event), JSON.stringify(event.service)).toBeUndefined();
+    expect(new Set(plain.map((e) => e.kind))).toEqual(new Set(CALL_KIND_SYMBOLS));
+    const services = new Set(plain.map((e) => e.service));
+    for (const name of EDGE_NAMES) expect(services.has(name), `service ${name}`).toBe(true);
+    const models = new Set(reserved.map((e) => e.model));
+    for (const name of [...EDGE_NAMES, ...RESERVED_MODEL_NAMES])
+      expect(models.has(name), `model ${name}`).toBe(true);
+    const plainModels = plain.map((e) => e.model ?? "");
+    expect(plainModels.filter((m) => m === "*" || m.includes("|"))).toEqual([]);
+    // Random unicode names too, beyond the fixed lists.
+    const known = new Set(["svc-a", "svc-b", "svc-c", ...EDGE_NAMES]);
+    expect([...services].filter((s) => !known.has(s)).length).toBeGreaterThan(10);
   });
 
-  it("merge is commutative and associative, and equals accumulating the union", () => {
-    fc.assert(
-      fc.property(
-        fc.array(eventArbitrary(), { maxLength: 30 }),
-        fc.array(eventArbitrary(), { maxLength: 30 }),
-        fc.array(eventArbitrary(), { maxLength: 30 }),
-        (a, b, c) => {
-          const [x, y, z] = [accumulate(a), accumulate(b), accumulate(c)];
-          const roll = (acc: WindowAccumulator): MetricRollup => acc.toRollup("svc", null, WINDOW);
-          const union = roll(accumulate([...a, ...b, ...c]));
-          expect(roll(merge(x, y))).toEqual(roll(merge(y, x)));
-          expect(roll(merge(merge(x, y), z))).toEqual(roll(merge(x, merge(y, z))));
-          expect(roll(merge(merge(x, y), z))).toEqual(union);
-          // Inputs are left unchanged by merge.
-          expect(roll(x)).toEqual(roll(accumulate(a)));
-        },
-      ),
-      { numRuns: 700 },
+  it("makes arrays of hundreds to thousands of events with the file's size settings", () => {
+    // The same sizing as the properties below, on cheap elements.
+    const lengths = fc
+      .sample(sized(fc.constant(0), { maxLength: 1500 }), { numRuns: 40, seed: SEED })
+      .map((log) => log.length);
+    // About 80 % are longer than 100 and half longer than 500 (with the default size: none).
+    expect(lengths.filter((n) => n > 100).length, `lengths ${lengths.join(" ")}`).toBeGreaterThan(
+      15,
     );
+    expect(Math.max(...lengths)).toBeGreaterThan(500);
   });
+});
 
-  it("rebuilds an accumulator from its rollup, so rollups of small windows add up to larger ones", () => {
-    fc.assert(
-      fc.property(
-        fc.array(eventArbitrary({ spanMicros: 3_600_000_000 }), { maxLength: 80 }),
-        (events) => {
-          const minute = rollupEvents(events, 60_000_000).filter((r) => r.model === null);
-          const hour = rollupEvents(events, 3_600_000_000).filter((r) => r.model === null);
-          for (const hourly of hour) {
-            const parts = minute.filter(
-              (r) =>
-                r.service === hourly.service &&
-                r.window_start >= hourly.window_start &&
-                r.window_end <= hourly.window_end,
+describe("window accumulator against the brute-force oracle", () => {
+  it(
+    "accumulate-then-derive equals the oracle in every count (retries and token sources included), every rate and the late count, for random thresholds",
+    () => {
+      fc.assert(
+        fc.property(
+          events({ maxLength: 1500 }),
+          thresholdsArb,
+          lateArb,
+          (log, thresholds, late) => {
+            const rollup = accumulate(log, thresholds, sum(late)).toRollup("svc", null, WINDOW);
+            const want = oracleWindow(
+              log,
+              { service: "svc", model: null, start: WINDOW.start, end: WINDOW.end },
+              thresholds,
+              sum(late),
             );
-            const merged = parts
-              .map((r) => WindowAccumulator.fromRollup(r))
-              .reduce((sum, next) => merge(sum, next), new WindowAccumulator());
-            const window = { start: hourly.window_start, end: hourly.window_end };
-            expect(merged.toRollup(hourly.service, null, window)).toEqual(hourly);
-          }
-        },
-      ),
-      { numRuns: 300 },
-    );
-  });
+            expectWindow(rollup, want, "accumulated window");
+            expect(rollup.thresholds).toEqual(thresholds);
+          },
+        ),
+        runs(60),
+      );
+    },
+    PROPERTY_TIMEOUT,
+  );
+
+  it(
+    "merge is commutative and associative, equals accumulating the union, adds late counts, and equals the oracle of the union",
+    () => {
+      fc.assert(
+        fc.property(
+          events({ maxLength: 400 }),
+          events({ maxLength: 400 }),
+          events({ maxLength: 400 }),
+          fc.tuple(lateArb, lateArb, lateArb),
+          (a, b, c, [lateA, lateB, lateC]) => {
+            const [x, y, z] = [
+              accumulate(a, DEFAULT_THRESHOLDS, sum(lateA)),
+              accumulate(b, DEFAULT_THRESHOLDS, sum(lateB)),
+              accumulate(c, DEFAULT_THRESHOLDS, sum(lateC)),
+            ];
+            const roll = (acc: WindowAccumulator): MetricRollup =>
+              acc.toRollup("svc", null, WINDOW);
+            const late = sum([...lateA, ...lateB, ...lateC]);
+            const union = roll(accumulate([...a, ...b, ...c], DEFAULT_THRESHOLDS, late));
+            expect(roll(merge(x, y))).toEqual(roll(merge(y, x)));
+            expect(roll(merge(merge(x, y), z))).toEqual(roll(merge(x, merge(y, z))));
+            expect(roll(merge(merge(x, y), z))).toEqual(union);
+            expectWindow(
+              roll(merge(merge(x, y), z)),
+              oracleWindow(
+                [...a, ...b, ...c],
+                { service: "svc", model: null, start: WINDOW.start, end: WINDOW.end },
+                DEFAULT_THRESHOLDS,
+                late,
+              ),
+              "merged window",
+            );
+            // Inputs are left unchanged by merge.
+            expect(roll(x)).toEqual(roll(accumulate(a, DEFAULT_THRESHOLDS, sum(lateA))));
+          },
+        ),
+        runs(40),
+      );
+    },
+    PROPERTY_TIMEOUT,
+  );
+
+  it(
+    "rebuilds an accumulator from its rollup (late counts included), so minute rollups merge into the hour's, equal to the oracle's hourly windows",
+    () => {
+      const HOUR = 3_600_000_000;
+      fc.assert(
+        fc.property(
+          events({ maxLength: 1500, spanMicros: 3 * HOUR }),
+          fc.array(fc.integer({ min: 0, max: 3 }), { minLength: 200, maxLength: 200 }),
+          (log, lates) => {
+            const minute = rollupEvents(log, 60_000_000).filter((r) => r.model === null);
+            const hour = rollupEvents(log, HOUR).filter((r) => r.model === null);
+            // Late counts on some minute windows: they must add up in the hour.
+            const lateByHour = new Map<string, number>();
+            const minuteWithLate = minute.map((r, i) => {
+              const late = lates[i % lates.length] ?? 0;
+              const hourKey = oracleKey(r.service, null, windowOf(r.window_start, HOUR).start);
+              lateByHour.set(hourKey, (lateByHour.get(hourKey) ?? 0) + late);
+              const accumulator = WindowAccumulator.fromRollup(r);
+              accumulator.addLate(late);
+              return accumulator.toRollup(r.service, null, {
+                start: r.window_start,
+                end: r.window_end,
+              });
+            });
+            const expected = oracleRollups(log, HOUR, { lateByKey: lateByHour });
+            const merged: MetricRollup[] = [];
+            for (const hourly of hour) {
+              const parts = minuteWithLate.filter(
+                (r) =>
+                  r.service === hourly.service &&
+                  r.window_start >= hourly.window_start &&
+                  r.window_end <= hourly.window_end,
+              );
+              expect(parts.length).toBeGreaterThan(0);
+              const total = parts
+                .map((r) => WindowAccumulator.fromRollup(r))
+                .reduce((acc, next) => merge(acc, next), new WindowAccumulator());
+              const window = { start: hourly.window_start, end: hourly.window_end };
+              const rollup = total.toRollup(hourly.service, null, window);
+              // Bit for bit the hour's own rollup, but for the late count added on the way.
+              expect({ ...rollup, counts: { ...rollup.counts, late: 0 } }).toEqual(hourly);
+              merged.push(rollup);
+            }
+            expectMatchesOracle(
+              merged.map(comparable),
+              new Map([...expected].filter(([, w]) => w.model === null)),
+              "hours merged from minutes",
+            );
+          },
+        ),
+        runs(25),
+      );
+    },
+    PROPERTY_TIMEOUT,
+  );
 });
 
 describe("rollups of a batch", () => {
-  it("keep every model call exactly once in its service total, models add up, tool spans stay out", () => {
-    fc.assert(
-      fc.property(fc.array(eventArbitrary(), { maxLength: 80 }), (events) => {
-        const rollups = rollupEvents(events, 60_000_000);
-        const modelCalls = events.filter((e) => e.kind === "model_call" || e.kind === "sampling");
-        const totals = rollups.filter((r) => r.model === null);
-        expect(totals.reduce((sum, r) => sum + r.counts.calls, 0)).toBe(modelCalls.length);
-        const modelled = rollups.filter((r) => r.model !== null);
-        expect(modelled.reduce((sum, r) => sum + r.counts.calls, 0)).toBe(
-          modelCalls.filter((e) => e.model !== null).length,
-        );
-        expect(new Set(rollups.map(rollupKey)).size).toBe(rollups.length);
-        // The same events in another order give the same rollups, bit for bit.
-        expect(rollupEvents([...events].reverse(), 60_000_000)).toEqual(rollups);
-      }),
-      { numRuns: 500 },
-    );
-  });
+  it(
+    "equal the oracle's windows for a whole multi-window, multi-service log: the same keys, every count and rate, tool, resource and prompt spans left out",
+    () => {
+      fc.assert(
+        fc.property(
+          events({ minLength: 100, maxLength: 2000, spanMicros: 4 * 60_000_000 }),
+          fc.constantFrom(10_000_000, 60_000_000, 300_000_000),
+          thresholdsArb,
+          (log, size, thresholds) => {
+            const rollups = rollupEvents(log, size, thresholds);
+            const expected = oracleRollups(log, size, { thresholds });
+            expectMatchesOracle(rollups.map(comparable), expected, `rollups of ${size} µs`);
+            for (const rollup of rollups) {
+              const want = expected.get(
+                oracleKey(rollup.service, rollup.model, rollup.window_start),
+              );
+              expect(rollup.counts).toEqual(want?.counts);
+              expect(rollup.window_end - rollup.window_start).toBe(size);
+            }
+            const modelCalls = log.filter((e) => e.kind === "model_call" || e.kind === "sampling");
+            const totals = rollups.filter((r) => r.model === null);
+            expect(sum(totals.map((r) => r.counts.calls))).toBe(modelCalls.length);
+            // The same events in another order give the same rollups, bit for bit.
+            expect(rollupEvents([...log].reverse(), size, thresholds)).toEqual(rollups);
+          },
+        ),
+        runs(25),
+      );
+    },
+    PROPERTY_TIMEOUT,
+  );
+
+  it(
+    "have a distinct rollupKey per (service, model, window) for names the product does not reserve",
+    () => {
+      fc.assert(
+        fc.property(sized(eventArbitrary(), { minLength: 100, maxLength: 1500 }), (log) => {
+          const rollups = rollupEvents(log, 60_000_000);
+          expect(new Set(rollups.map(rollupKey)).size).toBe(rollups.length);
+        }),
+        runs(20),
+      );
+    },
+    PROPERTY_TIMEOUT,
+  );
 });
 
 describe("derived metrics at their edges", () => {
@@ -306,7 +398,7 @@ describe("tumbling window assignment", () => {
           expect(windowOf(window.end - 1, s).start).toBe(window.start);
         },
       ),
-      { numRuns: 2000 },
+      runs(2000),
     );
   });
 
@@ -347,13 +439,23 @@ describe("latency sketch merges", () => {
     expect(single.toRecord().counts).toEqual([1]);
   });
 
-  it("equal adding every value, for random latencies and splits", () => {
-    fc.assert(
-      fc.property(
-        fc.array(fc.double({ min: 0, max: 1e6, noNaN: true }), { maxLength: 60 }),
-        fc.array(fc.double({ min: 0, max: 1e6, noNaN: true }), { maxLength: 60 }),
-        fc.array(fc.double({ min: 0, max: 1e6, noNaN: true }), { maxLength: 60 }),
-        (a, b, c) => {
+  /**
+   * Latencies as events give them (whole µs, in ms: 0 or ≥ 0.001, up to 2 min) and any double
+   * from 0.001 ms to 1000 s. (Doubles far below a microsecond, e.g. 1e-300, are no event's
+   * latency and make the sketch's dense store tens of thousands of bins wide.)
+   */
+  const latencyMs = fc.oneof(
+    fc.integer({ min: 0, max: 120_000_000 }).map((micros) => micros / 1000),
+    fc.integer({ min: 0, max: 5_000 }).map((micros) => micros / 1000),
+    fc.double({ min: 0.001, max: 1e6, noNaN: true }),
+  );
+  const latencies = sized(latencyMs, { maxLength: 400 });
+
+  it(
+    "equal adding every value, for random latencies and splits",
+    () => {
+      fc.assert(
+        fc.property(latencies, latencies, latencies, (a, b, c) => {
           const sketches = [a, b, c].map((values) => {
             const sketch = new LatencySketch();
             for (const value of values) sketch.add(value);
@@ -364,9 +466,11 @@ describe("latency sketch merges", () => {
           const merged = new LatencySketch();
           for (const sketch of sketches) merged.mergeFrom(sketch);
           expect(merged.toRecord()).toEqual(all.toRecord());
-        },
-      ),
-      { numRuns: 500 },
-    );
-  });
+          expect(merged.count).toBe(a.length + b.length + c.length);
+        }),
+        runs(200),
+      );
+    },
+    PROPERTY_TIMEOUT,
+  );
 });

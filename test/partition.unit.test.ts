@@ -1,20 +1,15 @@
 /**
- * The processor's partition state machine against a brute-force oracle, and its snapshots:
+ * The processor's partition state machine against the brute-force oracle of
+ * test/support/oracle.ts (lateness by a plain loop, windows and alerts by filtering and counting),
+ * on logs of hundreds to thousands of events in which late events are common; and its snapshots:
  * restoring one anywhere and going on gives what an uninterrupted run gives.
  */
 import fc from "fast-check";
-import { lastValueFrom, from, toArray, mergeMap } from "rxjs";
+import { lastValueFrom, mergeMap, Subject, toArray } from "rxjs";
 import { describe, expect, it } from "vitest";
 
 import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
-import {
-  AlertTracker,
-  rollupEvents,
-  rollupKey,
-  WindowAccumulator,
-  windowOf,
-  type AlertRule,
-} from "../metrics/index.js";
+import { rollupEvents, WindowAccumulator, type AlertRule } from "../metrics/index.js";
 import {
   DEFAULT_WINDOW_SETTINGS,
   eventTimeWindows,
@@ -24,6 +19,20 @@ import {
   type WindowSettings,
 } from "../processor/partition.js";
 import { eventArbitrary } from "./support/events.js";
+import {
+  expectMatchesOracle,
+  oracleAlerts,
+  oracleKey,
+  oracleRollups,
+  type OracleTransition,
+} from "./support/oracle.js";
+import { testSeed } from "./support/seed.js";
+
+/** Every property of this file runs from this seed (`MCPO_TEST_SEED=<seed>` replays a failure). */
+const SEED = testSeed("partition.unit.test.ts fast-check");
+const runs = (numRuns: number) => ({ numRuns, seed: SEED });
+/** Generous: the properties take seconds on a loaded two-core machine. */
+const PROPERTY_TIMEOUT = 120_000;
 
 const SIZE = 60_000_000;
 const GRACE = 10_000_000;
@@ -46,44 +55,48 @@ const SETTINGS: WindowSettings = {
 };
 
 /**
- * A partition log: event times drift forward with out-of-order jitter (mostly within the grace
- * period, sometimes far beyond it: late), idle gaps, and watermark ticks.
+ * A partition log of `minLength` to `maxLength` events (fast-check's default size would cap it
+ * at 10): event times drift forward with out-of-order jitter (mostly within the grace period,
+ * sometimes far beyond it: late), idle gaps, and watermark ticks. Every kind of event, services
+ * and models with edge names.
  */
-const logArbitrary: fc.Arbitrary<PartitionInput[]> = fc
-  .array(
-    fc.record({
-      event: eventArbitrary(),
-      step: fc.oneof(
-        fc.integer({ min: 0, max: 3_000_000 }),
-        fc.constant(0),
-        fc.integer({ min: 60_000_000, max: 200_000_000 }),
-      ),
-      jitter: fc.oneof(
-        { weight: 8, arbitrary: fc.constant(0) },
-        { weight: 3, arbitrary: fc.integer({ min: 0, max: GRACE }) },
-        { weight: 1, arbitrary: fc.integer({ min: GRACE, max: 4 * SIZE }) },
-      ),
-      tick: fc.oneof(
-        { weight: 12, arbitrary: fc.constant(false) },
-        { weight: 1, arbitrary: fc.constant(true) },
-      ),
-    }),
-    { maxLength: 120 },
-  )
-  .map((steps) => {
-    let clock = ORIGIN;
-    const inputs: PartitionInput[] = [];
-    for (const { event, step, jitter, tick } of steps) {
-      clock += step;
-      if (tick) inputs.push({ type: "tick", eventTimeMicros: clock });
-      const end = Math.max(0, clock - jitter);
-      inputs.push({
-        type: "event",
-        event: { ...event, start_time: end - (event.end_time - event.start_time), end_time: end },
-      });
-    }
-    return inputs;
-  });
+function logArbitrary(minLength: number, maxLength: number): fc.Arbitrary<PartitionInput[]> {
+  return fc
+    .array(
+      fc.record({
+        event: eventArbitrary({ reservedModelNames: true }),
+        step: fc.oneof(
+          { weight: 10, arbitrary: fc.integer({ min: 0, max: 3_000_000 }) },
+          { weight: 3, arbitrary: fc.constant(0) },
+          { weight: 1, arbitrary: fc.integer({ min: 60_000_000, max: 200_000_000 }) },
+        ),
+        jitter: fc.oneof(
+          { weight: 8, arbitrary: fc.constant(0) },
+          { weight: 3, arbitrary: fc.integer({ min: 0, max: GRACE }) },
+          { weight: 1, arbitrary: fc.integer({ min: GRACE, max: 4 * SIZE }) },
+        ),
+        tick: fc.oneof(
+          { weight: 12, arbitrary: fc.constant(false) },
+          { weight: 1, arbitrary: fc.constant(true) },
+        ),
+      }),
+      { minLength, maxLength, size: "max" },
+    )
+    .map((steps) => {
+      let clock = ORIGIN;
+      const inputs: PartitionInput[] = [];
+      for (const { event, step, jitter, tick } of steps) {
+        clock += step;
+        if (tick) inputs.push({ type: "tick", eventTimeMicros: clock });
+        const end = Math.max(0, clock - jitter);
+        inputs.push({
+          type: "event",
+          event: { ...event, start_time: end - (event.end_time - event.start_time), end_time: end },
+        });
+      }
+      return inputs;
+    });
+}
 
 function run(
   inputs: readonly PartitionInput[],
@@ -92,95 +105,140 @@ function run(
   return inputs.flatMap((input) => state.apply(input));
 }
 
-/** The oracle: which events are late, by a plain loop; windows by the core's batch function. */
-function oracle(inputs: readonly PartitionInput[]): {
-  rollups: MetricRollup[];
-  alerts: AlertEvent[];
-  late: number;
+/** The window start of `t`, by floor division (apart from metrics/windowOf). */
+const floorWindow = (t: number): number => t - (((t % SIZE) + SIZE) % SIZE);
+const modelCall = (event: ModelCallEvent): boolean =>
+  event.kind === "model_call" || event.kind === "sampling";
+
+/**
+ * Lateness by a plain loop: the watermark is the largest event time so far minus the grace; a
+ * model call whose window ends at or before it is late, counted in the window the watermark is
+ * in, for its service total and its model.
+ */
+function lateness(inputs: readonly PartitionInput[]): {
+  onTime: ModelCallEvent[];
+  late: { event: ModelCallEvent; watermark: number }[];
+  lateByKey: Map<string, number>;
 } {
   let max: number | null = null;
   const onTime: ModelCallEvent[] = [];
-  const lateAt = new Map<
-    string,
-    { service: string; start: number; model: string | null; count: number }
-  >();
-  let lateCount = 0;
+  const late: { event: ModelCallEvent; watermark: number }[] = [];
+  const lateByKey = new Map<string, number>();
   for (const input of inputs) {
     if (input.type === "flush") continue;
     const time = input.type === "tick" ? input.eventTimeMicros : input.event.end_time;
-    if (input.type === "event") {
+    if (input.type === "event" && modelCall(input.event)) {
       const event = input.event;
-      const counts = event.kind === "model_call" || event.kind === "sampling";
       const watermark = max === null ? null : max - GRACE;
-      if (counts && watermark !== null && windowOf(event.end_time, SIZE).end <= watermark) {
-        lateCount++;
-        const start = windowOf(watermark, SIZE).start;
+      if (watermark !== null && floorWindow(event.end_time) + SIZE <= watermark) {
+        late.push({ event, watermark });
+        const start = floorWindow(watermark);
         for (const model of event.model === null ? [null] : [null, event.model]) {
-          const key = `${event.service}|${model ?? "*"}|${start}`;
-          const entry = lateAt.get(key) ?? { service: event.service, start, model, count: 0 };
-          entry.count++;
-          lateAt.set(key, entry);
+          const key = oracleKey(event.service, model, start);
+          lateByKey.set(key, (lateByKey.get(key) ?? 0) + 1);
         }
-      } else if (counts) onTime.push(event);
+      } else onTime.push(event);
     }
     max = max === null ? time : Math.max(max, time);
   }
-  const byKey = new Map(rollupEvents(onTime, SIZE).map((rollup) => [rollupKey(rollup), rollup]));
-  for (const entry of lateAt.values()) {
-    const key = rollupKey({
-      service: entry.service,
-      model: entry.model,
-      window_start: entry.start,
-      window_end: entry.start + SIZE,
-    });
-    const existing = byKey.get(key);
-    const accumulator = existing ? WindowAccumulator.fromRollup(existing) : new WindowAccumulator();
-    accumulator.addLate(entry.count);
-    byKey.set(
-      key,
-      accumulator.toRollup(entry.service, entry.model, {
-        start: entry.start,
-        end: entry.start + SIZE,
-      }),
-    );
-  }
-  const rollups = [...byKey.values()];
-  const alerts: AlertEvent[] = [];
-  for (const service of [...new Set(rollups.map((r) => r.service))].sort()) {
-    const tracker = new AlertTracker(RULES);
-    for (const total of rollups
-      .filter((r) => r.service === service && r.model === null)
-      .sort((a, b) => a.window_start - b.window_start))
-      alerts.push(...tracker.observe(total));
-  }
-  return { rollups, alerts, late: lateCount };
+  return { onTime, late, lateByKey };
 }
 
+/** The core's own batch computation with the late counts added: for a bit-for-bit comparison. */
+function coreRollups(
+  onTime: readonly ModelCallEvent[],
+  lateByKey: ReadonlyMap<string, number>,
+): Map<string, MetricRollup> {
+  const byKey = new Map(rollupEvents(onTime, SIZE).map((r) => [keyOf(r), r]));
+  for (const [key, count] of lateByKey) {
+    const [service = "", model = "", start = "0"] = key.split("\u0000");
+    const existing = byKey.get(key);
+    const accumulator = existing ? WindowAccumulator.fromRollup(existing) : new WindowAccumulator();
+    accumulator.addLate(count);
+    const window = { start: Number(start), end: Number(start) + SIZE };
+    byKey.set(key, accumulator.toRollup(service, model === "\u0001total" ? null : model, window));
+  }
+  return byKey;
+}
+
+/** A series' key that no name can collide in (rollupKey's `|` and `*` can: issue 13). */
+const keyOf = (rollup: MetricRollup): string =>
+  oracleKey(rollup.service, rollup.model, rollup.window_start);
 const rollupsOf = (outputs: readonly PartitionOutput[]) =>
   outputs.flatMap((output) => (output.type === "rollup" ? [output.rollup] : []));
 const alertsOf = (outputs: readonly PartitionOutput[]) =>
   outputs.flatMap((output) => (output.type === "alert" ? [output.alert] : []));
-const byKey = (rollups: readonly MetricRollup[]) =>
-  new Map(rollups.map((rollup) => [rollupKey(rollup), rollup]));
+const lateOf = (outputs: readonly PartitionOutput[]) =>
+  outputs.flatMap((output) =>
+    output.type === "late" ? [{ event: output.event, watermark: output.watermarkMicros }] : [],
+  );
+const transition = (alert: AlertEvent): OracleTransition => ({
+  service: alert.service,
+  rule: alert.rule,
+  state: alert.state,
+  windowStart: alert.window_start,
+  firedWindowStart: alert.fired_window_start,
+  observed: alert.observed_value,
+  samples: alert.sample_count,
+});
+/** Stable: keeps each service's transitions in the order they came. */
+const byService = <T extends { service: string }>(items: readonly T[]): T[] =>
+  [...items].sort((a, b) => (a.service < b.service ? -1 : a.service > b.service ? 1 : 0));
 
-describe("partition windows against an oracle", () => {
-  it("emit every window once, final, equal to a batch computation, with late events counted apart", () => {
-    fc.assert(
-      fc.property(logArbitrary, (log) => {
-        const outputs = run([...log, { type: "flush" }]);
-        const emitted = rollupsOf(outputs);
-        const keys = emitted.map(rollupKey);
-        expect(new Set(keys).size).toBe(keys.length); // once
-        const expected = oracle(log);
-        expect(byKey(emitted)).toEqual(byKey(expected.rollups));
-        expect(outputs.filter((output) => output.type === "late")).toHaveLength(expected.late);
-        const serviceOrder = (alerts: AlertEvent[]) =>
-          [...alerts].sort((a, b) => (a.service < b.service ? -1 : a.service > b.service ? 1 : 0));
-        expect(serviceOrder(alertsOf(outputs))).toEqual(serviceOrder(expected.alerts));
-      }),
-      { numRuns: 1500 },
-    );
-  });
+describe("partition windows against the oracle", () => {
+  it(
+    "emit every window once, final, equal to the oracle's counts, rates and late counts (and bit for bit to the core's batch), forward each late event itself with its watermark, and emit the oracle's alert transitions; most logs have late events",
+    () => {
+      let logs = 0;
+      let withLate = 0;
+      let longer = 0;
+      fc.assert(
+        fc.property(logArbitrary(20, 1500), (log) => {
+          logs++;
+          const outputs = run([...log, { type: "flush" }]);
+          const emitted = rollupsOf(outputs);
+          const keys = emitted.map(keyOf);
+          expect(new Set(keys).size, "each window once").toBe(keys.length);
+          const { onTime, late, lateByKey } = lateness(log);
+          if (late.length > 0) withLate++;
+          if (log.length > 100) longer++;
+          const expected = oracleRollups(onTime, SIZE, {
+            thresholds: SETTINGS.thresholds,
+            lateByKey,
+          });
+          expectMatchesOracle(
+            emitted.map((r) => ({
+              service: r.service,
+              model: r.model,
+              windowStart: r.window_start,
+              counts: r.counts,
+              rates: r.rates,
+            })),
+            expected,
+            "partition rollups",
+          );
+          expect(new Map(emitted.map((r) => [keyOf(r), r]))).toEqual(
+            coreRollups(onTime, lateByKey),
+          );
+          const forwarded = lateOf(outputs);
+          expect(forwarded.length).toBe(late.length);
+          forwarded.forEach((output, i) => {
+            expect(output.event).toEqual(late[i]?.event);
+            expect(output.watermark).toBe(late[i]?.watermark);
+          });
+          expect(byService(alertsOf(outputs).map(transition))).toEqual(
+            byService(oracleAlerts(expected.values(), RULES)),
+          );
+        }),
+        runs(40),
+      );
+      // The generator must keep making long logs with late events (fast-check's default size
+      // made 10-event logs, about 1 in 10 with a late event).
+      expect(longer / logs, `${longer} of ${logs} logs longer than 100`).toBeGreaterThan(0.5);
+      expect(withLate / logs, `${withLate} of ${logs} logs with late events`).toBeGreaterThan(0.5);
+    },
+    PROPERTY_TIMEOUT,
+  );
 
   it("close a window exactly when the watermark reaches its end", () => {
     const state = new PartitionState(SETTINGS);
@@ -216,36 +274,73 @@ function eventAt(endMicros: number): ModelCallEvent {
 }
 
 describe("partition snapshots", () => {
-  it("restored anywhere (through JSON) continue exactly as the uninterrupted run", () => {
-    fc.assert(
-      fc.property(logArbitrary, fc.nat(), (log, cut) => {
-        const inputs: PartitionInput[] = [...log, { type: "flush" }];
-        const whole = run(inputs);
-        const k = inputs.length === 0 ? 0 : cut % inputs.length;
-        const first = new PartitionState(SETTINGS);
-        const before = run(inputs.slice(0, k), first);
-        const snapshot = JSON.parse(JSON.stringify(first.snapshot())) as ReturnType<
-          PartitionState["snapshot"]
-        >;
-        const after = run(inputs.slice(k), new PartitionState(SETTINGS, snapshot));
-        expect([...before, ...after]).toEqual(whole);
-      }),
-      { numRuns: 1000 },
-    );
-  });
+  it(
+    "restored anywhere (through JSON, at three random cuts of each log) continue exactly as the uninterrupted run",
+    () => {
+      fc.assert(
+        fc.property(
+          logArbitrary(20, 800),
+          fc.array(fc.nat(), { minLength: 3, maxLength: 3 }),
+          (log, cuts) => {
+            const inputs: PartitionInput[] = [...log, { type: "flush" }];
+            const whole = run(inputs);
+            for (const cut of cuts) {
+              const k = cut % inputs.length;
+              const first = new PartitionState(SETTINGS);
+              const before = run(inputs.slice(0, k), first);
+              const snapshot = JSON.parse(JSON.stringify(first.snapshot())) as ReturnType<
+                PartitionState["snapshot"]
+              >;
+              const after = run(inputs.slice(k), new PartitionState(SETTINGS, snapshot));
+              expect([...before, ...after]).toEqual(whole);
+            }
+          },
+        ),
+        runs(25),
+      );
+    },
+    PROPERTY_TIMEOUT,
+  );
 });
 
 describe("eventTimeWindows (RxJS)", () => {
-  it("runs the same state machine as an operator, one state per subscription", async () => {
-    const log = fc.sample(logArbitrary, { numRuns: 1, seed: 42 })[0] ?? [];
-    const inputs: PartitionInput[] = [...log, { type: "flush" }];
-    const outputs = await lastValueFrom(
-      from(inputs).pipe(
-        eventTimeWindows(SETTINGS),
-        mergeMap((batch) => batch),
-        toArray(),
-      ),
-    );
-    expect(outputs).toEqual(run(inputs));
-  });
+  it(
+    "gives four interleaved subscriptions (partitions) of one operator what four separate states give: non-empty, several services each, with late events and alerts",
+    async () => {
+      const logs = fc.sample(logArbitrary(300, 600), { numRuns: 4, seed: SEED });
+      const inputs = logs.map((log): PartitionInput[] => [...log, { type: "flush" }]);
+      const operator = eventTimeWindows(SETTINGS);
+      const subjects = inputs.map(() => new Subject<PartitionInput>());
+      const results = subjects.map((subject) =>
+        lastValueFrom(
+          subject.pipe(
+            operator,
+            mergeMap((batch) => batch),
+            toArray(),
+          ),
+        ),
+      );
+      // Round robin, as records of several partitions arrive.
+      const longest = Math.max(...inputs.map((log) => log.length));
+      for (let i = 0; i < longest; i++)
+        inputs.forEach((log, p) => {
+          const input = log[i];
+          if (input) subjects[p]?.next(input);
+        });
+      for (const subject of subjects) subject.complete();
+      const outputs = await Promise.all(results);
+      expect(outputs).toHaveLength(4);
+      outputs.forEach((output, p) => {
+        const alone = run(inputs[p] ?? []);
+        expect(output.length, `partition ${p} outputs`).toBe(alone.length);
+        expect(output).toEqual(alone);
+        const rollups = rollupsOf(output);
+        expect(rollups.length, `partition ${p} rollups`).toBeGreaterThan(0);
+        expect(new Set(rollups.map((r) => r.service)).size, `partition ${p}`).toBeGreaterThan(1);
+      });
+      expect(outputs.flatMap(lateOf).length, "late events").toBeGreaterThan(0);
+      expect(outputs.flatMap(alertsOf).length, "alerts").toBeGreaterThan(0);
+    },
+    PROPERTY_TIMEOUT,
+  );
 });

@@ -1,5 +1,6 @@
 import { calcPrice } from "@pydantic/genai-prices";
 import { describe, expect, it } from "vitest";
+import { parse as parseYaml } from "yaml";
 
 import { MODEL_CALL_EVENT } from "../avro/contracts.js";
 import { DEFAULT_ALERT_RULES } from "../metrics/index.js";
@@ -9,6 +10,15 @@ import { instrument } from "../producer/interceptor.js";
 import { silentLogger, type Logger } from "../producer/logger.js";
 import { costNanoUsd, PriceTable, pricePerMillionToPicoPerToken } from "../producer/pricing.js";
 import { countTokens, encodingForModel } from "../producer/tokens.js";
+import type { MetricsSnapshot, ModelCallInput } from "../producer/types.js";
+import {
+  ORACLE_DEFAULT_THRESHOLDS,
+  oracleAlerts,
+  oracleWindow,
+  type OracleRule,
+  type OracleWindow,
+} from "./support/oracle.js";
+import { seededRandom } from "./support/seed.js";
 
 const SEED_CALL = {
   model: "gpt-4o",
@@ -38,8 +48,8 @@ describe("the seed's quick start", () => {
     const exporter = new InMemoryExporter();
     const interceptor = instrument({ serviceName: "example-mcp", exporter, logger: silentLogger });
     const event = await interceptor.interceptModelCall({ ...SEED_CALL });
-    expect(event).toBeDefined();
-    expect(exporter.events).toEqual([event]);
+    expect(exporter.events).toHaveLength(1);
+    expect(exporter.events[0]).toBe(event);
     expect(MODEL_CALL_EVENT.check(event)).toBeUndefined();
     expect(Object.isFrozen(event)).toBe(true);
 
@@ -274,8 +284,11 @@ describe("event construction", () => {
       stats: () => ({ sent: 0, dropped: 0, retried: 0, buffered: 0 }),
     };
     const interceptor = instrument({ serviceName: "svc", exporter: broken, logger });
-    await expect(interceptor.interceptModelCall({ model: "m" })).resolves.toBeDefined();
-    expect(interceptor.getCounters().internalErrors).toBe(1);
+    const event = await interceptor.interceptModelCall({ model: "m" });
+    // The host gets the recorded event (undefined would mean the interceptor itself failed).
+    expect(event).toMatchObject({ service: "svc", model: "m", kind: "model_call", status: "ok" });
+    expect(MODEL_CALL_EVENT.check(event)).toBeUndefined();
+    expect(interceptor.getCounters()).toMatchObject({ internalErrors: 1, recorded: 1 });
     expect(logger.lines).toEqual(["error the exporter failed"]);
   });
 
@@ -309,8 +322,15 @@ describe("the rolling window", () => {
     now += 30_000;
     await interceptor.interceptModelCall({ model: "m" });
     expect(interceptor.getMetricsSnapshot()).toMatchObject({ calls: 2, error_rate: 0.5 });
+    // Two calls: error_rate_high (> 5 %) waits for 20 samples, as in the processor.
+    expect(interceptor.getActiveAlerts()).toEqual([]);
+    for (let i = 0; i < 18; i++) await interceptor.interceptModelCall({ model: "m" });
+    expect(interceptor.getMetricsSnapshot()).toMatchObject({ calls: 20, error_rate: 0.05 });
+    expect(interceptor.getActiveAlerts()).toEqual([]);
+    await interceptor.interceptModelCall({ model: "m", status: "error", errorType: "x" });
+    expect(interceptor.getActiveAlerts()).toEqual(["error_rate_high"]);
     now += 45_000;
-    expect(interceptor.getMetricsSnapshot()).toMatchObject({ calls: 1, error_rate: 0 });
+    expect(interceptor.getMetricsSnapshot()).toMatchObject({ calls: 20, error_rate: 0.05 });
     now += 60_000;
     expect(interceptor.getMetricsSnapshot()).toMatchObject({
       calls: 0,
@@ -318,22 +338,135 @@ describe("the rolling window", () => {
       fallback_rate: null,
     });
     expect(interceptor.getActiveAlerts()).toEqual([]);
-    expect(DEFAULT_ALERT_RULES.length).toBeGreaterThan(0);
+  });
+});
+
+describe("custom metrics settings (instrument({ metrics }))", () => {
+  /** The README's config-file section, as a host would load it. */
+  const CONFIG = parseYaml(`
+metrics:
+  thresholds: { low_confidence: 0.5, prompt_diff: 0.6 }
+  rules:
+    - { key: any_fallback, metric: fallback_rate, comparator: gt, threshold: 0.01, minSamples: 50 }
+    - { key: low_conf, metric: low_confidence_rate, comparator: gte, threshold: 0.3, minSamples: 1 }
+    - { key: fast_p95, metric: latency_p95_ms, comparator: lt, threshold: 60000, minSamples: 10 }
+    - { key: golden_many, metric: golden_financial_failure_rate, comparator: gt, threshold: 0.9, minSamples: 1 }
+`) as { metrics: { thresholds: { low_confidence: number; prompt_diff: number } } & object };
+  const CUSTOM_RULES = (CONFIG.metrics as unknown as { rules: OracleRule[] }).rules;
+  const DEFAULT_RULES: readonly OracleRule[] = DEFAULT_ALERT_RULES;
+
+  /** 300 random calls (replayable with MCPO_TEST_SEED), ending now, of priced and unpriced models. */
+  function calls(): ModelCallInput[] {
+    const random = seededRandom("producer.unit custom metrics calls");
+    const pick = <T>(values: readonly T[]): T => values[random.int(0, values.length - 1)] as T;
+    const maybe = <T>(value: T): T | null => (random.next() < 0.15 ? null : value);
+    const unit = () => random.int(0, 100) / 100; // on the thresholds now and then
+    return Array.from({ length: 300 }, () => ({
+      model: pick(["gpt-4o", "gpt-4o-mini", "in-house-llm-7b"]),
+      usage: { promptTokens: random.int(0, 5000), completionTokens: random.int(0, 800) },
+      confidence: maybe(unit()),
+      confidenceGateThreshold: maybe(pick([0.5, 0.7])),
+      promptDiffScore: maybe(unit()),
+      shadowAgreement: maybe(random.next() < 0.8),
+      highRiskPath: random.next() < 0.3,
+      deterministicFallbackTriggered: random.next() < 0.2,
+      isGoldenFinancialScenario: random.next() < 0.1,
+      goldenScenarioPassed: maybe(random.next() < 0.9),
+      retries: random.next() < 0.1 ? random.int(1, 3) : 0,
+      fallbackUsed: random.next() < 0.08,
+      status: random.next() < 0.03 ? "error" : "ok",
+      // Whole microseconds, up to 20 s.
+      durationMs: random.int(0, 20_000_000) / 1000,
+    }));
+  }
+
+  async function record(
+    inputs: readonly ModelCallInput[],
+    metrics: unknown,
+  ): Promise<{
+    snapshot: MetricsSnapshot;
+    alerts: string[];
+    events: InMemoryExporter["events"];
+  }> {
+    const exporter = new InMemoryExporter();
+    const interceptor = instrument({
+      serviceName: "svc",
+      exporter,
+      logger: silentLogger,
+      now: () => 1_764_000_005_000,
+      estimateTokens: false,
+      metrics,
+    });
+    for (const call of inputs) await interceptor.interceptModelCall(call);
+    return {
+      snapshot: interceptor.getMetricsSnapshot(),
+      alerts: interceptor.getActiveAlerts(),
+      events: exporter.events,
+    };
+  }
+
+  function expectSnapshot(snapshot: MetricsSnapshot, want: OracleWindow): void {
+    expect(snapshot.calls).toBe(want.counts.calls);
+    expect(snapshot.prompt_tokens).toBe(want.counts.prompt_tokens);
+    expect(snapshot.completion_tokens).toBe(want.counts.completion_tokens);
+    expect(snapshot.unpriced_calls).toBe(want.counts.calls - want.counts.calls_with_cost);
+    expect(snapshot.total_cost_usd).toBe((want.counts.cost_nano_usd / 1e9).toFixed(9));
+    for (const [metric, exact] of Object.entries(want.rates)) {
+      const value = snapshot[metric as keyof MetricsSnapshot];
+      if (exact === null) expect(value, metric).toBeNull();
+      else if (metric.startsWith("latency_"))
+        expect(Math.abs(Number(value) - exact), metric).toBeLessThanOrEqual(exact * 0.01 + 1e-9);
+      else expect(value, metric).toBeCloseTo(exact, 12);
+    }
+  }
+
+  /** The rules the oracle says breach over the one window, in rule order. */
+  const breaching = (window: OracleWindow, rules: readonly OracleRule[]): string[] =>
+    oracleAlerts([window], rules).map((transition) => transition.rule);
+
+  it("take the thresholds into every snapshot rate and the rules into the active alerts, equal to the oracle; the same calls with the defaults give other rates and alerts", async () => {
+    const inputs = calls();
+    const custom = await record(inputs, CONFIG.metrics);
+    const defaults = await record(inputs, undefined);
+    expect(custom.events).toHaveLength(300);
+    const window = { service: "svc", model: null, start: 0, end: 1 };
+    const wantCustom = oracleWindow(custom.events, window, CONFIG.metrics.thresholds);
+    const wantDefault = oracleWindow(defaults.events, window, ORACLE_DEFAULT_THRESHOLDS);
+    expectSnapshot(custom.snapshot, wantCustom);
+    expectSnapshot(defaults.snapshot, wantDefault);
+    // The thresholds changed what counts as low confidence and as a prompt-diff violation.
+    expect(custom.snapshot.low_confidence_rate).not.toBe(defaults.snapshot.low_confidence_rate);
+    expect(custom.snapshot.prompt_diff_violation_rate).not.toBe(
+      defaults.snapshot.prompt_diff_violation_rate,
+    );
+    // The custom rules replace the defaults as a whole.
+    expect(custom.alerts).toEqual(breaching(wantCustom, CUSTOM_RULES));
+    expect(defaults.alerts).toEqual(breaching(wantDefault, DEFAULT_RULES));
+    // A custom rule fires where the default rule on the same metric stays quiet, and a default
+    // that fires is gone with the custom rules.
+    expect(custom.alerts).toEqual(expect.arrayContaining(["any_fallback", "low_conf", "fast_p95"]));
+    expect(defaults.alerts).not.toContain("fallback_rate_high");
+    expect(defaults.alerts).toContain("shadow_disagreement_rate_high");
+    expect(custom.alerts).not.toContain("shadow_disagreement_rate_high");
   });
 });
 
 describe("traceModelCall", () => {
-  it("times the call, passes the result through, and nests calls made inside it", async () => {
+  it("times the call (its span covers at least the time the call took), passes the result through, and nests calls made inside it", async () => {
     const exporter = new InMemoryExporter();
     const interceptor = instrument({ serviceName: "svc", exporter, logger: silentLogger });
+    let tookMs = 0;
     const result = await interceptor.traceModelCall(
       { model: "gpt-4o", highRiskPath: true },
       async () => {
+        const started = performance.now();
         await interceptor.interceptModelCall({
           model: "gpt-4o-mini",
           usage: { promptTokens: 1, completionTokens: 1 },
         });
+        // Some real asynchronous work inside the span.
         await new Promise((resolve) => setTimeout(resolve, 20));
+        tookMs = performance.now() - started;
         return { answer: 42, usage: { prompt_tokens: 11, completion_tokens: 4 } };
       },
       (r) => ({
@@ -342,6 +475,7 @@ describe("traceModelCall", () => {
       }),
     );
     expect(result.answer).toBe(42);
+    expect(exporter.events).toHaveLength(2);
     const [inner, outer] = exporter.events;
     expect(outer).toMatchObject({
       model: "gpt-4o",
@@ -350,9 +484,15 @@ describe("traceModelCall", () => {
       confidence: 0.9,
       high_risk_path: true,
     });
-    expect((outer?.end_time ?? 0) - (outer?.start_time ?? 0)).toBeGreaterThanOrEqual(19_000);
+    // The span's duration is at least what the call itself measured (µs, truncated).
+    expect(tookMs).toBeGreaterThan(0);
+    expect((outer?.end_time ?? 0) - (outer?.start_time ?? 0)).toBeGreaterThanOrEqual(
+      Math.floor(tookMs * 1000) - 1,
+    );
     expect(inner?.parent_span_id).toBe(outer?.span_id);
     expect(inner?.trace_id).toBe(outer?.trace_id);
+    expect(inner?.start_time).toBeGreaterThanOrEqual(outer?.start_time ?? Infinity);
+    expect(inner?.end_time).toBeLessThanOrEqual(outer?.end_time ?? -Infinity);
   });
 
   it("rethrows the call's own error unchanged and records it", async () => {

@@ -3,7 +3,11 @@ import { createHash, randomUUID } from "node:crypto";
 
 import fc from "fast-check";
 
+import { CALL_KIND_SYMBOLS } from "../../avro/generated.js";
 import type { ModelCallEvent, TokenSource } from "../../avro/generated.js";
+
+const HELLO_MCP_SHA256 = createHash("sha256").update("Hello MCP").digest();
+const HELLO_HUMAN_SHA256 = createHash("sha256").update("Hello human").digest();
 
 /** A typical model call, valid per the contract; override what a test is about. */
 export function sampleEvent(overrides: Partial<ModelCallEvent> = {}): ModelCallEvent {
@@ -40,8 +44,9 @@ export function sampleEvent(overrides: Partial<ModelCallEvent> = {}): ModelCallE
     error_type: null,
     prompt_size_bytes: 9,
     response_size_bytes: 11,
-    prompt_sha256: createHash("sha256").update("Hello MCP").digest(),
-    response_sha256: createHash("sha256").update("Hello human").digest(),
+    // Copies: an event owns its buffers.
+    prompt_sha256: Buffer.from(HELLO_MCP_SHA256),
+    response_sha256: Buffer.from(HELLO_HUMAN_SHA256),
     prompt_text: null,
     response_text: null,
     attributes: { "mcp.session.id": "s-1", "gen_ai.response.id": "chatcmpl-1" },
@@ -49,14 +54,11 @@ export function sampleEvent(overrides: Partial<ModelCallEvent> = {}): ModelCallE
   };
 }
 
+/** `length` lower-case hex digits, not all zero. */
 const hex = (length: number): fc.Arbitrary<string> =>
   fc
-    .array(fc.constantFrom(..."0123456789abcdef".split("")), {
-      minLength: length,
-      maxLength: length,
-    })
-    .map((chars) => chars.join(""))
-    .filter((text) => !/^0+$/.test(text));
+    .bigInt({ min: 1n, max: 16n ** BigInt(length) - 1n })
+    .map((value) => value.toString(16).padStart(length, "0"));
 
 /** A unit-interval double (no NaN), sometimes exactly on a threshold. */
 const unitDouble = fc.oneof(
@@ -65,14 +67,78 @@ const unitDouble = fc.oneof(
 );
 
 /**
- * Random valid events of a few services and models, ending within `spanMicros` after
- * `originMicros` (so they fall in a handful of windows).
+ * Names at the edges that every part of the pipeline must carry unchanged: separators the
+ * product uses in keys and formats (`|`, `:`, `*` as a service), spaces, quotes and a backslash,
+ * astral-plane emoji, combining marks (precomposed and decomposed forms of the same word are two
+ * names), right-to-left text, and a name of 200 characters (800 UTF-8 bytes). The contract sets
+ * no maximum length (avro/ModelCallEvent.avsc has only `mcpo.minLength`); 200 stays well under
+ * PostgreSQL's btree key limit (about 2.7 kB), which longer names would hit.
  */
-export function eventArbitrary(
-  options: { originMicros?: number; spanMicros?: number } = {},
-): fc.Arbitrary<ModelCallEvent> {
+export const EDGE_NAMES: readonly string[] = Object.freeze([
+  "*",
+  "|",
+  "a|b",
+  "svc:9092",
+  "with space",
+  " padded ",
+  "quote'\"\\",
+  "💸-payments",
+  "\u00e9clair",
+  "e\u0301clair",
+  "خدمة-الدفع",
+  "🧪".repeat(200),
+]);
+
+/**
+ * Names the product reserves today as a model (issue 13): `*` is the service total's model in
+ * PostgreSQL (sink/writer.ts TOTAL_MODEL) and in the rollups topic's key, and `|` separates that
+ * key's parts (metrics/aggregate.ts rollupKey), so a model named `*` or with a `|` collides with
+ * another series there. Generated only with `reservedModelNames`, by tests of the metrics core,
+ * which keys series by value and must carry these names too.
+ */
+export const RESERVED_MODEL_NAMES: readonly string[] = Object.freeze(["*", "|", "b|c"]);
+
+const PLAIN_SERVICES = ["svc-a", "svc-b", "svc-c"] as const;
+const PLAIN_MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4"] as const;
+
+/** A name: mostly a few common ones (so windows group), often an edge, sometimes random text. */
+function nameArbitrary(
+  plain: readonly string[],
+  edges: readonly string[],
+  randomOk: (name: string) => boolean,
+): fc.Arbitrary<string> {
+  return fc.oneof(
+    { weight: 6, arbitrary: fc.constantFrom(...plain) },
+    { weight: 3, arbitrary: fc.constantFrom(...edges) },
+    {
+      weight: 1,
+      arbitrary: fc.string({ unit: "grapheme", minLength: 1, maxLength: 24 }).filter(randomOk),
+    },
+  );
+}
+
+/** Options of {@link eventArbitrary}. */
+export interface EventArbitraryOptions {
+  /** Event end times start here (µs; default 1 764 000 000 000 000). */
+  readonly originMicros?: number;
+  /** …and end within this many µs after it (default 5 min: a handful of windows). */
+  readonly spanMicros?: number;
+  /**
+   * Also generate models named `*` or containing `|` ({@link RESERVED_MODEL_NAMES}), which the
+   * product's keys do not yet keep apart (default false; see issue 13).
+   */
+  readonly reservedModelNames?: boolean;
+}
+
+/**
+ * Random valid events of every kind of the contract, of a few common services and models and of
+ * edge names ({@link EDGE_NAMES}, random unicode text), ending within `spanMicros` after
+ * `originMicros`.
+ */
+export function eventArbitrary(options: EventArbitraryOptions = {}): fc.Arbitrary<ModelCallEvent> {
   const origin = options.originMicros ?? 1_764_000_000_000_000;
   const span = options.spanMicros ?? 5 * 60_000_000;
+  const reserved = options.reservedModelNames ?? false;
   interface Tokens {
     source: TokenSource;
     prompt: number | null;
@@ -86,15 +152,30 @@ export function eventArbitrary(
           .filter(([prompt, completion]) => prompt !== null || completion !== null)
           .map(([prompt, completion]): Tokens => ({ source, prompt, completion })),
   );
+  const modelEdges = reserved
+    ? [...EDGE_NAMES, ...RESERVED_MODEL_NAMES]
+    : EDGE_NAMES.filter((name) => name !== "*" && !name.includes("|"));
+  const service = nameArbitrary(PLAIN_SERVICES, EDGE_NAMES, () => true);
+  const model = nameArbitrary(
+    PLAIN_MODELS,
+    modelEdges,
+    (name) => reserved || (name !== "*" && !name.includes("|")),
+  );
+  // Every kind of the contract; model calls (which the metrics count) most often.
+  const kind = fc.oneof(
+    { weight: 6, arbitrary: fc.constant("model_call" as const) },
+    { weight: 2, arbitrary: fc.constant("sampling" as const) },
+    { weight: 3, arbitrary: fc.constantFrom(...CALL_KIND_SYMBOLS) },
+  );
   return fc
     .record({
       trace_id: hex(32),
       span_id: hex(16),
       parent_span_id: fc.option(hex(16)),
-      kind: fc.constantFrom("model_call", "tool_call", "sampling", "other" as const),
-      service: fc.constantFrom("svc-a", "svc-b", "svc-c"),
-      service_instance: fc.constantFrom("r0", "r1"),
-      model: fc.option(fc.constantFrom("gpt-4o", "gpt-4o-mini", "claude-sonnet-4")),
+      kind,
+      service,
+      service_instance: fc.constantFrom("r0", "r1", "réplica 2"),
+      model: fc.option(model, { freq: 8 }),
       end_offset: fc.integer({ min: 0, max: span }),
       // Latencies from 0 to ~2 min, skewed to small values like real calls.
       latency: fc.oneof(
