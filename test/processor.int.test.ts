@@ -1,9 +1,15 @@
 /**
- * The processor against the real broker and registry: live output equals a batch computation,
- * a replay under a new group reproduces it bit for bit, two instances equal one, poison records
- * go to the dead-letter topic, late events to the late topic and into the counts.
+ * The processor against the real broker and registry: live output equals the brute-force oracle
+ * (test/support/oracle.ts, apart from metrics/), a replay under a new group reproduces it bit for
+ * bit, two instances equal one, poison records go to the dead-letter topic, late events to the
+ * late topic and into the counts. Every run is judged only on the records it added to the output
+ * topics (their end offsets are taken before it starts), with exact record counts.
+ *
+ * The events are drawn from a logged seed: replay a failure with MCPO_TEST_SEED=<seed>.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import avro from "avsc";
+import type { Admin, Producer } from "kafkajs";
 
 import { AvroCodec, valueSubject } from "../avro/codec.js";
 import { ALERT_EVENT, METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
@@ -13,25 +19,37 @@ import {
   type MetricRollup,
   type ModelCallEvent,
 } from "../avro/generated.js";
-import {
-  AlertTracker,
-  rollupEvents,
-  rollupKey,
-  WindowAccumulator,
-  windowOf,
-  type AlertRule,
-} from "../metrics/index.js";
+import type { ConsumedRecord } from "../kafka/index.js";
 import { StreamProcessor, type ProcessorLogger } from "../processor/processor.js";
 import { sampleEvent } from "./support/events.js";
 import { createTopics, services, testKafka, uniqueName } from "./support/isolation.js";
-import avro from "avsc";
-import type { Admin, Producer } from "kafkajs";
+import {
+  expectMatchesOracle,
+  oracleAlerts,
+  oracleKey,
+  oracleRollups,
+  type OracleRule,
+  type OracleTransition,
+} from "./support/oracle.js";
+import { seededRandom } from "./support/seed.js";
+import {
+  readBetween,
+  recordsBetween,
+  topicEnds,
+  waitForRecords,
+  type EndOffsets,
+} from "./support/topic-records.js";
+import { pick, variedEvent } from "./support/varied-events.js";
+import { waitFor } from "./support/wait.js";
 
 const MINUTE = 60_000_000;
 const GRACE = 10_000_000;
 const ORIGIN = 1_700_000_040 * 1_000_000 - ((1_700_000_040 * 1_000_000) % MINUTE);
 const SERVICES = ["alpha", "bravo", "charlie", "delta"];
-const RULES: AlertRule[] = [
+/** Services are sent to fixed partitions, so the test knows every source offset and watermark. */
+const PARTITION_OF: Readonly<Record<string, number>> = { alpha: 0, bravo: 1, charlie: 2, delta: 0 };
+const MODELS = ["gpt-4o", "gpt-4o", "gpt-4o-mini", null];
+const RULES: OracleRule[] = [
   {
     key: "gate",
     metric: "confidence_gate_block_rate",
@@ -47,23 +65,36 @@ const quiet: ProcessorLogger = {
   error: () => undefined,
 };
 
-/** Six minutes of calls for four services, in time order; every service's last call at T_LAST. */
+const random = seededRandom("processor.int events");
+
+/**
+ * Six minutes of varied calls for four services, in time order, 3 s apart per round. Alerts:
+ * bravo's gate blocks in minutes 1-2, charlie errs in minute 3; elsewhere at most one error per
+ * service and minute and few gate blocks, so no other rule can fire.
+ */
 function makeEvents(): ModelCallEvent[] {
   const events: ModelCallEvent[] = [];
+  const randomErrors = new Set<string>();
   for (let i = 0; i < 480; i++) {
     const service = SERVICES[i % SERVICES.length] ?? "alpha";
-    const end = ORIGIN + Math.floor(i / 4) * 3_000_000 + (i % 4) * 1000; // 3 s apart per round
+    const end = ORIGIN + Math.floor(i / 4) * 3_000_000 + (i % 4) * 1000;
     const minute = Math.floor((end - ORIGIN) / MINUTE);
+    const blocked = service === "bravo" && (minute === 1 || minute === 2);
+    let failed = service === "charlie" && minute === 3;
+    if (!failed && random.next() < 0.05 && !randomErrors.has(`${service}/${minute}`)) {
+      randomErrors.add(`${service}/${minute}`);
+      failed = true;
+    }
     events.push(
-      sampleEvent({
-        service,
-        model: i % 3 === 0 ? "gpt-4o-mini" : "gpt-4o",
-        start_time: end - 100_000 - (i % 7) * 10_000,
-        end_time: end,
-        // Alerts: bravo's gate blocks in minutes 1-2, charlie errs in minute 3.
-        confidence: service === "bravo" && (minute === 1 || minute === 2) ? 0.2 : 0.9,
-        status: service === "charlie" && minute === 3 ? "error" : "ok",
-        error_type: service === "charlie" && minute === 3 ? "Timeout" : null,
+      variedEvent(random, service, end, MODELS, {
+        confidence: blocked
+          ? 0.2
+          : random.next() < 0.15
+            ? null
+            : pick(random, [0.55, 0.6, 0.69, 0.7, 0.71, 0.8, 0.95, 1]),
+        confidence_gate_threshold: blocked ? 0.7 : pick(random, [null, null, null, 0.5, 0.6]),
+        status: failed ? "error" : "ok",
+        error_type: failed ? "Timeout" : null,
       }),
     );
   }
@@ -74,82 +105,109 @@ function rawBody(value: Record<string, unknown>): Buffer {
   return avro.Type.forSchema(MODEL_CALL_EVENT_SCHEMA as avro.Schema).toBuffer(value);
 }
 
-interface Versions<T> {
-  bytes: Map<string, Set<string>>;
-  values: Map<string, T>;
+/** A decoded output record with its bytes, Kafka key and headers. */
+interface Decoded<T> {
+  readonly value: T;
+  readonly bytes: Buffer;
+  readonly key: string;
+  readonly headers: Readonly<Record<string, string>>;
 }
 
-async function readAll(
-  topic: string,
-  count: number,
-  key: (value: Buffer, rawKey: string, headers: Record<string, string>) => string,
-): Promise<{ records: { key: string; value: Buffer; headers: Record<string, string> }[] }> {
-  const consumer = testKafka().consumer({ groupId: uniqueName("reader") });
-  const records: { key: string; value: Buffer; headers: Record<string, string> }[] = [];
-  const distinct = new Set<string>();
-  await consumer.connect();
-  try {
-    await consumer.subscribe({ topic, fromBeginning: true });
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        reject(new Error(`${distinct.size} of ${count} distinct records on ${topic} within 90 s`));
-      }, 90_000);
-      let settle: NodeJS.Timeout | undefined;
-      void consumer.run({
-        eachMessage: ({ message }) => {
-          const headers: Record<string, string> = {};
-          for (const [name, value] of Object.entries(message.headers ?? {}))
-            if (value !== undefined) headers[name] = value.toString();
-          const value = message.value ?? Buffer.alloc(0);
-          const rawKey = message.key?.toString() ?? "";
-          records.push({ key: rawKey, value, headers });
-          distinct.add(key(value, rawKey, headers));
-          if (distinct.size >= count) {
-            clearTimeout(timer);
-            if (settle) clearTimeout(settle);
-            settle = setTimeout(resolve, 1500);
-          }
-          return Promise.resolve();
-        },
-      });
+async function decodeAll<T>(records: readonly ConsumedRecord[], codec: AvroCodec<T>) {
+  const out: Decoded<T>[] = [];
+  for (const record of records) {
+    const bytes = record.value ?? Buffer.alloc(0);
+    const decoded = await codec.decode(bytes);
+    if (!decoded.ok) throw new Error(`${record.topic}@${record.offset}: ${decoded.error.message}`);
+    out.push({
+      value: decoded.value,
+      bytes,
+      key: record.key?.toString() ?? "",
+      headers: record.headers,
     });
-  } finally {
-    await consumer.disconnect();
   }
-  return { records };
+  return out;
 }
+
+/** The oracle's view of a rollup from the topic: every count and every rate. */
+const comparable = (rollup: MetricRollup) => ({
+  service: rollup.service,
+  model: rollup.model,
+  windowStart: rollup.window_start,
+  counts: rollup.counts,
+  rates: rollup.rates,
+});
+
+const transition = (alert: AlertEvent | OracleTransition): string =>
+  "alert_id" in alert
+    ? `${alert.service}|${alert.rule}|${alert.state}|${alert.window_start}|${alert.fired_window_start}|${alert.observed_value}|${alert.sample_count}`
+    : `${alert.service}|${alert.rule}|${alert.state}|${alert.windowStart}|${alert.firedWindowStart}|${alert.observed}|${alert.samples}`;
 
 describe("stream processor with the real stack", () => {
   const prefix = `${uniqueName("proc")}.`;
+  const topic = (name: string) => `${prefix}${name}`;
+  const OUTPUTS = ["metric-rollups", "alerts", "late-events", "dead-letter"] as const;
+  type Output = (typeof OUTPUTS)[number];
   const events = makeEvents();
-  const T_LAST = Math.max(...events.map((event) => event.end_time));
   const lateEvents = [
-    sampleEvent({
-      service: "alpha",
+    variedEvent(random, "alpha", ORIGIN + 30_000_000, MODELS, {
+      kind: "model_call",
       model: "gpt-4o",
-      end_time: ORIGIN + 30_000_000,
-      start_time: ORIGIN + 29_000_000,
     }),
-    sampleEvent({
-      service: "delta",
+    variedEvent(random, "delta", ORIGIN + MINUTE + 5_000_000, MODELS, {
+      kind: "sampling",
       model: "gpt-4o-mini",
-      end_time: ORIGIN + MINUTE + 5_000_000,
-      start_time: ORIGIN + MINUTE + 4_000_000,
     }),
+    // A tool span behind the watermark counts in no metric: neither late nor forwarded.
+    variedEvent(random, "charlie", ORIGIN + 10_000_000, MODELS, { kind: "tool_call", model: null }),
   ];
+  const lateCounted = lateEvents.slice(0, 2);
+  /** Each partition's watermark once every on-time event was read. */
+  const watermarkOf = new Map<number, number>();
+  for (const event of events) {
+    const partition = PARTITION_OF[event.service] ?? 0;
+    watermarkOf.set(partition, Math.max(watermarkOf.get(partition) ?? 0, event.end_time - GRACE));
+  }
+  const lateByKey = new Map<string, number>();
+  for (const late of lateCounted) {
+    const watermark = watermarkOf.get(PARTITION_OF[late.service] ?? 0) ?? 0;
+    const start = watermark - (watermark % MINUTE);
+    for (const model of [null, late.model]) {
+      const key = oracleKey(late.service, model, start);
+      lateByKey.set(key, (lateByKey.get(key) ?? 0) + 1);
+    }
+  }
+  const oracle = oracleRollups(events, MINUTE, { lateByKey });
+  const oracleTransitions = oracleAlerts(oracle.values(), RULES);
+  const expectedCounts: Record<Output, number> = {
+    "metric-rollups": oracle.size,
+    alerts: oracleTransitions.length,
+    "late-events": 2,
+    "dead-letter": 3,
+  };
+
   let admin: Admin;
   let producer: Producer;
-  let poison: Buffer[] = [];
-  const runs: StreamProcessor[] = [];
+  let eventCodec: AvroCodec<ModelCallEvent>;
   let rollupCodec: AvroCodec<MetricRollup>;
   let alertCodec: AvroCodec<AlertEvent>;
+  let poison: Buffer[] = [];
+  /** What was produced, in order, with the partition and offset it went to. */
+  let produced: { key: string; value: Buffer; partition: number; offset: number }[] = [];
+  const runs: StreamProcessor[] = [];
+  /** The live run's output, for the replay's bit-for-bit comparison. */
+  let live: Record<Output, ConsumedRecord[]> | undefined;
 
-  const processor = (groupId: string, mode: "live" | "replay" = "live", metricsPort?: number) => {
+  const processor = (
+    groupId: string,
+    mode: "live" | "replay" = "live",
+    options: { metricsPort?: number; topicPrefix?: string } = {},
+  ) => {
     const instance = new StreamProcessor({
-      ...(metricsPort === undefined ? {} : { metricsPort }),
+      ...(options.metricsPort === undefined ? {} : { metricsPort: options.metricsPort }),
       brokers: services().kafkaBrokers,
       schemaRegistryUrl: services().schemaRegistryUrl,
-      topicPrefix: prefix,
+      topicPrefix: options.topicPrefix ?? prefix,
       groupId,
       mode,
       partitions: 3,
@@ -164,45 +222,150 @@ describe("stream processor with the real stack", () => {
     return instance;
   };
 
+  /** Undecodable and invalid records, headed with `schemaId` where they have a header. */
+  function poisonFor(schemaId: number): Buffer[] {
+    const header = Buffer.from([0, 0, 0, 0, 0]);
+    header.writeInt32BE(schemaId, 1);
+    return [
+      Buffer.from("not avro at all"),
+      Buffer.concat([header, Buffer.from("ffffffffff", "hex")]),
+      Buffer.concat([
+        header,
+        rawBody({
+          ...sampleEvent({ service: "alpha", event_id: "00000000-0000-4000-8000-000000000001" }),
+          confidence: 1.7,
+        }),
+      ]),
+    ];
+  }
+
+  /** The messages to produce: events in order, poison in the middle of alpha's partition, late events last. */
+  function messages(codec: AvroCodec<ModelCallEvent>) {
+    const poison = poisonFor(codec.schemaId);
+    const list = events.map((event) => ({
+      key: event.service,
+      value: codec.encode(event),
+      partition: PARTITION_OF[event.service] ?? 0,
+    }));
+    list.splice(200, 0, ...poison.map((value) => ({ key: "alpha", value, partition: 0 })));
+    list.push(
+      ...lateEvents.map((event) => ({
+        key: event.service,
+        value: codec.encode(event),
+        partition: PARTITION_OF[event.service] ?? 0,
+      })),
+    );
+    return list;
+  }
+
+  /** Every output topic's end offsets now. */
+  async function ends(outputPrefix = prefix): Promise<Record<Output, Map<number, bigint>>> {
+    const entries = await Promise.all(
+      OUTPUTS.map(
+        async (name) => [name, await topicEnds(admin, `${outputPrefix}${name}`)] as const,
+      ),
+    );
+    return Object.fromEntries(entries) as Record<Output, Map<number, bigint>>;
+  }
+
+  /**
+   * Waits until every output topic holds its expected number of records after `since`, calls
+   * `stop` (which ends every writer), then asserts the counts are exact and returns the records.
+   */
+  async function collectRun(
+    since: Record<Output, EndOffsets>,
+    stop: () => Promise<void>,
+    outputPrefix = prefix,
+  ): Promise<Record<Output, ConsumedRecord[]>> {
+    for (const name of OUTPUTS)
+      await waitForRecords(admin, `${outputPrefix}${name}`, since[name], expectedCounts[name]);
+    await stop();
+    const until = await ends(outputPrefix);
+    const added = Object.fromEntries(
+      OUTPUTS.map((name) => [name, recordsBetween(since[name], until[name])]),
+    );
+    expect(added, "records this run added to each output topic").toEqual(expectedCounts);
+    const entries = await Promise.all(
+      OUTPUTS.map(
+        async (name) =>
+          [
+            name,
+            await readBetween(
+              services().kafkaBrokers,
+              `${outputPrefix}${name}`,
+              since[name],
+              until[name],
+            ),
+          ] as const,
+      ),
+    );
+    return Object.fromEntries(entries) as Record<Output, ConsumedRecord[]>;
+  }
+
+  /** The rollups and alerts of a run equal the oracle's, each once, keyed as the README says. */
+  async function expectOracleOutput(records: Record<Output, ConsumedRecord[]>, where: string) {
+    const rollups = await decodeAll(records["metric-rollups"], rollupCodec);
+    for (const rollup of rollups)
+      expect(rollup.key, `${where}: a rollup's Kafka key`).toBe(
+        `${rollup.value.service}|${rollup.value.model ?? "*"}|${rollup.value.window_start}|${MINUTE}`,
+      );
+    expectMatchesOracle(
+      rollups.map((rollup) => comparable(rollup.value)),
+      oracle,
+      `${where} rollups`,
+    );
+    const alerts = await decodeAll(records.alerts, alertCodec);
+    expect(alerts.map((alert) => transition(alert.value)).sort(), `${where} alerts`).toEqual(
+      oracleTransitions.map(transition).sort(),
+    );
+    for (const alert of alerts) expect(alert.key).toBe(alert.value.service);
+    // The firing and the resolving transition of an incident share its id.
+    const ids = new Map<string, Set<string>>();
+    for (const { value } of alerts)
+      ids.set(
+        `${value.service}|${value.rule}|${value.fired_window_start}`,
+        (ids.get(`${value.service}|${value.rule}|${value.fired_window_start}`) ?? new Set()).add(
+          value.alert_id,
+        ),
+      );
+    for (const [incident, set] of ids) expect(set.size, `${where} ids of ${incident}`).toBe(1);
+  }
+
   beforeAll(async () => {
     admin = testKafka().admin();
     await admin.connect();
-    await createTopics(admin, [{ topic: `${prefix}model-calls`, numPartitions: 3 }]);
-    const codec = await AvroCodec.register(MODEL_CALL_EVENT, {
+    await createTopics(admin, [{ topic: topic("model-calls"), numPartitions: 3 }]);
+    eventCodec = await AvroCodec.register(MODEL_CALL_EVENT, {
       registryUrl: services().schemaRegistryUrl,
-      subject: valueSubject(`${prefix}model-calls`),
+      subject: valueSubject(topic("model-calls")),
     });
     rollupCodec = await AvroCodec.register(METRIC_ROLLUP, {
       registryUrl: services().schemaRegistryUrl,
-      subject: valueSubject(`${prefix}metric-rollups`),
+      subject: valueSubject(topic("metric-rollups")),
     });
     alertCodec = await AvroCodec.register(ALERT_EVENT, {
       registryUrl: services().schemaRegistryUrl,
-      subject: valueSubject(`${prefix}alerts`),
+      subject: valueSubject(topic("alerts")),
     });
-    const header = Buffer.from([0, 0, 0, 0, 0]);
-    header.writeInt32BE(codec.schemaId, 1);
-    poison = [
-      Buffer.from("not avro at all"),
-      Buffer.concat([header, Buffer.from("ffffffffff", "hex")]),
-      Buffer.concat([header, rawBody({ ...sampleEvent({ service: "alpha" }), confidence: 1.7 })]),
-    ];
+    poison = poisonFor(eventCodec.schemaId);
     producer = testKafka().producer({ idempotent: true, maxInFlightRequests: 1 });
     await producer.connect();
-    const messages = events.map((event) => ({ key: event.service, value: codec.encode(event) }));
-    // Poison in the middle of alpha's partition.
-    messages.splice(200, 0, ...poison.map((value) => ({ key: "alpha", value })));
-    for (let i = 0; i < messages.length; i += 100)
-      await producer.send({
-        topic: `${prefix}model-calls`,
-        acks: -1,
-        messages: messages.slice(i, i + 100),
-      });
-    await producer.send({
-      topic: `${prefix}model-calls`,
-      acks: -1,
-      messages: lateEvents.map((event) => ({ key: event.service, value: codec.encode(event) })),
+    const list = messages(eventCodec);
+    const next = new Map<number, number>();
+    produced = list.map((message) => {
+      const offset = next.get(message.partition) ?? 0;
+      next.set(message.partition, offset + 1);
+      return { ...message, offset };
     });
+    for (let i = 0; i < list.length; i += 100)
+      await producer.send({
+        topic: topic("model-calls"),
+        acks: -1,
+        messages: list.slice(i, i + 100),
+      });
+    // The offsets the test computed are the log's.
+    const logEnds = await topicEnds(admin, topic("model-calls"));
+    expect([...logEnds].sort()).toEqual([...next].map(([p, n]) => [p, BigInt(n)]).sort());
   });
 
   afterAll(async () => {
@@ -211,177 +374,168 @@ describe("stream processor with the real stack", () => {
     await admin.disconnect();
   });
 
-  /** The oracle: the core's batch computation of on-time events, plus late counts where the watermark was. */
-  function expected(): { rollups: Map<string, MetricRollup>; alerts: AlertEvent[] } {
-    const byKey = new Map(
-      rollupEvents(events, MINUTE).map((rollup) => [rollupKey(rollup), rollup]),
-    );
-    const lateStart = windowOf(T_LAST - GRACE, MINUTE).start;
-    for (const late of lateEvents)
-      for (const model of [null, late.model]) {
-        const key = rollupKey({
-          service: late.service,
-          model,
-          window_start: lateStart,
-          window_end: lateStart + MINUTE,
-        });
-        const existing = byKey.get(key);
-        const accumulator = existing
-          ? WindowAccumulator.fromRollup(existing)
-          : new WindowAccumulator();
-        accumulator.addLate(1);
-        byKey.set(
-          key,
-          accumulator.toRollup(late.service, model, { start: lateStart, end: lateStart + MINUTE }),
-        );
-      }
-    const alerts: AlertEvent[] = [];
-    for (const service of SERVICES) {
-      const tracker = new AlertTracker(RULES);
-      for (const total of [...byKey.values()]
-        .filter((r) => r.service === service && r.model === null)
-        .sort((a, b) => a.window_start - b.window_start))
-        alerts.push(...tracker.observe(total));
-    }
-    return { rollups: byKey, alerts };
-  }
-
-  async function outputs(): Promise<{
-    rollups: Versions<MetricRollup>;
-    alerts: Versions<AlertEvent>;
-  }> {
-    const want = expected();
-    const rollupRecords = await readAll(
-      `${prefix}metric-rollups`,
-      want.rollups.size,
-      (_value, key) => key,
-    );
-    const alertRecords = await readAll(`${prefix}alerts`, want.alerts.length, (value) =>
-      value.toString("hex"),
-    );
-    const collect = async <T>(
-      records: { key: string; value: Buffer }[],
-      codec: AvroCodec<T>,
-      keyOf: (value: T) => string,
-    ): Promise<Versions<T>> => {
-      const versions: Versions<T> = { bytes: new Map(), values: new Map() };
-      for (const record of records) {
-        const decoded = await codec.decode(record.value);
-        if (!decoded.ok) throw new Error(decoded.error.message);
-        const key = keyOf(decoded.value);
-        versions.values.set(key, decoded.value);
-        const seen = versions.bytes.get(key) ?? new Set<string>();
-        seen.add(record.value.toString("hex"));
-        versions.bytes.set(key, seen);
-      }
-      return versions;
-    };
-    return {
-      rollups: await collect(rollupRecords.records, rollupCodec, rollupKey),
-      alerts: await collect(
-        alertRecords.records,
-        alertCodec,
-        (alert) => `${alert.alert_id}|${alert.state}`,
-      ),
-    };
-  }
-
-  it("live: emits exactly the batch computation's rollups and alerts, each key with one set of bytes", async () => {
-    const live = processor(uniqueName("live"), "live", 0);
-    await live.start();
-    const want = expected();
-    const got = await outputs();
-    expect(got.rollups.values).toEqual(want.rollups);
-    expect(
-      [...got.alerts.values.values()].sort((a, b) =>
-        a.alert_id + a.state < b.alert_id + b.state ? -1 : 1,
-      ),
-    ).toEqual(
-      [...want.alerts].sort((a, b) => (a.alert_id + a.state < b.alert_id + b.state ? -1 : 1)),
-    );
-    expect(
-      want.alerts.map((alert) => `${alert.service}:${alert.rule}:${alert.state}`).sort(),
-    ).toEqual([
+  it("the test data exercises every count and fires exactly bravo's gate and charlie's errors", () => {
+    const totals = [...oracle.values()];
+    const sum = (name: keyof (typeof totals)[number]["counts"]) =>
+      totals.reduce(
+        (total, window) => total + (window.model === null ? window.counts[name] : 0),
+        0,
+      );
+    for (const name of Object.keys(
+      totals[0]?.counts ?? {},
+    ) as (keyof (typeof totals)[number]["counts"])[])
+      expect(sum(name), `sum of ${name} over the service totals`).toBeGreaterThan(0);
+    expect(Math.max(...events.map((event) => event.retries))).toBeGreaterThan(1);
+    expect(new Set(events.map((event) => event.kind)).size).toBe(6);
+    expect(oracleTransitions.map((t) => `${t.service}:${t.rule}:${t.state}`).sort()).toEqual([
       "bravo:gate:firing",
       "bravo:gate:resolved",
       "charlie:errors:firing",
       "charlie:errors:resolved",
     ]);
-    for (const versions of [...got.rollups.bytes.values(), ...got.alerts.bytes.values()])
-      expect(versions.size).toBe(1);
-    // The Prometheus endpoint counts what happened.
-    const metrics = await (await fetch(live.metricsUrl ?? "")).text();
-    expect(metrics).toContain(`mcpo_processor_events_total ${events.length + lateEvents.length}`);
-    expect(metrics).toMatch(/mcpo_processor_dead_lettered_total\{code="INVALID_FIELD"\} 1/);
-    expect(metrics).toContain("mcpo_processor_late_events_total 2");
-    expect(metrics).toMatch(/mcpo_processor_consumer_lag\{partition="\d"\} 0/);
-    await live.stop();
   });
 
-  it("dead-letters poison records with the reason and their original bytes, and goes on", async () => {
-    const { records } = await readAll(
-      `${prefix}dead-letter`,
-      3,
-      (_value, _key, headers) => headers["mcpo-source-offset"] ?? "",
-    );
-    const bySource = new Map(
-      records.map((record) => [record.headers["mcpo-source-offset"], record]),
-    );
-    expect(bySource.size).toBe(3);
-    const dead = [...bySource.values()];
-    expect(new Set(dead.map((record) => record.value.toString("hex")))).toEqual(
-      new Set(poison.map((value) => value.toString("hex"))),
-    );
-    expect(new Set(dead.map((record) => record.headers["mcpo-dlq-code"]))).toEqual(
-      new Set(["BAD_MAGIC_BYTE", "TRUNCATED", "INVALID_FIELD"]),
-    );
-    const invalid = dead.find((record) => record.headers["mcpo-dlq-code"] === "INVALID_FIELD");
-    expect(invalid?.headers["mcpo-dlq-reason"]).toContain("confidence above maximum 1");
+  it("live: emits exactly the oracle's rollups and alerts, each once, and counts them on /metrics", async () => {
+    const empty: Record<Output, EndOffsets> = {
+      "metric-rollups": new Map(),
+      alerts: new Map(),
+      "late-events": new Map(),
+      "dead-letter": new Map(),
+    };
+    const run = processor(uniqueName("live"), "live", { metricsPort: 0 });
+    await run.start();
+    live = await collectRun(empty, async () => {
+      // The Prometheus endpoint counts what happened (lag 0 once the idle tick is read too).
+      const metrics = await waitFor(
+        "consumer lag 0 on every partition",
+        async () => (await fetch(run.metricsUrl ?? "")).text(),
+        (text) =>
+          [0, 1, 2].every((p) => text.includes(`mcpo_processor_consumer_lag{partition="${p}"} 0`)),
+      );
+      expect(metrics).toContain(`mcpo_processor_events_total ${events.length + lateEvents.length}`);
+      expect(metrics).toMatch(/mcpo_processor_dead_lettered_total\{code="INVALID_FIELD"\} 1\n/);
+      expect(metrics).toContain("mcpo_processor_late_events_total 2\n");
+      expect(metrics).toContain(`mcpo_processor_rollups_total ${oracle.size}\n`);
+      await run.stop();
+    });
+    await expectOracleOutput(live, "live");
   });
 
-  it("forwards late events with their original bytes to the late topic", async () => {
-    const { records } = await readAll(
-      `${prefix}late-events`,
-      2,
-      (_value, _key, headers) => headers["mcpo-source-offset"] ?? "",
+  it("dead-letters poison records with their original bytes, key, source position and reason, and goes on", () => {
+    const dead = live?.["dead-letter"] ?? [];
+    const poisonSent = produced.filter((message) => poison.some((p) => p.equals(message.value)));
+    expect(dead.map((record) => record.headers["mcpo-source-offset"])).toEqual(
+      poisonSent.map((message) => String(message.offset)),
     );
-    const offsets = new Set(records.map((record) => record.headers["mcpo-source-offset"]));
-    expect(offsets.size).toBe(2);
+    dead.forEach((record, index) => {
+      expect(
+        record.value?.equals(poison[index] ?? Buffer.alloc(0)),
+        `dead letter ${index}: bytes`,
+      ).toBe(true);
+      expect(record.key?.toString()).toBe("alpha");
+      expect(record.headers["mcpo-source-topic"]).toBe(topic("model-calls"));
+      expect(record.headers["mcpo-source-partition"]).toBe("0");
+    });
+    expect(dead.map((record) => record.headers["mcpo-dlq-code"])).toEqual([
+      "BAD_MAGIC_BYTE",
+      "TRUNCATED",
+      "INVALID_FIELD",
+    ]);
+    expect(dead.map((record) => record.headers["mcpo-dlq-schema-id"])).toEqual([
+      undefined,
+      String(eventCodec.schemaId),
+      String(eventCodec.schemaId),
+    ]);
+    expect(dead[2]?.headers["mcpo-dlq-reason"]).toContain("confidence above maximum 1");
   });
 
-  it("replays from the beginning under a new group and reproduces every rollup and alert bit for bit", async () => {
+  it("forwards late model calls to the late topic with their original bytes, key, source position and watermark", () => {
+    // Keyed by service, they may sit on different partitions of the late topic: order them by
+    // their source position (both are on partition 0 of the log).
+    const late = [...(live?.["late-events"] ?? [])].sort(
+      (a, b) => Number(a.headers["mcpo-source-offset"]) - Number(b.headers["mcpo-source-offset"]),
+    );
+    // The late events were produced last, in this order.
+    const sent = lateCounted.map((event, index) => ({
+      event,
+      message: produced[produced.length - lateEvents.length + index],
+    }));
+    expect(late.length).toBe(2);
+    late.forEach((record, index) => {
+      const { event, message } = sent[index] ?? {};
+      if (!event || !message) throw new Error(`late event ${index} was not produced`);
+      expect(record.value?.equals(message.value), `late ${index}: the produced bytes`).toBe(true);
+      expect(record.key?.toString()).toBe(event.service);
+      expect(record.headers).toEqual({
+        "mcpo-source-topic": topic("model-calls"),
+        "mcpo-source-partition": String(message.partition),
+        "mcpo-source-offset": String(message.offset),
+        "mcpo-late-watermark-micros": String(watermarkOf.get(message.partition)),
+      });
+    });
+  });
+
+  it("replays from the beginning under a new group: exactly the oracle's records again, bit for bit the live run's", async () => {
+    const since = await ends();
     const replay = processor(uniqueName("replay"), "replay");
-    const stats = await replay.runToEnd();
-    expect(stats.deadLettered).toBe(3);
-    expect(stats.late).toBe(2);
-    const got = await outputs();
-    expect(got.rollups.values).toEqual(expected().rollups);
-    for (const versions of [...got.rollups.bytes.values(), ...got.alerts.bytes.values()])
-      expect(versions.size).toBe(1);
+    const running = replay.runToEnd();
+    let stats: Awaited<typeof running> | undefined;
+    const records = await collectRun(since, async () => {
+      stats = await running;
+    });
+    expect(stats?.deadLettered).toBe(3);
+    expect(stats?.late).toBe(2);
+    expect(stats?.events).toBe(events.length + lateEvents.length);
+    await expectOracleOutput(records, "replay");
+    const hex = (list: readonly ConsumedRecord[] | undefined) =>
+      (list ?? [])
+        .map((record) => `${record.key?.toString()}=${record.value?.toString("hex")}`)
+        .sort();
+    for (const name of OUTPUTS)
+      if (name === "metric-rollups" || name === "alerts")
+        expect(hex(records[name]), `${name}: the live run's bytes`).toEqual(hex(live?.[name]));
+    expect(hex(records["late-events"])).toEqual(hex(live?.["late-events"]));
   });
 
-  it("two instances in one group share the partitions and produce what one does", async () => {
+  it("two instances in one group split the partitions and emit exactly the oracle's records between them", async () => {
+    const pairPrefix = `${uniqueName("pair")}.`;
+    await createTopics(admin, [{ topic: `${pairPrefix}model-calls`, numPartitions: 3 }]);
+    const codec = await AvroCodec.register(MODEL_CALL_EVENT, {
+      registryUrl: services().schemaRegistryUrl,
+      subject: valueSubject(`${pairPrefix}model-calls`),
+    });
     const group = uniqueName("pair");
-    const [first, second] = [processor(group), processor(group)];
+    const [first, second] = [
+      processor(group, "live", { topicPrefix: pairPrefix }),
+      processor(group, "live", { topicPrefix: pairPrefix }),
+    ];
     await Promise.all([first.start(), second.start()]);
-    // Both members hold partitions once the group has rebalanced.
-    const deadline = Date.now() + 60_000;
-    const split = () =>
-      first.stats().assignedPartitions + second.stats().assignedPartitions === 3 &&
-      first.stats().assignedPartitions > 0 &&
-      second.stats().assignedPartitions > 0;
-    while (!split() && Date.now() < deadline)
-      await new Promise((resolve) => setTimeout(resolve, 200));
-    expect(split()).toBe(true);
-    const total = events.length + poison.length + lateEvents.length;
-    while (first.stats().records + second.stats().records < total && Date.now() < deadline)
-      await new Promise((resolve) => setTimeout(resolve, 200));
-    expect(first.stats().records + second.stats().records).toBeGreaterThanOrEqual(total);
-    await new Promise((resolve) => setTimeout(resolve, 2000));
-    const got = await outputs();
-    expect(got.rollups.values).toEqual(expected().rollups);
-    for (const versions of [...got.rollups.bytes.values(), ...got.alerts.bytes.values()])
-      expect(versions.size).toBe(1);
-    await Promise.all([first.stop(), second.stop()]);
+    // Both members hold partitions before anything is produced, so no rebalance moves a
+    // partition mid-stream and every record is read once.
+    await waitFor(
+      "both members holding partitions, 3 in all",
+      () => [first.stats().assignedPartitions, second.stats().assignedPartitions],
+      ([a = 0, b = 0]) => a > 0 && b > 0 && a + b === 3,
+    );
+    const since = await ends(pairPrefix);
+    const pairMessages = messages(codec);
+    // One request: the processors' idle ticks can only land after every event.
+    await producer.send({ topic: `${pairPrefix}model-calls`, acks: -1, messages: pairMessages });
+    const records = await collectRun(
+      since,
+      async () => {
+        await Promise.all([first.stop(), second.stop()]);
+      },
+      pairPrefix,
+    );
+    await expectOracleOutput(records, "pair");
+    expect(first.stats().rollups, "the first member's rollups").toBeGreaterThan(0);
+    expect(second.stats().rollups, "the second member's rollups").toBeGreaterThan(0);
+    expect(first.stats().events + second.stats().events).toBe(events.length + lateEvents.length);
+    // The same Avro bodies as the live run (the 5-byte header names this prefix's schema id).
+    const bodies = (list: readonly ConsumedRecord[] | undefined) =>
+      (list ?? []).map((record) => record.value?.subarray(5).toString("hex") ?? "").sort();
+    expect(bodies(records["metric-rollups"])).toEqual(bodies(live?.["metric-rollups"]));
+    expect(bodies(records.alerts)).toEqual(bodies(live?.alerts));
   });
 });
