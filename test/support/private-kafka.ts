@@ -1,6 +1,7 @@
 /**
  * A Kafka broker of one test file's own (the local stack's jars, its own folder and ports), for
- * tests that stop and restart the broker for real without disturbing the shared one.
+ * tests that stop and restart the broker for real without disturbing the shared one. Its ports
+ * are reserved (see ports.ts), so they stay free for it across a stop and start.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -10,10 +11,11 @@ import {
   loadStackConfig,
   stackDown,
   stackUp,
+  StackError,
   type StackConfig,
 } from "../../scripts/stack/index.js";
 import { services } from "./isolation.js";
-import { freePort } from "./ports.js";
+import { freePort, releasePort } from "./ports.js";
 
 export interface PrivateKafka {
   readonly brokers: string;
@@ -27,23 +29,40 @@ export interface PrivateKafka {
 
 export async function startPrivateKafka(): Promise<PrivateKafka> {
   const dir = mkdtempSync(join(tmpdir(), "mcpo-private-kafka-"));
-  const config: StackConfig = loadStackConfig({
-    ...process.env,
-    STACK_DIR: dir,
-    STACK_DIST_DIR: loadStackConfig().distDir,
-    STACK_KAFKA_PORT: String(await freePort()),
-    STACK_KAFKA_CONTROLLER_PORT: String(await freePort()),
-    STACK_REGISTRY_PORT: String(await freePort()),
-    STACK_REGISTRY_MANAGEMENT_PORT: String(await freePort()),
-    DATABASE_URL: services().databaseUrl,
-  });
+  let config: StackConfig | undefined;
+  let ports: number[] = [];
   const start = async (): Promise<void> => {
-    await stackUp(config, () => undefined, ["kafka"]);
+    if (config) await stackUp(config, () => undefined, ["kafka"]);
   };
   const stop = async (): Promise<void> => {
-    await stackDown(config, () => undefined, ["kafka"]);
+    if (config) await stackDown(config, () => undefined, ["kafka"]);
   };
-  await start();
+  // Should a process outside the tests hold one of the reserved ports anyway, the first start
+  // (which checks them) is retried on other ports.
+  for (let attempt = 1; ; attempt++) {
+    ports = [await freePort(), await freePort(), await freePort(), await freePort()];
+    const [kafka, controller, registry, management] = ports.map(String);
+    config = loadStackConfig({
+      ...process.env,
+      STACK_DIR: dir,
+      STACK_DIST_DIR: loadStackConfig().distDir,
+      STACK_KAFKA_PORT: kafka,
+      STACK_KAFKA_CONTROLLER_PORT: controller,
+      STACK_REGISTRY_PORT: registry,
+      STACK_REGISTRY_MANAGEMENT_PORT: management,
+      DATABASE_URL: services().databaseUrl,
+    });
+    try {
+      await start();
+      break;
+    } catch (error) {
+      for (const port of ports) releasePort(port);
+      if (attempt < 3 && error instanceof StackError && error.code === "PORT_TAKEN") continue;
+      await stop().catch(() => undefined);
+      rmSync(dir, { recursive: true, force: true });
+      throw error;
+    }
+  }
   return {
     brokers: `127.0.0.1:${config.kafkaPort}`,
     start,
@@ -51,6 +70,7 @@ export async function startPrivateKafka(): Promise<PrivateKafka> {
     dispose: async () => {
       await stop();
       rmSync(dir, { recursive: true, force: true });
+      for (const port of ports) releasePort(port);
     },
   };
 }

@@ -1,15 +1,29 @@
 /**
- * A PostgreSQL server of one test's own (the machine's PostgreSQL binaries, a temporary data
- * directory, a free port), for tests that stop and start the server for real without disturbing
- * the shared one. Runs as the `postgres` OS user when the tests run as root (initdb refuses root).
+ * A PostgreSQL server of one test's own (the machine's PostgreSQL server binaries, a temporary
+ * data directory, a reserved port), for tests that stop and start the server for real without
+ * disturbing the shared one. Runs as the `postgres` OS user when the tests run as root (initdb
+ * refuses root).
+ *
+ * The binaries are found by, in order: `MCPO_PG_BINDIR`; `pg_config --bindir`; `initdb` on the
+ * PATH; the Debian layout `/usr/lib/postgresql/<newest version>/bin`. The `postgres` user's uid
+ * and gid are looked up (`id -u postgres`, `id -g postgres`), not assumed.
  */
 import { execFile } from "node:child_process";
-import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import {
+  accessSync,
+  chownSync,
+  constants,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { delimiter, join } from "node:path";
 import { promisify } from "node:util";
 
-import { freePort } from "./ports.js";
+import { freePort, releasePort } from "./ports.js";
 
 const run = promisify(execFile);
 
@@ -21,39 +35,119 @@ export interface ThrowawayPostgres {
   dispose(): Promise<void>;
 }
 
-function binaries(): string {
-  const root = "/usr/lib/postgresql";
-  const version = existsSync(root) ? readdirSync(root).sort().at(-1) : undefined;
-  if (!version) throw new Error("no PostgreSQL server binaries under /usr/lib/postgresql");
-  return join(root, version, "bin");
+const executable = (path: string): boolean => {
+  try {
+    accessSync(path, constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/** Where `initdb` and `pg_ctl` are; throws saying everything that was tried when nowhere. */
+async function binaries(): Promise<string> {
+  const tried: string[] = [];
+  const usable = (dir: string): boolean =>
+    executable(join(dir, "initdb")) && executable(join(dir, "pg_ctl"));
+  const fromEnv = process.env.MCPO_PG_BINDIR;
+  if (fromEnv) {
+    if (usable(fromEnv)) return fromEnv;
+    tried.push(`MCPO_PG_BINDIR=${fromEnv} (no executable initdb and pg_ctl there)`);
+  }
+  try {
+    const { stdout } = await run("pg_config", ["--bindir"]);
+    const dir = stdout.trim();
+    if (usable(dir)) return dir;
+    tried.push(`pg_config --bindir gave ${dir} (no initdb and pg_ctl there: client-only install?)`);
+  } catch (error) {
+    tried.push(`pg_config --bindir (${(error as Error).message.split("\n")[0]})`);
+  }
+  const onPath = (process.env.PATH ?? "").split(delimiter).filter((dir) => dir && usable(dir));
+  if (onPath[0]) return onPath[0];
+  tried.push("initdb and pg_ctl on the PATH (not found)");
+  const debian = "/usr/lib/postgresql";
+  const versions = existsSync(debian)
+    ? readdirSync(debian)
+        .filter((name) => usable(join(debian, name, "bin")))
+        .sort((a, b) => Number.parseFloat(a) - Number.parseFloat(b))
+    : [];
+  const newest = versions.at(-1);
+  if (newest) return join(debian, newest, "bin");
+  tried.push(`${debian}/<version>/bin (none)`);
+  throw new Error(
+    "A throwaway PostgreSQL needs the PostgreSQL server binaries (initdb, pg_ctl), e.g. the " +
+      "postgresql package; set MCPO_PG_BINDIR to their folder if they are elsewhere. Tried: " +
+      tried.join("; "),
+  );
+}
+
+/** The uid and gid of the `postgres` OS user (needed when running as root). */
+async function postgresUser(): Promise<{ uid: number; gid: number }> {
+  try {
+    const uid = Number((await run("id", ["-u", "postgres"])).stdout.trim());
+    const gid = Number((await run("id", ["-g", "postgres"])).stdout.trim());
+    if (Number.isInteger(uid) && Number.isInteger(gid)) return { uid, gid };
+    throw new Error(`id printed uid ${uid}, gid ${gid}`);
+  } catch (error) {
+    throw new Error(
+      "Tests run as root, and initdb refuses root: a throwaway PostgreSQL runs as the `postgres` " +
+        `OS user, which was not found (${(error as Error).message.split("\n")[0]}). Create it ` +
+        "(useradd --system postgres) or run the tests as a non-root user.",
+    );
+  }
 }
 
 export async function startThrowawayPostgres(): Promise<ThrowawayPostgres> {
-  const bin = binaries();
+  const bin = await binaries();
+  const asRoot = process.getuid?.() === 0;
+  const owner = asRoot ? await postgresUser() : undefined;
   const dir = mkdtempSync(join(tmpdir(), "mcpo-pg-"));
   const data = join(dir, "data");
-  const port = await freePort();
-  const asRoot = process.getuid?.() === 0;
-  if (asRoot) chownSync(dir, 101, 104);
+  const logFile = join(dir, "log");
+  if (owner) chownSync(dir, owner.uid, owner.gid);
   const as = async (command: string, args: string[]): Promise<void> => {
     if (asRoot)
       await run("runuser", ["-u", "postgres", "--", join(bin, command), ...args], { cwd: dir });
     else await run(join(bin, command), args, { cwd: dir });
   };
+  const logTail = (): string => {
+    try {
+      return readFileSync(logFile, "utf8").split("\n").slice(-15).join("\n");
+    } catch {
+      return "(no server log)";
+    }
+  };
   await as("initdb", ["-D", data, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]);
+  let port = 0;
   const start = () =>
     as("pg_ctl", [
       "-D",
       data,
       "-l",
-      join(dir, "log"),
+      logFile,
       "-w",
       "-o",
       `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`,
       "start",
     ]);
   const stop = () => as("pg_ctl", ["-D", data, "-w", "-m", "fast", "stop"]);
-  await start();
+  // The port is reserved (see ports.ts), so it stays ours across stop and start; should something
+  // outside the tests hold it anyway, the first start is retried on another port.
+  for (let attempt = 1; ; attempt++) {
+    port = await freePort();
+    try {
+      await start();
+      break;
+    } catch (error) {
+      releasePort(port);
+      const log = logTail();
+      if (attempt < 3 && /could not bind|already in use/i.test(log)) continue;
+      rmSync(dir, { recursive: true, force: true });
+      throw new Error(
+        `the throwaway PostgreSQL did not start on port ${port}: ${(error as Error).message}\n${log}`,
+      );
+    }
+  }
   return {
     url: `postgresql://postgres@127.0.0.1:${port}/postgres`,
     start,
@@ -61,6 +155,7 @@ export async function startThrowawayPostgres(): Promise<ThrowawayPostgres> {
     dispose: async () => {
       await stop().catch(() => undefined);
       rmSync(dir, { recursive: true, force: true });
+      releasePort(port);
     },
   };
 }
