@@ -201,6 +201,12 @@ export interface BatchControl {
   resolveOffset(offset: string): void;
   /** Fetches this partition from `offset` next (the rest of this batch should be dropped). */
   seek(offset: string): void;
+  /**
+   * Commits `offset` (the next offset to read) of this batch's partition for the group, also
+   * while the consumer is stopping (the batch in flight then still commits before the member
+   * leaves; {@link GroupConsumer.commit} does nothing once stopping).
+   */
+  commit(offset: string): Promise<void>;
 }
 
 /** Options of {@link createGroupConsumer}. */
@@ -295,6 +301,20 @@ export function createGroupConsumer(
               },
               seek: (offset) => {
                 consumer.seek({ topic: batch.topic, partition: batch.partition, offset });
+              },
+              commit: async (offset) => {
+                try {
+                  await payload.commitOffsetsIfNecessary({
+                    topics: [
+                      { topic: batch.topic, partitions: [{ partition: batch.partition, offset }] },
+                    ],
+                  });
+                } catch (error) {
+                  throw toKafkaError(
+                    error,
+                    `committing ${batch.topic}[${batch.partition}]@${offset}`,
+                  );
+                }
               },
             },
           );

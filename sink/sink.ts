@@ -317,12 +317,11 @@ export class Sink {
       Number(BigInt(batch.highWatermark) - BigInt(nextOffset)),
     );
     control.resolveOffset(last.offset);
-    // The group's offset is informational (lag); PostgreSQL holds the truth.
-    await (this.consumer as GroupConsumer)
-      .commit(batch.topic, batch.partition, nextOffset)
-      .catch((error: unknown) => {
-        this.logger.warn("committing to the group failed", { error: String(error) });
-      });
+    // The group's offset is informational (lag); PostgreSQL holds the truth. Committed through
+    // the batch, so the batch in flight at a graceful stop commits too.
+    await control.commit(nextOffset).catch((error: unknown) => {
+      this.logger.warn("committing to the group failed", { error: String(error) });
+    });
   }
 
   /** Runs `work` until it succeeds, pausing (with heartbeats) between attempts. */

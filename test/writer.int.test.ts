@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { AlertEvent } from "../avro/generated.js";
 import { AlertTracker, rollupEvents, type AlertRule } from "../metrics/index.js";
 import { listMigrations, migrate } from "../sink/migrate.js";
-import { PostgresWriter } from "../sink/writer.js";
+import { COUNT_COLUMNS, PostgresWriter } from "../sink/writer.js";
 import { REPO_ROOT } from "./support/cli.js";
 import { sampleEvent } from "./support/events.js";
 import {
@@ -17,8 +17,47 @@ import {
   useFreshDatabase,
   type FreshDatabase,
 } from "./support/isolation.js";
+import {
+  expectMatchesOracle,
+  oracleAlerts,
+  oracleRollups,
+  type ComparableRollup,
+} from "./support/oracle.js";
 
 const run = promisify(execFile);
+
+/** The rollup rows matching `where`, every count and rate column, as the oracle compares them. */
+async function rollupRows(pool: pg.Pool, where: string): Promise<ComparableRollup[]> {
+  const counts = COUNT_COLUMNS.map((name) => `${name}::text`).join(", ");
+  const { rows } = await pool.query<Record<string, string | number | null>>(
+    `select service, model, ((extract(epoch from window_start) * 1000000)::bigint)::text as start_us, ${counts},
+            ${RATE_COLUMNS.join(", ")} from metric_rollups where ${where}`,
+  );
+  return rows.map((row) => ({
+    service: String(row.service),
+    model: row.model === "*" ? null : String(row.model),
+    windowStart: Number(row.start_us),
+    counts: Object.fromEntries(COUNT_COLUMNS.map((name) => [name, String(row[name])])),
+    rates: Object.fromEntries(RATE_COLUMNS.map((name) => [name, row[name] ?? null])),
+  }));
+}
+
+const RATE_COLUMNS = [
+  "avg_cost_usd",
+  "fallback_rate",
+  "retry_rate",
+  "low_confidence_rate",
+  "confidence_gate_block_rate",
+  "prompt_diff_violation_rate",
+  "shadow_disagreement_rate",
+  "deterministic_fallback_rate",
+  "high_risk_path_rate",
+  "golden_financial_failure_rate",
+  "error_rate",
+  "latency_p50_ms",
+  "latency_p95_ms",
+  "latency_p99_ms",
+] as const;
 
 async function schemaDump(url: string): Promise<string> {
   const { stdout } = await run("pg_dump", ["--schema-only", "--no-owner", "--no-privileges", url]);
@@ -161,41 +200,52 @@ describe("PostgresWriter", () => {
     );
   });
 
-  it("upserts rollups by key, with the derived rates equal to the core's", async () => {
-    const rollups = rollupEvents(
-      [
-        sampleEvent(),
-        sampleEvent({ model: "gpt-4o-mini", status: "error", error_type: "x", confidence: 0.9 }),
-      ],
-      60_000_000,
-    );
+  it("upserts rollups by key: every count and rate column equals the oracle's and the core's, retries and token sources included", async () => {
+    const events = [
+      sampleEvent({ retries: 2, token_source: "estimated" }),
+      sampleEvent({ retries: 0, token_source: "reported", confidence: 0.2 }),
+      sampleEvent({
+        model: "gpt-4o-mini",
+        status: "error",
+        error_type: "x",
+        confidence: 0.9,
+        retries: 3,
+        token_source: "none",
+        prompt_tokens: null,
+        completion_tokens: null,
+        cost_nano_usd: null,
+        shadow_agreement: null,
+      }),
+      sampleEvent({ model: "gpt-4o-mini", retries: 1, token_source: "estimated" }),
+    ];
+    const rollups = rollupEvents(events, 60_000_000);
     expect(await writer.write({ rollups })).toMatchObject({ rollupsUpserted: 3 });
     expect(await writer.write({ rollups: [...rollups, ...rollups] })).toMatchObject({
       rollupsUpserted: 3,
     });
-    const { rows } = await pool.query<{
-      model: string;
-      calls: string;
-      error_rate: number | null;
-      low_confidence_rate: number | null;
-      latency_p95_ms: number | null;
-    }>(
-      "select model, calls::text, error_rate, low_confidence_rate, latency_p95_ms from metric_rollups order by model",
-    );
+    const rows = await rollupRows(pool, "true");
     expect(rows).toHaveLength(3);
+    expectMatchesOracle(rows, oracleRollups(events, 60_000_000), "metric_rollups");
+    // The oracle's retries and token-source counts are not zeros that anything would match.
+    const total = rows.find((row) => row.model === null);
+    expect(total?.counts).toMatchObject({
+      retries: "6",
+      calls_tokens_reported: "1",
+      calls_tokens_estimated: "2",
+      calls_tokens_none: "1",
+    });
+    // Bit for bit the core's rates too.
     for (const rollup of rollups) {
-      const row = rows.find((candidate) => candidate.model === (rollup.model ?? "*"));
-      expect(row?.calls).toBe(String(rollup.counts.calls));
-      expect(row?.error_rate).toBeCloseTo(rollup.rates.error_rate ?? Number.NaN, 12);
-      expect(row?.low_confidence_rate).toBeCloseTo(
-        rollup.rates.low_confidence_rate ?? Number.NaN,
-        12,
-      );
-      expect(row?.latency_p95_ms).toBe(rollup.rates.latency_p95_ms);
+      const row = rows.find((candidate) => candidate.model === rollup.model);
+      for (const [name, value] of Object.entries(rollup.rates))
+        expect(
+          row?.rates[name as keyof typeof rollup.rates],
+          `${rollup.model ?? "*"} ${name}`,
+        ).toBe(value);
     }
   });
 
-  it("merges minute rollups into hours by adding counts (merge_rollups), equal to hourly windows", async () => {
+  it("merges minute rollups into hours by adding counts (merge_rollups), equal to the oracle's hourly windows", async () => {
     const events = Array.from({ length: 120 }, (_, i) =>
       sampleEvent({
         span_id: (0x4000000000000000n + BigInt(i)).toString(16),
@@ -207,7 +257,15 @@ describe("PostgresWriter", () => {
       }),
     );
     await writer.write({ rollups: rollupEvents(events, 60_000_000) });
-    const hourly = rollupEvents(events, 3_600_000_000).filter((rollup) => rollup.model === null);
+    const hourly = [...oracleRollups(events, 3_600_000_000).values()]
+      .filter((window) => window.model === null)
+      .sort((a, b) => a.windowStart - b.windowStart);
+    const minuteWindows = (start: number) =>
+      new Set(
+        events
+          .map((event) => event.end_time - (event.end_time % 60_000_000))
+          .filter((minute) => minute >= start && minute < start + 3_600_000_000),
+      ).size;
     const { rows } = await pool.query<{
       window_start: Date;
       calls: string;
@@ -219,22 +277,24 @@ describe("PostgresWriter", () => {
        from merge_rollups(interval '1 hour', timestamptz 'epoch', timestamptz '3000-01-01') where service = 'merge' and model = '*'
        order by window_start`,
     );
+    expect(hourly.length).toBeGreaterThan(1);
     expect(
       rows.map((row) => ({
         start: row.window_start.getTime() * 1000,
         calls: row.calls,
         errors: row.errors,
         rate: row.error_rate,
+        sketches: row.sketches,
       })),
     ).toEqual(
-      hourly.map((rollup) => ({
-        start: rollup.window_start,
-        calls: String(rollup.counts.calls),
-        errors: String(rollup.counts.errors),
-        rate: rollup.rates.error_rate,
+      hourly.map((window) => ({
+        start: window.windowStart,
+        calls: String(window.counts.calls),
+        errors: String(window.counts.errors),
+        rate: window.rates.error_rate,
+        sketches: minuteWindows(window.windowStart),
       })),
     );
-    expect(rows.every((row) => row.sketches > 0)).toBe(true);
   });
 
   it("keeps one row per alert with its transitions, whatever the redelivery order", async () => {
@@ -262,6 +322,28 @@ describe("PostgresWriter", () => {
       )
         .filter((rollup) => rollup.model === null)
         .flatMap((rollup) => tracker.observe(rollup)),
+    );
+    // The transitions this test writes are the oracle's too.
+    const events = ["error", "ok"].map((status, i) =>
+      sampleEvent({
+        status: status as "ok" | "error",
+        error_type: status === "error" ? "x" : null,
+        start_time: base + i * minute,
+        end_time: base + i * minute + 1,
+      }),
+    );
+    expect(
+      transitions.map((t) => ({
+        state: t.state,
+        windowStart: t.window_start,
+        observed: t.observed_value,
+      })),
+    ).toEqual(
+      oracleAlerts(oracleRollups(events, minute).values(), [rule]).map((t) => ({
+        state: t.state,
+        windowStart: t.windowStart,
+        observed: t.observed,
+      })),
     );
     const [firing, resolved] = transitions as [AlertEvent, AlertEvent];
     await writer.write({ alerts: [firing] });
