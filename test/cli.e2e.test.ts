@@ -2,9 +2,14 @@
  * The README's commands, run as a user would: in a clean copy of the repository (tracked and
  * new files, no build output, no stack folder; dependencies linked), through `npm run`, against
  * real Kafka, the real registry and a throwaway PostgreSQL database.
+ *
+ * What the demo stored is checked against figures computed apart from the product: the events are
+ * read back from the model-calls topic (and the late-events topic), decoded with the contract's
+ * codec, and the brute-force oracle (test/support/oracle.ts) derives every rollup, rate and alert
+ * transition from them; the offsets a replay must read come from the broker's own offsets.
  */
 import { execFile } from "node:child_process";
-import { cpSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
@@ -15,22 +20,45 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { AlertEvent } from "../avro/generated.js";
 import type { DemoSummary } from "../cli/commands/demo.js";
 import type { ReplayReport } from "../cli/commands/replay.js";
-import { REPO_ROOT, type CommandResult } from "./support/cli.js";
+import type { RatesRow } from "../cli/rates.js";
+import { topicNames } from "../config/index.js";
+import {
+  oracleFromLog,
+  oracleIncidents,
+  ratesRowAsComparable,
+  README_DEFAULT_RULES,
+  REPO_ROOT,
+  storedIncidents,
+  storedRollups,
+  topicOffsets,
+  type CommandResult,
+  type LogOracle,
+} from "./support/cli.js";
 import {
   createDatabase,
   dropDatabase,
   services,
+  testKafka,
   uniqueName,
   type FreshDatabase,
 } from "./support/isolation.js";
+import {
+  expectMatchesOracle,
+  oracleKey,
+  oracleRollups,
+  type OracleWindow,
+} from "./support/oracle.js";
 
 const git = promisify(execFile);
 
 let clone: string;
 let database: FreshDatabase;
 let env: NodeJS.ProcessEnv;
+let prefix: string;
 let demo: DemoSummary;
 let client: pg.Client;
+/** The oracle's view of the demo's log. */
+let log: LogOracle;
 
 /** `npm run -s <script> -- args` in the clone. */
 function npmRun(
@@ -56,6 +84,23 @@ function npmRun(
 }
 
 const WINDOW = ["--window", "5s", "--grace", "1s"];
+const WINDOW_US = 5_000_000;
+const GRACE_US = 1_000_000;
+const SERVICES = ["payments-mcp", "search-mcp", "support-mcp"];
+
+/** A window start rounded up to a window boundary, µs. */
+const roundUp = (micros: number): number => Math.ceil(micros / WINDOW_US) * WINDOW_US;
+
+/** The oracle's windows that satisfy `keep`, keyed as the oracle keys them. */
+function oracleWhere(keep: (w: OracleWindow) => boolean): Map<string, OracleWindow> {
+  return new Map([...log.rollups].filter(([, w]) => keep(w)));
+}
+
+function countBy<T>(items: Iterable<T>, key: (item: T) => string): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const item of items) counts[key(item)] = (counts[key(item)] ?? 0) + 1;
+  return counts;
+}
 
 describe("the mcp-observatory CLI, as the README runs it", () => {
   beforeAll(async () => {
@@ -71,7 +116,7 @@ describe("the mcp-observatory CLI, as the README runs it", () => {
     symlinkSync(join(REPO_ROOT, "node_modules"), join(clone, "node_modules"));
     database = await createDatabase("mcpo_cli");
     await dropDatabase(database); // `demo` creates it, as it would for a newcomer
-    const prefix = `${uniqueName("cli")}.`;
+    prefix = `${uniqueName("cli")}.`;
     env = {
       ...process.env,
       KAFKA_BROKERS: services().kafkaBrokers,
@@ -97,6 +142,11 @@ describe("the mcp-observatory CLI, as the README runs it", () => {
     demo = JSON.parse(result.stdout.trim().split("\n").at(-1) ?? "{}") as DemoSummary;
     client = new pg.Client({ connectionString: database.url });
     await client.connect();
+    log = await oracleFromLog(prefix, 5000, README_DEFAULT_RULES);
+    process.stderr.write(
+      `[cli.e2e] the demo's log: ${log.events.length} events, ${log.ticks} watermark ticks, ${log.late.length} late; ` +
+        `the oracle: ${log.rollups.size} rollup rows, ${log.alerts.length} alert transitions\n`,
+    );
   }, 300_000);
 
   afterAll(async () => {
@@ -105,61 +155,166 @@ describe("the mcp-observatory CLI, as the README runs it", () => {
     rmSync(clone, { recursive: true, force: true });
   });
 
-  it("demo: exits 0 and its summary is what PostgreSQL holds", async () => {
-    expect(demo.services.map((s) => s.service)).toEqual([
-      "payments-mcp",
-      "search-mcp",
-      "support-mcp",
-    ]);
+  it("demo: the logged events are exactly the calls sent, once each, and PostgreSQL holds one span per event", async () => {
+    expect(demo.services.map((s) => s.service)).toEqual(SERVICES);
     expect(demo.totals.dropped).toBe(0);
     expect(demo.totals.sent).toBe(demo.totals.produced);
     expect(demo.totals.produced).toBeGreaterThan(4000);
+    const ids = new Set(log.events.map((e) => e.event.event_id));
+    expect(ids.size, "distinct event ids in the model-calls topic").toBe(log.events.length);
+    expect(log.events.length).toBe(demo.totals.sent);
+    const logged = countBy(log.events, (e) => e.event.service);
+    expect(logged).toEqual(Object.fromEntries(demo.services.map((s) => [s.service, s.produced])));
     const spans = await client.query<{ service: string; n: string }>(
       "select service, count(*)::text as n from spans group by service order by service",
     );
-    expect(Object.fromEntries(spans.rows.map((r) => [r.service, Number(r.n)]))).toEqual(
-      Object.fromEntries(demo.services.map((s) => [s.service, s.spans])),
+    expect(Object.fromEntries(spans.rows.map((r) => [r.service, Number(r.n)]))).toEqual(logged);
+    expect(Object.fromEntries(demo.services.map((s) => [s.service, s.spans]))).toEqual(logged);
+    // Every late event is one of the logged events (it is in no count but `late`).
+    for (const { event } of log.late) expect(ids.has(event.event_id)).toBe(true);
+  });
+
+  it("demo: every metric_rollups row (all counts, all rate columns, p50/p95/p99) equals the oracle's rollups of the logged events", async () => {
+    const rows = await storedRollups(client, "metric_rollups");
+    expect(rows.length).toBeGreaterThan(20);
+    for (const row of rows) {
+      expect(row.windowEnd - row.windowStart).toBe(WINDOW_US);
+      expect(row.thresholds).toEqual({ low_confidence: 0.7, prompt_diff: 0.3 });
+    }
+    expectMatchesOracle(rows, log.rollups, "metric_rollups");
+    // Late events (if any) are counted exactly where the watermark was.
+    const late = rows
+      .filter((r) => r.model === null)
+      .reduce((sum, r) => sum + Number(r.counts.late), 0);
+    expect(late).toBe(log.late.length);
+  });
+
+  it("demo: its summary's rollup rows, windows, alerts and rates are the oracle's, not only what PostgreSQL says", async () => {
+    const oracleRows = countBy(log.rollups.values(), (w) => w.service);
+    const oracleWindows = countBy(
+      [...log.rollups.values()].filter((w) => w.model === null),
+      (w) => w.service,
     );
-    for (const service of demo.services) expect(service.spans).toBe(service.produced);
-    const rollups = await client.query<{ n: string }>(
-      "select count(*)::text as n from metric_rollups",
+    expect(Object.fromEntries(demo.services.map((s) => [s.service, s.rollupRows]))).toEqual(
+      oracleRows,
     );
-    expect(Number(rollups.rows[0]?.n)).toBe(demo.totals.rollupRows);
-    const alerts = await client.query<{ alert_id: string; state: string; service: string }>(
-      "select alert_id, state, service from alerts order by alert_id",
+    expect(Object.fromEntries(demo.services.map((s) => [s.service, s.windows]))).toEqual(
+      oracleWindows,
     );
-    expect(alerts.rows.map((r) => r.alert_id)).toEqual(demo.alerts.map((a) => a.alertId).sort());
+    expect(demo.totals.rollupRows).toBe(log.rollups.size);
+    expect(demo.totals.spans).toBe(log.events.length);
+
+    const incidents = oracleIncidents(log.alerts);
+    expect(demo.totals.alertRows).toBe(incidents.length);
+    const summarized = demo.alerts
+      .map((a) => ({
+        service: a.service,
+        rule: a.rule,
+        firedWindowStart: Date.parse(a.firedWindowStart) * 1000,
+        state: a.state,
+        transitions: a.transitions,
+      }))
+      .sort(
+        (a, b) =>
+          a.service.localeCompare(b.service) ||
+          a.rule.localeCompare(b.rule) ||
+          a.firedWindowStart - b.firedWindowStart,
+      );
+    expect(summarized).toEqual(
+      incidents.map((i) => ({
+        service: i.service,
+        rule: i.rule,
+        firedWindowStart: i.firedWindowStart,
+        state: i.history.at(-1)?.state,
+        transitions: i.history.length,
+      })),
+    );
+    // The alerts table holds those incidents with their transitions, in order.
+    const stored = await storedIncidents(client, "alerts");
+    expect(stored.map(({ alertId: _id, state: _state, ...rest }) => rest)).toEqual(incidents);
+    expect(stored.map((s) => s.alertId).sort()).toEqual(demo.alerts.map((a) => a.alertId).sort());
     // The drifting service fired and, once it recovered, every one of its alerts resolved.
-    const drifting = demo.alerts.filter((a) => a.service === "payments-mcp");
+    const drifting = incidents.filter((i) => i.service === "payments-mcp");
     expect(drifting.length).toBeGreaterThan(0);
-    expect(drifting.every((a) => a.state === "resolved" && a.transitions === 2)).toBe(true);
-    // The rates table shows the drift: some window of payments-mcp breached the gate-block rule.
-    const gate = demo.rates
-      .filter((r) => r.service === "payments-mcp")
-      .map((r) => r.confidenceGateBlockRate ?? 0);
+    expect(drifting.every((i) => i.history.map((h) => h.state).join() === "firing,resolved")).toBe(
+      true,
+    );
+
+    // The rates table: the last 6 windows of each service, each row equal to the oracle's.
+    const lastSix = new Map<string, OracleWindow>();
+    for (const service of SERVICES)
+      for (const w of [...log.rollups.values()]
+        .filter((x) => x.service === service && x.model === null)
+        .sort((a, b) => a.windowStart - b.windowStart)
+        .slice(-6))
+        lastSix.set(oracleKey(w.service, null, w.windowStart), w);
+    expectMatchesOracle(demo.rates.map(ratesRowAsComparable), lastSix, "demo summary rates");
+    // The drift shows: some window of payments-mcp breached the gate-block rule.
+    const gate = [...log.rollups.values()]
+      .filter((w) => w.service === "payments-mcp" && w.model === null)
+      .map((w) => w.rates.confidence_gate_block_rate ?? 0);
     expect(Math.max(...gate)).toBeGreaterThan(0.2);
   });
 
-  it("replay --verify after the demo reports no difference, and rebuilds the same rows", async () => {
+  it("replay --verify after the demo reports no difference, and its counts are the log's", async () => {
     const result = await npmRun("cli", ["replay", "--verify", "--dry-run", ...WINDOW]);
     expect(result.code, result.stderr + result.stdout).toBe(0);
-    expect(result.stdout).toContain("verify: OK");
+    expect(result.stdout).toContain(
+      `verify: OK, the ${log.rollups.size.toLocaleString("en-US")} rebuilt rollup rows equal the ${log.rollups.size.toLocaleString("en-US")} stored ones, and the alerts match`,
+    );
     const json = await npmRun("cli", ["replay", "--verify", "--json", ...WINDOW]);
     expect(json.code, json.stderr).toBe(0);
     const report = JSON.parse(json.stdout.trim()) as ReplayReport;
-    expect(report.summary.events).toBe(demo.totals.sent);
-    expect(report.summary.rollups).toBe(demo.totals.rollupRows);
+    const incidents = oracleIncidents(log.alerts);
+    expect({
+      records: report.summary.records,
+      events: report.summary.events,
+      ticks: report.summary.ticks,
+      invalid: report.summary.invalid,
+      late: report.summary.late,
+      rollups: report.summary.rollups,
+      windows: report.summary.windows,
+      alertsFired: report.summary.alertsFired,
+      alertsResolved: report.summary.alertsResolved,
+      openSeries: report.summary.openSeries,
+    }).toEqual({
+      records: log.events.length + log.ticks,
+      events: log.events.length,
+      ticks: log.ticks,
+      invalid: {},
+      late: log.late.length,
+      rollups: log.rollups.size,
+      windows: [...log.rollups.values()].filter((w) => w.model === null).length,
+      alertsFired: incidents.length,
+      alertsResolved: log.alerts.filter((t) => t.state === "resolved").length,
+      openSeries: 0,
+    });
     expect(report.verify?.differenceCount).toBe(0);
-    expect(report.verify?.rebuiltRows).toBe(demo.totals.rollupRows);
-    expect(report.summary.alertsFired).toBe(demo.alerts.length);
+    expect(report.verify?.rebuiltRows).toBe(log.rollups.size);
+    expect(report.verify?.storedRows).toBe(log.rollups.size);
+    expect(report.verify?.alertsCompared).toBe(true);
   });
 
-  it("replay from a time or an offset rebuilds the whole windows after its start, equal to the stored ones", async () => {
-    const middle = new Date(Date.parse(demo.startedAt) + 9000).toISOString();
+  it("replay from a time or an offset reads exactly the records after its start and rebuilds exactly the whole windows after it", async () => {
+    const topic = topicNames(prefix).modelCalls;
+    const offsets = await topicOffsets(topic);
+    const lastWindowEnd = Math.max(...[...log.rollups.values()].map((w) => w.windowEnd));
+
+    // From a time: the broker's offsets for that time, per partition.
+    const middleMs = Date.parse(demo.startedAt) + 9000;
+    const admin = testKafka().admin();
+    await admin.connect();
+    const atTime = await admin
+      .fetchTopicOffsetsByTimestamp(topic, middleMs)
+      .finally(() => admin.disconnect());
+    // kafkajs says -1 for a partition with no record at or after the time: it reads nothing.
+    const timeStarts = new Map(
+      atTime.filter((o) => BigInt(o.offset) >= 0n).map((o) => [o.partition, BigInt(o.offset)]),
+    );
     const fromTime = await npmRun("cli", [
       "replay",
       "--from",
-      middle,
+      new Date(middleMs).toISOString(),
       "--verify",
       "--dry-run",
       "--json",
@@ -167,16 +322,34 @@ describe("the mcp-observatory CLI, as the README runs it", () => {
     ]);
     expect(fromTime.code, fromTime.stderr + fromTime.stdout).toBe(0);
     const timeReport = JSON.parse(fromTime.stdout.trim()) as ReplayReport;
-    expect(timeReport.summary.events).toBeLessThan(demo.totals.sent);
-    expect(timeReport.summary.firstWindowStartMicros).toBeGreaterThanOrEqual(
-      Date.parse(middle) * 1000,
+    const timeFloor = roundUp(middleMs * 1000);
+    const expectTime = (p: number, o: { low: bigint; high: bigint }): bigint => {
+      const start = timeStarts.get(p) ?? o.high;
+      return o.high - (start < o.low ? o.low : start > o.high ? o.high : start);
+    };
+    expect(timeReport.summary.records).toBe(
+      Number([...offsets].reduce((sum, [p, o]) => sum + expectTime(p, o), 0n)),
     );
-    expect(timeReport.verify?.rebuiltRows).toBeGreaterThan(0);
+    expect(timeReport.summary.events).toBe(
+      log.events.filter((e) => {
+        const start = timeStarts.get(e.partition);
+        return start !== undefined && e.offset >= start;
+      }).length,
+    );
+    expect(timeReport.summary.firstWindowStartMicros).toBe(timeFloor);
+    expect(timeReport.summary.lastWindowEndMicros).toBe(lastWindowEnd);
+    const timeWindows = oracleWhere((w) => w.windowStart >= timeFloor);
+    expect(timeWindows.size).toBeGreaterThan(0);
+    expect(timeReport.verify?.rebuiltRows).toBe(timeWindows.size);
+    expect(timeReport.verify?.storedRows).toBe(timeWindows.size);
     expect(timeReport.verify?.differenceCount).toBe(0);
+
+    // From an offset: every partition from offset 200 (the ones with fewer records read nothing).
+    const FROM = 200n;
     const fromOffset = await npmRun("cli", [
       "replay",
       "--from-offset",
-      "200",
+      String(FROM),
       "--verify",
       "--dry-run",
       "--json",
@@ -184,9 +357,30 @@ describe("the mcp-observatory CLI, as the README runs it", () => {
     ]);
     expect(fromOffset.code, fromOffset.stderr + fromOffset.stdout).toBe(0);
     const offsetReport = JSON.parse(fromOffset.stdout.trim()) as ReplayReport;
-    expect(offsetReport.summary.records).toBeLessThan(
-      timeReport.summary.records + demo.totals.sent,
+    const expectedRecords = [...offsets].reduce(
+      (sum, [, o]) => sum + (o.high > FROM ? o.high - (FROM > o.low ? FROM : o.low) : 0n),
+      0n,
     );
+    expect(expectedRecords).toBeGreaterThan(0n);
+    expect(offsetReport.summary.records).toBe(Number(expectedRecords));
+    const after = log.events.filter((e) => e.offset >= FROM);
+    expect(offsetReport.summary.events).toBe(after.length);
+    // Each partition emits from its first event's time plus the grace period, rounded up.
+    const floors: Record<string, number> = {};
+    const partitionFloor = new Map<number, number>();
+    for (const { partition, event } of after) {
+      if (!partitionFloor.has(partition))
+        partitionFloor.set(partition, roundUp(event.end_time + GRACE_US));
+      floors[event.service] ??= partitionFloor.get(partition) ?? 0;
+    }
+    expect(offsetReport.summary.serviceFloors).toEqual(floors);
+    const offsetWindows = oracleWhere(
+      (w) => floors[w.service] !== undefined && w.windowStart >= (floors[w.service] ?? 0),
+    );
+    expect(offsetWindows.size).toBeGreaterThan(0);
+    expect(offsetReport.summary.rollups).toBe(offsetWindows.size);
+    expect(offsetReport.verify?.rebuiltRows).toBe(offsetWindows.size);
+    expect(offsetReport.verify?.storedRows).toBe(offsetWindows.size);
     expect(offsetReport.verify?.differenceCount).toBe(0);
   });
 
@@ -202,45 +396,158 @@ describe("the mcp-observatory CLI, as the README runs it", () => {
     expect(repair.code, repair.stderr).toBe(0);
     const again = await npmRun("cli", ["replay", "--verify", "--dry-run", ...WINDOW]);
     expect(again.code, again.stdout).toBe(0);
+    expectMatchesOracle(await storedRollups(client, "metric_rollups"), log.rollups, "repaired");
   });
 
-  it("replay --into new-version writes equal rollups into metric_rollups_v2, for the services asked", async () => {
+  it("replay --into new-version for two --services writes the oracle's rollups into metric_rollups_v2 and the stored alerts, with their history, into alerts_v2", async () => {
+    const asked = ["payments-mcp", "search-mcp"];
     const result = await npmRun("cli", [
       "replay",
       "--into",
       "new-version",
       "--service",
-      "search-mcp",
+      asked[0] ?? "",
+      "--service",
+      asked[1] ?? "",
       "--verify",
       ...WINDOW,
     ]);
     expect(result.code, result.stderr + result.stdout).toBe(0);
     expect(result.stdout).toContain("written to metric_rollups_v2 and alerts_v2");
-    const { rows } = await client.query<{ differ: string; total: string }>(
-      `select (select count(*) from (select service, model, window_start, calls, latency_sketch from metric_rollups_v2
-                except select service, model, window_start, calls, latency_sketch from metric_rollups where service = 'search-mcp') d)::text as differ,
-              (select count(*) from metric_rollups_v2)::text as total`,
+    // The rebuilt rows are the oracle's for exactly the services asked (not a copy of the stored).
+    expectMatchesOracle(
+      await storedRollups(client, "metric_rollups_v2"),
+      oracleWhere((w) => asked.includes(w.service)),
+      "metric_rollups_v2",
     );
-    expect(Number(rows[0]?.differ)).toBe(0);
-    expect(Number(rows[0]?.total)).toBe(
-      demo.services.find((s) => s.service === "search-mcp")?.rollupRows,
+    const incidents = oracleIncidents(log.alerts).filter((i) => asked.includes(i.service));
+    expect(incidents.length).toBeGreaterThan(0);
+    const rebuilt = await storedIncidents(client, "alerts_v2");
+    expect(rebuilt.map(({ alertId: _id, state: _state, ...rest }) => rest)).toEqual(incidents);
+    // Row for row, every column, equal to the alerts the live pipeline stored.
+    const columns = `alert_id, service, rule, metric, comparator, state, threshold, min_samples, observed_value,
+      sample_count, fired_window_start, window_start, window_end, emitted_at, history`;
+    const { rows } = await client.query<{ only_v2: string; only_stored: string; n: string }>(
+      `select (select count(*) from (select ${columns} from alerts_v2 except select ${columns} from alerts where service = any($1)) d)::text as only_v2,
+              (select count(*) from (select ${columns} from alerts where service = any($1) except select ${columns} from alerts_v2) d)::text as only_stored,
+              (select count(*) from alerts_v2)::text as n`,
+      [asked],
     );
+    expect(rows[0]).toEqual({ only_v2: "0", only_stored: "0", n: String(incidents.length) });
   });
 
-  it("alerts tail --json --from-beginning prints the demo's alerts", async () => {
+  it("replay --verify names an alert whose stored row was tampered with (exit 1), both ways", async () => {
+    const { rows } = await client.query<{ alert_id: string }>(
+      "select alert_id from alerts where service = 'payments-mcp' order by alert_id limit 1",
+    );
+    const original = rows[0]?.alert_id ?? "";
+    expect(original).toMatch(/^[0-9a-f]{32}$/);
+    const forged = "f".repeat(32);
+    await client.query("update alerts set alert_id = $2 where alert_id = $1", [original, forged]);
+    try {
+      const tampered = await npmRun("cli", ["replay", "--verify", "--dry-run", ...WINDOW]);
+      expect(tampered.code, tampered.stderr).toBe(1);
+      expect(tampered.stdout).toContain("verify: 0 rollup rows differ");
+      expect(tampered.stdout).toContain("; 2 alerts differ");
+      expect(tampered.stdout).toContain(`alert ${original}: rebuilt, not stored`);
+      expect(tampered.stdout).toContain(`alert ${forged}: stored, not rebuilt`);
+    } finally {
+      await client.query("update alerts set alert_id = $1 where alert_id = $2", [original, forged]);
+    }
+    const again = await npmRun("cli", ["replay", "--verify", "--dry-run", ...WINDOW]);
+    expect(again.code, again.stdout).toBe(0);
+  });
+
+  it("replay --with-spans re-inserts lost spans from the log: every event once, equal column for column to the sink's rows", async () => {
+    const { rows: columnRows } = await client.query<{ column_name: string }>(
+      `select column_name from information_schema.columns
+       where table_schema = current_schema() and table_name = 'spans' and column_name <> 'inserted_at'
+       order by ordinal_position`,
+    );
+    const columns = columnRows.map((r) => r.column_name).join(", ");
+    await client.query("drop table if exists spans_before");
+    await client.query(`create table spans_before as select ${columns} from spans`);
+    const removed = await client.query(
+      "delete from spans where service = 'support-mcp' or (service = 'payments-mcp' and source_offset % 7 = 0)",
+    );
+    expect(removed.rowCount).toBeGreaterThan(demo.services[2]?.spans ?? 0);
+    const result = await npmRun("cli", ["replay", "--with-spans", "--json", ...WINDOW]);
+    expect(result.code, result.stderr).toBe(0);
+    const { rows } = await client.query<{ missing: string; extra: string; n: string; ids: string }>(
+      `select (select count(*) from (select ${columns} from spans_before except select ${columns} from spans) d)::text as missing,
+              (select count(*) from (select ${columns} from spans except select ${columns} from spans_before) d)::text as extra,
+              (select count(*) from spans)::text as n,
+              (select count(distinct event_id) from spans)::text as ids`,
+    );
+    expect(rows[0]).toEqual({
+      missing: "0",
+      extra: "0",
+      n: String(log.events.length),
+      ids: String(log.events.length),
+    });
+    // Each span points at its event's place in the log.
+    const { rows: places } = await client.query<{ event_id: string; place: string }>(
+      "select event_id::text, source_partition || ':' || source_offset as place from spans",
+    );
+    const stored = new Map(places.map((p) => [p.event_id, p.place]));
+    for (const { event, partition, offset } of log.events)
+      expect(stored.get(event.event_id), event.event_id).toBe(`${partition}:${offset}`);
+    await client.query("drop table spans_before");
+  });
+
+  it("alerts tail --json --from-beginning prints every transition the oracle derives, and the table form shows them", async () => {
+    // It ends after printing as many transitions as the oracle derives (the alerts topic holds no
+    // more: the stored history, compared above, has exactly those); the timeout only bounds a
+    // tail that prints fewer.
     const result = await npmRun("cli", [
       "alerts",
       "tail",
       "--json",
       "--from-beginning",
+      "--max-messages",
+      String(log.alerts.length),
       "--timeout",
-      "8s",
+      "60s",
     ]);
     expect(result.code, result.stderr).toBe(0);
     const printed = result.stdout
       .trim()
       .split("\n")
       .map((line) => JSON.parse(line) as AlertEvent);
+    const key = (t: {
+      service: string;
+      rule: string;
+      state: string;
+      windowStart: number;
+      firedWindowStart: number;
+      samples: number;
+    }): string =>
+      `${t.service}|${t.rule}|${t.state}|${t.windowStart}|${t.firedWindowStart}|${t.samples}`;
+    expect(
+      printed
+        .map((a) =>
+          key({
+            service: a.service,
+            rule: a.rule,
+            state: a.state,
+            windowStart: a.window_start,
+            firedWindowStart: a.fired_window_start,
+            samples: a.sample_count,
+          }),
+        )
+        .sort(),
+    ).toEqual(log.alerts.map(key).sort());
+    for (const alert of printed) {
+      const want = log.alerts.find(
+        (t) =>
+          t.service === alert.service &&
+          t.rule === alert.rule &&
+          t.windowStart === alert.window_start,
+      );
+      expect(alert.observed_value, alert.alert_id).toBeCloseTo(want?.observed ?? NaN, 12);
+      expect(alert.window_end).toBe(alert.window_start + WINDOW_US);
+      expect(alert.emitted_at).toBe(alert.window_end);
+    }
     const { rows } = await client.query<{ transition: string }>(
       "select alert_id || '|' || (h->>'state') as transition from alerts, jsonb_array_elements(history) h",
     );
@@ -259,43 +566,180 @@ describe("the mcp-observatory CLI, as the README runs it", () => {
     expect(table.stdout).toMatch(/FIRING\s+payments-mcp/);
   });
 
-  it("report prints the stored rates, merged into coarser buckets on request", async () => {
-    const json = await npmRun("cli", [
-      "report",
-      "--since",
-      "1h",
-      "--service",
-      "search-mcp",
-      "--json",
-    ]);
-    expect(json.code, json.stderr).toBe(0);
-    const rows = json.stdout
-      .trim()
-      .split("\n")
-      .map((line) => JSON.parse(line) as { calls: number });
-    expect(rows.reduce((sum, r) => sum + r.calls, 0)).toBe(
-      demo.services.find((s) => s.service === "search-mcp")?.produced,
-    );
-    const merged = await npmRun("cli", [
-      "report",
-      "--since",
-      "1h",
-      "--bucket",
-      "1h",
-      "--service",
-      "search-mcp",
-      "--json",
-    ]);
-    const buckets = merged.stdout
-      .trim()
-      .split("\n")
-      .map((line) => JSON.parse(line) as { calls: number; windows: number });
-    expect(buckets.reduce((sum, r) => sum + r.calls, 0)).toBe(
-      rows.reduce((sum, r) => sum + r.calls, 0),
-    );
-    expect(buckets.reduce((sum, r) => sum + r.windows, 0)).toBe(rows.length);
-    const text = await npmRun("cli", ["report", "--since", "1h"]);
-    expect(text.stdout).toMatch(/payments-mcp \(all models\)\nwindow \(UTC\)\s+calls\s+cost \$/);
+  describe("report", () => {
+    /**
+     * Two whole windows inside the run (from its second window), with windows after them, so
+     * both ends of the range cut.
+     */
+    const range = (): { since: number; until: number } => {
+      const starts = [...log.rollups.values()]
+        .filter((w) => w.service === "payments-mcp" && w.model === null)
+        .map((w) => w.windowStart)
+        .sort((a, b) => a - b);
+      expect(starts.length, "payments-mcp windows").toBeGreaterThanOrEqual(4);
+      const since = starts[1] ?? 0;
+      return { since, until: since + 2 * WINDOW_US };
+    };
+    const iso = (micros: number): string => new Date(micros / 1000).toISOString();
+    const asked = ["payments-mcp", "search-mcp"];
+
+    it("--since/--until with two --service flags prints exactly those services' windows in the range, every rate equal to the oracle's", async () => {
+      const { since, until } = range();
+      const result = await npmRun("cli", [
+        "report",
+        "--since",
+        iso(since),
+        "--until",
+        iso(until),
+        "--service",
+        asked[0] ?? "",
+        "--service",
+        asked[1] ?? "",
+        "--json",
+      ]);
+      expect(result.code, result.stderr).toBe(0);
+      const rows = result.stdout
+        .trim()
+        .split("\n")
+        .map((line) => JSON.parse(line) as RatesRow);
+      const expected = oracleWhere(
+        (w) =>
+          w.model === null &&
+          asked.includes(w.service) &&
+          w.windowStart >= since &&
+          w.windowStart < until,
+      );
+      // The range cuts: there are windows after --until, and each service has 4 inside.
+      expect(
+        [...log.rollups.values()].some((w) => w.model === null && w.windowStart >= until),
+      ).toBe(true);
+      expect(expected.size).toBe(4);
+      expect(rows.every((r) => r.windows === 1 && r.model === "*")).toBe(true);
+      expectMatchesOracle(rows.map(ratesRowAsComparable), expected, "report --json");
+    });
+
+    it("--bucket 10s merges the windows: calls, cost, late and every rate equal the oracle's over the merged events", async () => {
+      const { since, until } = range();
+      const result = await npmRun("cli", [
+        "report",
+        "--since",
+        iso(since),
+        "--until",
+        iso(until),
+        "--bucket",
+        "10s",
+        "--service",
+        asked.join(","),
+        "--json",
+      ]);
+      expect(result.code, result.stderr).toBe(0);
+      const rows = result.stdout
+        .trim()
+        .split("\n")
+        .map((line) => JSON.parse(line) as RatesRow);
+      const inRange = (service: string, end: number): boolean => {
+        const start = end - (end % WINDOW_US);
+        return asked.includes(service) && start >= since && start < until;
+      };
+      const lateByKey = new Map<string, number>();
+      for (const [key, n] of log.lateByKey) {
+        const [service = "", model = "", start = "0"] = key.split("\u0000");
+        if (model !== "\u0001total" || !inRange(service, Number(start))) continue;
+        const bucket = Number(start) - (Number(start) % 10_000_000);
+        const merged = oracleKey(service, null, bucket);
+        lateByKey.set(merged, (lateByKey.get(merged) ?? 0) + n);
+      }
+      const merged = new Map(
+        [
+          ...oracleRollups(
+            log.onTime.filter((e) => inRange(e.service, e.end_time)),
+            10_000_000,
+            { lateByKey },
+          ),
+        ].filter(([, w]) => w.model === null),
+      );
+      expectMatchesOracle(rows.map(ratesRowAsComparable), merged, "report --bucket 10s");
+      // Each bucket merged the stored windows of its 10 s: 2 per service in all.
+      for (const service of asked)
+        expect(
+          rows.filter((r) => r.service === service).reduce((sum, r) => sum + r.windows, 0),
+          service,
+        ).toBe(2);
+    });
+
+    it("the table form shows each window's rates as the oracle's percentages", async () => {
+      const { since, until } = range();
+      const result = await npmRun("cli", [
+        "report",
+        "--since",
+        iso(since),
+        "--until",
+        iso(until),
+        "--service",
+        "payments-mcp",
+      ]);
+      expect(result.code, result.stderr).toBe(0);
+      const lines = result.stdout.trimEnd().split("\n");
+      expect(lines[0]).toBe("payments-mcp (all models)");
+      expect(lines[1]).toMatch(/^window \(UTC\)\s+calls\s+cost \$\s+fallback\s+retry/);
+      const pct = (v: number | null): string => (v === null ? "-" : `${(v * 100).toFixed(1)}%`);
+      const printed = lines.slice(3).map((line) => line.trim().split(/\s{2,}/));
+      const expected = [
+        ...oracleWhere(
+          (w) =>
+            w.model === null &&
+            w.service === "payments-mcp" &&
+            w.windowStart >= since &&
+            w.windowStart < until,
+        ).values(),
+      ]
+        .sort((a, b) => a.windowStart - b.windowStart)
+        .map((w) => ({
+          p50: w.rates.latency_p50_ms,
+          p95: w.rates.latency_p95_ms,
+          p99: w.rates.latency_p99_ms,
+          late: w.counts.late,
+          cells: [
+            iso(w.windowStart)
+              .replace("T", " ")
+              .replace(/\.000Z$/, ""),
+            w.counts.calls.toLocaleString("en-US"),
+            (w.counts.cost_nano_usd / 1e9).toFixed(4),
+            pct(w.rates.fallback_rate),
+            pct(w.rates.retry_rate),
+            pct(w.rates.low_confidence_rate),
+            pct(w.rates.confidence_gate_block_rate),
+            pct(w.rates.prompt_diff_violation_rate),
+            pct(w.rates.shadow_disagreement_rate),
+            pct(w.rates.deterministic_fallback_rate),
+            pct(w.rates.high_risk_path_rate),
+            pct(w.rates.golden_financial_failure_rate),
+            pct(w.rates.error_rate),
+          ],
+        }));
+      expect(printed.map((cells) => cells.slice(0, 13))).toEqual(expected.map((w) => w.cells));
+      // p50, p95, p99 from the sketch, within its 1% (and the rounding to whole ms); then late.
+      printed.forEach((cells, i) => {
+        const want = expected[i];
+        for (const [column, exact] of [
+          [13, want?.p50],
+          [14, want?.p95],
+          [15, want?.p99],
+        ] as const)
+          expect(
+            Math.abs(Number(cells[column]) - (exact ?? NaN)),
+            `${cells[0]} column ${column}: ${cells[column]} vs exact ${exact}`,
+          ).toBeLessThanOrEqual((exact ?? 0) * 0.01 + 0.5);
+        expect(cells[16], `${cells[0]} late`).toBe(String(want?.late));
+      });
+    });
+
+    it("prints every service's table when no --service is given", async () => {
+      const text = await npmRun("cli", ["report", "--since", "1h"]);
+      expect(text.code, text.stderr).toBe(0);
+      for (const service of SERVICES)
+        expect(text.stdout).toContain(`${service} (all models)\nwindow (UTC)  `);
+    });
   });
 
   it("--help lists every command with examples", async () => {
@@ -317,130 +761,5 @@ describe("the mcp-observatory CLI, as the README runs it", () => {
     expect(processor.stdout).toMatch(
       /--window <value>\s+tumbling window size \[env MCPO_WINDOW_MS, file\s+processor\.windowMs, default 1m\]/,
     );
-  });
-
-  describe("errors: one line saying what is wrong, a non-zero exit, no stack trace", () => {
-    const badFile = (): string => {
-      const path = join(clone, "bad-config.yaml");
-      writeFileSync(path, "processor:\n  windowMs: 5000\n  graceMz: 100\n");
-      return path;
-    };
-    const cases: {
-      name: string;
-      args: () => string[];
-      env?: NodeJS.ProcessEnv;
-      code: number;
-      message: RegExp;
-    }[] = [
-      {
-        name: "an unknown flag",
-        args: () => ["demo", "--bogus"],
-        code: 2,
-        message: /unknown option '--bogus'/,
-      },
-      {
-        name: "a bad flag value",
-        args: () => ["demo", "--rate", "fast"],
-        code: 2,
-        message: /option '--rate <n>' argument 'fast' is invalid/,
-      },
-      {
-        name: "an unknown key in the config file",
-        args: () => ["processor", "--config", badFile()],
-        code: 2,
-        message: /invalid configuration processor\.graceMz in .*bad-config\.yaml: unknown key/,
-      },
-      {
-        name: "a bad environment value",
-        args: () => ["replay"],
-        env: { MCPO_WINDOW_MS: "soon" },
-        code: 2,
-        message: /invalid configuration MCPO_WINDOW_MS: expected a duration/,
-      },
-      {
-        name: "a bad broker address",
-        args: () => ["alerts", "tail", "--brokers", "kafka"],
-        code: 2,
-        message: /invalid configuration --brokers: expected host:port/,
-      },
-      {
-        name: "an unreachable broker",
-        args: () => ["alerts", "tail", "--brokers", "127.0.0.1:9"],
-        code: 3,
-        message:
-          /cannot reach Kafka \(127\.0\.0\.1:9: ECONNREFUSED; set by KAFKA_BROKERS or --brokers\): start the local stack/,
-      },
-      {
-        name: "an unreachable registry",
-        args: () => [
-          "alerts",
-          "tail",
-          "--schema-registry-url",
-          "http://127.0.0.1:9/apis/ccompat/v7",
-        ],
-        code: 3,
-        message: /cannot reach the schema registry .*SCHEMA_REGISTRY_URL/,
-      },
-      {
-        name: "an unreachable PostgreSQL",
-        args: () => ["report", "--database-url", "postgresql://postgres@127.0.0.1:9/x"],
-        code: 3,
-        message:
-          /cannot reach PostgreSQL at postgresql:\/\/postgres@127\.0\.0\.1:9\/x \(ECONNREFUSED/,
-      },
-      {
-        name: "a missing database",
-        args: () => ["report", "--database-url", `${database.url}_missing`],
-        code: 3,
-        message: /does not exist\): create it with `mcp-observatory migrate`/,
-      },
-      {
-        name: "a misspelt flag, with a suggestion",
-        args: () => ["demo", "--duraton", "10s"],
-        code: 2,
-        message: /unknown option '--duraton' \(Did you mean --duration\?\) \(see --help\)/,
-      },
-      {
-        name: "a replay of a topic that does not exist",
-        args: () => ["replay"],
-        env: { MCPO_TOPIC_PREFIX: "missing-topic-e2e." },
-        code: 1,
-        message:
-          /nothing to replay: topic missing-topic-e2e\.model-calls does not exist \(check the topic prefix/,
-      },
-      {
-        name: "an unknown command",
-        args: () => ["frobnicate"],
-        code: 2,
-        message: /unknown command 'frobnicate'/,
-      },
-      {
-        name: "conflicting replay starts",
-        args: () => ["replay", "--from", "1h", "--from-offset", "0"],
-        code: 2,
-        message: /give one of --from-beginning, --from and --from-offset/,
-      },
-    ];
-    it("--verbose adds the stack trace", async () => {
-      const result = await npmRun("cli", [
-        "--verbose",
-        "alerts",
-        "tail",
-        "--brokers",
-        "127.0.0.1:9",
-      ]);
-      expect(result.code).toBe(3);
-      expect(result.stderr).toMatch(/cannot reach Kafka/);
-      expect(result.stderr).toMatch(/^\s+at .*preflight/m);
-    });
-
-    for (const c of cases)
-      it(c.name, async () => {
-        const result = await npmRun("cli", c.args(), c.env ?? {});
-        expect(result.code, result.stderr).toBe(c.code);
-        expect(result.stderr).toMatch(c.message);
-        expect(result.stderr.trim().split("\n")).toHaveLength(1);
-        expect(result.stderr).not.toMatch(/^\s+at /m);
-      });
   });
 });

@@ -14,12 +14,13 @@ const scripts = (
 ).scripts;
 
 describe("README", () => {
-  it("names only npm scripts that exist", () => {
+  it("names only npm scripts that exist, and `npm test` is `vitest run` (every tier)", () => {
     const named = [...readme.matchAll(/npm run (?:-s )?([\w:-]+)/g)].map((match) => match[1]);
     expect(named.length).toBeGreaterThan(5);
     for (const name of named) expect(Object.keys(scripts), `npm run ${name}`).toContain(name);
     expect(readme).toContain("npm test");
-    expect(scripts.test).toBeDefined();
+    // `npm test` runs every tier (no --project filter), as the README's Tests section says.
+    expect(scripts.test).toBe("vitest run");
   });
 
   it("is the test command CI runs", () => {

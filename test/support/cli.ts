@@ -1,5 +1,35 @@
-import { execFile } from "node:child_process";
+/**
+ * Running the CLI in tests (to its end, or in the background), and reading back what the pipeline
+ * wrote, apart from the product: topics with kafkajs, events with the contract's codec, tables with
+ * plain SQL, and the figures they must hold from the brute-force oracle (./oracle.ts).
+ */
+import { execFile, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
+
+import type pg from "pg";
+
+import { AvroCodec, valueSubject } from "../../avro/codec.js";
+import { MODEL_CALL_EVENT } from "../../avro/contracts.js";
+import { CONTROL_HEADER } from "../../avro/control.js";
+import type {
+  DerivedRates,
+  MetricThresholds,
+  ModelCallEvent,
+  WindowCounts,
+} from "../../avro/generated.js";
+import { topicNames } from "../../config/index.js";
+import { services, testKafka, uniqueName } from "./isolation.js";
+import {
+  ORACLE_DEFAULT_THRESHOLDS,
+  oracleAlerts,
+  oracleKey,
+  oracleRollups,
+  type ComparableRollup,
+  type OracleRule,
+  type OracleTransition,
+  type OracleWindow,
+} from "./oracle.js";
+import { waitFor } from "./wait.js";
 
 /** The repository root. */
 export const REPO_ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -33,4 +63,524 @@ export function runTs(
       },
     );
   });
+}
+
+/** A CLI process started in the background (`node --import tsx cli/main.ts …`), output kept. */
+export interface BackgroundCommand {
+  readonly pid: number;
+  /** Everything printed so far. */
+  stdout(): string;
+  stderr(): string;
+  /** Resolves with the exit code (a signal's name when killed by one) once it ended. */
+  readonly exited: Promise<number | string>;
+  /** The exit code (or signal) once it ended; undefined while it runs. */
+  exitCode(): number | string | undefined;
+  /** When (Date.now()) it last printed to stdout, and when it exited; undefined before. */
+  lastOutputAt(): number | undefined;
+  exitedAt(): number | undefined;
+  /** Sends a signal if it is still running; resolves once it exited. */
+  stop(signal?: NodeJS.Signals): Promise<number | string>;
+}
+
+/** Starts `mcp-observatory <args>` as a real process of its own (never through npx or npm). */
+export function startCli(args: readonly string[], env: NodeJS.ProcessEnv): BackgroundCommand {
+  const child = spawn(process.execPath, ["--import", "tsx", "cli/main.ts", ...args], {
+    cwd: REPO_ROOT,
+    env,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  let lastOutput: number | undefined;
+  let exitTime: number | undefined;
+  child.stdout.on("data", (chunk: Buffer) => {
+    out += chunk.toString("utf8");
+    lastOutput = Date.now();
+  });
+  child.stderr.on("data", (chunk: Buffer) => {
+    err += chunk.toString("utf8");
+  });
+  let status: number | string | undefined;
+  const exited = new Promise<number | string>((resolve) => {
+    child.once("exit", (code, signal) => {
+      exitTime = Date.now();
+      status = code ?? signal ?? "unknown";
+      resolve(status);
+    });
+  });
+  if (child.pid === undefined) throw new Error(`could not start mcp-observatory ${args.join(" ")}`);
+  const pid = child.pid;
+  return {
+    pid,
+    stdout: () => out,
+    stderr: () => err,
+    exited,
+    exitCode: () => status,
+    lastOutputAt: () => lastOutput,
+    exitedAt: () => exitTime,
+    async stop(signal = "SIGTERM") {
+      if (child.exitCode === null && child.signalCode === null) process.kill(pid, signal);
+      return exited;
+    },
+  };
+}
+
+/** `mcp-observatory <args>` from this repository, run to its end. */
+export function runCli(
+  args: readonly string[],
+  env: NodeJS.ProcessEnv,
+  timeoutMs = 240_000,
+): Promise<CommandResult> {
+  return runTs("cli/main.ts", args, { env, timeoutMs });
+}
+
+/** One record of a topic, as read back by the tests (with kafkajs, apart from the product). */
+export interface TopicRecord {
+  readonly partition: number;
+  readonly offset: bigint;
+  readonly key: string | null;
+  readonly value: Buffer;
+  readonly headers: Readonly<Record<string, string>>;
+}
+
+/** Each partition's earliest and end offsets (the next offset to be written). */
+export async function topicOffsets(
+  topic: string,
+): Promise<Map<number, { low: bigint; high: bigint }>> {
+  const admin = testKafka().admin();
+  await admin.connect();
+  try {
+    const offsets = await admin.fetchTopicOffsets(topic);
+    return new Map(
+      offsets.map((o) => [o.partition, { low: BigInt(o.low), high: BigInt(o.high) }] as const),
+    );
+  } finally {
+    await admin.disconnect();
+  }
+}
+
+/**
+ * Every record of a topic up to the end offsets it has now, in partition and offset order, read
+ * with a throwaway kafkajs consumer group (not the product's reader).
+ */
+export async function readWholeTopic(topic: string): Promise<TopicRecord[]> {
+  const ends = await topicOffsets(topic);
+  const wanted = [...ends].filter(([, o]) => o.high > o.low);
+  const records: TopicRecord[] = [];
+  if (wanted.length === 0) return records;
+  const kafka = testKafka();
+  const groupId = uniqueName("read-topic");
+  const consumer = kafka.consumer({ groupId, maxWaitTimeInMs: 200 });
+  const next = new Map<number, bigint>();
+  await consumer.connect();
+  try {
+    await consumer.subscribe({ topic, fromBeginning: true });
+    await consumer.run({
+      eachMessage: ({ partition, message }) => {
+        const offset = BigInt(message.offset);
+        const headers: Record<string, string> = {};
+        for (const [name, value] of Object.entries(message.headers ?? {}))
+          if (value !== undefined)
+            headers[name] = (Array.isArray(value) ? value[0] : value)?.toString() ?? "";
+        records.push({
+          partition,
+          offset,
+          key: message.key?.toString() ?? null,
+          value: message.value ?? Buffer.alloc(0),
+          headers,
+        });
+        next.set(partition, offset + 1n);
+        return Promise.resolve();
+      },
+    });
+    await waitFor(
+      `every record of ${topic} up to its end offsets ${JSON.stringify(wanted.map(([p, o]) => `${p}:${o.high}`))}`,
+      () => wanted.map(([p]) => `${p}:${next.get(p) ?? "none"}`),
+      () => wanted.every(([p, o]) => (next.get(p) ?? -1n) >= o.high),
+      { timeoutMs: 120_000, intervalMs: 100 },
+    );
+  } finally {
+    await consumer.disconnect();
+    const admin = kafka.admin();
+    await admin
+      .connect()
+      .then(() => admin.deleteGroups([groupId]))
+      .catch(() => undefined)
+      .finally(() => admin.disconnect());
+  }
+  return records
+    .filter((r) => r.offset < (ends.get(r.partition)?.high ?? 0n))
+    .sort((a, b) => a.partition - b.partition || (a.offset < b.offset ? -1 : 1));
+}
+
+/** A decoded model-call event and where it is in the log. */
+export interface LoggedEvent {
+  readonly partition: number;
+  readonly offset: bigint;
+  readonly event: ModelCallEvent;
+}
+
+/**
+ * The model-calls records decoded with the contract's codec: the events (watermark ticks, the
+ * control records, are left out and counted).
+ */
+export async function decodeModelCalls(
+  topic: string,
+  records: readonly TopicRecord[],
+): Promise<{ events: LoggedEvent[]; ticks: number }> {
+  const codec = await AvroCodec.register(MODEL_CALL_EVENT, {
+    registryUrl: services().schemaRegistryUrl,
+    subject: valueSubject(topic),
+  });
+  const events: LoggedEvent[] = [];
+  let ticks = 0;
+  for (const record of records) {
+    if (record.headers[CONTROL_HEADER] !== undefined) {
+      ticks++;
+      continue;
+    }
+    const decoded = await codec.decode(record.value);
+    if (!decoded.ok)
+      throw new Error(
+        `${topic}[${record.partition}]@${record.offset} does not decode: ${decoded.error.message}`,
+      );
+    events.push({ partition: record.partition, offset: record.offset, event: decoded.value });
+  }
+  return { events, ticks };
+}
+
+/** What the pipeline's log holds, and the oracle's figures computed from it by brute force. */
+export interface LogOracle {
+  /** Every event of the model-calls topic, in partition and offset order. */
+  readonly events: readonly LoggedEvent[];
+  readonly ticks: number;
+  /** Events the processor forwarded to the late-events topic (in no count but `late`). */
+  readonly late: readonly { readonly event: ModelCallEvent; readonly watermarkMicros: number }[];
+  /** The events counted in windows: every event but the late ones. */
+  readonly onTime: readonly ModelCallEvent[];
+  /** Late counts by {@link oracleKey}: the window where the watermark was, service total and model. */
+  readonly lateByKey: ReadonlyMap<string, number>;
+  /** The oracle's rollups (service totals: model null). */
+  readonly rollups: Map<string, OracleWindow>;
+  readonly alerts: OracleTransition[];
+}
+
+/**
+ * Reads a prefix's model-calls and late-events topics and computes, with test/support/oracle.ts,
+ * every rollup and alert transition the pipeline must have derived: late events count only in the
+ * `late` of the window where the watermark was (their `mcpo-late-watermark-micros` header).
+ */
+export async function oracleFromLog(
+  prefix: string,
+  windowMs: number,
+  rules: readonly OracleRule[],
+  thresholds: MetricThresholds = ORACLE_DEFAULT_THRESHOLDS,
+): Promise<LogOracle> {
+  const topics = topicNames(prefix);
+  const { events, ticks } = await decodeModelCalls(
+    topics.modelCalls,
+    await readWholeTopic(topics.modelCalls),
+  );
+  const lateRecords = await readWholeTopic(topics.lateEvents);
+  const lateDecoded = await decodeModelCalls(topics.modelCalls, lateRecords);
+  const late = lateDecoded.events.map(({ event }, i) => {
+    const header = lateRecords[i]?.headers["mcpo-late-watermark-micros"];
+    if (header === undefined) throw new Error(`late record ${i} has no watermark header`);
+    return { event, watermarkMicros: Number(header) };
+  });
+  const windowMicros = windowMs * 1000;
+  const lateIds = new Set(late.map((l) => l.event.event_id));
+  const lateByKey = new Map<string, number>();
+  for (const { event, watermarkMicros } of late) {
+    const start =
+      watermarkMicros - (((watermarkMicros % windowMicros) + windowMicros) % windowMicros);
+    for (const model of event.model === null ? [null] : [null, event.model]) {
+      const key = oracleKey(event.service, model, start);
+      lateByKey.set(key, (lateByKey.get(key) ?? 0) + 1);
+    }
+  }
+  const onTime = events.filter((e) => !lateIds.has(e.event.event_id)).map((e) => e.event);
+  const rollups = oracleRollups(onTime, windowMicros, { thresholds, lateByKey });
+  return {
+    events,
+    ticks,
+    late,
+    onTime,
+    lateByKey,
+    rollups,
+    alerts: oracleAlerts(rollups.values(), rules),
+  };
+}
+
+const COUNT_COLUMNS = [
+  "calls",
+  "calls_with_cost",
+  "cost_nano_usd",
+  "prompt_tokens",
+  "completion_tokens",
+  "calls_tokens_reported",
+  "calls_tokens_estimated",
+  "calls_tokens_none",
+  "fallbacks",
+  "calls_with_retries",
+  "retries",
+  "low_confidence",
+  "calls_with_confidence",
+  "gate_blocks",
+  "calls_with_gate",
+  "prompt_diff_violations",
+  "calls_with_prompt_diff",
+  "shadow_disagreements",
+  "calls_with_shadow",
+  "deterministic_fallbacks",
+  "high_risk",
+  "golden_failures",
+  "golden_with_result",
+  "errors",
+  "late",
+] as const satisfies readonly (keyof WindowCounts)[];
+
+const RATE_COLUMNS = [
+  "avg_cost_usd",
+  "fallback_rate",
+  "retry_rate",
+  "low_confidence_rate",
+  "confidence_gate_block_rate",
+  "prompt_diff_violation_rate",
+  "shadow_disagreement_rate",
+  "deterministic_fallback_rate",
+  "high_risk_path_rate",
+  "golden_financial_failure_rate",
+  "error_rate",
+  "latency_p50_ms",
+  "latency_p95_ms",
+  "latency_p99_ms",
+] as const satisfies readonly (keyof DerivedRates)[];
+
+/**
+ * The rollup rows of a table (`metric_rollups` or a replay's `metric_rollups_vN`) with every count
+ * and every rate column, for {@link expectMatchesOracle}; also each row's thresholds.
+ */
+export async function storedRollups(
+  client: pg.Client,
+  table: string,
+  where = "true",
+): Promise<(ComparableRollup & { thresholds: MetricThresholds; windowEnd: number })[]> {
+  if (!/^[a-z_][a-z0-9_]*$/.test(table)) throw new Error(`not a table name: ${table}`);
+  const { rows } = await client.query<Record<string, string | number | null>>(
+    `select service, model,
+            (extract(epoch from window_start) * 1000000)::bigint::text as window_start_us,
+            (extract(epoch from window_end) * 1000000)::bigint::text as window_end_us,
+            low_confidence_threshold, prompt_diff_threshold,
+            ${COUNT_COLUMNS.map((c) => `${c}::text`).join(", ")}, ${RATE_COLUMNS.join(", ")}
+     from ${table} where ${where} order by service, model, window_start`,
+  );
+  return rows.map((row) => ({
+    service: String(row.service),
+    model: row.model === "*" ? null : String(row.model),
+    windowStart: Number(row.window_start_us),
+    windowEnd: Number(row.window_end_us),
+    thresholds: {
+      low_confidence: Number(row.low_confidence_threshold),
+      prompt_diff: Number(row.prompt_diff_threshold),
+    },
+    counts: Object.fromEntries(COUNT_COLUMNS.map((c) => [c, String(row[c])])),
+    rates: Object.fromEntries(RATE_COLUMNS.map((c) => [c, row[c] ?? null])),
+  }));
+}
+
+/** An alert incident as the oracle's transitions describe it. */
+export interface OracleIncident {
+  readonly service: string;
+  readonly rule: string;
+  readonly firedWindowStart: number;
+  /** Its transitions in order: state and deciding window start. */
+  readonly history: readonly { state: "firing" | "resolved"; windowStart: number }[];
+}
+
+/** Groups the oracle's transitions into incidents, sorted by service, rule and fired window. */
+export function oracleIncidents(transitions: readonly OracleTransition[]): OracleIncident[] {
+  const byIncident = new Map<
+    string,
+    OracleIncident & { history: OracleIncident["history"][number][] }
+  >();
+  for (const t of transitions) {
+    const key = `${t.service}\u0000${t.rule}\u0000${t.firedWindowStart}`;
+    const incident = byIncident.get(key) ?? {
+      service: t.service,
+      rule: t.rule,
+      firedWindowStart: t.firedWindowStart,
+      history: [],
+    };
+    incident.history.push({ state: t.state, windowStart: t.windowStart });
+    byIncident.set(key, incident);
+  }
+  return [...byIncident.values()].sort(
+    (a, b) =>
+      (a.service < b.service ? -1 : a.service > b.service ? 1 : 0) ||
+      (a.rule < b.rule ? -1 : a.rule > b.rule ? 1 : 0) ||
+      a.firedWindowStart - b.firedWindowStart,
+  );
+}
+
+/** The incidents of an alerts table (`alerts` or `alerts_vN`), in the same form and order. */
+export async function storedIncidents(
+  client: pg.Client,
+  table: string,
+  where = "true",
+): Promise<(OracleIncident & { alertId: string; state: string })[]> {
+  if (!/^[a-z_][a-z0-9_]*$/.test(table)) throw new Error(`not a table name: ${table}`);
+  const { rows } = await client.query<{
+    alert_id: string;
+    service: string;
+    rule: string;
+    state: string;
+    fired_us: string;
+    history: { state: "firing" | "resolved"; window_start_us: number | string }[];
+  }>(
+    `select alert_id, service, rule, state,
+            (extract(epoch from fired_window_start) * 1000000)::bigint::text as fired_us, history
+     from ${table} where ${where}`,
+  );
+  return rows
+    .map((row) => ({
+      alertId: row.alert_id,
+      state: row.state,
+      service: row.service,
+      rule: row.rule,
+      firedWindowStart: Number(row.fired_us),
+      history: row.history.map((h) => ({ state: h.state, windowStart: Number(h.window_start_us) })),
+    }))
+    .sort(
+      (a, b) =>
+        (a.service < b.service ? -1 : a.service > b.service ? 1 : 0) ||
+        (a.rule < b.rule ? -1 : a.rule > b.rule ? 1 : 0) ||
+        a.firedWindowStart - b.firedWindowStart,
+    );
+}
+
+/** The default alert rules as metrics/README.md lists them (written out here, not imported). */
+export const README_DEFAULT_RULES: readonly OracleRule[] = [
+  {
+    key: "golden_financial_failure_rate_high",
+    metric: "golden_financial_failure_rate",
+    comparator: "gt",
+    threshold: 0,
+    minSamples: 1,
+  },
+  {
+    key: "confidence_gate_block_rate_high",
+    metric: "confidence_gate_block_rate",
+    comparator: "gt",
+    threshold: 0.2,
+    minSamples: 1,
+  },
+  {
+    key: "low_confidence_rate_high",
+    metric: "low_confidence_rate",
+    comparator: "gt",
+    threshold: 0.25,
+    minSamples: 1,
+  },
+  {
+    key: "prompt_diff_violation_rate_high",
+    metric: "prompt_diff_violation_rate",
+    comparator: "gt",
+    threshold: 0.2,
+    minSamples: 1,
+  },
+  {
+    key: "shadow_disagreement_rate_high",
+    metric: "shadow_disagreement_rate",
+    comparator: "gt",
+    threshold: 0.1,
+    minSamples: 1,
+  },
+  {
+    key: "deterministic_fallback_rate_high",
+    metric: "deterministic_fallback_rate",
+    comparator: "gt",
+    threshold: 0.5,
+    minSamples: 1,
+  },
+  {
+    key: "error_rate_high",
+    metric: "error_rate",
+    comparator: "gt",
+    threshold: 0.05,
+    minSamples: 20,
+  },
+  {
+    key: "fallback_rate_high",
+    metric: "fallback_rate",
+    comparator: "gt",
+    threshold: 0.2,
+    minSamples: 20,
+  },
+  {
+    key: "retry_rate_high",
+    metric: "retry_rate",
+    comparator: "gt",
+    threshold: 0.3,
+    minSamples: 20,
+  },
+  {
+    key: "latency_p95_high",
+    metric: "latency_p95_ms",
+    comparator: "gt",
+    threshold: 30_000,
+    minSamples: 20,
+  },
+];
+
+/** The camel-case rates of a `report --json` / demo summary row, as the oracle names them. */
+export function ratesRowAsComparable(row: {
+  service: string;
+  model: string;
+  windowStart: string;
+  calls: number;
+  costUsd: string;
+  late: number;
+  avgCostUsd: number | null;
+  fallbackRate: number | null;
+  retryRate: number | null;
+  lowConfidenceRate: number | null;
+  confidenceGateBlockRate: number | null;
+  promptDiffViolationRate: number | null;
+  shadowDisagreementRate: number | null;
+  deterministicFallbackRate: number | null;
+  highRiskPathRate: number | null;
+  goldenFinancialFailureRate: number | null;
+  errorRate: number | null;
+  latencyP50Ms: number | null;
+  latencyP95Ms: number | null;
+  latencyP99Ms: number | null;
+}): ComparableRollup {
+  const [units = "0", fraction = ""] = row.costUsd.split(".");
+  return {
+    service: row.service,
+    model: row.model === "*" ? null : row.model,
+    windowStart: Date.parse(row.windowStart) * 1000,
+    counts: {
+      calls: row.calls,
+      late: row.late,
+      cost_nano_usd: BigInt(units) * 1_000_000_000n + BigInt(fraction.padEnd(9, "0").slice(0, 9)),
+    },
+    rates: {
+      avg_cost_usd: row.avgCostUsd,
+      fallback_rate: row.fallbackRate,
+      retry_rate: row.retryRate,
+      low_confidence_rate: row.lowConfidenceRate,
+      confidence_gate_block_rate: row.confidenceGateBlockRate,
+      prompt_diff_violation_rate: row.promptDiffViolationRate,
+      shadow_disagreement_rate: row.shadowDisagreementRate,
+      deterministic_fallback_rate: row.deterministicFallbackRate,
+      high_risk_path_rate: row.highRiskPathRate,
+      golden_financial_failure_rate: row.goldenFinancialFailureRate,
+      error_rate: row.errorRate,
+      latency_p50_ms: row.latencyP50Ms,
+      latency_p95_ms: row.latencyP95Ms,
+      latency_p99_ms: row.latencyP99Ms,
+    },
+  };
 }
