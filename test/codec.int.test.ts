@@ -28,7 +28,7 @@ describe("Avro codec against the real registry", () => {
     });
   });
 
-  it("registers all three schemas, sets the subject's compatibility, and round-trips each", async () => {
+  it("registers all three schemas, sets each subject's compatibility to FULL_TRANSITIVE, and round-trips a value of each through a second codec", async () => {
     const url = services().schemaRegistryUrl;
     expect(await getCompatibility(url, valueSubject(topic))).toBe("FULL_TRANSITIVE");
 
@@ -52,26 +52,44 @@ describe("Avro codec against the real registry", () => {
       sampleEvent({ model: "gpt-4o-mini", status: "error", error_type: "Timeout" }),
     ];
     const rollups = rollupEvents(events, 60_000_000);
+    expect(rollups.length).toBeGreaterThan(0);
+    const rollupSubject = valueSubject(uniqueName("metric-rollups"));
     const rollupCodec = await AvroCodec.register(METRIC_ROLLUP, {
       registryUrl: url,
-      subject: valueSubject(uniqueName("metric-rollups")),
+      subject: rollupSubject,
+    });
+    expect(await getCompatibility(url, rollupSubject)).toBe("FULL_TRANSITIVE");
+    const rollupReader = await AvroCodec.register(METRIC_ROLLUP, {
+      registryUrl: url,
+      subject: rollupSubject,
     });
     for (const rollup of rollups)
-      expect(await rollupCodec.decode(rollupCodec.encode(rollup))).toMatchObject({
+      expect(await rollupReader.decode(rollupCodec.encode(rollup))).toEqual({
         ok: true,
         value: rollup,
+        schemaId: rollupCodec.schemaId,
       });
 
-    const alerts = new AlertTracker().observe(rollups[0] ?? (undefined as never));
+    const totals = rollups.filter((rollup) => rollup.model === null);
+    expect(totals, "one service total among the rollups").toHaveLength(1);
+    const [total] = totals;
+    const alerts = new AlertTracker().observe(total ?? (undefined as never));
     expect(alerts.length).toBeGreaterThan(0);
+    const alertSubject = valueSubject(uniqueName("alerts"));
     const alertCodec = await AvroCodec.register(ALERT_EVENT, {
       registryUrl: url,
-      subject: valueSubject(uniqueName("alerts")),
+      subject: alertSubject,
+    });
+    expect(await getCompatibility(url, alertSubject)).toBe("FULL_TRANSITIVE");
+    const alertReader = await AvroCodec.register(ALERT_EVENT, {
+      registryUrl: url,
+      subject: alertSubject,
     });
     for (const alert of alerts)
-      expect(await alertCodec.decode(alertCodec.encode(alert))).toMatchObject({
+      expect(await alertReader.decode(alertCodec.encode(alert))).toEqual({
         ok: true,
         value: alert,
+        schemaId: alertCodec.schemaId,
       });
   });
 

@@ -9,7 +9,7 @@ import {
   type AvroSchema,
   type ModelCallEvent,
 } from "../avro/generated.js";
-import { SchemaRegistryError } from "../avro/registry.js";
+import { getCompatibility, SchemaRegistryError } from "../avro/registry.js";
 import { sampleEvent } from "./support/events.js";
 import { services, uniqueName } from "./support/isolation.js";
 
@@ -39,11 +39,16 @@ async function register<T>(
 }
 
 describe("schema evolution against the real registry", () => {
-  it("registers a v2 with an added optional field as BACKWARD compatible", async () => {
+  it("registers a v2 with an added optional field under a BACKWARD subject as its second version, with a new id", async () => {
     const subject = valueSubject(uniqueName("evo-backward"));
     const v1 = await register(MODEL_CALL_EVENT, subject, "BACKWARD");
     const v2 = await register(V2, subject, "BACKWARD");
     expect(v2.schemaId).not.toBe(v1.schemaId);
+    const url = services().schemaRegistryUrl;
+    expect(await getCompatibility(url, subject)).toBe("BACKWARD");
+    const response = await fetch(`${url}/subjects/${encodeURIComponent(subject)}/versions`);
+    const versions: unknown = await response.json();
+    expect(versions).toEqual([1, 2]);
   });
 
   it("lets a v1 reader decode v2 records and a v2 reader decode v1 records", async () => {
@@ -100,7 +105,7 @@ describe("schema evolution against the real registry", () => {
 });
 
 describe("a registry that stops answering", () => {
-  it("is a retriable REGISTRY_UNAVAILABLE error while decoding, not a throw and not a dead letter", async () => {
+  it("decoding a record whose writer schema is not cached yet returns a retriable REGISTRY_UNAVAILABLE error value, not a throw", async () => {
     // A pass-through to the real registry that the test can close.
     const target = services().schemaRegistryUrl;
     const proxy: Server = createServer((request, response) => {
@@ -112,12 +117,17 @@ describe("a registry that stops answering", () => {
           method: request.method ?? "GET",
           headers: { "content-type": request.headers["content-type"] ?? "application/json" },
           ...(body === undefined ? {} : { body }),
-        }).then(async (upstream) => {
-          response.writeHead(upstream.status, {
-            "content-type": upstream.headers.get("content-type") ?? "",
+        })
+          .then(async (upstream) => {
+            response.writeHead(upstream.status, {
+              "content-type": upstream.headers.get("content-type") ?? "",
+            });
+            response.end(Buffer.from(await upstream.arrayBuffer()));
+          })
+          .catch((error: unknown) => {
+            response.writeHead(502);
+            response.end(String(error));
           });
-          response.end(Buffer.from(await upstream.arrayBuffer()));
-        });
       });
     });
     await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));

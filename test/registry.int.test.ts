@@ -1,5 +1,7 @@
 import { COMPATIBILITY, SchemaRegistry, SchemaType } from "@kafkajs/confluent-schema-registry";
-import { describe, expect, it } from "vitest";
+import { createServer, type Server } from "node:http";
+
+import { afterEach, describe, expect, it } from "vitest";
 
 import {
   getCompatibility,
@@ -7,6 +9,7 @@ import {
   setSubjectCompatibility,
 } from "../avro/registry.js";
 import { services, uniqueName } from "./support/isolation.js";
+import { detectRegistryKind, testRegistry } from "./support/registry-kind.js";
 
 const schemaV1 = {
   type: "record",
@@ -35,7 +38,7 @@ async function postSchemaDirectly(subject: string, schema: object): Promise<numb
   return ((await response.json()) as { id: number }).id;
 }
 
-describe("schema registry (Apicurio ccompat API)", () => {
+describe("schema registry (Confluent-compatible API)", () => {
   it("registers an Avro schema, encodes in Confluent wire format and decodes back", async () => {
     const subject = `${uniqueName("smoke")}-value`;
     const client = registry();
@@ -56,34 +59,50 @@ describe("schema registry (Apicurio ccompat API)", () => {
     expect(decoded).toEqual(payload);
   });
 
-  it("registers into a subject that exists without a compatibility level of its own", async () => {
+  it("a subject created without a level of its own: Apicurio reports NONE and the client refuses to register, Confluent answers 404/40408 and the client registers; setting the level makes registration work on both", async () => {
+    const { kind } = await testRegistry();
     const subject = `${uniqueName("pitfall")}-value`;
     // Another client created the subject and set no level for it.
     await postSchemaDirectly(subject, schemaV1);
     const url = services().schemaRegistryUrl;
-    const reported = await getCompatibility(url, subject);
-    expect(reported).toBe("NONE"); // Apicurio reports NONE here, not the global level
-
-    // The pitfall: the client compares the subject's level with its own and refuses.
+    const reported = await getCompatibility(url, subject).then(
+      (level) => ({ level }),
+      (caught: unknown) => ({ error: caught }),
+    );
     const v2 = {
       ...schemaV1,
       fields: [...schemaV1.fields, { name: "model", type: ["null", "string"], default: null }],
     };
-    await expect(
+    const registerV2 = (): Promise<{ id: number }> =>
       registry().register(
         { type: SchemaType.AVRO, schema: JSON.stringify(v2) },
         { subject, compatibility: COMPATIBILITY.BACKWARD },
-      ),
-    ).rejects.toThrow(/Compatibility does not match/);
+      );
+    if (kind === "apicurio") {
+      // Apicurio reports NONE here, not the global level; the client compares the subject's
+      // level with its own and refuses: the pitfall setSubjectCompatibility exists for.
+      expect(reported).toEqual({ level: "NONE" });
+      await expect(registerV2()).rejects.toThrow(/Compatibility does not match/);
+    } else if (kind === "confluent") {
+      // Confluent documents 404 with error code 40408 ("does not have subject-level
+      // compatibility configured"); the client takes a 404 as a first registration and goes on.
+      const error = "error" in reported ? reported.error : reported.level;
+      expect(error).toBeInstanceOf(SchemaRegistryError);
+      const { status, registryErrorCode } = error as SchemaRegistryError;
+      expect([status, registryErrorCode]).toEqual([404, 40408]);
+      expect((await registerV2()).id).toBeGreaterThan(0);
+    }
 
-    // The remedy: set the subject's level explicitly, then registration works.
+    // The remedy, on every registry: set the subject's level explicitly, then registration works.
     await setSubjectCompatibility(url, subject, "BACKWARD");
     expect(await getCompatibility(url, subject)).toBe("BACKWARD");
-    const { id } = await registry().register(
-      { type: SchemaType.AVRO, schema: JSON.stringify(v2) },
-      { subject, compatibility: COMPATIBILITY.BACKWARD },
-    );
+    const { id } = await registerV2();
     expect(id).toBeGreaterThan(0);
+    const latest = (await fetch(
+      `${url}/subjects/${encodeURIComponent(subject)}/versions/latest`,
+    ).then((response) => response.json())) as { id: number; schema: string };
+    expect(latest.id).toBe(id);
+    expect(JSON.parse(latest.schema)).toMatchObject({ fields: v2.fields });
   });
 
   it("refuses a BACKWARD-incompatible change once the level is set", async () => {
@@ -109,7 +128,8 @@ describe("schema registry (Apicurio ccompat API)", () => {
     expect((error as { status?: number }).status).toBe(409);
   });
 
-  it("reports an unknown subject with the registry's 40401 code", async () => {
+  it("reports the level of an unknown subject as a 404 SchemaRegistryError with the registry's code (Apicurio 40401, Confluent 40408)", async () => {
+    const { kind } = await testRegistry();
     const error = await getCompatibility(
       services().schemaRegistryUrl,
       `${uniqueName("missing")}-value`,
@@ -119,6 +139,67 @@ describe("schema registry (Apicurio ccompat API)", () => {
     );
     expect(error).toBeInstanceOf(SchemaRegistryError);
     expect((error as SchemaRegistryError).status).toBe(404);
-    expect((error as SchemaRegistryError).registryErrorCode).toBe(40401);
+    expect((error as SchemaRegistryError).retriable).toBe(false);
+    const expectedCode = { apicurio: 40401, confluent: 40408, other: undefined }[kind];
+    if (expectedCode !== undefined)
+      expect((error as SchemaRegistryError).registryErrorCode).toBe(expectedCode);
+  });
+});
+
+describe("which registry answers (test/support/registry-kind.ts)", () => {
+  const servers: Server[] = [];
+  afterEach(async () => {
+    for (const server of servers.splice(0))
+      await new Promise<void>((resolve) => {
+        server.close(() => {
+          resolve();
+        });
+        server.closeAllConnections();
+      });
+  });
+
+  /** A local HTTP server answering every request with `status` and `body` (a stand-in for a registry's root resource, to test the detection alone). */
+  async function standIn(status: number, body: string): Promise<string> {
+    const server = createServer((_request, response) => {
+      response.writeHead(status, { "content-type": "application/json" });
+      response.end(body);
+    });
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const address = server.address();
+    if (typeof address !== "object" || address === null) throw new Error("no address");
+    return `http://127.0.0.1:${address.port}`;
+  }
+
+  it("recognises the test stack's registry: Apicurio when its system/info names Apicurio", async () => {
+    const url = services().schemaRegistryUrl;
+    const root = url.replace(/\/apis\/ccompat\/v\d+\/?$/, "");
+    const info = await fetch(`${root}/apis/registry/v3/system/info`).then(
+      async (response) =>
+        response.ok ? ((await response.json()) as { name?: string; version?: string }) : undefined,
+      () => undefined,
+    );
+    const identity = await detectRegistryKind(url);
+    if (info?.name !== undefined && /apicurio/i.test(info.name)) {
+      expect(identity.kind).toBe("apicurio");
+      expect(identity.description).toBe(`${info.name} ${info.version ?? ""}`.trim());
+    } else expect(identity.kind).not.toBe("apicurio");
+    expect(await testRegistry()).toEqual(identity);
+  });
+
+  it("calls a registry whose GET / answers {} Confluent, one answering otherwise other, and throws when nothing answers", async () => {
+    expect((await detectRegistryKind(await standIn(200, "{}"))).kind).toBe("confluent");
+    expect((await detectRegistryKind(await standIn(404, '{"error_code":404}'))).kind).toBe("other");
+    // A ccompat-looking path on a server that is not Apicurio is not taken for Apicurio.
+    const notApicurio = await standIn(200, '{"name":"Something Else"}');
+    expect((await detectRegistryKind(`${notApicurio}/apis/ccompat/v7`)).kind).toBe("other");
+    const closed = await standIn(200, "{}");
+    const server = servers.pop();
+    await new Promise<void>((resolve) => {
+      server?.close(() => {
+        resolve();
+      });
+    });
+    await expect(detectRegistryKind(closed)).rejects.toThrow(/no schema registry answers/);
   });
 });

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { loadStackConfig } from "../scripts/stack/config.js";
 import { runTs, type CommandResult } from "./support/cli.js";
-import { services } from "./support/isolation.js";
+import { services, testKafka } from "./support/isolation.js";
 import { freePort } from "./support/ports.js";
 
 const CLI = "cli/main.ts";
@@ -53,6 +53,19 @@ function alive(pid: number): boolean {
   }
 }
 
+/** The shared Kafka and registry (which this file's stack must never stop) still answer. */
+async function expectSharedServicesAnswer(): Promise<void> {
+  const admin = testKafka().admin();
+  await admin.connect();
+  try {
+    expect((await admin.describeCluster()).brokers.length).toBeGreaterThan(0);
+  } finally {
+    await admin.disconnect();
+  }
+  const subjects = await fetch(`${services().schemaRegistryUrl}/subjects`);
+  expect(subjects.status).toBe(200);
+}
+
 describe("local stack CLI (up, status, down)", () => {
   let stackDir: string;
   let env: NodeJS.ProcessEnv;
@@ -87,7 +100,7 @@ describe("local stack CLI (up, status, down)", () => {
     rmSync(stackDir, { recursive: true, force: true });
   });
 
-  it("comes up, is idempotent, stops only its own processes, and comes up again", async () => {
+  it("comes up on loopback only, is idempotent, stops its own processes while the shared services keep answering, and comes up again without formatting its storage again", async () => {
     const first = await run("up");
     expect(first.code, first.stderr).toBe(0);
     expect(first.stdout).toContain("started: kafka, registry");
@@ -120,6 +133,8 @@ describe("local stack CLI (up, status, down)", () => {
     expect(down.code, down.stderr).toBe(0);
     expect(alive(kafkaPid)).toBe(false);
     expect(alive(registryPid)).toBe(false);
+    // Only its own: the services the other tests use still answer.
+    await expectSharedServicesAnswer();
     expect(existsSync(join(stackDir, "run", "kafka.json"))).toBe(false);
 
     const afterDown = await run("status");
@@ -136,11 +151,19 @@ describe("local stack CLI (up, status, down)", () => {
     const finalDown = await run("down");
     expect(finalDown.code).toBe(0);
     expect(alive(restartedKafka)).toBe(false);
-  });
+    // Two cold starts of both JVMs and seven CLI runs: on a loaded two-core box this takes well
+    // over the tier's default two minutes.
+  }, 360_000);
 
   it("refuses a taken port, naming the port and the variable that moves it", async () => {
     const squatter: Server = createServer();
-    await new Promise<void>((resolve) => squatter.listen(ports.kafka, "127.0.0.1", resolve));
+    await new Promise<void>((resolve, reject) => {
+      // Taken already (e.g. a stack left running by a failed test above): say so, do not hang.
+      squatter.once("error", (error) => {
+        reject(new Error(`cannot squat port ${ports.kafka} for this test: ${error.message}`));
+      });
+      squatter.listen(ports.kafka, "127.0.0.1", resolve);
+    });
     try {
       const result = await run("up");
       expect(result.code).toBe(1);
