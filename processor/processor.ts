@@ -51,7 +51,12 @@ import { CheckpointStore, type Checkpoint } from "./checkpoints.js";
 import { readLogRecord, readLogRecordIfKnown } from "./log-record.js";
 import { pinoLogger, type MetricsServer, type OpsLogger } from "../ops/index.js";
 import { ProcessorMetrics } from "./observability.js";
-import { PartitionState, type PartitionOutput, type WindowSettings } from "./partition.js";
+import {
+  PartitionState,
+  type PartitionOutput,
+  type PartitionSnapshot,
+  type WindowSettings,
+} from "./partition.js";
 
 /** The processor's logger (see `OpsLogger`). */
 export type ProcessorLogger = OpsLogger;
@@ -104,11 +109,16 @@ export interface ProcessorStats {
 }
 
 interface OwnedPartition {
-  readonly state: PartitionState;
+  state: PartitionState;
   /** The next offset to process; null until the first record when there was no checkpoint. */
   nextOffset: bigint | null;
   lastCheckpointAt: number;
   lastCheckpointOffset: bigint;
+  /**
+   * Where the partition stood when its outputs were last all acknowledged and checkpointed (or
+   * where it started): a batch whose outputs fail rewinds the partition to this.
+   */
+  durable: { state: PartitionSnapshot | undefined; nextOffset: bigint | null };
 }
 
 function positive(key: string, value: number | undefined, fallback: number): number {
@@ -381,6 +391,10 @@ export class StreamProcessor {
       nextOffset: checkpoint ? BigInt(checkpoint.nextOffset) : null,
       lastCheckpointAt: Date.now(),
       lastCheckpointOffset: checkpoint ? BigInt(checkpoint.nextOffset) : -1n,
+      durable: {
+        state: checkpoint?.state,
+        nextOffset: checkpoint ? BigInt(checkpoint.nextOffset) : null,
+      },
     };
     this.owned.set(partition, restored);
     this.logger.info("partition restored", {
@@ -405,7 +419,10 @@ export class StreamProcessor {
     const first = batch.records[0];
     if (!first) return;
     // No checkpoint: the partition starts where the log does (retention may have removed offset 0).
-    owned.nextOffset ??= BigInt(first.offset);
+    if (owned.nextOffset === null) {
+      owned.nextOffset = BigInt(first.offset);
+      owned.durable.nextOffset ??= owned.nextOffset;
+    }
     if (BigInt(first.offset) > owned.nextOffset) {
       // The group's committed offset is ahead of the newest checkpoint: read from the checkpoint.
       control.seek(owned.nextOffset.toString());
@@ -425,9 +442,47 @@ export class StreamProcessor {
       ticks: 0,
     };
     let lastOffset: string | undefined;
+    try {
+      lastOffset = await this.applyBatch(batch, control, owned, outputs);
+      if (lastOffset === undefined) return;
+      if (this.replayFinishedFor(batch.partition, owned)) this.flushInto(owned, outputs);
+      await this.produce(outputs);
+    } catch (error) {
+      // Outputs before state: this batch changed the windows in memory only, and its outputs
+      // were not acknowledged. Forget back to the last durable point and let the consumer deliver
+      // the batch again, so no rollup, alert, late or dead-letter record of it is lost.
+      this.rewind(batch.partition, owned, error);
+      throw error;
+    }
+    control.resolveOffset(lastOffset);
+    await this.maybeCheckpoint(
+      batch.partition,
+      owned,
+      this.stopping !== undefined || this.replayFinishedFor(batch.partition, owned),
+      (offset) => control.commit(offset),
+    );
+    await control.heartbeat();
+    this.observePartition(batch.partition, owned, batch.highWatermark);
+    if (this.mode === "live") this.activity.next(batch.partition);
+    if (this.replayEnds && this.replayFinished()) await this.finishReplay();
+  }
+
+  /** Feeds the batch's new records through the partition's state; the last offset applied. */
+  private async applyBatch(
+    batch: ConsumedBatch,
+    control: BatchControl,
+    owned: OwnedPartition,
+    outputs: {
+      rollups: OutgoingRecord[];
+      alerts: OutgoingRecord[];
+      late: OutgoingRecord[];
+      dead: OutgoingRecord[];
+    },
+  ): Promise<string | undefined> {
+    let lastOffset: string | undefined;
     for (const record of batch.records) {
       const offset = BigInt(record.offset);
-      if (offset < owned.nextOffset) continue; // already in the restored state
+      if (owned.nextOffset !== null && offset < owned.nextOffset) continue; // already in the restored state
       if (!control.isRunning() || control.isStale()) break;
       if (this.replayEnds && offset >= (this.replayEnds.get(batch.partition) ?? 0n)) break;
       const handled = await this.processRecord(owned, record, outputs);
@@ -437,19 +492,21 @@ export class StreamProcessor {
       this.counters.records++;
       this.metrics.records.inc();
     }
-    if (lastOffset === undefined) return;
-    if (this.replayFinishedFor(batch.partition, owned)) this.flushInto(owned, outputs);
-    await this.produce(outputs);
-    control.resolveOffset(lastOffset);
-    await this.maybeCheckpoint(
-      batch.partition,
-      owned,
-      this.stopping !== undefined || this.replayFinishedFor(batch.partition, owned),
+    return lastOffset;
+  }
+
+  /** Back to the partition's last durable point (see {@link OwnedPartition.durable}). */
+  private rewind(partition: number, owned: OwnedPartition, error: unknown): void {
+    owned.state = new PartitionState(this.settings, owned.durable.state);
+    owned.nextOffset = owned.durable.nextOffset;
+    this.logger.warn(
+      "a batch's outputs were not written; the partition goes back to its last checkpoint and reads again",
+      {
+        partition,
+        nextOffset: owned.nextOffset?.toString() ?? "earliest",
+        error: error instanceof Error ? error.message : String(error),
+      },
     );
-    await control.heartbeat();
-    this.observePartition(batch.partition, owned, batch.highWatermark);
-    if (this.mode === "live") this.activity.next(batch.partition);
-    if (this.replayEnds && this.replayFinished()) await this.finishReplay();
   }
 
   /** Feeds one record through the partition's state; false when it must be retried later. */
@@ -597,32 +654,41 @@ export class StreamProcessor {
     this.metrics.late.inc(outputs.late.length);
   }
 
+  /**
+   * Saves the partition's state when due (or `force`), then commits the group's offset: through
+   * `commit` (the batch's own, which still works while the consumer stops) when given.
+   */
   private async maybeCheckpoint(
     partition: number,
     owned: OwnedPartition,
     force: boolean,
+    commit?: (offset: string) => Promise<void>,
   ): Promise<void> {
     const nextOffset = owned.nextOffset;
     if (nextOffset === null || nextOffset === owned.lastCheckpointOffset) return;
     if (!force && Date.now() - owned.lastCheckpointAt < this.checkpointIntervalMs) return;
+    const state = owned.state.snapshot();
     await (this.checkpoints as CheckpointStore).save({
       version: 1,
       group: this.groupId,
       topic: this.topics.modelCalls,
       partition,
       nextOffset: nextOffset.toString(),
-      state: owned.state.snapshot(),
+      state,
     });
     owned.lastCheckpointAt = Date.now();
     owned.lastCheckpointOffset = nextOffset;
+    owned.durable = { state, nextOffset };
     this.counters.checkpoints++;
     this.metrics.checkpoints.inc();
     // Only after the checkpoint is durable does the group's offset move.
-    await (this.consumer as GroupConsumer).commit(
-      this.topics.modelCalls,
-      partition,
-      nextOffset.toString(),
-    );
+    if (commit) await commit(nextOffset.toString());
+    else
+      await (this.consumer as GroupConsumer).commit(
+        this.topics.modelCalls,
+        partition,
+        nextOffset.toString(),
+      );
   }
 
   private observePartition(partition: number, owned: OwnedPartition, highWatermark: string): void {

@@ -273,11 +273,18 @@ describe("processor through a registry outage and a broker restart mid-stream", 
         );
         const alertEnds = await waitForRecords(admin, `${prefix}alerts`, none, transitions.length);
         const stats = run.stats();
-        expect({
-          events: stats.events,
-          deadLettered: stats.deadLettered,
-          late: stats.late,
-        }).toEqual({ events: events.length, deadLettered: 0, late: 0 });
+        // A batch whose outputs the stopped broker did not take is read again from the last
+        // checkpoint (and logged), so events may be counted more than once; never fewer.
+        const rewinds = warnings.filter((w) => w.includes("goes back to its last checkpoint"));
+        process.stderr.write(
+          `[processor-outage] ${stats.events} events read for ${events.length}, ${rewinds.length} rewind(s)\n`,
+        );
+        expect(stats.events).toBeGreaterThanOrEqual(events.length);
+        if (stats.events > events.length) expect(rewinds.length).toBeGreaterThan(0);
+        expect({ deadLettered: stats.deadLettered, late: stats.late }).toEqual({
+          deadLettered: 0,
+          late: 0,
+        });
 
         const rollupCodec = await AvroCodec.register(METRIC_ROLLUP, {
           registryUrl,

@@ -175,7 +175,7 @@ describe("processor CLI: SIGTERM mid-stream and a config file's thresholds and r
   };
 
   it(
-    "exits 0 on SIGTERM with a final checkpoint (and commit, when stopped between batches); the next member reads only the rest; together they emit exactly the oracle's rollups and alerts under the config file's thresholds and rules",
+    "exits 0 on SIGTERM with a final checkpoint and commit (also for the batch in flight); the next member reads only the rest; together they emit exactly the oracle's rollups and alerts under the config file's thresholds and rules",
     { timeout: 240_000 },
     async () => {
       writeFileSync(configPath, CONFIG_YAML);
@@ -319,6 +319,10 @@ describe("processor CLI: SIGTERM mid-stream and a config file's thresholds and r
       expect(run2.events).toBeGreaterThanOrEqual(perChunk);
       expect(run2.records).toBe(run2.events);
       expect(checkpointed2, "run 2: next offsets of the newest checkpoints, summed").toBe(
+        run1.records + run2.records,
+      );
+      // The batch in flight at SIGTERM commits to the group too, not only to the checkpoints.
+      expect(await committed(), "run 2: the group's committed offsets, summed").toBe(
         run1.records + run2.records,
       );
       const firstEvents = run1.events + run2.events;
