@@ -6,7 +6,7 @@ import { PostgresExporter } from "../producer/exporters/postgres.js";
 import { instrument } from "../producer/interceptor.js";
 import { silentLogger } from "../producer/logger.js";
 import type { ModelCallEvent } from "../avro/generated.js";
-import { storedRollups } from "./support/crash.js";
+import { storedRollups } from "./support/stored-rollups.js";
 import { useFreshDatabase } from "./support/isolation.js";
 import { expectMatchesOracle, oracleRollups } from "./support/oracle.js";
 

@@ -22,10 +22,10 @@ import { CliWorkers, metricByLabel, metricSeries, type CliWorker } from "./suppo
 import { sampleEvent } from "./support/events.js";
 import { createTopics, services, testKafka, uniqueName } from "./support/isolation.js";
 import {
+  ORACLE_DEFAULT_RULES,
   oracleAlerts,
   oracleRollups,
   expectMatchesOracle,
-  type OracleRule,
 } from "./support/oracle.js";
 import { seededRandom } from "./support/seed.js";
 import { waitFor } from "./support/wait.js";
@@ -37,25 +37,7 @@ const MINUTES = 25;
 const SERVICE_COUNT = 20;
 const KILLS = 5;
 
-/** The default rules as the README states them (written here, not imported from metrics/). */
-const README_RULES: readonly OracleRule[] = [
-  ["golden_financial_failure_rate_high", "golden_financial_failure_rate", 0, 1],
-  ["confidence_gate_block_rate_high", "confidence_gate_block_rate", 0.2, 1],
-  ["low_confidence_rate_high", "low_confidence_rate", 0.25, 1],
-  ["prompt_diff_violation_rate_high", "prompt_diff_violation_rate", 0.2, 1],
-  ["shadow_disagreement_rate_high", "shadow_disagreement_rate", 0.1, 1],
-  ["deterministic_fallback_rate_high", "deterministic_fallback_rate", 0.5, 1],
-  ["error_rate_high", "error_rate", 0.05, 20],
-  ["fallback_rate_high", "fallback_rate", 0.2, 20],
-  ["retry_rate_high", "retry_rate", 0.3, 20],
-  ["latency_p95_high", "latency_p95_ms", 30_000, 20],
-].map(([key, metric, threshold, minSamples]) => ({
-  key: key as string,
-  metric: metric as OracleRule["metric"],
-  comparator: "gt" as const,
-  threshold: threshold as number,
-  minSamples: minSamples as number,
-}));
+const README_RULES = ORACLE_DEFAULT_RULES;
 
 /**
  * 100 000 calls over 25 minutes of event time, in time order, 20 services (one model each).

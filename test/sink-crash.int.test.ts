@@ -15,7 +15,8 @@ import { AvroCodec, valueSubject } from "../avro/codec.js";
 import { METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
 import type { ModelCallEvent } from "../avro/generated.js";
 import { rollupEvents, rollupKey } from "../metrics/index.js";
-import { CliWorkers, storedRollups, type CliWorker } from "./support/crash.js";
+import { CliWorkers, type CliWorker } from "./support/crash.js";
+import { storedRollups } from "./support/stored-rollups.js";
 import { sampleEvent } from "./support/events.js";
 import {
   createTopics,

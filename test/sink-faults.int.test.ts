@@ -21,7 +21,7 @@ import {
 import { rollupEvents, rollupKey } from "../metrics/index.js";
 import type { ProcessorLogger } from "../processor/processor.js";
 import { Sink } from "../sink/sink.js";
-import { storedRollups } from "./support/crash.js";
+import { storedRollups } from "./support/stored-rollups.js";
 import { sampleEvent } from "./support/events.js";
 import {
   createTopics,

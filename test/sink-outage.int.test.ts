@@ -13,7 +13,7 @@ import type { ModelCallEvent } from "../avro/generated.js";
 import { rollupEvents, rollupKey } from "../metrics/index.js";
 import type { ProcessorLogger } from "../processor/processor.js";
 import { Sink } from "../sink/sink.js";
-import { storedRollups } from "./support/crash.js";
+import { storedRollups } from "./support/stored-rollups.js";
 import { sampleEvent } from "./support/events.js";
 import { createTopics, services, testKafka, uniqueName } from "./support/isolation.js";
 import { expectMatchesOracle, oracleRollups } from "./support/oracle.js";

@@ -11,7 +11,6 @@ import type { AlertEvent, ModelCallEvent } from "../avro/generated.js";
 import { AlertTracker, rollupEvents, rollupKey, type AlertRule } from "../metrics/index.js";
 import type { ProcessorLogger } from "../processor/processor.js";
 import { Sink } from "../sink/sink.js";
-import { COUNT_COLUMNS } from "../sink/writer.js";
 import { sampleEvent } from "./support/events.js";
 import {
   createTopics,
@@ -20,13 +19,9 @@ import {
   uniqueName,
   useFreshDatabase,
 } from "./support/isolation.js";
-import {
-  expectMatchesOracle,
-  oracleAlerts,
-  oracleRollups,
-  type ComparableRollup,
-} from "./support/oracle.js";
+import { expectMatchesOracle, oracleAlerts, oracleRollups } from "./support/oracle.js";
 import { waitForStoredPositions } from "./support/sink-positions.js";
+import { storedRollups } from "./support/stored-rollups.js";
 import { waitFor } from "./support/wait.js";
 
 const quiet: ProcessorLogger = {
@@ -35,22 +30,6 @@ const quiet: ProcessorLogger = {
   error: () => undefined,
 };
 const MINUTE = 60_000_000;
-const RATE_COLUMNS = [
-  "avg_cost_usd",
-  "fallback_rate",
-  "retry_rate",
-  "low_confidence_rate",
-  "confidence_gate_block_rate",
-  "prompt_diff_violation_rate",
-  "shadow_disagreement_rate",
-  "deterministic_fallback_rate",
-  "high_risk_path_rate",
-  "golden_financial_failure_rate",
-  "error_rate",
-  "latency_p50_ms",
-  "latency_p95_ms",
-  "latency_p99_ms",
-] as const;
 
 /** A poison record as produced: where it went and what the dead-letter copy must say. */
 interface Poison {
@@ -351,18 +330,7 @@ describe("sink", () => {
         `mcpo_sink_dead_lettered_total{code="${code}"} ${poison.filter((p) => p.code === code).length}`,
       );
     // Every stored rollup column against the brute-force oracle (not the core that made them).
-    const { rows } = await client.query<Record<string, string | number | null>>(
-      `select service, model, ((extract(epoch from window_start) * 1000000)::bigint)::text as start_us,
-              ${COUNT_COLUMNS.map((name) => `${name}::text`).join(", ")}, ${RATE_COLUMNS.join(", ")}
-       from metric_rollups`,
-    );
-    const stored: ComparableRollup[] = rows.map((row) => ({
-      service: String(row.service),
-      model: row.model === "*" ? null : String(row.model),
-      windowStart: Number(row.start_us),
-      counts: Object.fromEntries(COUNT_COLUMNS.map((name) => [name, String(row[name])])),
-      rates: Object.fromEntries(RATE_COLUMNS.map((name) => [name, row[name] ?? null])),
-    }));
+    const stored = await storedRollups(client);
     const oracle = oracleRollups(events, MINUTE);
     expectMatchesOracle(stored, oracle, "metric_rollups");
     // Alerts: one row per incident, its state and history the oracle's transitions.

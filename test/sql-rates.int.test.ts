@@ -23,6 +23,11 @@ import {
   type ComparableRollup,
   type OracleWindow,
 } from "./support/oracle.js";
+import {
+  GENERATED_RATE_COLUMNS,
+  ROLLUP_COUNT_COLUMNS,
+  STORED_QUANTILE_COLUMNS,
+} from "./support/stored-rollups.js";
 import { seededRandom, testSeed } from "./support/seed.js";
 
 const SECOND = 1_000_000;
@@ -32,51 +37,10 @@ const HOUR = 60 * MINUTE;
 const ORIGIN = 1_764_000_000_000_000 - (1_764_000_000_000_000 % HOUR);
 const SPAN = 3 * HOUR;
 
-/** The generated columns of metric_rollups, each checked below. */
-const GENERATED_RATES = [
-  "avg_cost_usd",
-  "fallback_rate",
-  "retry_rate",
-  "low_confidence_rate",
-  "confidence_gate_block_rate",
-  "prompt_diff_violation_rate",
-  "shadow_disagreement_rate",
-  "deterministic_fallback_rate",
-  "high_risk_path_rate",
-  "golden_financial_failure_rate",
-  "error_rate",
-] as const;
+const GENERATED_RATES = GENERATED_RATE_COLUMNS;
 const GENERATED_COLUMNS = ["cost_usd", ...GENERATED_RATES] as const;
-const STORED_QUANTILES = ["latency_p50_ms", "latency_p95_ms", "latency_p99_ms"] as const;
-
-/** Every count column of metric_rollups (the same names as the oracle's counts). */
-const COUNT_NAMES = [
-  "calls",
-  "calls_with_cost",
-  "cost_nano_usd",
-  "prompt_tokens",
-  "completion_tokens",
-  "calls_tokens_reported",
-  "calls_tokens_estimated",
-  "calls_tokens_none",
-  "fallbacks",
-  "calls_with_retries",
-  "retries",
-  "low_confidence",
-  "calls_with_confidence",
-  "gate_blocks",
-  "calls_with_gate",
-  "prompt_diff_violations",
-  "calls_with_prompt_diff",
-  "shadow_disagreements",
-  "calls_with_shadow",
-  "deterministic_fallbacks",
-  "high_risk",
-  "golden_failures",
-  "golden_with_result",
-  "errors",
-  "late",
-] as const;
+const STORED_QUANTILES = STORED_QUANTILE_COLUMNS;
+const COUNT_NAMES = ROLLUP_COUNT_COLUMNS;
 
 /** Every column merge_rollups returns, each checked below. */
 const MERGE_COLUMNS = [

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { AlertEvent } from "../avro/generated.js";
 import { AlertTracker, rollupEvents, type AlertRule } from "../metrics/index.js";
 import { listMigrations, migrate } from "../sink/migrate.js";
-import { COUNT_COLUMNS, PostgresWriter } from "../sink/writer.js";
+import { PostgresWriter } from "../sink/writer.js";
 import { REPO_ROOT } from "./support/cli.js";
 import { sampleEvent } from "./support/events.js";
 import {
@@ -23,41 +23,14 @@ import {
   oracleRollups,
   type ComparableRollup,
 } from "./support/oracle.js";
+import { storedRollups } from "./support/stored-rollups.js";
 
 const run = promisify(execFile);
 
 /** The rollup rows matching `where`, every count and rate column, as the oracle compares them. */
-async function rollupRows(pool: pg.Pool, where: string): Promise<ComparableRollup[]> {
-  const counts = COUNT_COLUMNS.map((name) => `${name}::text`).join(", ");
-  const { rows } = await pool.query<Record<string, string | number | null>>(
-    `select service, model, ((extract(epoch from window_start) * 1000000)::bigint)::text as start_us, ${counts},
-            ${RATE_COLUMNS.join(", ")} from metric_rollups where ${where}`,
-  );
-  return rows.map((row) => ({
-    service: String(row.service),
-    model: row.model === "*" ? null : String(row.model),
-    windowStart: Number(row.start_us),
-    counts: Object.fromEntries(COUNT_COLUMNS.map((name) => [name, String(row[name])])),
-    rates: Object.fromEntries(RATE_COLUMNS.map((name) => [name, row[name] ?? null])),
-  }));
+function rollupRows(pool: pg.Pool, where: string): Promise<ComparableRollup[]> {
+  return storedRollups(pool, "metric_rollups", where);
 }
-
-const RATE_COLUMNS = [
-  "avg_cost_usd",
-  "fallback_rate",
-  "retry_rate",
-  "low_confidence_rate",
-  "confidence_gate_block_rate",
-  "prompt_diff_violation_rate",
-  "shadow_disagreement_rate",
-  "deterministic_fallback_rate",
-  "high_risk_path_rate",
-  "golden_financial_failure_rate",
-  "error_rate",
-  "latency_p50_ms",
-  "latency_p95_ms",
-  "latency_p99_ms",
-] as const;
 
 async function schemaDump(url: string): Promise<string> {
   const { stdout } = await run("pg_dump", ["--schema-only", "--no-owner", "--no-privileges", url]);

@@ -3,6 +3,8 @@
  * wrote, apart from the product: topics with kafkajs, events with the contract's codec, tables with
  * plain SQL, and the figures they must hold from the brute-force oracle (./oracle.ts).
  */
+export { storedRollups } from "./stored-rollups.js";
+export { ORACLE_DEFAULT_RULES as README_DEFAULT_RULES } from "./oracle.js";
 import { execFile, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
@@ -11,12 +13,7 @@ import type pg from "pg";
 import { AvroCodec, valueSubject } from "../../avro/codec.js";
 import { MODEL_CALL_EVENT } from "../../avro/contracts.js";
 import { CONTROL_HEADER } from "../../avro/control.js";
-import type {
-  DerivedRates,
-  MetricThresholds,
-  ModelCallEvent,
-  WindowCounts,
-} from "../../avro/generated.js";
+import type { MetricThresholds, ModelCallEvent } from "../../avro/generated.js";
 import { topicNames } from "../../config/index.js";
 import { services, testKafka, uniqueName } from "./isolation.js";
 import {
@@ -312,83 +309,6 @@ export async function oracleFromLog(
   };
 }
 
-const COUNT_COLUMNS = [
-  "calls",
-  "calls_with_cost",
-  "cost_nano_usd",
-  "prompt_tokens",
-  "completion_tokens",
-  "calls_tokens_reported",
-  "calls_tokens_estimated",
-  "calls_tokens_none",
-  "fallbacks",
-  "calls_with_retries",
-  "retries",
-  "low_confidence",
-  "calls_with_confidence",
-  "gate_blocks",
-  "calls_with_gate",
-  "prompt_diff_violations",
-  "calls_with_prompt_diff",
-  "shadow_disagreements",
-  "calls_with_shadow",
-  "deterministic_fallbacks",
-  "high_risk",
-  "golden_failures",
-  "golden_with_result",
-  "errors",
-  "late",
-] as const satisfies readonly (keyof WindowCounts)[];
-
-const RATE_COLUMNS = [
-  "avg_cost_usd",
-  "fallback_rate",
-  "retry_rate",
-  "low_confidence_rate",
-  "confidence_gate_block_rate",
-  "prompt_diff_violation_rate",
-  "shadow_disagreement_rate",
-  "deterministic_fallback_rate",
-  "high_risk_path_rate",
-  "golden_financial_failure_rate",
-  "error_rate",
-  "latency_p50_ms",
-  "latency_p95_ms",
-  "latency_p99_ms",
-] as const satisfies readonly (keyof DerivedRates)[];
-
-/**
- * The rollup rows of a table (`metric_rollups` or a replay's `metric_rollups_vN`) with every count
- * and every rate column, for {@link expectMatchesOracle}; also each row's thresholds.
- */
-export async function storedRollups(
-  client: pg.Client,
-  table: string,
-  where = "true",
-): Promise<(ComparableRollup & { thresholds: MetricThresholds; windowEnd: number })[]> {
-  if (!/^[a-z_][a-z0-9_]*$/.test(table)) throw new Error(`not a table name: ${table}`);
-  const { rows } = await client.query<Record<string, string | number | null>>(
-    `select service, model,
-            (extract(epoch from window_start) * 1000000)::bigint::text as window_start_us,
-            (extract(epoch from window_end) * 1000000)::bigint::text as window_end_us,
-            low_confidence_threshold, prompt_diff_threshold,
-            ${COUNT_COLUMNS.map((c) => `${c}::text`).join(", ")}, ${RATE_COLUMNS.join(", ")}
-     from ${table} where ${where} order by service, model, window_start`,
-  );
-  return rows.map((row) => ({
-    service: String(row.service),
-    model: row.model === "*" ? null : String(row.model),
-    windowStart: Number(row.window_start_us),
-    windowEnd: Number(row.window_end_us),
-    thresholds: {
-      low_confidence: Number(row.low_confidence_threshold),
-      prompt_diff: Number(row.prompt_diff_threshold),
-    },
-    counts: Object.fromEntries(COUNT_COLUMNS.map((c) => [c, String(row[c])])),
-    rates: Object.fromEntries(RATE_COLUMNS.map((c) => [c, row[c] ?? null])),
-  }));
-}
-
 /** An alert incident as the oracle's transitions describe it. */
 export interface OracleIncident {
   readonly service: string;
@@ -458,80 +378,6 @@ export async function storedIncidents(
         a.firedWindowStart - b.firedWindowStart,
     );
 }
-
-/** The default alert rules as metrics/README.md lists them (written out here, not imported). */
-export const README_DEFAULT_RULES: readonly OracleRule[] = [
-  {
-    key: "golden_financial_failure_rate_high",
-    metric: "golden_financial_failure_rate",
-    comparator: "gt",
-    threshold: 0,
-    minSamples: 1,
-  },
-  {
-    key: "confidence_gate_block_rate_high",
-    metric: "confidence_gate_block_rate",
-    comparator: "gt",
-    threshold: 0.2,
-    minSamples: 1,
-  },
-  {
-    key: "low_confidence_rate_high",
-    metric: "low_confidence_rate",
-    comparator: "gt",
-    threshold: 0.25,
-    minSamples: 1,
-  },
-  {
-    key: "prompt_diff_violation_rate_high",
-    metric: "prompt_diff_violation_rate",
-    comparator: "gt",
-    threshold: 0.2,
-    minSamples: 1,
-  },
-  {
-    key: "shadow_disagreement_rate_high",
-    metric: "shadow_disagreement_rate",
-    comparator: "gt",
-    threshold: 0.1,
-    minSamples: 1,
-  },
-  {
-    key: "deterministic_fallback_rate_high",
-    metric: "deterministic_fallback_rate",
-    comparator: "gt",
-    threshold: 0.5,
-    minSamples: 1,
-  },
-  {
-    key: "error_rate_high",
-    metric: "error_rate",
-    comparator: "gt",
-    threshold: 0.05,
-    minSamples: 20,
-  },
-  {
-    key: "fallback_rate_high",
-    metric: "fallback_rate",
-    comparator: "gt",
-    threshold: 0.2,
-    minSamples: 20,
-  },
-  {
-    key: "retry_rate_high",
-    metric: "retry_rate",
-    comparator: "gt",
-    threshold: 0.3,
-    minSamples: 20,
-  },
-  {
-    key: "latency_p95_high",
-    metric: "latency_p95_ms",
-    comparator: "gt",
-    threshold: 30_000,
-    minSamples: 20,
-  },
-];
 
 /** The camel-case rates of a `report --json` / demo summary row, as the oracle names them. */
 export function ratesRowAsComparable(row: {

@@ -10,11 +10,9 @@ import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import type pg from "pg";
 import { onTestFailed, onTestFinished } from "vitest";
 
 import { REPO_ROOT } from "./cli.js";
-import type { ComparableRollup } from "./oracle.js";
 import { waitFor } from "./wait.js";
 
 /** How a worker ended. */
@@ -266,68 +264,4 @@ export class CliWorkers {
         .join("") || `--- ${this.label}: no worker was started\n`
     );
   }
-}
-
-/** Every count column of a rollup row (the contract's WindowCounts, written out here). */
-const ROLLUP_COUNT_COLUMNS = [
-  "calls",
-  "calls_with_cost",
-  "cost_nano_usd",
-  "prompt_tokens",
-  "completion_tokens",
-  "calls_tokens_reported",
-  "calls_tokens_estimated",
-  "calls_tokens_none",
-  "fallbacks",
-  "calls_with_retries",
-  "retries",
-  "low_confidence",
-  "calls_with_confidence",
-  "gate_blocks",
-  "calls_with_gate",
-  "prompt_diff_violations",
-  "calls_with_prompt_diff",
-  "shadow_disagreements",
-  "calls_with_shadow",
-  "deterministic_fallbacks",
-  "high_risk",
-  "golden_failures",
-  "golden_with_result",
-  "errors",
-  "late",
-] as const;
-
-/** Every rate column: the generated ratios and the latency quantiles stored from the sketch. */
-const ROLLUP_RATE_COLUMNS = [
-  "avg_cost_usd",
-  "fallback_rate",
-  "retry_rate",
-  "low_confidence_rate",
-  "confidence_gate_block_rate",
-  "prompt_diff_violation_rate",
-  "shadow_disagreement_rate",
-  "deterministic_fallback_rate",
-  "high_risk_path_rate",
-  "golden_financial_failure_rate",
-  "error_rate",
-  "latency_p50_ms",
-  "latency_p95_ms",
-  "latency_p99_ms",
-] as const;
-
-/** The `metric_rollups` table as {@link ComparableRollup}s (model `*` is the service total). */
-export async function storedRollups(client: pg.Client): Promise<ComparableRollup[]> {
-  const { rows } = await client.query<Record<string, string | number | null>>(
-    `select service, model, (extract(epoch from window_start) * 1000000)::bigint::text as window_start_us,
-            ${ROLLUP_COUNT_COLUMNS.map((c) => `${c}::text`).join(", ")},
-            ${ROLLUP_RATE_COLUMNS.join(", ")}
-       from metric_rollups`,
-  );
-  return rows.map((row) => ({
-    service: String(row.service),
-    model: row.model === "*" ? null : String(row.model),
-    windowStart: Number(row.window_start_us),
-    counts: Object.fromEntries(ROLLUP_COUNT_COLUMNS.map((c) => [c, String(row[c])])),
-    rates: Object.fromEntries(ROLLUP_RATE_COLUMNS.map((c) => [c, row[c] ?? null])),
-  }));
 }

@@ -345,3 +345,77 @@ export function expectMatchesOracle(
     `${where}: windows the oracle has that are missing`,
   ).toEqual([]);
 }
+
+/** The default alert rules as metrics/README.md lists them (written out here, not imported from metrics/). */
+export const ORACLE_DEFAULT_RULES: readonly OracleRule[] = [
+  {
+    key: "golden_financial_failure_rate_high",
+    metric: "golden_financial_failure_rate",
+    comparator: "gt",
+    threshold: 0,
+    minSamples: 1,
+  },
+  {
+    key: "confidence_gate_block_rate_high",
+    metric: "confidence_gate_block_rate",
+    comparator: "gt",
+    threshold: 0.2,
+    minSamples: 1,
+  },
+  {
+    key: "low_confidence_rate_high",
+    metric: "low_confidence_rate",
+    comparator: "gt",
+    threshold: 0.25,
+    minSamples: 1,
+  },
+  {
+    key: "prompt_diff_violation_rate_high",
+    metric: "prompt_diff_violation_rate",
+    comparator: "gt",
+    threshold: 0.2,
+    minSamples: 1,
+  },
+  {
+    key: "shadow_disagreement_rate_high",
+    metric: "shadow_disagreement_rate",
+    comparator: "gt",
+    threshold: 0.1,
+    minSamples: 1,
+  },
+  {
+    key: "deterministic_fallback_rate_high",
+    metric: "deterministic_fallback_rate",
+    comparator: "gt",
+    threshold: 0.5,
+    minSamples: 1,
+  },
+  {
+    key: "error_rate_high",
+    metric: "error_rate",
+    comparator: "gt",
+    threshold: 0.05,
+    minSamples: 20,
+  },
+  {
+    key: "fallback_rate_high",
+    metric: "fallback_rate",
+    comparator: "gt",
+    threshold: 0.2,
+    minSamples: 20,
+  },
+  {
+    key: "retry_rate_high",
+    metric: "retry_rate",
+    comparator: "gt",
+    threshold: 0.3,
+    minSamples: 20,
+  },
+  {
+    key: "latency_p95_high",
+    metric: "latency_p95_ms",
+    comparator: "gt",
+    threshold: 30_000,
+    minSamples: 20,
+  },
+];
