@@ -3,17 +3,28 @@
  * resolution of the monotonic clock. `Date.now()` alone truncates to whole milliseconds, so a span
  * started a few microseconds after its parent could get a start a whole millisecond later, and end
  * after its parent. The monotonic clock is anchored to the system clock and re-anchored when the
- * two part by more than a millisecond or two (NTP steps, long uptimes).
+ * two part by more than a millisecond and a half (NTP slewing, a loaded VM's clocks drifting).
  */
 let offset = Date.now() - (performance.timeOrigin + performance.now());
+let last = 0;
 
+/**
+ * A re-anchoring moves the clock back by at most this much (ms); holding the last reading over
+ * such a step keeps the clock from going back. A larger step back is the system clock's own
+ * (set back by an administrator or NTP), and is followed.
+ */
+const MAX_HELD_STEP_MS = 5;
+
+/** Now, in ms since the epoch, to the monotonic clock's resolution; never before an earlier reading unless the system clock stepped back. */
 export function wallClockMs(): number {
-  const precise = performance.timeOrigin + performance.now() + offset;
+  let now = performance.timeOrigin + performance.now() + offset;
   const wall = Date.now();
   // `wall` is truncated: the precise time normally lies in [wall, wall + 1).
-  if (precise < wall - 1 || precise > wall + 2) {
-    offset += wall - precise;
-    return wall;
+  if (now < wall - 1 || now > wall + 1.5) {
+    offset += wall - now;
+    now = wall;
   }
-  return precise;
+  if (now < last && last - now <= MAX_HELD_STEP_MS) now = last;
+  last = now;
+  return now;
 }
