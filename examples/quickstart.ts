@@ -1,5 +1,5 @@
 /**
- * The seed's quick start, as written (DESIGN.md §2), with the connection string taken from
+ * The seed's quick start, as the README writes it ("The library"), with the connection string taken from
  * DATABASE_URL when set. Run it with `npm run example:quickstart` (tsx resolves the package's own
  * name to its sources through tsconfig.json's `paths`; an installed package resolves to `dist/`).
  */

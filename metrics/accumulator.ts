@@ -10,7 +10,7 @@ import type { TimeWindow } from "./window.js";
 import { MICROS_PER_MILLI } from "./window.js";
 
 /**
- * The thresholds the counts are taken with (DESIGN.md §4). Defaults: confidence below 0.7 is
+ * The thresholds the counts are taken with (metrics/README.md). Defaults: confidence below 0.7 is
  * low; a prompt diff score above 0.3 is a violation.
  */
 export const DEFAULT_THRESHOLDS: MetricThresholds = Object.freeze({

@@ -1,5 +1,5 @@
 /**
- * The one metrics core (DESIGN.md §4), pure code without I/O, used by the interceptor, the
+ * The one metrics core (definitions: metrics/README.md), pure code without I/O, used by the interceptor, the
  * processor, the sink and replay alike: window assignment, accumulators of numerators and
  * denominators, derived rates, latency sketches, and alert rules.
  *

@@ -1,5 +1,5 @@
 /**
- * DESIGN.md §4, once: each derived metric as a numerator and a denominator over the window's
+ * The derived metrics of metrics/README.md, once: each derived metric as a numerator and a denominator over the window's
  * counts. A rate whose denominator is 0 is null, never 0.
  */
 import type { DerivedRates, WindowCounts } from "../avro/generated.js";
@@ -23,7 +23,7 @@ export interface RatioDefinition {
   readonly scale: number;
 }
 
-/** The table of DESIGN.md §4. */
+/** The table of metrics/README.md. */
 export const RATIO_METRICS: Readonly<Record<RatioMetric, RatioDefinition>> = Object.freeze({
   avg_cost_usd: { numerator: "cost_nano_usd", denominator: "calls_with_cost", scale: 1e-9 },
   fallback_rate: { numerator: "fallbacks", denominator: "calls", scale: 1 },

@@ -91,7 +91,7 @@ export interface InstrumentOptions {
 
 /**
  * This replica's metrics over the rolling window. Names are snake_case, as the seed and
- * DESIGN.md §4 spell them. Rates are null when their denominator is 0.
+ * metrics/README.md spell them. Rates are null when their denominator is 0.
  */
 export interface MetricsSnapshot {
   readonly service: string;
