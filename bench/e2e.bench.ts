@@ -54,7 +54,7 @@ import {
   type Compression,
   type OutgoingRecord,
 } from "../kafka/index.js";
-import { loadStackConfig, stackStatus } from "../scripts/stack/index.js";
+import { loadStackConfig, stackStatus } from "../stack/index.js";
 import { sampleEvent } from "../test/support/events.js";
 import type { ProducerProgress, ProducerResult } from "./e2e-producer.js";
 import { runBench } from "./run.js";

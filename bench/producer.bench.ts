@@ -22,8 +22,8 @@ import type { EventExporter } from "../producer/exporters/types.js";
 import { instrument } from "../producer/interceptor.js";
 import { silentLogger } from "../producer/logger.js";
 import { countTokens, loadEncoding } from "../producer/tokens.js";
-import { loadStackConfig } from "../scripts/stack/config.js";
-import { findJava } from "../scripts/stack/process.js";
+import { loadStackConfig } from "../stack/config.js";
+import { findJava } from "../stack/process.js";
 import { runBench } from "./run.js";
 
 const run = promisify(execFile);

@@ -13,7 +13,7 @@ import { Argument, Command, CommanderError, InvalidArgumentError, Option } from 
 
 import { ConfigError } from "../config/index.js";
 import { MissingTopicError } from "../processor/replay.js";
-import { StackError } from "../scripts/stack/index.js";
+import { StackError } from "../stack/index.js";
 import { runAlertsTail } from "./commands/alerts.js";
 import { runDemo } from "./commands/demo.js";
 import { parseFromTime, parseOffsets, runReplay } from "./commands/replay.js";

@@ -474,6 +474,77 @@ export async function streamTopicRanges(
   }
 }
 
+/**
+ * A produce/consume round trip, the proof that a broker serves clients: creates `topic` when
+ * missing (keeping records for `retentionMs`), starts a consumer in a fresh group, produces a
+ * unique value with an idempotent producer (whose InitProducerId waits for the transaction
+ * coordinator, which a fresh broker loads after it starts serving plain requests) and waits up
+ * to `timeoutMs` for the value to come back. Throws a retriable {@link KafkaError} otherwise.
+ */
+export async function roundTrip(
+  settings: KafkaSettings,
+  options: { readonly topic: string; readonly timeoutMs: number; readonly retentionMs: number },
+): Promise<void> {
+  const kafka = client(settings);
+  const admin = kafka.admin();
+  const producer = kafka.producer({
+    allowAutoTopicCreation: false,
+    idempotent: true,
+    maxInFlightRequests: 1,
+  });
+  const groupId = `${options.topic}_${randomUUID()}`;
+  const consumer = kafka.consumer({ groupId, sessionTimeout: 10_000, rebalanceTimeout: 10_000 });
+  const value = randomUUID();
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await admin.connect();
+    if (!(await admin.listTopics()).includes(options.topic))
+      await admin.createTopics({
+        waitForLeaders: true,
+        topics: [
+          {
+            topic: options.topic,
+            numPartitions: 1,
+            configEntries: [{ name: "retention.ms", value: String(options.retentionMs) }],
+          },
+        ],
+      });
+    await consumer.connect();
+    await consumer.subscribe({ topic: options.topic, fromBeginning: true });
+    const seen = new Promise<void>((resolve) => {
+      void consumer.run({
+        eachMessage: ({ message }) => {
+          if (message.value?.toString() === value) resolve();
+          return Promise.resolve();
+        },
+      });
+    });
+    await producer.connect();
+    await producer.send({ topic: options.topic, acks: -1, messages: [{ value }] });
+    await Promise.race([
+      seen,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          reject(
+            new KafkaError(
+              `the probe message did not come back within ${options.timeoutMs} ms`,
+              "ROUND_TRIP_TIMEOUT",
+              true,
+            ),
+          );
+        }, options.timeoutMs);
+      }),
+    ]);
+  } catch (error) {
+    throw error instanceof KafkaError ? error : toKafkaError(error, "a produce/consume round trip");
+  } finally {
+    clearTimeout(timer);
+    await Promise.allSettled([consumer.disconnect(), producer.disconnect()]);
+    await admin.deleteGroups([groupId]).catch(() => undefined);
+    await admin.disconnect();
+  }
+}
+
 /** Topic administration: what the project's processes create on start. */
 export interface TopicAdmin {
   /** Creates the topics that do not exist yet; returns the names it created. */

@@ -12,7 +12,7 @@ import pg from "pg";
 
 import { setSubjectCompatibility } from "../avro/registry.js";
 import { ConfigError, ENV_NAMES, loadConnectionConfig } from "../config/index.js";
-import { loadStackConfig, StackError, stackUp } from "./stack/index.js";
+import { loadStackConfig, StackError, stackUp } from "../stack/index.js";
 
 const SMOKE_SCHEMA = {
   type: "record",

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 
 import { ConfigError, DEFAULTS, loadConnectionConfig, portOf } from "../config/index.js";
-import { loadStackConfig, readStackVersions } from "../scripts/stack/config.js";
+import { loadStackConfig, readStackVersions } from "../stack/config.js";
 import { IMAGES } from "./support/images.js";
 
 function configError(run: () => unknown): ConfigError {

@@ -11,8 +11,8 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import type { DemoSummary } from "../cli/commands/demo.js";
-import { loadStackConfig } from "../scripts/stack/index.js";
-import { portIsFree } from "../scripts/stack/process.js";
+import { loadStackConfig } from "../stack/index.js";
+import { portIsFree } from "../stack/process.js";
 import { REPO_ROOT, runTs } from "./support/cli.js";
 import {
   createDatabase,

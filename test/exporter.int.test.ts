@@ -11,7 +11,7 @@ import type { Compression } from "../kafka/index.js";
 import { KafkaExporter } from "../producer/exporters/kafka.js";
 import { instrument } from "../producer/interceptor.js";
 import { silentLogger } from "../producer/logger.js";
-import { portIsFree } from "../scripts/stack/process.js";
+import { portIsFree } from "../stack/process.js";
 import { services, testKafka, uniqueName } from "./support/isolation.js";
 import { CODEC_IDS, recordsInTopic, storedBatches } from "./support/kafka-batches.js";
 import { startPrivateKafka, type PrivateKafka } from "./support/private-kafka.js";

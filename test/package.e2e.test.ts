@@ -1,7 +1,7 @@
 /** The published shape: `npm run build` emits every subpath export the package declares. */
 import { execFile } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { join, relative } from "node:path";
 import { pathToFileURL } from "node:url";
 import { promisify } from "node:util";
 
@@ -59,6 +59,37 @@ describe("package", () => {
       );
       expect(Number(stdout.trim()), `${subpath} exports something`).toBeGreaterThan(0);
     }
+  });
+
+  it("ships only product code in dist/: the parts' folders, no scripts, tests or benchmarks", () => {
+    expect(readdirSync(join(REPO_ROOT, "dist")).sort()).toEqual(
+      [
+        "avro",
+        "cli",
+        "config",
+        "kafka",
+        "metrics",
+        "ops",
+        "processor",
+        "producer",
+        "sink",
+        "stack",
+      ].sort(),
+    );
+  });
+
+  it("imports kafkajs only behind the kafka/ boundary", () => {
+    const offenders: string[] = [];
+    const walk = (dir: string): void => {
+      for (const entry of readdirSync(dir, { withFileTypes: true })) {
+        const path = join(dir, entry.name);
+        if (entry.isDirectory()) walk(path);
+        else if (entry.name.endsWith(".js") && /from "kafkajs"/.test(readFileSync(path, "utf8")))
+          offenders.push(relative(REPO_ROOT, path));
+      }
+    };
+    walk(join(REPO_ROOT, "dist"));
+    expect(offenders).toEqual(["dist/kafka/index.js"]);
   });
 
   it("installs the mcp-observatory command, which runs in plain Node.js", async () => {

@@ -9,7 +9,7 @@ import { join } from "node:path";
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { loadStackConfig } from "../scripts/stack/config.js";
+import { loadStackConfig } from "../stack/config.js";
 import { runTs, type CommandResult } from "./support/cli.js";
 import { services, testKafka } from "./support/isolation.js";
 import { freePort } from "./support/ports.js";

@@ -23,8 +23,8 @@ import {
   stackEndpoints,
   stackUp,
   type StackService,
-} from "../../scripts/stack/index.js";
-import { ensurePostgresDatabase } from "../../scripts/stack/probes.js";
+} from "../../stack/index.js";
+import { ensurePostgresDatabase } from "../../stack/probes.js";
 import { migrate } from "../../sink/migrate.js";
 import { Sink } from "../../sink/sink.js";
 import { CONNECTION_SETTINGS, PROCESSOR_SETTINGS, type SettingsResolver } from "../config.js";

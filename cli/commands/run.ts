@@ -2,14 +2,14 @@
 import { redactUrl, type ConnectionConfig } from "../../config/index.js";
 import { pinoLogger, untilSignal } from "../../ops/index.js";
 import { StreamProcessor } from "../../processor/processor.js";
-import { ensurePostgresDatabase } from "../../scripts/stack/probes.js";
+import { ensurePostgresDatabase } from "../../stack/probes.js";
 import {
   ensureDownloads,
   loadStackConfig,
   stackDown,
   stackStatus,
   stackUp,
-} from "../../scripts/stack/index.js";
+} from "../../stack/index.js";
 import { migrate } from "../../sink/migrate.js";
 import { Sink } from "../../sink/sink.js";
 import { PROCESSOR_SETTINGS, SINK_SETTINGS, type SettingsResolver } from "../config.js";

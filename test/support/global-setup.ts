@@ -3,7 +3,7 @@
  *
  * 1. `KAFKA_BROKERS`, `SCHEMA_REGISTRY_URL` and `DATABASE_URL` when all three are set;
  * 2. else containers through testcontainers, when a Docker engine answers;
- * 3. else the project's local stack (`scripts/stack`), started here if it is not running and
+ * 3. else the project's local stack (`stack`), started here if it is not running and
  *    stopped again at teardown (only what this setup started).
  *
  * `MCPO_TEST_SERVICES=env|docker|stack` forces one of them.
@@ -11,7 +11,7 @@
 import type { TestProject } from "vitest/node";
 
 import { ENV_NAMES } from "../../config/index.js";
-import { loadStackConfig, stackDown, stackEndpoints, stackUp } from "../../scripts/stack/index.js";
+import { loadStackConfig, stackDown, stackEndpoints, stackUp } from "../../stack/index.js";
 import { dockerAvailable, startContainers } from "./docker.js";
 import type { ServiceEndpoints } from "./endpoints.js";
 

@@ -1,7 +1,7 @@
 /**
  * Container images for machines with Docker: the testcontainers harness and `docker-compose.yml`
  * use these same images (a unit test checks the compose file against this list). The versions
- * match the local stack's (scripts/stack/pom.xml).
+ * match the local stack's (stack/pom.xml).
  */
 export const IMAGES = Object.freeze({
   kafka: "apache/kafka:4.1.1",

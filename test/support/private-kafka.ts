@@ -13,7 +13,7 @@ import {
   stackUp,
   StackError,
   type StackConfig,
-} from "../../scripts/stack/index.js";
+} from "../../stack/index.js";
 import { services } from "./isolation.js";
 import { freePort, releasePort } from "./ports.js";
 

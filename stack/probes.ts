@@ -1,68 +1,16 @@
-import { randomUUID } from "node:crypto";
-
-import { Kafka, logLevel } from "kafkajs";
 import pg from "pg";
 
+import { roundTrip } from "../kafka/index.js";
 import { StackError } from "./process.js";
 
 const PROBE_TOPIC = "__mcpo_stack_probe";
 
-/**
- * A real produce/consume round trip: creates the probe topic if needed, starts a consumer in a
- * fresh group, produces a unique value and waits until that value comes back.
- */
+/** A real produce/consume round trip through the stack's probe topic (see `roundTrip`). */
 export async function kafkaRoundTrip(brokers: string, timeoutMs: number): Promise<void> {
-  const kafka = new Kafka({
-    clientId: "mcpo-stack-probe",
-    brokers: [brokers],
-    logLevel: logLevel.NOTHING,
-    connectionTimeout: 3000,
-    retry: { retries: 2 },
-  });
-  const admin = kafka.admin();
-  // Idempotent: its InitProducerId waits for the transaction coordinator, which a fresh broker
-  // loads after it starts serving plain requests.
-  const producer = kafka.producer({
-    allowAutoTopicCreation: false,
-    idempotent: true,
-    maxInFlightRequests: 1,
-  });
-  const groupId = `__mcpo_stack_probe_${randomUUID()}`;
-  const consumer = kafka.consumer({ groupId, sessionTimeout: 10_000, rebalanceTimeout: 10_000 });
-  const value = randomUUID();
-  try {
-    await admin.connect();
-    const topics = await admin.listTopics();
-    if (!topics.includes(PROBE_TOPIC)) {
-      await admin.createTopics({
-        waitForLeaders: true,
-        topics: [
-          {
-            topic: PROBE_TOPIC,
-            numPartitions: 1,
-            configEntries: [{ name: "retention.ms", value: String(60 * 60 * 1000) }],
-          },
-        ],
-      });
-    }
-    await consumer.connect();
-    await consumer.subscribe({ topic: PROBE_TOPIC, fromBeginning: true });
-    const seen = new Promise<void>((resolve) => {
-      void consumer.run({
-        eachMessage: ({ message }) => {
-          if (message.value?.toString() === value) resolve();
-          return Promise.resolve();
-        },
-      });
-    });
-    await producer.connect();
-    await producer.send({ topic: PROBE_TOPIC, acks: -1, messages: [{ value }] });
-    await withTimeout(seen, timeoutMs, "the probe message did not come back");
-  } finally {
-    await Promise.allSettled([consumer.disconnect(), producer.disconnect()]);
-    await admin.deleteGroups([groupId]).catch(() => undefined);
-    await admin.disconnect();
-  }
+  await roundTrip(
+    { brokers: [brokers], clientId: "mcpo-stack-probe", connectionTimeoutMs: 3000 },
+    { topic: PROBE_TOPIC, timeoutMs, retentionMs: 60 * 60 * 1000 },
+  );
 }
 
 /** Registers a small Avro schema through the ccompat API and reads it back by id. */
@@ -169,16 +117,4 @@ export async function postgresSelectOne(databaseUrl: string): Promise<void> {
   } finally {
     await client.end();
   }
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      reject(new Error(`${what} within ${ms} ms`));
-    }, ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => {
-    clearTimeout(timer);
-  });
 }

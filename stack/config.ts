@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { ConfigError, DEFAULTS, loadConnectionConfig, portOf } from "../../config/index.js";
+import { ConfigError, DEFAULTS, loadConnectionConfig, portOf } from "../config/index.js";
 
 /** Where this package's own files are: the repository root in development, the package root once installed. */
 export const PACKAGE_ROOT = findPackageRoot(dirname(fileURLToPath(import.meta.url)));
@@ -10,25 +10,22 @@ export const PACKAGE_ROOT = findPackageRoot(dirname(fileURLToPath(import.meta.ur
 function findPackageRoot(start: string): string {
   let dir = start;
   for (;;) {
-    if (
-      existsSync(join(dir, "package.json")) &&
-      existsSync(join(dir, "scripts", "stack", "pom.xml"))
-    )
+    if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "stack", "pom.xml")))
       return dir;
     const parent = dirname(dir);
-    if (parent === dir) throw new Error(`cannot find scripts/stack/pom.xml above ${start}`);
+    if (parent === dir) throw new Error(`cannot find stack/pom.xml above ${start}`);
     dir = parent;
   }
 }
 
-/** The versions the stack runs, read from `scripts/stack/pom.xml` (the one place they are named). */
+/** The versions the stack runs, read from `stack/pom.xml` (the one place they are named). */
 export interface StackVersions {
   readonly kafka: string;
   readonly apicurio: string;
   readonly log4j: string;
 }
 
-export const POM_PATH = join(PACKAGE_ROOT, "scripts", "stack", "pom.xml");
+export const POM_PATH = join(PACKAGE_ROOT, "stack", "pom.xml");
 
 export function readStackVersions(pomPath: string = POM_PATH): StackVersions {
   const pom = readFileSync(pomPath, "utf8");

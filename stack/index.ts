@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { createHash } from "node:crypto";
 
-import { redactUrl } from "../../config/index.js";
+import { redactUrl } from "../config/index.js";
 import { POM_PATH, STACK_ENV, stackEndpoints, type StackConfig } from "./config.js";
 import {
   ensurePostgresDatabase,
@@ -431,7 +431,7 @@ async function waitUntil(
 
 function kafkaProperties(config: StackConfig, dataDir: string): string {
   const lines = [
-    "# Written by the mcp-observatory local stack on every start; edit scripts/stack instead.",
+    "# Written by the mcp-observatory local stack on every start; edit stack instead.",
     "process.roles=broker,controller",
     "node.id=1",
     `controller.quorum.voters=1@127.0.0.1:${config.kafkaControllerPort}`,
