@@ -160,6 +160,8 @@ export class StreamProcessor {
   private readonly restoring = new Map<number, Promise<OwnedPartition>>();
   /** Partitions with a batch in flight (their state may be ahead of their acknowledged outputs). */
   private readonly busy = new Set<number>();
+  /** Consecutive batches per partition whose outputs could not be written (for the backoff). */
+  private readonly failures = new Map<number, number>();
   private assignment = new Set<number>();
   private checkpointLoad: Promise<Map<number, Checkpoint>> | undefined;
   private readonly activity = new Subject<number>();
@@ -452,8 +454,15 @@ export class StreamProcessor {
       // were not acknowledged. Forget back to the last durable point and let the consumer deliver
       // the batch again, so no rollup, alert, late or dead-letter record of it is lost.
       this.rewind(batch.partition, owned, error);
-      throw error;
+      const from = owned.durable.nextOffset;
+      if (from === null) throw error;
+      // Read again from there, after a capped backoff that keeps the membership alive: the
+      // consumer itself stays up, however long the outage lasts.
+      control.seek(from.toString());
+      await this.backOff(batch.partition, control);
+      return;
     }
+    this.failures.delete(batch.partition);
     control.resolveOffset(lastOffset);
     await this.maybeCheckpoint(
       batch.partition,
@@ -493,6 +502,17 @@ export class StreamProcessor {
       this.metrics.records.inc();
     }
     return lastOffset;
+  }
+
+  /** Waits 0.2 s, doubling per consecutive failure of the partition up to 5 s, heartbeating. */
+  private async backOff(partition: number, control: BatchControl): Promise<void> {
+    const failures = (this.failures.get(partition) ?? 0) + 1;
+    this.failures.set(partition, failures);
+    const until = Date.now() + Math.min(5000, 200 * 2 ** Math.min(failures - 1, 5));
+    while (Date.now() < until && control.isRunning() && this.stopping === undefined) {
+      await new Promise((resolve) => setTimeout(resolve, Math.min(1000, until - Date.now())));
+      await control.heartbeat().catch(() => undefined);
+    }
   }
 
   /** Back to the partition's last durable point (see {@link OwnedPartition.durable}). */

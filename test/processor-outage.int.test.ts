@@ -10,7 +10,7 @@
 import { createServer, connect, type Server, type Socket } from "node:net";
 
 import type { Producer } from "kafkajs";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFailed } from "vitest";
 
 import { watermarkTick } from "../avro/control.js";
 import { AvroCodec, valueSubject } from "../avro/codec.js";
@@ -132,6 +132,8 @@ describe("processor through a registry outage and a broker restart mid-stream", 
   let run: StreamProcessor | undefined;
   let producer: Producer | undefined;
   const warnings: string[] = [];
+  /** The processor's warnings and errors with their fields, printed when the test fails. */
+  const logged: string[] = [];
 
   beforeAll(async () => {
     const registry = new URL(services().schemaRegistryUrl);
@@ -151,6 +153,9 @@ describe("processor through a registry outage and a broker restart mid-stream", 
     "reads on after the registry and the broker come back: nothing dead-lettered or late, the oracle's rollups and alerts, each key with one set of bytes",
     { timeout: 240_000 },
     async () => {
+      onTestFailed(() => {
+        process.stderr.write(`[processor-outage] the processor logged:\n${logged.join("\n")}\n`);
+      });
       if (!broker || !proxy) throw new Error("set-up failed");
       const brokers = broker.brokers;
       const admin = testKafka(undefined, brokers).admin();
@@ -181,8 +186,14 @@ describe("processor through a registry outage and a broker restart mid-stream", 
           metrics: { rules: RULES },
           logger: {
             info: () => undefined,
-            warn: (message) => warnings.push(message),
-            error: (message) => warnings.push(message),
+            warn: (message, fields) => {
+              warnings.push(message);
+              logged.push(`WARN ${message} ${JSON.stringify(fields)}`);
+            },
+            error: (message, fields) => {
+              warnings.push(message);
+              logged.push(`ERROR ${message} ${JSON.stringify(fields)}`);
+            },
           },
         });
         await run.start();
