@@ -451,8 +451,8 @@ export class StreamProcessor {
       await this.produce(outputs);
     } catch (error) {
       // Outputs before state: this batch changed the windows in memory only, and its outputs
-      // were not acknowledged. Forget back to the last durable point and let the consumer deliver
-      // the batch again, so no rollup, alert, late or dead-letter record of it is lost.
+      // were not acknowledged. Forget back to the last durable point and read again from there,
+      // so no rollup, alert, late or dead-letter record of it is lost.
       this.rewind(batch.partition, owned, error);
       const from = owned.durable.nextOffset;
       if (from === null) throw error;

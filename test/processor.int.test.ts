@@ -20,9 +20,9 @@ import {
   type ModelCallEvent,
 } from "../avro/generated.js";
 import type { ConsumedRecord } from "../kafka/index.js";
-import { StreamProcessor, type ProcessorLogger } from "../processor/processor.js";
+import { StreamProcessor } from "../processor/processor.js";
 import { sampleEvent } from "./support/events.js";
-import { createTopics, services, testKafka, uniqueName } from "./support/isolation.js";
+import { createTopics, services, testKafka, quietLogger, uniqueName } from "./support/isolation.js";
 import {
   expectMatchesOracle,
   oracleAlerts,
@@ -59,11 +59,6 @@ const RULES: OracleRule[] = [
   },
   { key: "errors", metric: "error_rate", comparator: "gt", threshold: 0.2, minSamples: 3 },
 ];
-const quiet: ProcessorLogger = {
-  info: () => undefined,
-  warn: () => undefined,
-  error: () => undefined,
-};
 
 const random = seededRandom("processor.int events");
 
@@ -216,7 +211,7 @@ describe("stream processor with the real stack", () => {
       idleTimeoutMs: 500,
       checkpointIntervalMs: 200,
       metrics: { rules: RULES },
-      logger: quiet,
+      logger: quietLogger,
     });
     runs.push(instance);
     return instance;

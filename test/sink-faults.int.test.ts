@@ -9,6 +9,7 @@ import { createServer, connect, type Server, type Socket } from "node:net";
 
 import type { Admin } from "kafkajs";
 import pg from "pg";
+import { topicNames } from "../config/index.js";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 
 import { AvroCodec, valueSubject } from "../avro/codec.js";
@@ -128,13 +129,8 @@ class RegistryProxy {
 describe("sink through a registry outage and a broker restart", () => {
   const database = useFreshDatabase("mcpo_sinkfault");
   const prefix = `${uniqueName("sinkfault")}.`;
-  const topics = {
-    modelCalls: `${prefix}model-calls`,
-    rollups: `${prefix}metric-rollups`,
-    alerts: `${prefix}alerts`,
-    deadLetter: `${prefix}dead-letter`,
-  };
-  const inputs = [topics.modelCalls, topics.rollups, topics.alerts];
+  const topics = topicNames(prefix);
+  const inputs = [topics.modelCalls, topics.metricRollups, topics.alerts];
   const group = uniqueName("sinkfault-group");
   const registryUrl = services().schemaRegistryUrl;
   const events: ModelCallEvent[] = Array.from({ length: 4000 }, (_, i) =>
@@ -189,7 +185,7 @@ describe("sink through a registry outage and a broker restart", () => {
       .map((event) => ({ key: event.service, value: codec.encode(event) })),
   });
   const rollupMessages = (from: number, to: number) => ({
-    topic: topics.rollups,
+    topic: topics.metricRollups,
     messages: rollups
       .slice(from, to)
       .map((r) => ({ key: rollupKey(r), value: rollupCodec.encode(r) })),
@@ -207,7 +203,7 @@ describe("sink through a registry outage and a broker restart", () => {
     await admin.connect();
     await createTopics(admin, [
       { topic: topics.modelCalls, numPartitions: 3 },
-      { topic: topics.rollups, numPartitions: 2, config: { "cleanup.policy": "compact" } },
+      { topic: topics.metricRollups, numPartitions: 2, config: { "cleanup.policy": "compact" } },
       { topic: topics.alerts, numPartitions: 1 },
       { topic: topics.deadLetter, numPartitions: 1 },
     ]);
@@ -219,7 +215,7 @@ describe("sink through a registry outage and a broker restart", () => {
     });
     rollupCodec = await AvroCodec.register(METRIC_ROLLUP, {
       registryUrl,
-      subject: valueSubject(topics.rollups),
+      subject: valueSubject(topics.metricRollups),
     });
     sink = new Sink({
       brokers: broker.brokers,

@@ -11,13 +11,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AvroCodec, valueSubject } from "../avro/codec.js";
 import { MODEL_CALL_EVENT } from "../avro/contracts.js";
 import type { ModelCallEvent } from "../avro/generated.js";
-import type { ProcessorLogger } from "../processor/processor.js";
 import { Sink } from "../sink/sink.js";
 import { CliWorkers } from "./support/crash.js";
 import { sampleEvent } from "./support/events.js";
 import {
   createTopics,
   services,
+  quietLogger,
   testKafka,
   uniqueName,
   useFreshDatabase,
@@ -25,11 +25,6 @@ import {
 import { storedPositions, waitForStoredPositions } from "./support/sink-positions.js";
 import { pause } from "./support/wait.js";
 
-const quiet: ProcessorLogger = {
-  info: () => undefined,
-  warn: () => undefined,
-  error: () => undefined,
-};
 /** Events before the first sink starts, and per batch of the stream. */
 const INITIAL = 1000;
 const CHUNK = 300;
@@ -197,7 +192,7 @@ describe("sink stopped with SIGTERM", () => {
         databaseUrl: database.current.url,
         topicPrefix: prefix,
         groupId: group,
-        logger: quiet,
+        logger: quietLogger,
       });
       await next.start();
       t.lap("next started");

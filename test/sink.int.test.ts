@@ -2,6 +2,7 @@
 import avro from "avsc";
 import type { Admin } from "kafkajs";
 import pg from "pg";
+import { topicNames } from "../config/index.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { AvroCodec, valueSubject } from "../avro/codec.js";
@@ -9,12 +10,12 @@ import { ALERT_EVENT, METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.
 import { watermarkTick } from "../avro/control.js";
 import type { AlertEvent, ModelCallEvent } from "../avro/generated.js";
 import { AlertTracker, rollupEvents, rollupKey, type AlertRule } from "../metrics/index.js";
-import type { ProcessorLogger } from "../processor/processor.js";
 import { Sink } from "../sink/sink.js";
 import { sampleEvent } from "./support/events.js";
 import {
   createTopics,
   services,
+  quietLogger,
   testKafka,
   uniqueName,
   useFreshDatabase,
@@ -24,11 +25,6 @@ import { waitForStoredPositions } from "./support/sink-positions.js";
 import { storedRollups } from "./support/stored-rollups.js";
 import { waitFor } from "./support/wait.js";
 
-const quiet: ProcessorLogger = {
-  info: () => undefined,
-  warn: () => undefined,
-  error: () => undefined,
-};
 const MINUTE = 60_000_000;
 
 /** A poison record as produced: where it went and what the dead-letter copy must say. */
@@ -46,13 +42,8 @@ interface Poison {
 describe("sink", () => {
   const database = useFreshDatabase("mcpo_sink");
   const prefix = `${uniqueName("sink")}.`;
-  const topics = {
-    modelCalls: `${prefix}model-calls`,
-    rollups: `${prefix}metric-rollups`,
-    alerts: `${prefix}alerts`,
-    deadLetter: `${prefix}dead-letter`,
-  };
-  const inputs = [topics.modelCalls, topics.rollups, topics.alerts];
+  const topics = topicNames(prefix);
+  const inputs = [topics.modelCalls, topics.metricRollups, topics.alerts];
   // Varied on purpose: retries, token sources, models, nulls, errors, and a gate-block rate that
   // breaches in even minutes and not in odd ones, so alerts fire and resolve.
   const events: ModelCallEvent[] = Array.from({ length: 200 }, (_, i) => {
@@ -102,7 +93,7 @@ describe("sink", () => {
       databaseUrl: database.current.url,
       topicPrefix: prefix,
       groupId,
-      logger: quiet,
+      logger: quietLogger,
     });
     sinks.push(instance);
     return instance;
@@ -113,7 +104,7 @@ describe("sink", () => {
     await admin.connect();
     await createTopics(admin, [
       { topic: topics.modelCalls, numPartitions: 3 },
-      { topic: topics.rollups, numPartitions: 2, config: { "cleanup.policy": "compact" } },
+      { topic: topics.metricRollups, numPartitions: 2, config: { "cleanup.policy": "compact" } },
       { topic: topics.alerts, numPartitions: 2 },
       { topic: topics.deadLetter, numPartitions: 1 },
     ]);
@@ -124,7 +115,7 @@ describe("sink", () => {
     });
     const rollupCodec = await AvroCodec.register(METRIC_ROLLUP, {
       registryUrl: url,
-      subject: valueSubject(topics.rollups),
+      subject: valueSubject(topics.metricRollups),
     });
     const alertCodec = await AvroCodec.register(ALERT_EVENT, {
       registryUrl: url,
@@ -204,7 +195,7 @@ describe("sink", () => {
         reason: /cannot be read as ModelCallEvent/,
       },
       {
-        topic: topics.rollups,
+        topic: topics.metricRollups,
         partition: 0,
         key: "p-garbage",
         value: Buffer.from([1, 2, 3, 4, 5, 6]),
@@ -212,7 +203,7 @@ describe("sink", () => {
         reason: /magic byte/,
       },
       {
-        topic: topics.rollups,
+        topic: topics.metricRollups,
         partition: 1,
         key: "p-event",
         value: good,
@@ -253,7 +244,7 @@ describe("sink", () => {
       second ? list.slice(Math.floor(list.length / 2)) : list.slice(0, Math.floor(list.length / 2));
     for (const second of [false, true]) {
       await producer.send({ topic: topics.modelCalls, messages: half(eventMessages, second) });
-      await producer.send({ topic: topics.rollups, messages: half(rollupMessages, second) });
+      await producer.send({ topic: topics.metricRollups, messages: half(rollupMessages, second) });
       await producer.send({ topic: topics.alerts, messages: half(alertMessages, second) });
       if (second) break;
       for (const record of poison) {

@@ -9,6 +9,7 @@ import { Kafka, logLevel, type Admin } from "kafkajs";
 import pg from "pg";
 import { afterAll, beforeAll, expect, inject } from "vitest";
 
+import type { OpsLogger } from "../../ops/index.js";
 import type { ServiceEndpoints } from "./endpoints.js";
 
 /** The services the global setup resolved. */
@@ -110,3 +111,10 @@ async function withAdminClient<T>(work: (client: pg.Client) => Promise<T>): Prom
     await client.end();
   }
 }
+
+/** A logger that drops everything, for processors and sinks whose logs a test does not read. */
+export const quietLogger: OpsLogger = Object.freeze({
+  info: () => undefined,
+  warn: () => undefined,
+  error: () => undefined,
+});
