@@ -1,12 +1,55 @@
 /**
- * Control records on the model-calls topic. Besides ModelCallEvents, the topic carries watermark
- * ticks: written by the processor into an idle partition, they record "event time reached T"
- * in the log itself, so a replay closes idle windows exactly where the live run did. They carry
- * the header `mcpo-control: watermark` and the time (µs since the epoch) as a decimal string;
- * every consumer of the topic skips records with a `mcpo-control` header.
+ * Control records on the model-calls topic. Besides ModelCallEvents, the processor writes three
+ * kinds of records into the topic, so that what it decided is in the log itself and a replay
+ * decides the same:
+ *
+ * - **watermark tick** (`mcpo-control: watermark`, value = event time, µs, as a decimal string):
+ *   "event time reached T" in an idle partition, so idle windows close where the live run closed
+ *   them;
+ * - **copy** (`mcpo-control: copy`, value = the original record's bytes): an event that arrived on
+ *   a partition other than its service's home partition, forwarded to the home partition, with
+ *   where it came from (`mcpo-copy-source-partition`, `mcpo-copy-source-offset`), the previous
+ *   copy from that partition to this one (`mcpo-copy-previous-offset`, absent for the first) and
+ *   the source partition's event time when it was forwarded (`mcpo-copy-source-time`, µs);
+ * - **progress** (`mcpo-control: progress`, value = event time, µs): "source partition
+ *   `mcpo-progress-source-partition` reached this event time, and its last copy to this partition
+ *   was `mcpo-progress-last-offset`" (absent: none yet), so the home partition knows when a window
+ *   can have no more copies coming. Time 0 registers a source that has not reported yet (a
+ *   partition added to the topic): the home partition waits for it.
+ *
+ * Every other consumer of the topic skips records with a `mcpo-control` header (a copy's original
+ * is still in the log where it arrived).
  */
 export const CONTROL_HEADER = "mcpo-control";
 export const WATERMARK_TICK = "watermark";
+export const COPY = "copy";
+export const PROGRESS = "progress";
+
+const COPY_SOURCE_PARTITION = "mcpo-copy-source-partition";
+const COPY_SOURCE_OFFSET = "mcpo-copy-source-offset";
+const COPY_PREVIOUS_OFFSET = "mcpo-copy-previous-offset";
+const COPY_SOURCE_TIME = "mcpo-copy-source-time";
+const PROGRESS_SOURCE_PARTITION = "mcpo-progress-source-partition";
+const PROGRESS_LAST_OFFSET = "mcpo-progress-last-offset";
+
+/** Where a forwarded event came from, and the chain it continues (see {@link readControl}). */
+export interface CopyOrigin {
+  readonly sourcePartition: number;
+  /** Its offset in the source partition (decimal). */
+  readonly sourceOffset: string;
+  /** The offset of the previous event the source partition forwarded to this one; null: none. */
+  readonly previousOffset: string | null;
+  /** The source partition's event time (largest end time seen) after it read the event, µs. */
+  readonly sourceTimeMicros: number;
+}
+
+/** A source partition's report to a home partition (see {@link readControl}). */
+export interface SourceProgress {
+  readonly sourcePartition: number;
+  /** The offset of the last event the source forwarded to this partition; null: none yet. */
+  readonly lastOffset: string | null;
+  readonly sourceTimeMicros: number;
+}
 
 /** The headers and value of a watermark tick at `eventTimeMicros`. */
 export function watermarkTick(eventTimeMicros: number): {
@@ -19,20 +62,105 @@ export function watermarkTick(eventTimeMicros: number): {
   };
 }
 
-/** What a record's control header says: not a control record, a tick, or an unknown control. */
+/** The headers of a forwarded copy (its value is the original record's bytes). */
+export function copyHeaders(origin: CopyOrigin): Record<string, string> {
+  return {
+    [CONTROL_HEADER]: COPY,
+    [COPY_SOURCE_PARTITION]: String(origin.sourcePartition),
+    [COPY_SOURCE_OFFSET]: origin.sourceOffset,
+    ...(origin.previousOffset === null ? {} : { [COPY_PREVIOUS_OFFSET]: origin.previousOffset }),
+    [COPY_SOURCE_TIME]: String(origin.sourceTimeMicros),
+  };
+}
+
+/** The headers and value of a progress record. */
+export function progressRecord(progress: SourceProgress): {
+  headers: Record<string, string>;
+  value: Buffer;
+} {
+  return {
+    headers: {
+      [CONTROL_HEADER]: PROGRESS,
+      [PROGRESS_SOURCE_PARTITION]: String(progress.sourcePartition),
+      ...(progress.lastOffset === null ? {} : { [PROGRESS_LAST_OFFSET]: progress.lastOffset }),
+    },
+    value: Buffer.from(String(progress.sourceTimeMicros)),
+  };
+}
+
+/** What a record's control header says. */
+export type ControlRecord =
+  | { readonly type: "data" }
+  | { readonly type: "tick"; readonly eventTimeMicros: number }
+  /** The event is the record's value. */
+  | { readonly type: "copy"; readonly origin: CopyOrigin }
+  | { readonly type: "progress"; readonly progress: SourceProgress }
+  | { readonly type: "unknown"; readonly reason: string };
+
+function micros(text: string | undefined): number | undefined {
+  const time = Number(text);
+  return text !== undefined && text !== "" && Number.isSafeInteger(time) && time >= 0
+    ? time
+    : undefined;
+}
+
+function partitionNumber(text: string | undefined): number | undefined {
+  const value = Number(text);
+  return text !== undefined && /^\d{1,9}$/.test(text) ? value : undefined;
+}
+
+function offset(text: string | undefined): string | undefined {
+  return text !== undefined && /^\d{1,19}$/.test(text) ? text : undefined;
+}
+
+/** Reads a record's control header: not a control record, one of the three kinds, or unknown. */
 export function readControl(
   headers: Readonly<Record<string, string>>,
   value: Buffer | null,
-):
-  | { type: "data" }
-  | { type: "tick"; eventTimeMicros: number }
-  | { type: "unknown"; reason: string } {
+): ControlRecord {
   const control = headers[CONTROL_HEADER];
   if (control === undefined) return { type: "data" };
-  if (control !== WATERMARK_TICK)
-    return { type: "unknown", reason: `unknown control record ${JSON.stringify(control)}` };
-  const time = Number(value?.toString("utf8"));
-  if (!Number.isSafeInteger(time) || time < 0)
-    return { type: "unknown", reason: "watermark tick without a valid time" };
-  return { type: "tick", eventTimeMicros: time };
+  switch (control) {
+    case WATERMARK_TICK: {
+      const time = micros(value?.toString("utf8"));
+      return time === undefined
+        ? { type: "unknown", reason: "watermark tick without a valid time" }
+        : { type: "tick", eventTimeMicros: time };
+    }
+    case COPY: {
+      const sourcePartition = partitionNumber(headers[COPY_SOURCE_PARTITION]);
+      const sourceOffset = offset(headers[COPY_SOURCE_OFFSET]);
+      const previous = headers[COPY_PREVIOUS_OFFSET];
+      const previousOffset = previous === undefined ? null : offset(previous);
+      const sourceTimeMicros = micros(headers[COPY_SOURCE_TIME]);
+      if (
+        sourcePartition === undefined ||
+        sourceOffset === undefined ||
+        previousOffset === undefined ||
+        sourceTimeMicros === undefined
+      )
+        return {
+          type: "unknown",
+          reason: `copy record without a valid ${COPY_SOURCE_PARTITION}, ${COPY_SOURCE_OFFSET}, ${COPY_PREVIOUS_OFFSET} or ${COPY_SOURCE_TIME} header`,
+        };
+      return {
+        type: "copy",
+        origin: { sourcePartition, sourceOffset, previousOffset, sourceTimeMicros },
+      };
+    }
+    case PROGRESS: {
+      const sourcePartition = partitionNumber(headers[PROGRESS_SOURCE_PARTITION]);
+      const last = headers[PROGRESS_LAST_OFFSET];
+      const lastOffset = last === undefined ? null : offset(last);
+      const sourceTimeMicros = micros(value?.toString("utf8"));
+      if (sourcePartition === undefined || lastOffset === undefined || sourceTimeMicros === undefined)
+        return {
+          type: "unknown",
+          reason: `progress record without a valid ${PROGRESS_SOURCE_PARTITION} or ${PROGRESS_LAST_OFFSET} header or time`,
+        };
+      return { type: "progress", progress: { sourcePartition, lastOffset, sourceTimeMicros } };
+    }
+    default:
+      return { type: "unknown", reason: `unknown control record ${JSON.stringify(control)}` };
+  }
 }

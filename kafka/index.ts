@@ -12,7 +12,7 @@ import createSnappyCodec from "kafkajs-snappy";
 
 // kafkajs is CommonJS: Node's ESM loader sees only some of its named exports, so take them from
 // the default export.
-const { CompressionCodecs, CompressionTypes, Kafka, logLevel } = kafkajs;
+const { CompressionCodecs, CompressionTypes, Kafka, logLevel, Partitioners } = kafkajs;
 type Kafka = InstanceType<typeof Kafka>;
 type CompressionTypes = (typeof CompressionTypes)[keyof typeof CompressionTypes];
 
@@ -170,6 +170,29 @@ function toMessage(record: OutgoingRecord): Message {
   };
 }
 
+const keyPartitioner = Partitioners.DefaultPartitioner();
+
+/**
+ * The partition a record with this key lands on in a topic of `partitions` partitions, with the
+ * producer's default partitioner (murmur2 of the key, as the Java client's): where a service's
+ * events go when they are keyed by the service.
+ */
+export function partitionForKey(key: string, partitions: number): number {
+  if (!Number.isInteger(partitions) || partitions <= 0)
+    throw new RangeError(`partition count must be a positive integer (got ${partitions})`);
+  return keyPartitioner({
+    topic: "",
+    partitionMetadata: Array.from({ length: partitions }, (_, partitionId) => ({
+      partitionId,
+      leader: 0,
+      partitionErrorCode: 0,
+      replicas: [0],
+      isr: [0],
+    })),
+    message: { key, value: null },
+  });
+}
+
 /** A record as consumed. Headers are decoded as UTF-8. */
 export interface ConsumedRecord {
   readonly topic: string;
@@ -217,6 +240,11 @@ export interface GroupConsumerOptions {
   readonly fromBeginning: boolean;
   readonly sessionTimeoutMs?: number;
   /**
+   * How often the topics' metadata is refreshed, ms (default 30 000): partitions added to a
+   * subscribed topic are assigned at the first refresh after they appear.
+   */
+  readonly metadataMaxAgeMs?: number;
+  /**
    * How many partitions' batches may be handled at once (default 1). Each partition's batches
    * still come one at a time and in order.
    */
@@ -248,6 +276,7 @@ export function createGroupConsumer(
     // Rebalances hand partitions over while a batch may still be in flight elsewhere; the
     // processor's checkpoints make that safe, so there is no reason to wait long.
     rebalanceTimeout: 30_000,
+    metadataMaxAge: options.metadataMaxAgeMs ?? 30_000,
     retry: { retries: 8, initialRetryTime: 200, maxRetryTime: 5000 },
   });
   consumer.on(consumer.events.GROUP_JOIN, (event) => {

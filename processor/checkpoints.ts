@@ -2,9 +2,95 @@
  * Partition checkpoints in a compacted topic, keyed by group, topic and partition. A checkpoint
  * is a partition's state after it processed every record before `nextOffset`: a pure function of
  * that prefix of the log, so any checkpoint is a valid place to restart, whoever wrote it.
+ *
+ * The same topic holds each input topic's layout (key `layout|<topic>`): how many home partitions
+ * its services are spread over. It is fixed when a processor first meets the topic, for every
+ * group and every replay, so partitions added later do not move a service's home.
  */
-import { readTopicToEnd, type KafkaSettings, type RecordProducer } from "../kafka/index.js";
+import {
+  partitionForKey,
+  readTopicToEnd,
+  type ConsumedRecord,
+  type KafkaSettings,
+  type RecordProducer,
+} from "../kafka/index.js";
 import type { PartitionSnapshot } from "./partition.js";
+
+/** The checkpoint topic of a topic prefix. */
+export function checkpointTopic(topicPrefix: string): string {
+  return `${topicPrefix}processor-checkpoints`;
+}
+
+/** How an input topic's services are spread over partitions. */
+export interface Layout {
+  readonly version: 1;
+  readonly topic: string;
+  /**
+   * A service's home partition is where its name, as a key, lands among this many partitions
+   * (the producers' default partitioner): its windows and alerts are kept there.
+   */
+  readonly homePartitions: number;
+}
+
+export function layoutKey(topic: string): string {
+  return `layout|${topic}`;
+}
+
+function isLayout(value: unknown, topic: string): value is Layout {
+  if (typeof value !== "object" || value === null) return false;
+  const candidate = value as Partial<Layout>;
+  return (
+    candidate.version === 1 &&
+    candidate.topic === topic &&
+    typeof candidate.homePartitions === "number" &&
+    Number.isInteger(candidate.homePartitions) &&
+    candidate.homePartitions > 0
+  );
+}
+
+function parseJson(record: ConsumedRecord): unknown {
+  if (!record.value) return undefined;
+  try {
+    return JSON.parse(record.value.toString("utf8"));
+  } catch {
+    return undefined; // not ours, or damaged: a checkpoint is an optimisation, the log is the truth
+  }
+}
+
+/** The topic's layout, from the records of a checkpoint topic: the newest (what compaction keeps). */
+export function layoutIn(records: readonly ConsumedRecord[], topic: string): Layout | undefined {
+  const key = layoutKey(topic);
+  let layout: Layout | undefined;
+  for (const record of records) {
+    if (record.key?.toString() !== key) continue;
+    const parsed = parseJson(record);
+    if (isLayout(parsed, topic)) layout = parsed;
+  }
+  return layout;
+}
+
+/** Reads the topic's layout from the checkpoint topic (undefined: none written yet). */
+export async function readLayout(
+  settings: KafkaSettings,
+  checkpoints: string,
+  topic: string,
+): Promise<Layout | undefined> {
+  return layoutIn(await readTopicToEnd(settings, checkpoints), topic);
+}
+
+/** Each service's home partition under `homePartitions` (memoised: called once per event). */
+export function homeOf(homePartitions: number): (service: string) => number {
+  const homes = new Map<string, number>();
+  return (service) => {
+    let home = homes.get(service);
+    if (home === undefined) {
+      home = partitionForKey(service, homePartitions);
+      if (homes.size >= 100_000) homes.clear();
+      homes.set(service, home);
+    }
+    return home;
+  };
+}
 
 export interface Checkpoint {
   readonly version: 1;
@@ -31,7 +117,7 @@ function isCheckpoint(value: unknown): value is Checkpoint {
     typeof candidate.nextOffset === "string" &&
     /^\d+$/.test(candidate.nextOffset) &&
     typeof candidate.state === "object" &&
-    (candidate.state as { version?: unknown }).version === 1
+    [1, 2].includes((candidate.state as { version?: unknown }).version as number)
   );
 }
 
@@ -50,19 +136,30 @@ export class CheckpointStore {
     const best = new Map<number, Checkpoint>();
     const prefix = `${group}|${topic}|`;
     for (const record of await readTopicToEnd(this.settings, this.topic)) {
-      if (!record.key?.toString().startsWith(prefix) || !record.value) continue;
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(record.value.toString("utf8"));
-      } catch {
-        continue; // not ours, or damaged: a checkpoint is an optimisation, the log is the truth
-      }
+      if (!record.key?.toString().startsWith(prefix)) continue;
+      const parsed = parseJson(record);
       if (!isCheckpoint(parsed) || parsed.group !== group || parsed.topic !== topic) continue;
       const current = best.get(parsed.partition);
       if (!current || BigInt(parsed.nextOffset) >= BigInt(current.nextOffset))
         best.set(parsed.partition, parsed);
     }
     return best;
+  }
+
+  /**
+   * The topic's layout: the one already written, or else `homePartitions`, written now (and read
+   * back: of two processors writing at once, both go on with the one written last).
+   */
+  async layout(topic: string, homePartitions: number): Promise<Layout> {
+    const existing = await readLayout(this.settings, this.topic, topic);
+    if (existing) return existing;
+    const layout: Layout = { version: 1, topic, homePartitions };
+    await this.producer.send(
+      this.topic,
+      [{ key: layoutKey(topic), value: Buffer.from(JSON.stringify(layout)) }],
+      "none",
+    );
+    return (await readLayout(this.settings, this.topic, topic)) ?? layout;
   }
 
   /** Writes a checkpoint and resolves once the broker acknowledged it. */

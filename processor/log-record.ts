@@ -1,16 +1,17 @@
 /**
- * One record of the model-calls log, as the partition state machine's input: a watermark tick
- * (a control record), an event, or the reason it is neither. Shared by the live processor and
- * replays, so both read the log the same way.
+ * One record of the model-calls log, as the partition state machine's input: an event, a copy of
+ * one forwarded from another partition, a watermark tick or a source's progress (control
+ * records), or the reason it is none of these. Shared by the live processor and replays, so both
+ * read the log the same way.
  */
 import type { AvroCodec, DecodeErrorCode, DecodeResult } from "../avro/codec.js";
-import { readControl } from "../avro/control.js";
+import { readControl, type ControlRecord } from "../avro/control.js";
 import type { ModelCallEvent } from "../avro/generated.js";
 import type { ConsumedRecord } from "../kafka/index.js";
 import type { PartitionInput } from "./partition.js";
 
 export type LogRecord =
-  | { readonly type: "input"; readonly input: PartitionInput & { type: "event" | "tick" } }
+  | { readonly type: "input"; readonly input: Exclude<PartitionInput, { type: "flush" }> }
   /** Never valid: dead-letter it (the live processor) or count it (replays). */
   | {
       readonly type: "invalid";
@@ -30,12 +31,19 @@ export function readLogRecordIfKnown(
   codec: AvroCodec<ModelCallEvent>,
 ): LogRecord | undefined {
   const control = readControl(record.headers, record.value);
-  if (control.type === "tick")
-    return { type: "input", input: { type: "tick", eventTimeMicros: control.eventTimeMicros } };
-  if (control.type === "unknown")
-    return { type: "invalid", code: "UNKNOWN_CONTROL_RECORD", message: control.reason };
-  const decoded = codec.decodeIfKnown(record.value ?? Buffer.alloc(0));
-  return decoded === undefined ? undefined : fromDecoded(decoded);
+  switch (control.type) {
+    case "tick":
+      return { type: "input", input: { type: "tick", eventTimeMicros: control.eventTimeMicros } };
+    case "progress":
+      return { type: "input", input: { type: "progress", progress: control.progress } };
+    case "unknown":
+      return { type: "invalid", code: "UNKNOWN_CONTROL_RECORD", message: control.reason };
+    case "data":
+    case "copy": {
+      const decoded = codec.decodeIfKnown(record.value ?? Buffer.alloc(0));
+      return decoded === undefined ? undefined : fromDecoded(decoded, record, control);
+    }
+  }
 }
 
 /** Reads a record, fetching its writer schema from the registry when it is not known yet. */
@@ -45,12 +53,27 @@ export async function readLogRecord(
 ): Promise<LogRecord> {
   return (
     readLogRecordIfKnown(record, codec) ??
-    fromDecoded(await codec.decode(record.value ?? Buffer.alloc(0)))
+    fromDecoded(
+      await codec.decode(record.value ?? Buffer.alloc(0)),
+      record,
+      readControl(record.headers, record.value),
+    )
   );
 }
 
-function fromDecoded(decoded: DecodeResult<ModelCallEvent>): LogRecord {
-  if (decoded.ok) return { type: "input", input: { type: "event", event: decoded.value } };
+function fromDecoded(
+  decoded: DecodeResult<ModelCallEvent>,
+  record: ConsumedRecord,
+  control: ControlRecord,
+): LogRecord {
+  if (decoded.ok)
+    return {
+      type: "input",
+      input:
+        control.type === "copy"
+          ? { type: "copy", event: decoded.value, origin: control.origin }
+          : { type: "event", event: decoded.value, offset: record.offset },
+    };
   if (decoded.error.retriable) return { type: "retry", message: decoded.error.message };
   return {
     type: "invalid",

@@ -36,6 +36,12 @@ export class ProcessorMetrics {
     labelNames: ["code"],
     registers: [this.registry],
   });
+  readonly forwarded = new Counter({
+    name: "mcpo_processor_forwarded_events_total",
+    help: "Events that arrived on a partition other than their service's home, copied there",
+    labelNames: ["partition"],
+    registers: [this.registry],
+  });
   readonly checkpoints = new Counter({
     name: "mcpo_processor_checkpoints_total",
     help: "Partition checkpoints written",

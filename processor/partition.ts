@@ -13,6 +13,15 @@
  *   the late-events topic; it is in no other count.
  * - A watermark tick (a control record in the log, written when a partition was idle) advances
  *   event time without an event, so idle windows close in replays exactly as they did live.
+ * - With a routing, every service has one home partition. An event that arrives elsewhere is not
+ *   counted where it arrived: it is forwarded (a `forward` output; the processor writes a copy into
+ *   the home partition's log) and only advances this partition's event time. At the home
+ *   partition, copies count like events. They come in a chain per source partition (each names
+ *   the previous one), so a copy forwarded twice (a source partition read again after a crash) or
+ *   out of order (by an owner that lost the partition) counts once. Each source partition also
+ *   reports its event time (on each copy, and in progress records); the home partition's event
+ *   time is its own, held back to the slowest source's, so no window closes while a source may
+ *   still forward an on-time event of it.
  */
 import { defer, map, type OperatorFunction } from "rxjs";
 
@@ -22,6 +31,7 @@ import type {
   MetricThresholds,
   ModelCallEvent,
 } from "../avro/generated.js";
+import type { CopyOrigin, SourceProgress } from "../avro/control.js";
 import {
   AlertTracker,
   countsTowardMetrics,
@@ -48,9 +58,20 @@ export const DEFAULT_WINDOW_SETTINGS: WindowSettings = Object.freeze({
   rules: DEFAULT_ALERT_RULES,
 });
 
+/** Which partition a state is, and where each service's home is. */
+export interface PartitionRouting {
+  readonly partition: number;
+  /** Services' homes are partitions 0 to `homePartitions` − 1. */
+  readonly homePartitions: number;
+  readonly homeOf: (service: string) => number;
+}
+
 /** What a partition's state machine is fed, in offset order. */
 export type PartitionInput =
-  | { readonly type: "event"; readonly event: ModelCallEvent }
+  /** `offset` (the record's) is needed when the event is forwarded to its home partition. */
+  | { readonly type: "event"; readonly event: ModelCallEvent; readonly offset?: string }
+  | { readonly type: "copy"; readonly event: ModelCallEvent; readonly origin: CopyOrigin }
+  | { readonly type: "progress"; readonly progress: SourceProgress }
   | { readonly type: "tick"; readonly eventTimeMicros: number }
   | { readonly type: "flush" };
 
@@ -58,36 +79,90 @@ export type PartitionInput =
 export type PartitionOutput =
   | { readonly type: "rollup"; readonly rollup: MetricRollup }
   | { readonly type: "alert"; readonly alert: AlertEvent }
-  | { readonly type: "late"; readonly event: ModelCallEvent; readonly watermarkMicros: number };
+  | { readonly type: "late"; readonly event: ModelCallEvent; readonly watermarkMicros: number }
+  /** Write the event's record into `partition`, its service's home, as a copy from `origin`. */
+  | {
+      readonly type: "forward";
+      readonly event: ModelCallEvent;
+      readonly partition: number;
+      readonly origin: CopyOrigin;
+    };
 
 /** Plain data: everything needed to continue exactly where the state was. */
 export interface PartitionSnapshot {
-  readonly version: 1;
+  /** 1: written before routing (no `forwarded` or `sources`); 2: now. */
+  readonly version: 1 | 2;
+  /** The largest event time read in this partition itself (its own events, copies, ticks). */
   readonly maxEventTimeMicros: number | null;
   /** Open windows, as rollups of what they hold so far. */
   readonly windows: readonly MetricRollup[];
   readonly alerts: AlertTrackerState;
+  /** Per home partition this one reports to: the offset of the last event forwarded there. */
+  readonly forwarded?: readonly { readonly partition: number; readonly lastOffset: string | null }[];
+  /** Per source partition that forwarded here: its last copy counted and its event time. */
+  readonly sources?: readonly {
+    readonly partition: number;
+    readonly lastOffset: string | null;
+    readonly timeMicros: number;
+  }[];
 }
 
 export class PartitionState {
   private readonly services = new Map<string, ServiceWindows>();
   private readonly alerts: AlertTracker;
   private maxEventTime: number | null = null;
+  private readonly forwarded = new Map<number, string | null>();
+  private readonly sources = new Map<number, { lastOffset: string | null; timeMicros: number }>();
 
   constructor(
     readonly settings: WindowSettings = DEFAULT_WINDOW_SETTINGS,
     snapshot?: PartitionSnapshot,
+    private readonly routing?: PartitionRouting,
   ) {
     this.alerts = new AlertTracker(settings.rules, snapshot?.alerts);
     if (snapshot) {
       this.maxEventTime = snapshot.maxEventTimeMicros;
       for (const rollup of snapshot.windows) this.windowsOf(rollup.service).restore(rollup);
+      for (const entry of snapshot.forwarded ?? [])
+        this.forwarded.set(entry.partition, entry.lastOffset);
+      for (const entry of snapshot.sources ?? [])
+        this.sources.set(entry.partition, {
+          lastOffset: entry.lastOffset,
+          timeMicros: entry.timeMicros,
+        });
     }
+    // A partition beyond the homes (added to the topic later) holds only other homes' events:
+    // every home waits for its progress, so it reports to every home from the start.
+    if (routing && routing.partition >= routing.homePartitions)
+      for (let home = 0; home < routing.homePartitions; home++)
+        if (!this.forwarded.has(home)) this.forwarded.set(home, null);
   }
 
-  /** Largest event time seen minus the grace period; null before the first record. */
+  /**
+   * The event time windows close on: this partition's own, held back to the slowest source
+   * partition's; null before the first record.
+   */
+  get eventTimeMicros(): number | null {
+    if (this.maxEventTime === null) return null;
+    let time = this.maxEventTime;
+    for (const source of this.sources.values()) if (source.timeMicros < time) time = source.timeMicros;
+    return time;
+  }
+
+  /** Event time minus the grace period; null before the first record. */
   get watermarkMicros(): number | null {
-    return this.maxEventTime === null ? null : this.maxEventTime - this.settings.graceMicros;
+    const time = this.eventTimeMicros;
+    return time === null ? null : time - this.settings.graceMicros;
+  }
+
+  /** The largest event time read in this partition itself (what it reports to home partitions). */
+  get ownEventTimeMicros(): number | null {
+    return this.maxEventTime;
+  }
+
+  /** The home partitions this one reports to, with the offset of the last event forwarded there. */
+  get forwardedTo(): ReadonlyMap<number, string | null> {
+    return this.forwarded;
   }
 
   /** How many (service, model, window) accumulators are open. */
@@ -99,8 +174,15 @@ export class PartitionState {
 
   apply(input: PartitionInput): PartitionOutput[] {
     switch (input.type) {
-      case "event":
-        return this.accept(input.event);
+      case "event": {
+        const home = this.routing?.homeOf(input.event.service);
+        if (home === undefined || home === this.routing?.partition) return this.accept(input.event);
+        return this.forward(input.event, home, input.offset);
+      }
+      case "copy":
+        return this.acceptCopy(input.event, input.origin);
+      case "progress":
+        return this.acceptProgress(input.progress);
       case "tick":
         return this.advance(input.eventTimeMicros);
       case "flush":
@@ -108,8 +190,73 @@ export class PartitionState {
     }
   }
 
+  /** An event of another partition's service: only this partition's event time moves. */
+  private forward(event: ModelCallEvent, home: number, offset: string | undefined): PartitionOutput[] {
+    if (offset === undefined)
+      throw new Error(`an event of ${event.service} must be forwarded to partition ${home}: its offset is needed`);
+    const previousOffset = this.forwarded.get(home) ?? null;
+    this.forwarded.set(home, offset);
+    const outputs = this.advance(event.end_time);
+    outputs.push({
+      type: "forward",
+      event,
+      partition: home,
+      origin: {
+        sourcePartition: this.routing?.partition ?? -1,
+        sourceOffset: offset,
+        previousOffset,
+        sourceTimeMicros: this.maxEventTime ?? event.end_time,
+      },
+    });
+    return outputs;
+  }
+
+  /** A copy counts once, in its source's order. */
+  private acceptCopy(event: ModelCallEvent, origin: CopyOrigin): PartitionOutput[] {
+    const source = this.sources.get(origin.sourcePartition);
+    // Each copy names the one before it: one already counted (forwarded again by a restarted
+    // source) or one that does not follow the last counted (from a former owner running ahead)
+    // does not follow the chain. The current owner forwards the next one in order.
+    if (source && origin.previousOffset !== source.lastOffset) return [];
+    const before = this.eventTimeMicros;
+    const outputs = this.count(event);
+    this.sources.set(origin.sourcePartition, {
+      lastOffset: origin.sourceOffset,
+      timeMicros: Math.max(source?.timeMicros ?? origin.sourceTimeMicros, origin.sourceTimeMicros),
+    });
+    if (this.maxEventTime === null || event.end_time > this.maxEventTime)
+      this.maxEventTime = event.end_time;
+    outputs.push(...this.closeIfAdvanced(before));
+    return outputs;
+  }
+
+  /** A source's event time counts only when every copy it forwarded so far is counted here. */
+  private acceptProgress(progress: SourceProgress): PartitionOutput[] {
+    const source = this.sources.get(progress.sourcePartition);
+    if (source && source.lastOffset !== progress.lastOffset) return [];
+    const before = this.eventTimeMicros;
+    this.sources.set(progress.sourcePartition, {
+      lastOffset: progress.lastOffset,
+      timeMicros: Math.max(source?.timeMicros ?? progress.sourceTimeMicros, progress.sourceTimeMicros),
+    });
+    return this.closeIfAdvanced(before);
+  }
+
+  private closeIfAdvanced(before: number | null): PartitionOutput[] {
+    const after = this.eventTimeMicros;
+    if (after === null || (before !== null && after <= before)) return [];
+    return this.closeThrough(after - this.settings.graceMicros);
+  }
+
   /** Counts an event (or marks it late), then closes what the new watermark passes. */
   accept(event: ModelCallEvent): PartitionOutput[] {
+    const outputs = this.count(event);
+    outputs.push(...this.advance(event.end_time));
+    return outputs;
+  }
+
+  /** Counts an event in its window, or as late when the watermark has passed that window. */
+  private count(event: ModelCallEvent): PartitionOutput[] {
     const outputs: PartitionOutput[] = [];
     const watermark = this.watermarkMicros;
     if (countsTowardMetrics(event)) {
@@ -122,15 +269,15 @@ export class PartitionState {
         this.windowsOf(event.service).add(event);
       }
     }
-    outputs.push(...this.advance(event.end_time));
     return outputs;
   }
 
-  /** Moves event time forward (never back) and closes the windows the watermark passes. */
+  /** Moves this partition's event time forward (never back) and closes what the watermark passes. */
   advance(eventTimeMicros: number): PartitionOutput[] {
     if (this.maxEventTime !== null && eventTimeMicros <= this.maxEventTime) return [];
+    const before = this.eventTimeMicros;
     this.maxEventTime = eventTimeMicros;
-    return this.closeThrough(eventTimeMicros - this.settings.graceMicros);
+    return this.closeIfAdvanced(before);
   }
 
   /**
@@ -162,11 +309,20 @@ export class PartitionState {
     const windows: MetricRollup[] = [];
     for (const service of [...this.services.keys()].sort())
       windows.push(...(this.services.get(service)?.openRollups() ?? []));
+    const byPartition = (a: number, b: number) => a - b;
     return {
-      version: 1,
+      version: 2,
       maxEventTimeMicros: this.maxEventTime,
       windows,
       alerts: this.alerts.snapshot(),
+      forwarded: [...this.forwarded.keys()].sort(byPartition).map((partition) => ({
+        partition,
+        lastOffset: this.forwarded.get(partition) ?? null,
+      })),
+      sources: [...this.sources.keys()].sort(byPartition).map((partition) => {
+        const source = this.sources.get(partition) ?? { lastOffset: null, timeMicros: 0 };
+        return { partition, ...source };
+      }),
     };
   }
 

@@ -26,7 +26,7 @@ import {
 
 import { AvroCodec, valueSubject } from "../avro/codec.js";
 import { ALERT_EVENT, METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
-import { watermarkTick } from "../avro/control.js";
+import { copyHeaders, progressRecord, readControl, watermarkTick } from "../avro/control.js";
 import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
 import {
   ConfigError,
@@ -47,16 +47,33 @@ import {
   type RecordProducer,
 } from "../kafka/index.js";
 import { MICROS_PER_MILLI, parseMetricsConfig, rollupKey } from "../metrics/index.js";
-import { CheckpointStore, type Checkpoint } from "./checkpoints.js";
+import { CheckpointStore, checkpointTopic, homeOf, type Checkpoint } from "./checkpoints.js";
 import { readLogRecord, readLogRecordIfKnown } from "./log-record.js";
 import { pinoLogger, type MetricsServer, type OpsLogger } from "../ops/index.js";
 import { ProcessorMetrics } from "./observability.js";
 import {
   PartitionState,
   type PartitionOutput,
+  type PartitionRouting,
   type PartitionSnapshot,
   type WindowSettings,
 } from "./partition.js";
+
+/** What one batch emits, by destination; produced together once the batch is applied. */
+interface BatchOutputs {
+  rollups: OutgoingRecord[];
+  alerts: OutgoingRecord[];
+  late: OutgoingRecord[];
+  dead: OutgoingRecord[];
+  /** Copies and progress records into other partitions of model-calls, in the order written. */
+  forwarded: OutgoingRecord[];
+  /** Whether the batch held an event, a copy or a tick (a progress record alone is no activity). */
+  active: boolean;
+  ticks: number;
+}
+
+/** At most one progress record per second per (source, home) pair, besides those after ticks. */
+const PROGRESS_INTERVAL_MS = 1000;
 
 /** The processor's logger (see `OpsLogger`). */
 export type ProcessorLogger = OpsLogger;
@@ -82,6 +99,11 @@ export interface ProcessorOptions {
   readonly checkpointIntervalMs?: number;
   /** Consumer-group session timeout, ms (default 30 000): how soon a dead member's partitions move. */
   readonly sessionTimeoutMs?: number;
+  /**
+   * How often the model-calls topic is checked for added partitions, ms (default 5000): they are
+   * registered with every home partition and assigned within about this long.
+   */
+  readonly metadataMaxAgeMs?: number;
   /** Partitions of the topics the processor creates if missing (default 6). */
   readonly partitions?: number;
   /** Thresholds and alert rules (see metrics/README.md). */
@@ -104,6 +126,8 @@ export interface ProcessorStats {
   readonly late: number;
   readonly deadLettered: number;
   readonly checkpoints: number;
+  /** Events copied to their service's home partition (they arrived elsewhere). */
+  readonly forwarded: number;
   readonly openSeries: number;
   readonly assignedPartitions: number;
 }
@@ -119,6 +143,8 @@ interface OwnedPartition {
    * where it started): a batch whose outputs fail rewinds the partition to this.
    */
   durable: { state: PartitionSnapshot | undefined; nextOffset: bigint | null };
+  /** Per home partition: the source event time last reported to it, and when (wall clock). */
+  reported: Map<number, { timeMicros: number; at: number }>;
 }
 
 function positive(key: string, value: number | undefined, fallback: number): number {
@@ -139,6 +165,12 @@ export class StreamProcessor {
   private readonly checkpointIntervalMs: number;
   private readonly partitions: number;
   private readonly sessionTimeoutMs: number;
+  private readonly metadataMaxAgeMs: number;
+  /** Each service's home partition, from the topic's layout (set at start). */
+  private homes: { readonly count: number; readonly of: (service: string) => number } | undefined;
+  /** Live mode: the model-calls partitions known; partitions beyond the homes are registered. */
+  private knownPartitions = 0;
+  private partitionWatch: ReturnType<typeof setInterval> | undefined;
   private readonly logger: ProcessorLogger;
   private readonly scheduler: SchedulerLike | undefined;
   private readonly metricsPort: number | undefined;
@@ -162,6 +194,8 @@ export class StreamProcessor {
   private readonly busy = new Set<number>();
   /** Consecutive batches per partition whose outputs could not be written (for the backoff). */
   private readonly failures = new Map<number, number>();
+  /** Partitions that forwarded an event (each is logged once). */
+  private readonly forwardingFrom = new Set<number>();
   private assignment = new Set<number>();
   private checkpointLoad: Promise<Map<number, Checkpoint>> | undefined;
   private readonly activity = new Subject<number>();
@@ -178,13 +212,14 @@ export class StreamProcessor {
     late: 0,
     deadLettered: 0,
     checkpoints: 0,
+    forwarded: 0,
   };
 
   /** @throws {ConfigError} naming the option or variable that is invalid. */
   constructor(options: ProcessorOptions = {}) {
     const connection = connectionFromOptions(options);
     const names = topicNames(connection.topicPrefix);
-    this.topics = { ...names, checkpoints: `${connection.topicPrefix}processor-checkpoints` };
+    this.topics = { ...names, checkpoints: checkpointTopic(connection.topicPrefix) };
     this.groupId = options.groupId ?? "mcpo-processor";
     const mode: string = options.mode ?? "live";
     if (mode !== "live" && mode !== "replay")
@@ -209,6 +244,7 @@ export class StreamProcessor {
     );
     this.partitions = positive("partitions", options.partitions, 6);
     this.sessionTimeoutMs = positive("sessionTimeoutMs", options.sessionTimeoutMs, 30_000);
+    this.metadataMaxAgeMs = positive("metadataMaxAgeMs", options.metadataMaxAgeMs, 5000);
     this.kafka = {
       brokers: connection.kafkaBrokers,
       clientId: options.clientId ?? `mcpo-processor-${randomUUID().slice(0, 8)}`,
@@ -222,6 +258,7 @@ export class StreamProcessor {
   /** Creates missing topics, registers the schemas and joins the group. */
   async start(): Promise<void> {
     const admin = await connectAdmin(this.kafka);
+    let partitionsNow: number;
     try {
       const created = await admin.ensureTopics([
         { name: this.topics.modelCalls, partitions: this.partitions },
@@ -240,6 +277,7 @@ export class StreamProcessor {
         },
       ]);
       if (created.length > 0) this.logger.info("created topics", { topics: created });
+      partitionsNow = (await admin.endOffsets(this.topics.modelCalls)).size;
       if (this.mode === "replay") {
         const ends = await admin.endOffsets(this.topics.modelCalls);
         this.replayEnds = new Map(
@@ -265,12 +303,25 @@ export class StreamProcessor {
     this.producer = createRecordProducer(this.kafka);
     await this.producer.connect();
     this.checkpoints = new CheckpointStore(this.kafka, this.topics.checkpoints, this.producer);
-    if (this.mode === "live") this.watchIdlePartitions();
+    const layout = await this.checkpoints.layout(this.topics.modelCalls, partitionsNow);
+    this.homes = { count: layout.homePartitions, of: homeOf(layout.homePartitions) };
+    if (partitionsNow !== layout.homePartitions)
+      this.logger.info("services keep their home partitions", {
+        topic: this.topics.modelCalls,
+        partitions: partitionsNow,
+        homePartitions: layout.homePartitions,
+      });
+    if (this.mode === "live") {
+      this.watchIdlePartitions();
+      await this.registerPartitions(partitionsNow);
+      this.watchPartitionCount();
+    }
     this.consumer = createGroupConsumer(this.kafka, {
       groupId: this.groupId,
       topics: [this.topics.modelCalls],
       fromBeginning: true,
       sessionTimeoutMs: this.sessionTimeoutMs,
+      metadataMaxAgeMs: this.metadataMaxAgeMs,
       // Partitions are independent state machines: handling several at once overlaps one
       // partition's produce and checkpoint round trips with another's decoding.
       partitionsConcurrently: 4,
@@ -317,6 +368,7 @@ export class StreamProcessor {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.idleSubscription?.unsubscribe();
+      if (this.partitionWatch) clearInterval(this.partitionWatch);
       try {
         // Checkpoint and commit where we are: partitions between batches now, the batch in flight
         // at its end (onBatch sees `stopping`), so the next owner has nothing to reprocess.
@@ -389,7 +441,7 @@ export class StreamProcessor {
     );
     const checkpoint = (await this.checkpointLoad).get(partition);
     const restored: OwnedPartition = {
-      state: new PartitionState(this.settings, checkpoint?.state),
+      state: new PartitionState(this.settings, checkpoint?.state, this.routing(partition)),
       nextOffset: checkpoint ? BigInt(checkpoint.nextOffset) : null,
       lastCheckpointAt: Date.now(),
       lastCheckpointOffset: checkpoint ? BigInt(checkpoint.nextOffset) : -1n,
@@ -397,6 +449,7 @@ export class StreamProcessor {
         state: checkpoint?.state,
         nextOffset: checkpoint ? BigInt(checkpoint.nextOffset) : null,
       },
+      reported: new Map(),
     };
     this.owned.set(partition, restored);
     this.logger.info("partition restored", {
@@ -405,6 +458,12 @@ export class StreamProcessor {
       fromCheckpoint: checkpoint !== undefined,
     });
     return restored;
+  }
+
+  private routing(partition: number): PartitionRouting {
+    const homes = this.homes;
+    if (!homes) throw new Error("processor not started");
+    return { partition, homePartitions: homes.count, homeOf: homes.of };
   }
 
   private async onBatch(batch: ConsumedBatch, control: BatchControl): Promise<void> {
@@ -430,17 +489,13 @@ export class StreamProcessor {
       control.seek(owned.nextOffset.toString());
       return;
     }
-    const outputs: {
-      rollups: OutgoingRecord[];
-      alerts: OutgoingRecord[];
-      late: OutgoingRecord[];
-      dead: OutgoingRecord[];
-      ticks: number;
-    } = {
+    const outputs: BatchOutputs = {
       rollups: [],
       alerts: [],
       late: [],
       dead: [],
+      forwarded: [],
+      active: false,
       ticks: 0,
     };
     let lastOffset: string | undefined;
@@ -448,6 +503,7 @@ export class StreamProcessor {
       lastOffset = await this.applyBatch(batch, control, owned, outputs);
       if (lastOffset === undefined) return;
       if (this.replayFinishedFor(batch.partition, owned)) this.flushInto(owned, outputs);
+      if (this.mode === "live") this.reportProgress(batch.partition, owned, outputs);
       await this.produce(outputs);
     } catch (error) {
       // Outputs before state: this batch changed the windows in memory only, and its outputs
@@ -472,7 +528,7 @@ export class StreamProcessor {
     );
     await control.heartbeat();
     this.observePartition(batch.partition, owned, batch.highWatermark);
-    if (this.mode === "live") this.activity.next(batch.partition);
+    if (this.mode === "live" && outputs.active) this.activity.next(batch.partition);
     if (this.replayEnds && this.replayFinished()) await this.finishReplay();
   }
 
@@ -481,12 +537,7 @@ export class StreamProcessor {
     batch: ConsumedBatch,
     control: BatchControl,
     owned: OwnedPartition,
-    outputs: {
-      rollups: OutgoingRecord[];
-      alerts: OutgoingRecord[];
-      late: OutgoingRecord[];
-      dead: OutgoingRecord[];
-    },
+    outputs: BatchOutputs,
   ): Promise<string | undefined> {
     let lastOffset: string | undefined;
     for (const record of batch.records) {
@@ -517,8 +568,9 @@ export class StreamProcessor {
 
   /** Back to the partition's last durable point (see {@link OwnedPartition.durable}). */
   private rewind(partition: number, owned: OwnedPartition, error: unknown): void {
-    owned.state = new PartitionState(this.settings, owned.durable.state);
+    owned.state = new PartitionState(this.settings, owned.durable.state, this.routing(partition));
     owned.nextOffset = owned.durable.nextOffset;
+    owned.reported.clear();
     this.logger.warn(
       "a batch's outputs were not written; the partition goes back to its last checkpoint and reads again",
       {
@@ -533,12 +585,7 @@ export class StreamProcessor {
   private async processRecord(
     owned: OwnedPartition,
     record: ConsumedRecord,
-    outputs: {
-      rollups: OutgoingRecord[];
-      alerts: OutgoingRecord[];
-      late: OutgoingRecord[];
-      dead: OutgoingRecord[];
-    },
+    outputs: BatchOutputs,
   ): Promise<boolean> {
     const codec = this.codecs?.events as AvroCodec<ModelCallEvent>;
     const read = readLogRecordIfKnown(record, codec) ?? (await readLogRecord(record, codec));
@@ -556,19 +603,42 @@ export class StreamProcessor {
     }
     if (read.input.type === "tick") {
       this.counters.ticks++;
-      this.collect(owned.state.apply(read.input), record, outputs);
-      return true;
+      outputs.ticks++;
+    } else if (read.input.type === "event") {
+      this.counters.events++;
+      this.metrics.events.inc();
     }
-    this.counters.events++;
-    this.metrics.events.inc();
-    this.collect(owned.state.apply(read.input), record, outputs);
+    if (read.input.type !== "progress") outputs.active = true;
+    this.collect(owned, owned.state.apply(read.input), record, outputs);
     return true;
   }
 
+  /**
+   * Live mode: tells each home partition this one forwarded to how far its event time got, at
+   * most once a second per home (and after every tick), after the copies of this batch.
+   */
+  private reportProgress(partition: number, owned: OwnedPartition, outputs: BatchOutputs): void {
+    const time = owned.state.ownEventTimeMicros;
+    if (time === null) return;
+    const now = Date.now();
+    for (const [home, lastOffset] of owned.state.forwardedTo) {
+      const reported = owned.reported.get(home);
+      if (reported && reported.timeMicros >= time) continue;
+      if (reported && outputs.ticks === 0 && now - reported.at < PROGRESS_INTERVAL_MS) continue;
+      owned.reported.set(home, { timeMicros: time, at: now });
+      outputs.forwarded.push({
+        key: null,
+        partition: home,
+        ...progressRecord({ sourcePartition: partition, lastOffset, sourceTimeMicros: time }),
+      });
+    }
+  }
+
   private collect(
+    owned: OwnedPartition,
     emitted: readonly PartitionOutput[],
     record: ConsumedRecord,
-    outputs: { rollups: OutgoingRecord[]; alerts: OutgoingRecord[]; late: OutgoingRecord[] },
+    outputs: BatchOutputs,
   ): void {
     const codecs = this.codecs;
     if (!codecs) throw new Error("processor not started");
@@ -586,6 +656,36 @@ export class StreamProcessor {
             value: codecs.alerts.encode(output.alert),
           });
           break;
+        case "forward":
+          // A replay reads the copy the live processor wrote; it writes none.
+          if (this.mode !== "live") break;
+          if (!this.forwardingFrom.has(record.partition)) {
+            this.forwardingFrom.add(record.partition);
+            this.logger.warn(
+              "events arrive on a partition other than their service's home (keyed by something other than the service, or partitions were added): each is copied to its home partition, where its windows are",
+              {
+                partition: record.partition,
+                offset: record.offset,
+                service: output.event.service,
+                key: record.key?.toString("utf8").slice(0, 200) ?? null,
+                home: output.partition,
+              },
+            );
+          }
+          this.counters.forwarded++;
+          this.metrics.forwarded.inc({ partition: String(record.partition) });
+          outputs.forwarded.push({
+            key: output.event.service,
+            value: record.value ?? Buffer.alloc(0),
+            partition: output.partition,
+            headers: copyHeaders(output.origin),
+          });
+          // The copy carries the source's event time; no progress record is due for it.
+          owned.reported.set(output.partition, {
+            timeMicros: output.origin.sourceTimeMicros,
+            at: owned.reported.get(output.partition)?.at ?? Date.now(),
+          });
+          break;
         case "late":
           outputs.late.push({
             key: record.key,
@@ -600,10 +700,7 @@ export class StreamProcessor {
     }
   }
 
-  private flushInto(
-    owned: OwnedPartition,
-    outputs: { rollups: OutgoingRecord[]; alerts: OutgoingRecord[]; late: OutgoingRecord[] },
-  ): void {
+  private flushInto(owned: OwnedPartition, outputs: BatchOutputs): void {
     const dummy: ConsumedRecord = {
       topic: this.topics.modelCalls,
       partition: -1,
@@ -612,7 +709,7 @@ export class StreamProcessor {
       value: null,
       headers: {},
     };
-    this.collect(owned.state.apply({ type: "flush" }), dummy, outputs);
+    this.collect(owned, owned.state.apply({ type: "flush" }), dummy, outputs);
   }
 
   private deadLetter(
@@ -641,24 +738,28 @@ export class StreamProcessor {
     };
   }
 
+  /** Where a record came from; for a copy, where its producer wrote the original. */
   private sourceHeaders(record: ConsumedRecord): Record<string, string> {
-    return {
-      "mcpo-source-topic": record.topic,
-      "mcpo-source-partition": String(record.partition),
-      "mcpo-source-offset": record.offset,
-    };
+    const control = readControl(record.headers, record.value);
+    return control.type === "copy"
+      ? {
+          "mcpo-source-topic": record.topic,
+          "mcpo-source-partition": String(control.origin.sourcePartition),
+          "mcpo-source-offset": control.origin.sourceOffset,
+        }
+      : {
+          "mcpo-source-topic": record.topic,
+          "mcpo-source-partition": String(record.partition),
+          "mcpo-source-offset": record.offset,
+        };
   }
 
-  private async produce(outputs: {
-    rollups: OutgoingRecord[];
-    alerts: OutgoingRecord[];
-    late: OutgoingRecord[];
-    dead: OutgoingRecord[];
-  }): Promise<void> {
+  private async produce(outputs: BatchOutputs): Promise<void> {
     const producer = this.producer;
     if (!producer) throw new Error("processor not started");
     await producer.sendMany(
       [
+        { topic: this.topics.modelCalls, records: outputs.forwarded },
         { topic: this.topics.metricRollups, records: outputs.rollups },
         { topic: this.topics.alerts, records: outputs.alerts },
         { topic: this.topics.lateEvents, records: outputs.late },
@@ -736,9 +837,71 @@ export class StreamProcessor {
       .subscribe();
   }
 
+  /**
+   * Live mode: partitions added to model-calls beyond the homes hold events whose homes are
+   * elsewhere. Each home partition gets a progress record of time 0 from each of them as soon as
+   * they are seen, so it waits for their copies from then on instead of meeting them late.
+   */
+  private async registerPartitions(partitions: number): Promise<void> {
+    const homes = this.homes;
+    if (!homes || partitions <= this.knownPartitions) return;
+    const added: number[] = [];
+    for (let source = Math.max(this.knownPartitions, homes.count); source < partitions; source++)
+      added.push(source);
+    if (added.length > 0) {
+      const records: OutgoingRecord[] = [];
+      for (let home = 0; home < homes.count; home++)
+        for (const source of added)
+          records.push({
+            key: null,
+            partition: home,
+            ...progressRecord({ sourcePartition: source, lastOffset: null, sourceTimeMicros: 0 }),
+          });
+      await (this.producer as RecordProducer).send(this.topics.modelCalls, records, "none");
+      this.logger.info("partitions beyond the homes registered with every home partition", {
+        topic: this.topics.modelCalls,
+        partitions: added,
+        homePartitions: homes.count,
+      });
+    }
+    this.knownPartitions = partitions;
+  }
+
+  /** Live mode: looks for partitions added to model-calls every `metadataMaxAgeMs`. */
+  private watchPartitionCount(): void {
+    let running = false;
+    this.partitionWatch = setInterval(() => {
+      if (running || this.stopping) return;
+      running = true;
+      void (async () => {
+        const admin = await connectAdmin(this.kafka);
+        try {
+          await this.registerPartitions((await admin.endOffsets(this.topics.modelCalls)).size);
+        } finally {
+          await admin.close();
+        }
+      })()
+        .catch((error: unknown) => {
+          this.logger.warn("could not check the model-calls partitions", {
+            error: error instanceof Error ? error.message : String(error),
+          });
+        })
+        .finally(() => {
+          running = false;
+        });
+    }, this.metadataMaxAgeMs);
+    this.partitionWatch.unref();
+  }
+
   private async tick(partition: number): Promise<void> {
     const owned = this.owned.get(partition);
-    if (!owned || owned.state.openSeries === 0 || !this.assignment.has(partition)) return;
+    // A partition that forwarded events ticks too: its home partitions wait for its event time.
+    if (
+      !owned ||
+      (owned.state.openSeries === 0 && owned.state.forwardedTo.size === 0) ||
+      !this.assignment.has(partition)
+    )
+      return;
     const tick = watermarkTick(Date.now() * MICROS_PER_MILLI);
     try {
       await this.producer?.send(

@@ -29,6 +29,7 @@ import {
   type PartitionRange,
 } from "../kafka/index.js";
 import { MICROS_PER_MILLI, parseMetricsConfig, windowOf } from "../metrics/index.js";
+import { checkpointTopic, homeOf, readLayout } from "./checkpoints.js";
 import { readLogRecord, readLogRecordIfKnown } from "./log-record.js";
 import { PartitionState, type WindowSettings } from "./partition.js";
 
@@ -80,10 +81,15 @@ export interface ReplayOptions extends EndpointOptions {
 export interface ReplaySummary {
   readonly topic: string;
   readonly partitions: number;
-  /** Records read (events, ticks and invalid records). */
+  /** Records read (events, copies, ticks, progress and invalid records). */
   readonly records: number;
+  /** Events as their producers wrote them (not copies). */
   readonly events: number;
+  /** Copies of events forwarded to their service's home partition (see processor/README.md). */
+  readonly copies: number;
   readonly ticks: number;
+  /** Progress records of source partitions. */
+  readonly progress: number;
   /** Records that did not decode or validate (the live processor dead-lettered them), by code. */
   readonly invalid: Readonly<Record<string, number>>;
   /** Events beyond the grace period (counted in `late` of their service's rollups). */
@@ -139,6 +145,11 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
   const services = options.services ? new Set(options.services) : undefined;
 
   const ranges = await planRanges(kafka, topic, from);
+  // Services' home partitions as the live processor fixed them (a log no processor has read yet:
+  // as many as the topic has now).
+  const layout = await readLayout(kafka, checkpointTopic(connection.topicPrefix), topic);
+  const homePartitions = layout?.homePartitions ?? Math.max(1, ranges.length);
+  const home = homeOf(homePartitions);
   const codec = await AvroCodec.register(MODEL_CALL_EVENT, {
     registryUrl: connection.schemaRegistryUrl,
     subject: valueSubject(topic),
@@ -158,7 +169,16 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
     );
 
   const states = new Map<number, PartitionState>();
-  const counters = { records: 0, events: 0, ticks: 0, late: 0, windows: 0, rollups: 0 };
+  const counters = {
+    records: 0,
+    events: 0,
+    copies: 0,
+    ticks: 0,
+    progress: 0,
+    late: 0,
+    windows: 0,
+    rollups: 0,
+  };
   const alertsByState = { firing: 0, resolved: 0 };
   const invalid: Record<string, number> = {};
   let firstWindowStart: number | null = null;
@@ -168,7 +188,7 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
   await streamTopicRanges(kafka, topic, ranges, async (partition, records) => {
     let state = states.get(partition);
     if (!state) {
-      state = new PartitionState(settings);
+      state = new PartitionState(settings, undefined, { partition, homePartitions, homeOf: home });
       states.set(partition, state);
     }
     const rollups: MetricRollup[] = [];
@@ -191,9 +211,11 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
           serviceFloors[read.input.event.service] = partitionFloor;
         if (options.withEvents && (!services || services.has(read.input.event.service)))
           events.push({ event: read.input.event, offset: record.offset });
-      } else counters.ticks++;
+      } else counters[read.input.type === "copy" ? "copies" : read.input.type === "tick" ? "ticks" : "progress"]++;
       const floor = emitFrom.get(partition) ?? null;
       for (const output of state.apply(read.input)) {
+        // The live processor wrote the copy into the home partition; it is read there.
+        if (output.type === "forward") continue;
         if (output.type === "late") {
           if (!services || services.has(output.event.service)) counters.late++;
           continue;

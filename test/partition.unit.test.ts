@@ -125,7 +125,7 @@ function lateness(inputs: readonly PartitionInput[]): {
   const late: { event: ModelCallEvent; watermark: number }[] = [];
   const lateByKey = new Map<string, number>();
   for (const input of inputs) {
-    if (input.type === "flush") continue;
+    if (input.type === "flush" || input.type === "progress") continue;
     const time = input.type === "tick" ? input.eventTimeMicros : input.event.end_time;
     if (input.type === "event" && modelCall(input.event)) {
       const event = input.event;

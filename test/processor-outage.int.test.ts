@@ -21,6 +21,7 @@ import {
   type MetricRollup,
   type ModelCallEvent,
 } from "../avro/generated.js";
+import { partitionForKey } from "../kafka/index.js";
 import { StreamProcessor } from "../processor/processor.js";
 import { createTopics, services, testKafka, uniqueName } from "./support/isolation.js";
 import {
@@ -216,7 +217,7 @@ describe("processor through a registry outage and a broker restart mid-stream", 
             messages: list.map((event) => ({
               key: event.service,
               value: encode(event),
-              partition: SERVICES.indexOf(event.service),
+              partition: partitionForKey(event.service, 3),
             })),
           });
         };

@@ -18,6 +18,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { AvroCodec, valueSubject } from "../avro/codec.js";
 import { ALERT_EVENT, METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
 import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
+import { partitionForKey } from "../kafka/index.js";
 import { StreamProcessor } from "../processor/processor.js";
 import { REPO_ROOT } from "./support/cli.js";
 import { createTopics, services, testKafka, uniqueName } from "./support/isolation.js";
@@ -181,7 +182,7 @@ describe("processor CLI: SIGTERM mid-stream and a config file's thresholds and r
       writeFileSync(configPath, CONFIG_YAML);
       const chunks = makeChunks();
       const events = chunks.flat();
-      const partitionOf = (service: string) => SERVICES.indexOf(service);
+      const partitionOf = (service: string) => partitionForKey(service, 3);
       admin = testKafka().admin();
       await admin.connect();
       await createTopics(admin, [{ topic: `${prefix}model-calls`, numPartitions: 3 }]);

@@ -19,7 +19,7 @@ import {
   type MetricRollup,
   type ModelCallEvent,
 } from "../avro/generated.js";
-import type { ConsumedRecord } from "../kafka/index.js";
+import { partitionForKey, type ConsumedRecord } from "../kafka/index.js";
 import { StreamProcessor } from "../processor/processor.js";
 import { sampleEvent } from "./support/events.js";
 import { createTopics, services, testKafka, quietLogger, uniqueName } from "./support/isolation.js";
@@ -46,8 +46,13 @@ const MINUTE = 60_000_000;
 const GRACE = 10_000_000;
 const ORIGIN = 1_700_000_040 * 1_000_000 - ((1_700_000_040 * 1_000_000) % MINUTE);
 const SERVICES = ["alpha", "bravo", "charlie", "delta"];
-/** Services are sent to fixed partitions, so the test knows every source offset and watermark. */
-const PARTITION_OF: Readonly<Record<string, number>> = { alpha: 0, bravo: 1, charlie: 2, delta: 0 };
+/**
+ * Services are sent to their home partitions (where the default partitioner puts their name as a
+ * key), so the test knows every source offset and watermark.
+ */
+const PARTITION_OF: Readonly<Record<string, number>> = Object.fromEntries(
+  SERVICES.map((service) => [service, partitionForKey(service, 3)]),
+);
 const MODELS = ["gpt-4o", "gpt-4o", "gpt-4o-mini", null];
 const RULES: OracleRule[] = [
   {
@@ -242,7 +247,11 @@ describe("stream processor with the real stack", () => {
       value: codec.encode(event),
       partition: PARTITION_OF[event.service] ?? 0,
     }));
-    list.splice(200, 0, ...poison.map((value) => ({ key: "alpha", value, partition: 0 })));
+    list.splice(
+      200,
+      0,
+      ...poison.map((value) => ({ key: "alpha", value, partition: PARTITION_OF.alpha ?? 0 })),
+    );
     list.push(
       ...lateEvents.map((event) => ({
         key: event.service,
@@ -429,7 +438,7 @@ describe("stream processor with the real stack", () => {
       ).toBe(true);
       expect(record.key?.toString()).toBe("alpha");
       expect(record.headers["mcpo-source-topic"]).toBe(topic("model-calls"));
-      expect(record.headers["mcpo-source-partition"]).toBe("0");
+      expect(record.headers["mcpo-source-partition"]).toBe(String(PARTITION_OF.alpha));
     });
     expect(dead.map((record) => record.headers["mcpo-dlq-code"])).toEqual([
       "BAD_MAGIC_BYTE",
@@ -445,11 +454,11 @@ describe("stream processor with the real stack", () => {
   });
 
   it("forwards late model calls to the late topic with their original bytes, key, source position and watermark", () => {
-    // Keyed by service, they may sit on different partitions of the late topic: order them by
-    // their source position (both are on partition 0 of the log).
-    const late = [...(live?.["late-events"] ?? [])].sort(
-      (a, b) => Number(a.headers["mcpo-source-offset"]) - Number(b.headers["mcpo-source-offset"]),
-    );
+    // Keyed by service, they may sit on different partitions of the late topic: order them as
+    // they were produced.
+    const order = (record: ConsumedRecord) =>
+      produced.findIndex((message) => record.value?.equals(message.value));
+    const late = [...(live?.["late-events"] ?? [])].sort((a, b) => order(a) - order(b));
     // The late events were produced last, in this order.
     const sent = lateCounted.map((event, index) => ({
       event,

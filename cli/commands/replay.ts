@@ -214,6 +214,12 @@ function printReport(report: ReplayReport): void {
         ["events", count(s.events)],
         ["events/s", count(Math.round(s.events / Math.max(seconds, 0.001)))],
         ["watermark ticks", count(s.ticks)],
+        ...(s.copies + s.progress === 0
+          ? []
+          : [
+              ["copies to home partitions", count(s.copies)],
+              ["progress records", count(s.progress)],
+            ]),
         [
           "invalid records",
           invalid.length === 0 ? "0" : invalid.map(([code, n]) => `${code} ${n}`).join(", "),
