@@ -161,6 +161,14 @@ export const PROCESSOR_SETTINGS = [
     9464,
     "Prometheus /metrics port on loopback (-1: off, 0: any free port)",
   ),
+  spec(
+    "processor.metadataMaxAgeMs",
+    "--metadata-max-age",
+    "MCPO_METADATA_MAX_AGE_MS",
+    "duration",
+    5000,
+    "how soon partitions added to model-calls are noticed",
+  ),
 ] as const;
 
 export const SINK_SETTINGS = [
@@ -204,6 +212,7 @@ const FILE_SECTIONS: Readonly<Record<string, readonly string[] | null>> = {
     "sessionTimeoutMs",
     "partitions",
     "metricsPort",
+    "metadataMaxAgeMs",
   ],
   sink: ["groupId", "sessionTimeoutMs", "metricsPort"],
   metrics: null,

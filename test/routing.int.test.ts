@@ -161,31 +161,33 @@ describe("events away from their service's home partition, with the real stack",
     const transitions = oracleAlerts(expected.values(), RULES);
     expect(transitions.length, `${where}: the data fires the rule`).toBeGreaterThan(0);
 
+    const rollupsTopic = `${prefix}metric-rollups`;
     const emitted = async () => {
-      const topic = `${prefix}metric-rollups`;
       const records = await readBetween(
         services().kafkaBrokers,
-        topic,
+        rollupsTopic,
         new Map(),
-        await topicEnds(admin, topic),
+        await topicEnds(admin, rollupsTopic),
       );
       return Promise.all(
         records.map(async (record) => codecs.rollups.decode(record.value ?? Buffer.alloc(0))),
       );
     };
-    const rollups = await waitFor(
-      `${where}: every window the oracle has`,
-      emitted,
-      (decoded) =>
-        new Set(
-          decoded.flatMap((result) =>
-            result.ok
-              ? [oracleKey(result.value.service, result.value.model, result.value.window_start)]
-              : [],
-          ),
-        ).size >= expected.size,
+    const windowsEmitted = async () =>
+      new Set(
+        (await emitted()).flatMap((result) =>
+          result.ok
+            ? [oracleKey(result.value.service, result.value.model, result.value.window_start)]
+            : [],
+        ),
+      ).size;
+    await waitFor(
+      `${where}: all ${expected.size} windows the oracle has (distinct windows emitted)`,
+      windowsEmitted,
+      (count) => count >= expected.size,
       { timeoutMs: 60_000, intervalMs: 500 },
     );
+    const rollups = await emitted();
     const byKey = new Map<string, MetricRollup>();
     for (const result of rollups) {
       if (!result.ok) throw new Error(`${where}: a rollup did not decode: ${result.error.message}`);
@@ -206,18 +208,20 @@ describe("events away from their service's home partition, with the real stack",
     expectMatchesOracle([...byKey.values()].map(comparable), expected, `${where} live rollups`);
 
     const alertsTopic = `${prefix}alerts`;
-    const alerts = await waitFor(
-      `${where}: every alert transition`,
-      async () =>
-        readBetween(
-          services().kafkaBrokers,
-          alertsTopic,
-          new Map(),
-          await topicEnds(admin, alertsTopic),
-        ),
-      (records) => records.length >= transitions.length,
+    const readAlerts = async () =>
+      readBetween(
+        services().kafkaBrokers,
+        alertsTopic,
+        new Map(),
+        await topicEnds(admin, alertsTopic),
+      );
+    await waitFor(
+      `${where}: all ${transitions.length} alert transitions (records in the alerts topic)`,
+      async () => (await readAlerts()).length,
+      (count) => count >= transitions.length,
       { timeoutMs: 30_000, intervalMs: 500 },
     );
+    const alerts = await readAlerts();
     const decodedAlerts = await Promise.all(
       alerts.map(async (record) => {
         const result = await codecs.alerts.decode(record.value ?? Buffer.alloc(0));

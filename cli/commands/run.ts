@@ -24,6 +24,7 @@ const [
   processorSession,
   partitions,
   processorMetricsPort,
+  metadataMaxAge,
 ] = PROCESSOR_SETTINGS;
 const [sinkGroup, sinkSession, sinkMetricsPort] = SINK_SETTINGS;
 
@@ -41,6 +42,7 @@ export function processorSettings(settings: SettingsResolver, connection: Connec
     sessionTimeoutMs: settings.duration(processorSession),
     partitions: settings.int(partitions, 1, 10_000),
     metricsPort: settings.port(processorMetricsPort),
+    metadataMaxAgeMs: settings.duration(metadataMaxAge),
     metrics: settings.metricsSection(),
   };
 }
