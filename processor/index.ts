@@ -5,9 +5,9 @@
  * @module
  */
 export { checkpointKey, type Checkpoint } from "./checkpoints.js";
+export { eventTimeWindows, PartitionDriver, type DriverStart, type Fed } from "./driver.js";
 export {
   DEFAULT_WINDOW_SETTINGS,
-  eventTimeWindows,
   PartitionState,
   type PartitionInput,
   type PartitionOutput,

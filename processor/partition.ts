@@ -23,8 +23,6 @@
  *   time is its own, held back to the slowest source's, so no window closes while a source may
  *   still forward an on-time event of it.
  */
-import { defer, map, type OperatorFunction } from "rxjs";
-
 import type {
   AlertEvent,
   MetricRollup,
@@ -338,19 +336,4 @@ export class PartitionState {
     }
     return windows;
   }
-}
-
-/**
- * The partition's windows as an RxJS operator: each input becomes the outputs it causes (often
- * none). Each subscription gets its own state, starting from `snapshot` when given.
- */
-export function eventTimeWindows(
-  settings: WindowSettings = DEFAULT_WINDOW_SETTINGS,
-  snapshot?: PartitionSnapshot,
-): OperatorFunction<PartitionInput, PartitionOutput[]> {
-  return (source) =>
-    defer(() => {
-      const state = new PartitionState(settings, snapshot);
-      return source.pipe(map((input) => state.apply(input)));
-    });
 }

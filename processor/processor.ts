@@ -48,16 +48,10 @@ import {
 } from "../kafka/index.js";
 import { MICROS_PER_MILLI, parseMetricsConfig, rollupKey } from "../metrics/index.js";
 import { CheckpointStore, checkpointTopic, homeOf, type Checkpoint } from "./checkpoints.js";
-import { readLogRecord, readLogRecordIfKnown } from "./log-record.js";
+import { PartitionDriver } from "./driver.js";
 import { pinoLogger, type MetricsServer, type OpsLogger } from "../ops/index.js";
 import { ProcessorMetrics } from "./observability.js";
-import {
-  PartitionState,
-  type PartitionOutput,
-  type PartitionRouting,
-  type PartitionSnapshot,
-  type WindowSettings,
-} from "./partition.js";
+import type { PartitionOutput, PartitionRouting, WindowSettings } from "./partition.js";
 
 /** What one batch emits, by destination; produced together once the batch is applied. */
 interface BatchOutputs {
@@ -84,11 +78,8 @@ export interface ProcessorOptions {
   readonly schemaRegistryUrl?: string;
   /** Default `MCPO_TOPIC_PREFIX`, then `mcpo.`. */
   readonly topicPrefix?: string;
-  /** Default `mcpo-processor`. A replay uses a group of its own. */
+  /** Default `mcpo-processor`. */
   readonly groupId?: string;
-  /** `live` (default): runs until stopped, closes idle partitions' windows after `idleTimeoutMs`.
-   * `replay`: reads to the end offsets present at start, then flushes every open window and stops. */
-  readonly mode?: "live" | "replay";
   /** Tumbling window size, ms (default 60 000). */
   readonly windowSizeMs?: number;
   /** Grace period for out-of-order events, ms (default 10 000). */
@@ -133,16 +124,9 @@ export interface ProcessorStats {
 }
 
 interface OwnedPartition {
-  state: PartitionState;
-  /** The next offset to process; null until the first record when there was no checkpoint. */
-  nextOffset: bigint | null;
+  driver: PartitionDriver;
   lastCheckpointAt: number;
   lastCheckpointOffset: bigint;
-  /**
-   * Where the partition stood when its outputs were last all acknowledged and checkpointed (or
-   * where it started): a batch whose outputs fail rewinds the partition to this.
-   */
-  durable: { state: PartitionSnapshot | undefined; nextOffset: bigint | null };
   /** Per home partition: the source event time last reported to it, and when (wall clock). */
   reported: Map<number, { timeMicros: number; at: number }>;
 }
@@ -157,7 +141,6 @@ function positive(key: string, value: number | undefined, fallback: number): num
 export class StreamProcessor {
   readonly topics: TopicNames & { readonly checkpoints: string };
   readonly groupId: string;
-  readonly mode: "live" | "replay";
   private readonly settings: WindowSettings;
   private readonly kafka: KafkaSettings;
   private readonly registryUrl: string;
@@ -200,8 +183,6 @@ export class StreamProcessor {
   private checkpointLoad: Promise<Map<number, Checkpoint>> | undefined;
   private readonly activity = new Subject<number>();
   private idleSubscription: Subscription | undefined;
-  private replayEnds: Map<number, bigint> | undefined;
-  private replayDone: { resolve: () => void; reject: (error: Error) => void } | undefined;
   private stopping: Promise<void> | undefined;
   private counters = {
     records: 0,
@@ -221,10 +202,6 @@ export class StreamProcessor {
     const names = topicNames(connection.topicPrefix);
     this.topics = { ...names, checkpoints: checkpointTopic(connection.topicPrefix) };
     this.groupId = options.groupId ?? "mcpo-processor";
-    const mode: string = options.mode ?? "live";
-    if (mode !== "live" && mode !== "replay")
-      throw new ConfigError("mode", `expected live or replay (got ${JSON.stringify(mode)})`);
-    this.mode = mode;
     const metrics = parseMetricsConfig(options.metrics ?? {}, "metrics");
     const windowSizeMs = positive("windowSizeMs", options.windowSizeMs, 60_000);
     const graceMs = options.graceMs ?? 10_000;
@@ -278,12 +255,6 @@ export class StreamProcessor {
       ]);
       if (created.length > 0) this.logger.info("created topics", { topics: created });
       partitionsNow = (await admin.endOffsets(this.topics.modelCalls)).size;
-      if (this.mode === "replay") {
-        const ends = await admin.endOffsets(this.topics.modelCalls);
-        this.replayEnds = new Map(
-          [...ends].map(([partition, offset]) => [partition, BigInt(offset)]),
-        );
-      }
     } finally {
       await admin.close();
     }
@@ -311,11 +282,9 @@ export class StreamProcessor {
         partitions: partitionsNow,
         homePartitions: layout.homePartitions,
       });
-    if (this.mode === "live") {
-      this.watchIdlePartitions();
-      await this.registerPartitions(partitionsNow);
-      this.watchPartitionCount();
-    }
+    this.watchIdlePartitions();
+    await this.registerPartitions(partitionsNow);
+    this.watchPartitionCount();
     this.consumer = createGroupConsumer(this.kafka, {
       groupId: this.groupId,
       topics: [this.topics.modelCalls],
@@ -331,7 +300,6 @@ export class StreamProcessor {
       },
       onCrash: (error) => {
         this.logger.error("consumer stopped", { error: error.message });
-        this.replayDone?.reject(error);
       },
     });
     await this.consumer.start();
@@ -343,25 +311,8 @@ export class StreamProcessor {
     }
     this.logger.info("processor started", {
       group: this.groupId,
-      mode: this.mode,
       topic: this.topics.modelCalls,
     });
-  }
-
-  /**
-   * Replay mode: resolves once every partition was read to the end offsets present at start and
-   * every open window was flushed; then stops.
-   */
-  async runToEnd(): Promise<ProcessorStats> {
-    if (this.mode !== "replay") throw new Error("runToEnd() is for replay mode");
-    const done = new Promise<void>((resolve, reject) => {
-      this.replayDone = { resolve, reject };
-    });
-    await this.start();
-    if (this.replayFinished()) await this.finishReplay();
-    await done;
-    await this.stop();
-    return this.stats();
   }
 
   /** Leaves the group (after the batch in flight) and closes connections; once. */
@@ -394,7 +345,7 @@ export class StreamProcessor {
 
   stats(): ProcessorStats {
     let openSeries = 0;
-    for (const partition of this.owned.values()) openSeries += partition.state.openSeries;
+    for (const partition of this.owned.values()) openSeries += partition.driver.state.openSeries;
     return { ...this.counters, openSeries, assignedPartitions: this.assignment.size };
   }
 
@@ -405,10 +356,9 @@ export class StreamProcessor {
       if (!this.assignment.has(partition)) this.owned.delete(partition);
     this.checkpointLoad = undefined;
     this.logger.info("assigned", { partitions: [...this.assignment].sort((a, b) => a - b) });
-    if (this.mode === "live")
-      // Restore now, not at the first batch: a partition whose log has nothing new still has open
-      // windows that only an idle tick will close.
-      for (const partition of this.assignment)
+    // Restore now, not at the first batch: a partition whose log has nothing new still has open
+    // windows that only an idle tick will close.
+    for (const partition of this.assignment)
         this.partitionFor(partition).then(
           () => {
             this.activity.next(partition);
@@ -441,20 +391,22 @@ export class StreamProcessor {
     );
     const checkpoint = (await this.checkpointLoad).get(partition);
     const restored: OwnedPartition = {
-      state: new PartitionState(this.settings, checkpoint?.state, this.routing(partition)),
-      nextOffset: checkpoint ? BigInt(checkpoint.nextOffset) : null,
+      driver: new PartitionDriver(
+        this.settings,
+        this.routing(partition),
+        this.codecs?.events as AvroCodec<ModelCallEvent>,
+        checkpoint
+          ? { state: checkpoint.state, nextOffset: BigInt(checkpoint.nextOffset) }
+          : { nextOffset: null },
+      ),
       lastCheckpointAt: Date.now(),
       lastCheckpointOffset: checkpoint ? BigInt(checkpoint.nextOffset) : -1n,
-      durable: {
-        state: checkpoint?.state,
-        nextOffset: checkpoint ? BigInt(checkpoint.nextOffset) : null,
-      },
       reported: new Map(),
     };
     this.owned.set(partition, restored);
     this.logger.info("partition restored", {
       partition,
-      nextOffset: restored.nextOffset?.toString() ?? "earliest",
+      nextOffset: restored.driver.nextOffset?.toString() ?? "earliest",
       fromCheckpoint: checkpoint !== undefined,
     });
     return restored;
@@ -479,14 +431,10 @@ export class StreamProcessor {
     const owned = await this.partitionFor(batch.partition);
     const first = batch.records[0];
     if (!first) return;
-    // No checkpoint: the partition starts where the log does (retention may have removed offset 0).
-    if (owned.nextOffset === null) {
-      owned.nextOffset = BigInt(first.offset);
-      owned.durable.nextOffset ??= owned.nextOffset;
-    }
-    if (BigInt(first.offset) > owned.nextOffset) {
+    const seek = owned.driver.seekFor(BigInt(first.offset));
+    if (seek !== null) {
       // The group's committed offset is ahead of the newest checkpoint: read from the checkpoint.
-      control.seek(owned.nextOffset.toString());
+      control.seek(seek.toString());
       return;
     }
     const outputs: BatchOutputs = {
@@ -502,15 +450,13 @@ export class StreamProcessor {
     try {
       lastOffset = await this.applyBatch(batch, control, owned, outputs);
       if (lastOffset === undefined) return;
-      if (this.replayFinishedFor(batch.partition, owned)) this.flushInto(owned, outputs);
-      if (this.mode === "live") this.reportProgress(batch.partition, owned, outputs);
+      this.reportProgress(batch.partition, owned, outputs);
       await this.produce(outputs);
     } catch (error) {
       // Outputs before state: this batch changed the windows in memory only, and its outputs
       // were not acknowledged. Forget back to the last durable point and read again from there,
       // so no rollup, alert, late or dead-letter record of it is lost.
-      this.rewind(batch.partition, owned, error);
-      const from = owned.durable.nextOffset;
+      const from = this.rewind(batch.partition, owned, error);
       if (from === null) throw error;
       // Read again from there, after a capped backoff that keeps the membership alive: the
       // consumer itself stays up, however long the outage lasts.
@@ -520,19 +466,15 @@ export class StreamProcessor {
     }
     this.failures.delete(batch.partition);
     control.resolveOffset(lastOffset);
-    await this.maybeCheckpoint(
-      batch.partition,
-      owned,
-      this.stopping !== undefined || this.replayFinishedFor(batch.partition, owned),
-      (offset) => control.commit(offset),
+    await this.maybeCheckpoint(batch.partition, owned, this.stopping !== undefined, (offset) =>
+      control.commit(offset),
     );
     await control.heartbeat();
     this.observePartition(batch.partition, owned, batch.highWatermark);
-    if (this.mode === "live" && outputs.active) this.activity.next(batch.partition);
-    if (this.replayEnds && this.replayFinished()) await this.finishReplay();
+    if (outputs.active) this.activity.next(batch.partition);
   }
 
-  /** Feeds the batch's new records through the partition's state; the last offset applied. */
+  /** Feeds the batch's new records through the partition's driver; the last offset applied. */
   private async applyBatch(
     batch: ConsumedBatch,
     control: BatchControl,
@@ -541,13 +483,33 @@ export class StreamProcessor {
   ): Promise<string | undefined> {
     let lastOffset: string | undefined;
     for (const record of batch.records) {
-      const offset = BigInt(record.offset);
-      if (owned.nextOffset !== null && offset < owned.nextOffset) continue; // already in the restored state
       if (!control.isRunning() || control.isStale()) break;
-      if (this.replayEnds && offset >= (this.replayEnds.get(batch.partition) ?? 0n)) break;
-      const handled = await this.processRecord(owned, record, outputs);
-      if (!handled) break; // the registry is unreachable: stop here, retry this record later
-      owned.nextOffset = offset + 1n;
+      const fed = await owned.driver.feed(record);
+      if (fed.type === "skipped") continue; // already in the restored state
+      if (fed.type === "retry") {
+        // The registry is unreachable: stop here, this record is read again with the next fetch.
+        this.logger.warn("schema registry unavailable; will retry", {
+          partition: record.partition,
+          offset: record.offset,
+        });
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        break;
+      }
+      if (fed.type === "invalid")
+        outputs.dead.push(
+          this.deadLetter(record, fed.read.code, fed.read.message, fed.read.schemaId),
+        );
+      else {
+        if (fed.input.type === "tick") {
+          this.counters.ticks++;
+          outputs.ticks++;
+        } else if (fed.input.type === "event") {
+          this.counters.events++;
+          this.metrics.events.inc();
+        }
+        if (fed.input.type !== "progress") outputs.active = true;
+        this.collect(owned, fed.outputs, record, outputs);
+      }
       lastOffset = record.offset;
       this.counters.records++;
       this.metrics.records.inc();
@@ -566,51 +528,19 @@ export class StreamProcessor {
     }
   }
 
-  /** Back to the partition's last durable point (see {@link OwnedPartition.durable}). */
-  private rewind(partition: number, owned: OwnedPartition, error: unknown): void {
-    owned.state = new PartitionState(this.settings, owned.durable.state, this.routing(partition));
-    owned.nextOffset = owned.durable.nextOffset;
+  /** Back to the partition's last durable point; the offset to read again from. */
+  private rewind(partition: number, owned: OwnedPartition, error: unknown): bigint | null {
+    const from = owned.driver.rewind();
     owned.reported.clear();
     this.logger.warn(
       "a batch's outputs were not written; the partition goes back to its last checkpoint and reads again",
       {
         partition,
-        nextOffset: owned.nextOffset?.toString() ?? "earliest",
+        nextOffset: from?.toString() ?? "earliest",
         error: error instanceof Error ? error.message : String(error),
       },
     );
-  }
-
-  /** Feeds one record through the partition's state; false when it must be retried later. */
-  private async processRecord(
-    owned: OwnedPartition,
-    record: ConsumedRecord,
-    outputs: BatchOutputs,
-  ): Promise<boolean> {
-    const codec = this.codecs?.events as AvroCodec<ModelCallEvent>;
-    const read = readLogRecordIfKnown(record, codec) ?? (await readLogRecord(record, codec));
-    if (read.type === "retry") {
-      this.logger.warn("schema registry unavailable; will retry", {
-        partition: record.partition,
-        offset: record.offset,
-      });
-      await new Promise((resolve) => setTimeout(resolve, 1000));
-      return false;
-    }
-    if (read.type === "invalid") {
-      outputs.dead.push(this.deadLetter(record, read.code, read.message, read.schemaId));
-      return true;
-    }
-    if (read.input.type === "tick") {
-      this.counters.ticks++;
-      outputs.ticks++;
-    } else if (read.input.type === "event") {
-      this.counters.events++;
-      this.metrics.events.inc();
-    }
-    if (read.input.type !== "progress") outputs.active = true;
-    this.collect(owned, owned.state.apply(read.input), record, outputs);
-    return true;
+    return from;
   }
 
   /**
@@ -618,10 +548,10 @@ export class StreamProcessor {
    * most once a second per home (and after every tick), after the copies of this batch.
    */
   private reportProgress(partition: number, owned: OwnedPartition, outputs: BatchOutputs): void {
-    const time = owned.state.ownEventTimeMicros;
+    const time = owned.driver.state.ownEventTimeMicros;
     if (time === null) return;
     const now = Date.now();
-    for (const [home, lastOffset] of owned.state.forwardedTo) {
+    for (const [home, lastOffset] of owned.driver.state.forwardedTo) {
       const reported = owned.reported.get(home);
       if (reported && reported.timeMicros >= time) continue;
       if (reported && outputs.ticks === 0 && now - reported.at < PROGRESS_INTERVAL_MS) continue;
@@ -657,8 +587,6 @@ export class StreamProcessor {
           });
           break;
         case "forward":
-          // A replay reads the copy the live processor wrote; it writes none.
-          if (this.mode !== "live") break;
           if (!this.forwardingFrom.has(record.partition)) {
             this.forwardingFrom.add(record.partition);
             this.logger.warn(
@@ -698,18 +626,6 @@ export class StreamProcessor {
           break;
       }
     }
-  }
-
-  private flushInto(owned: OwnedPartition, outputs: BatchOutputs): void {
-    const dummy: ConsumedRecord = {
-      topic: this.topics.modelCalls,
-      partition: -1,
-      offset: "-1",
-      key: null,
-      value: null,
-      headers: {},
-    };
-    this.collect(owned, owned.state.apply({ type: "flush" }), dummy, outputs);
   }
 
   private deadLetter(
@@ -785,10 +701,10 @@ export class StreamProcessor {
     force: boolean,
     commit?: (offset: string) => Promise<void>,
   ): Promise<void> {
-    const nextOffset = owned.nextOffset;
+    const nextOffset = owned.driver.nextOffset;
     if (nextOffset === null || nextOffset === owned.lastCheckpointOffset) return;
     if (!force && Date.now() - owned.lastCheckpointAt < this.checkpointIntervalMs) return;
-    const state = owned.state.snapshot();
+    const state = owned.driver.state.snapshot();
     await (this.checkpoints as CheckpointStore).save({
       version: 1,
       group: this.groupId,
@@ -799,7 +715,7 @@ export class StreamProcessor {
     });
     owned.lastCheckpointAt = Date.now();
     owned.lastCheckpointOffset = nextOffset;
-    owned.durable = { state, nextOffset };
+    owned.driver.markDurable(state);
     this.counters.checkpoints++;
     this.metrics.checkpoints.inc();
     // Only after the checkpoint is durable does the group's offset move.
@@ -814,11 +730,11 @@ export class StreamProcessor {
 
   private observePartition(partition: number, owned: OwnedPartition, highWatermark: string): void {
     const labels = { partition: String(partition) };
-    this.metrics.openWindows.set(labels, owned.state.openSeries);
-    const watermark = owned.state.watermarkMicros;
+    const { state, nextOffset } = owned.driver;
+    this.metrics.openWindows.set(labels, state.openSeries);
+    const watermark = state.watermarkMicros;
     if (watermark !== null) this.metrics.watermark.set(labels, watermark / 1e6);
-    if (owned.nextOffset !== null)
-      this.metrics.lag.set(labels, Number(BigInt(highWatermark) - owned.nextOffset));
+    if (nextOffset !== null) this.metrics.lag.set(labels, Number(BigInt(highWatermark) - nextOffset));
   }
 
   /** Live mode: a partition with open windows that stays quiet gets a watermark tick in the log. */
@@ -898,7 +814,7 @@ export class StreamProcessor {
     // A partition that forwarded events ticks too: its home partitions wait for its event time.
     if (
       !owned ||
-      (owned.state.openSeries === 0 && owned.state.forwardedTo.size === 0) ||
+      (owned.driver.state.openSeries === 0 && owned.driver.state.forwardedTo.size === 0) ||
       !this.assignment.has(partition)
     )
       return;
@@ -915,25 +831,5 @@ export class StreamProcessor {
         error: (error as Error).message,
       });
     }
-  }
-
-  private replayFinishedFor(partition: number, owned: OwnedPartition): boolean {
-    const end = this.replayEnds?.get(partition);
-    return end !== undefined && owned.nextOffset !== null && owned.nextOffset >= end;
-  }
-
-  private replayFinished(): boolean {
-    if (!this.replayEnds) return false;
-    for (const [partition, end] of this.replayEnds) {
-      if (end === 0n) continue;
-      const owned = this.owned.get(partition);
-      if (owned?.nextOffset == null || owned.nextOffset < end) return false;
-    }
-    return true;
-  }
-
-  private async finishReplay(): Promise<void> {
-    this.replayDone?.resolve();
-    await Promise.resolve();
   }
 }

@@ -30,8 +30,8 @@ import {
 } from "../kafka/index.js";
 import { MICROS_PER_MILLI, parseMetricsConfig, windowOf } from "../metrics/index.js";
 import { checkpointTopic, homeOf, readLayout } from "./checkpoints.js";
-import { readLogRecord, readLogRecordIfKnown } from "./log-record.js";
-import { PartitionState, type WindowSettings } from "./partition.js";
+import { PartitionDriver } from "./driver.js";
+import type { WindowSettings } from "./partition.js";
 
 /** Where a replay starts. */
 export type ReplayStart =
@@ -168,7 +168,7 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
       from.kind === "time" ? roundUp(from.timestampMs * MICROS_PER_MILLI) : null,
     );
 
-  const states = new Map<number, PartitionState>();
+  const drivers = new Map<number, PartitionDriver>();
   const counters = {
     records: 0,
     events: 0,
@@ -186,22 +186,24 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
   const serviceFloors: Record<string, number> = {};
 
   await streamTopicRanges(kafka, topic, ranges, async (partition, records) => {
-    let state = states.get(partition);
-    if (!state) {
-      state = new PartitionState(settings, undefined, { partition, homePartitions, homeOf: home });
-      states.set(partition, state);
+    let driver = drivers.get(partition);
+    if (!driver) {
+      driver = new PartitionDriver(settings, { partition, homePartitions, homeOf: home }, codec);
+      drivers.set(partition, driver);
     }
     const rollups: MetricRollup[] = [];
     const alerts: AlertEvent[] = [];
     const events: { event: ModelCallEvent; offset: string }[] = [];
     for (const record of records) {
       counters.records++;
-      const read = readLogRecordIfKnown(record, codec) ?? (await readLogRecord(record, codec));
-      if (read.type === "invalid") {
-        invalid[read.code] = (invalid[read.code] ?? 0) + 1;
+      const fed = await driver.feed(record);
+      if (fed.type === "skipped") continue;
+      if (fed.type === "invalid") {
+        invalid[fed.read.code] = (invalid[fed.read.code] ?? 0) + 1;
         continue;
       }
-      if (read.type === "retry") throw new Error(`${read.message} at ${where(record)}`);
+      if (fed.type === "retry") throw new Error(`${fed.message} at ${where(record)}`);
+      const read = fed;
       if (read.input.type === "event") {
         counters.events++;
         if (emitFrom.get(partition) === null && from.kind === "offset")
@@ -213,7 +215,7 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
           events.push({ event: read.input.event, offset: record.offset });
       } else counters[read.input.type === "copy" ? "copies" : read.input.type === "tick" ? "ticks" : "progress"]++;
       const floor = emitFrom.get(partition) ?? null;
-      for (const output of state.apply(read.input)) {
+      for (const output of fed.outputs) {
         // The live processor wrote the copy into the home partition; it is read there.
         if (output.type === "forward") continue;
         if (output.type === "late") {
@@ -246,7 +248,7 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
   });
 
   let openSeries = 0;
-  for (const state of states.values()) openSeries += state.openSeries;
+  for (const driver of drivers.values()) openSeries += driver.state.openSeries;
   return {
     topic,
     partitions: ranges.length,

@@ -10,9 +10,9 @@ import { describe, expect, it } from "vitest";
 
 import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
 import { rollupEvents, WindowAccumulator, type AlertRule } from "../metrics/index.js";
+import { eventTimeWindows } from "../processor/driver.js";
 import {
   DEFAULT_WINDOW_SETTINGS,
-  eventTimeWindows,
   PartitionState,
   type PartitionInput,
   type PartitionOutput,
