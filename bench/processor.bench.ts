@@ -107,8 +107,7 @@ async function processorThroughput(prefix: string, count: number): Promise<numbe
   const started = performance.now();
   await processor.start();
   // A new group reads the pre-produced log from the beginning, as a catching-up processor does.
-  while (processor.stats().events < count)
-    await new Promise((resolve) => setTimeout(resolve, 20));
+  while (processor.stats().events < count) await new Promise((resolve) => setTimeout(resolve, 20));
   const seconds = (performance.now() - started) / 1000;
   await processor.stop();
   const stats = processor.stats();

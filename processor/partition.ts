@@ -96,7 +96,10 @@ export interface PartitionSnapshot {
   readonly windows: readonly MetricRollup[];
   readonly alerts: AlertTrackerState;
   /** Per home partition this one reports to: the offset of the last event forwarded there. */
-  readonly forwarded?: readonly { readonly partition: number; readonly lastOffset: string | null }[];
+  readonly forwarded?: readonly {
+    readonly partition: number;
+    readonly lastOffset: string | null;
+  }[];
   /** Per source partition that forwarded here: its last copy counted and its event time. */
   readonly sources?: readonly {
     readonly partition: number;
@@ -143,7 +146,8 @@ export class PartitionState {
   get eventTimeMicros(): number | null {
     if (this.maxEventTime === null) return null;
     let time = this.maxEventTime;
-    for (const source of this.sources.values()) if (source.timeMicros < time) time = source.timeMicros;
+    for (const source of this.sources.values())
+      if (source.timeMicros < time) time = source.timeMicros;
     return time;
   }
 
@@ -189,9 +193,15 @@ export class PartitionState {
   }
 
   /** An event of another partition's service: only this partition's event time moves. */
-  private forward(event: ModelCallEvent, home: number, offset: string | undefined): PartitionOutput[] {
+  private forward(
+    event: ModelCallEvent,
+    home: number,
+    offset: string | undefined,
+  ): PartitionOutput[] {
     if (offset === undefined)
-      throw new Error(`an event of ${event.service} must be forwarded to partition ${home}: its offset is needed`);
+      throw new Error(
+        `an event of ${event.service} must be forwarded to partition ${home}: its offset is needed`,
+      );
     const previousOffset = this.forwarded.get(home) ?? null;
     this.forwarded.set(home, offset);
     const outputs = this.advance(event.end_time);
@@ -235,7 +245,10 @@ export class PartitionState {
     const before = this.eventTimeMicros;
     this.sources.set(progress.sourcePartition, {
       lastOffset: progress.lastOffset,
-      timeMicros: Math.max(source?.timeMicros ?? progress.sourceTimeMicros, progress.sourceTimeMicros),
+      timeMicros: Math.max(
+        source?.timeMicros ?? progress.sourceTimeMicros,
+        progress.sourceTimeMicros,
+      ),
     });
     return this.closeIfAdvanced(before);
   }

@@ -359,17 +359,17 @@ export class StreamProcessor {
     // Restore now, not at the first batch: a partition whose log has nothing new still has open
     // windows that only an idle tick will close.
     for (const partition of this.assignment)
-        this.partitionFor(partition).then(
-          () => {
-            this.activity.next(partition);
-          },
-          (error: unknown) => {
-            this.logger.warn("restoring a partition failed; it is retried at its next batch", {
-              partition,
-              error: error instanceof Error ? error.message : String(error),
-            });
-          },
-        );
+      this.partitionFor(partition).then(
+        () => {
+          this.activity.next(partition);
+        },
+        (error: unknown) => {
+          this.logger.warn("restoring a partition failed; it is retried at its next batch", {
+            partition,
+            error: error instanceof Error ? error.message : String(error),
+          });
+        },
+      );
   }
 
   /** The partition's state, restored from its newest checkpoint once (concurrent callers share it). */
@@ -734,7 +734,8 @@ export class StreamProcessor {
     this.metrics.openWindows.set(labels, state.openSeries);
     const watermark = state.watermarkMicros;
     if (watermark !== null) this.metrics.watermark.set(labels, watermark / 1e6);
-    if (nextOffset !== null) this.metrics.lag.set(labels, Number(BigInt(highWatermark) - nextOffset));
+    if (nextOffset !== null)
+      this.metrics.lag.set(labels, Number(BigInt(highWatermark) - nextOffset));
   }
 
   /** Live mode: a partition with open windows that stays quiet gets a watermark tick in the log. */

@@ -213,7 +213,10 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
           serviceFloors[read.input.event.service] = partitionFloor;
         if (options.withEvents && (!services || services.has(read.input.event.service)))
           events.push({ event: read.input.event, offset: record.offset });
-      } else counters[read.input.type === "copy" ? "copies" : read.input.type === "tick" ? "ticks" : "progress"]++;
+      } else
+        counters[
+          read.input.type === "copy" ? "copies" : read.input.type === "tick" ? "ticks" : "progress"
+        ]++;
       const floor = emitFrom.get(partition) ?? null;
       for (const output of fed.outputs) {
         // The live processor wrote the copy into the home partition; it is read there.
