@@ -15,6 +15,11 @@ export class ProcessorMetrics {
     help: "ModelCallEvents decoded and windowed",
     registers: [this.registry],
   });
+  readonly ticks = new Counter({
+    name: "mcpo_processor_watermark_ticks_total",
+    help: "Watermark ticks read from the model-calls topic",
+    registers: [this.registry],
+  });
   readonly rollups = new Counter({
     name: "mcpo_processor_rollups_total",
     help: "Rollups produced",

@@ -24,10 +24,7 @@ import {
   type Subscription,
 } from "rxjs";
 
-import { AvroCodec, valueSubject } from "../avro/codec.js";
-import { ALERT_EVENT, METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
 import { copyHeaders, progressRecord, readControl, watermarkTick } from "../avro/control.js";
-import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
 import {
   ConfigError,
   connectionFromOptions,
@@ -36,20 +33,27 @@ import {
 } from "../config/index.js";
 import {
   connectAdmin,
-  createGroupConsumer,
-  createRecordProducer,
   type BatchControl,
   type ConsumedBatch,
   type ConsumedRecord,
   type GroupConsumer,
+  type GroupConsumerOptions,
   type KafkaSettings,
   type OutgoingRecord,
-  type RecordProducer,
+  type TopicAdmin,
 } from "../kafka/index.js";
 import { MICROS_PER_MILLI, parseMetricsConfig, rollupKey } from "../metrics/index.js";
+import { pinoLogger, type OpsLogger } from "../ops/index.js";
+import {
+  ConsumerService,
+  deadLetterRecord,
+  pauseWithHeartbeats,
+  sourceHeaders,
+  Tally,
+  type TopicSpec,
+} from "../ops/service.js";
 import { CheckpointStore, checkpointTopic, homeOf, type Checkpoint } from "./checkpoints.js";
 import { PartitionDriver } from "./driver.js";
-import { pinoLogger, type MetricsServer, type OpsLogger } from "../ops/index.js";
 import { ProcessorMetrics } from "./observability.js";
 import type { PartitionOutput, PartitionRouting, WindowSettings } from "./partition.js";
 
@@ -138,12 +142,11 @@ function positive(key: string, value: number | undefined, fallback: number): num
   return value;
 }
 
-export class StreamProcessor {
+export class StreamProcessor extends ConsumerService<ProcessorStats> {
   readonly topics: TopicNames & { readonly checkpoints: string };
   readonly groupId: string;
   private readonly settings: WindowSettings;
   private readonly kafka: KafkaSettings;
-  private readonly registryUrl: string;
   private readonly idleTimeoutMs: number;
   private readonly checkpointIntervalMs: number;
   private readonly partitions: number;
@@ -156,21 +159,24 @@ export class StreamProcessor {
   private partitionWatch: ReturnType<typeof setInterval> | undefined;
   private readonly logger: ProcessorLogger;
   private readonly scheduler: SchedulerLike | undefined;
-  private readonly metricsPort: number | undefined;
   /** Prometheus metrics of this processor. */
-  readonly metrics = new ProcessorMetrics();
-  private metricsServer: MetricsServer | undefined;
-
-  private producer: RecordProducer | undefined;
-  private consumer: GroupConsumer | undefined;
+  readonly metrics: ProcessorMetrics;
+  /** What it counted: each feeds its Prometheus counter too. */
+  private readonly count: Record<
+    | "records"
+    | "events"
+    | "ticks"
+    | "rollups"
+    | "alerts"
+    | "late"
+    | "deadLettered"
+    | "checkpoints"
+    | "forwarded",
+    Tally
+  >;
+  /** Partitions of model-calls when it started. */
+  private partitionsAtStart = 0;
   private checkpoints: CheckpointStore | undefined;
-  private codecs:
-    | {
-        events: AvroCodec<ModelCallEvent>;
-        rollups: AvroCodec<MetricRollup>;
-        alerts: AvroCodec<AlertEvent>;
-      }
-    | undefined;
   private readonly owned = new Map<number, OwnedPartition>();
   private readonly restoring = new Map<number, Promise<OwnedPartition>>();
   /** Partitions with a batch in flight (their state may be ahead of their acknowledged outputs). */
@@ -183,26 +189,43 @@ export class StreamProcessor {
   private checkpointLoad: Promise<Map<number, Checkpoint>> | undefined;
   private readonly activity = new Subject<number>();
   private idleSubscription: Subscription | undefined;
-  private stopping: Promise<void> | undefined;
-  private counters = {
-    records: 0,
-    events: 0,
-    ticks: 0,
-    rollups: 0,
-    alerts: 0,
-    late: 0,
-    deadLettered: 0,
-    checkpoints: 0,
-    forwarded: 0,
-  };
 
   /** @throws {ConfigError} naming the option or variable that is invalid. */
   constructor(options: ProcessorOptions = {}) {
     const connection = connectionFromOptions(options);
     const names = topicNames(connection.topicPrefix);
+    const metrics = new ProcessorMetrics();
+    const logger = options.logger ?? pinoLogger("processor");
+    const kafka: KafkaSettings = {
+      brokers: connection.kafkaBrokers,
+      clientId: options.clientId ?? `mcpo-processor-${randomUUID().slice(0, 8)}`,
+    };
+    super({
+      component: "processor",
+      kafka,
+      registryUrl: connection.schemaRegistryUrl,
+      topics: names,
+      logger,
+      registry: metrics.registry,
+      metricsPort: options.metricsPort,
+    });
+    this.metrics = metrics;
+    this.logger = logger;
+    this.kafka = kafka;
+    this.count = {
+      records: new Tally(metrics.records),
+      events: new Tally(metrics.events),
+      ticks: new Tally(metrics.ticks),
+      rollups: new Tally(metrics.rollups),
+      alerts: new Tally(metrics.alerts),
+      late: new Tally(metrics.late),
+      deadLettered: new Tally(metrics.deadLettered),
+      checkpoints: new Tally(metrics.checkpoints),
+      forwarded: new Tally(metrics.forwarded),
+    };
     this.topics = { ...names, checkpoints: checkpointTopic(connection.topicPrefix) };
     this.groupId = options.groupId ?? "mcpo-processor";
-    const metrics = parseMetricsConfig(options.metrics ?? {}, "metrics");
+    const rulesAndThresholds = parseMetricsConfig(options.metrics ?? {}, "metrics");
     const windowSizeMs = positive("windowSizeMs", options.windowSizeMs, 60_000);
     const graceMs = options.graceMs ?? 10_000;
     if (!Number.isInteger(graceMs) || graceMs < 0)
@@ -210,8 +233,8 @@ export class StreamProcessor {
     this.settings = {
       windowSizeMicros: windowSizeMs * MICROS_PER_MILLI,
       graceMicros: graceMs * MICROS_PER_MILLI,
-      thresholds: metrics.thresholds,
-      rules: metrics.rules,
+      thresholds: rulesAndThresholds.thresholds,
+      rules: rulesAndThresholds.rules,
     };
     this.idleTimeoutMs = positive("idleTimeoutMs", options.idleTimeoutMs, 30_000);
     this.checkpointIntervalMs = positive(
@@ -222,58 +245,40 @@ export class StreamProcessor {
     this.partitions = positive("partitions", options.partitions, 6);
     this.sessionTimeoutMs = positive("sessionTimeoutMs", options.sessionTimeoutMs, 30_000);
     this.metadataMaxAgeMs = positive("metadataMaxAgeMs", options.metadataMaxAgeMs, 5000);
-    this.kafka = {
-      brokers: connection.kafkaBrokers,
-      clientId: options.clientId ?? `mcpo-processor-${randomUUID().slice(0, 8)}`,
-    };
-    this.registryUrl = connection.schemaRegistryUrl;
-    this.logger = options.logger ?? pinoLogger("processor");
-    this.metricsPort = options.metricsPort;
     this.scheduler = options.scheduler;
   }
 
-  /** Creates missing topics, registers the schemas and joins the group. */
-  async start(): Promise<void> {
-    const admin = await connectAdmin(this.kafka);
-    let partitionsNow: number;
-    try {
-      const created = await admin.ensureTopics([
-        { name: this.topics.modelCalls, partitions: this.partitions },
-        {
-          name: this.topics.metricRollups,
-          partitions: this.partitions,
-          config: { "cleanup.policy": "compact" },
-        },
-        { name: this.topics.alerts, partitions: this.partitions },
-        { name: this.topics.deadLetter, partitions: this.partitions },
-        { name: this.topics.lateEvents, partitions: this.partitions },
-        {
-          name: this.topics.checkpoints,
-          partitions: 1,
-          config: { "cleanup.policy": "compact", "max.message.bytes": String(16 * 1024 * 1024) },
-        },
-      ]);
-      if (created.length > 0) this.logger.info("created topics", { topics: created });
-      partitionsNow = (await admin.endOffsets(this.topics.modelCalls)).size;
-    } finally {
-      await admin.close();
-    }
-    const events = await AvroCodec.register(MODEL_CALL_EVENT, {
-      registryUrl: this.registryUrl,
-      subject: valueSubject(this.topics.modelCalls),
-    });
-    const rollups = await AvroCodec.register(METRIC_ROLLUP, {
-      registryUrl: this.registryUrl,
-      subject: valueSubject(this.topics.metricRollups),
-    });
-    const alerts = await AvroCodec.register(ALERT_EVENT, {
-      registryUrl: this.registryUrl,
-      subject: valueSubject(this.topics.alerts),
-    });
-    this.codecs = { events, rollups, alerts };
-    this.producer = createRecordProducer(this.kafka);
-    await this.producer.connect();
-    this.checkpoints = new CheckpointStore(this.kafka, this.topics.checkpoints, this.producer);
+  protected requiredTopics(): readonly TopicSpec[] {
+    return [
+      { name: this.topics.modelCalls, partitions: this.partitions },
+      {
+        name: this.topics.metricRollups,
+        partitions: this.partitions,
+        config: { "cleanup.policy": "compact" },
+      },
+      { name: this.topics.alerts, partitions: this.partitions },
+      { name: this.topics.deadLetter, partitions: this.partitions },
+      { name: this.topics.lateEvents, partitions: this.partitions },
+      {
+        name: this.topics.checkpoints,
+        partitions: 1,
+        config: { "cleanup.policy": "compact", "max.message.bytes": String(16 * 1024 * 1024) },
+      },
+    ];
+  }
+
+  protected override async inspect(admin: TopicAdmin): Promise<void> {
+    this.partitionsAtStart = (await admin.endOffsets(this.topics.modelCalls)).size;
+  }
+
+  /** Fixes the services' home partitions, then watches for idle and added partitions. */
+  protected override async prepare(): Promise<void> {
+    this.checkpoints = new CheckpointStore(
+      this.kafka,
+      this.topics.checkpoints,
+      this.startedProducer,
+    );
+    const partitionsNow = this.partitionsAtStart;
     const layout = await this.checkpoints.layout(this.topics.modelCalls, partitionsNow);
     this.homes = { count: layout.homePartitions, of: homeOf(layout.homePartitions) };
     if (partitionsNow !== layout.homePartitions)
@@ -285,7 +290,10 @@ export class StreamProcessor {
     this.watchIdlePartitions();
     await this.registerPartitions(partitionsNow);
     this.watchPartitionCount();
-    this.consumer = createGroupConsumer(this.kafka, {
+  }
+
+  protected consumerOptions(): GroupConsumerOptions {
+    return {
       groupId: this.groupId,
       topics: [this.topics.modelCalls],
       fromBeginning: true,
@@ -301,52 +309,34 @@ export class StreamProcessor {
       onCrash: (error) => {
         this.logger.error("consumer stopped", { error: error.message });
       },
-    });
-    await this.consumer.start();
-    if (this.metricsPort !== undefined) {
-      this.metricsServer = await this.metrics.serve(this.metricsPort);
-      this.logger.info("metrics endpoint", {
-        url: `http://127.0.0.1:${this.metricsServer.port}/metrics`,
-      });
-    }
-    this.logger.info("processor started", {
-      group: this.groupId,
-      topic: this.topics.modelCalls,
-    });
+    };
   }
 
-  /** Leaves the group (after the batch in flight) and closes connections; once. */
-  stop(): Promise<void> {
-    this.stopping ??= (async () => {
-      this.idleSubscription?.unsubscribe();
-      if (this.partitionWatch) clearInterval(this.partitionWatch);
-      try {
-        // Checkpoint and commit where we are: partitions between batches now, the batch in flight
-        // at its end (onBatch sees `stopping`), so the next owner has nothing to reprocess.
-        for (const [partition, owned] of this.owned)
-          if (!this.busy.has(partition))
-            await this.maybeCheckpoint(partition, owned, true).catch((error: unknown) => {
-              this.logger.warn("final checkpoint failed", { partition, error: String(error) });
-            });
-        await this.consumer?.stop();
-      } finally {
-        await this.producer?.disconnect().catch(() => undefined);
-        await this.metricsServer?.close();
-        this.logger.info("processor stopped", { ...this.stats() });
-      }
-    })();
-    return this.stopping;
+  protected override startedFields(): Record<string, unknown> {
+    return { group: this.groupId, topic: this.topics.modelCalls };
   }
 
-  /** Where the Prometheus metrics are served, once started with `metricsPort`. */
-  get metricsUrl(): string | undefined {
-    return this.metricsServer ? `http://127.0.0.1:${this.metricsServer.port}/metrics` : undefined;
+  /**
+   * Checkpoints and commits where it is: partitions between batches now, the batch in flight at
+   * its end (it sees the service stopping), so the next owner has nothing to reprocess.
+   */
+  protected override async beforeStop(): Promise<void> {
+    this.idleSubscription?.unsubscribe();
+    if (this.partitionWatch) clearInterval(this.partitionWatch);
+    for (const [partition, owned] of this.owned)
+      if (!this.busy.has(partition))
+        await this.maybeCheckpoint(partition, owned, true).catch((error: unknown) => {
+          this.logger.warn("final checkpoint failed", { partition, error: String(error) });
+        });
   }
 
   stats(): ProcessorStats {
     let openSeries = 0;
     for (const partition of this.owned.values()) openSeries += partition.driver.state.openSeries;
-    return { ...this.counters, openSeries, assignedPartitions: this.assignment.size };
+    const counted = Object.fromEntries(
+      Object.entries(this.count).map(([name, tally]) => [name, tally.value]),
+    ) as Record<keyof typeof this.count, number>;
+    return { ...counted, openSeries, assignedPartitions: this.assignment.size };
   }
 
   private onAssignment(partitions: readonly number[]): void {
@@ -394,7 +384,7 @@ export class StreamProcessor {
       driver: new PartitionDriver(
         this.settings,
         this.routing(partition),
-        this.codecs?.events as AvroCodec<ModelCallEvent>,
+        this.pipelineCodecs.events,
         checkpoint
           ? { state: checkpoint.state, nextOffset: BigInt(checkpoint.nextOffset) }
           : { nextOffset: null },
@@ -466,7 +456,7 @@ export class StreamProcessor {
     }
     this.failures.delete(batch.partition);
     control.resolveOffset(lastOffset);
-    await this.maybeCheckpoint(batch.partition, owned, this.stopping !== undefined, (offset) =>
+    await this.maybeCheckpoint(batch.partition, owned, this.isStopping, (offset) =>
       control.commit(offset),
     );
     await control.heartbeat();
@@ -501,18 +491,14 @@ export class StreamProcessor {
         );
       else {
         if (fed.input.type === "tick") {
-          this.counters.ticks++;
+          this.count.ticks.inc();
           outputs.ticks++;
-        } else if (fed.input.type === "event") {
-          this.counters.events++;
-          this.metrics.events.inc();
-        }
+        } else if (fed.input.type === "event") this.count.events.inc();
         if (fed.input.type !== "progress") outputs.active = true;
         this.collect(owned, fed.outputs, record, outputs);
       }
       lastOffset = record.offset;
-      this.counters.records++;
-      this.metrics.records.inc();
+      this.count.records.inc();
     }
     return lastOffset;
   }
@@ -521,11 +507,11 @@ export class StreamProcessor {
   private async backOff(partition: number, control: BatchControl): Promise<void> {
     const failures = (this.failures.get(partition) ?? 0) + 1;
     this.failures.set(partition, failures);
-    const until = Date.now() + Math.min(5000, 200 * 2 ** Math.min(failures - 1, 5));
-    while (Date.now() < until && control.isRunning() && this.stopping === undefined) {
-      await new Promise((resolve) => setTimeout(resolve, Math.min(1000, until - Date.now())));
-      await control.heartbeat().catch(() => undefined);
-    }
+    await pauseWithHeartbeats(
+      control,
+      Math.min(5000, 200 * 2 ** Math.min(failures - 1, 5)),
+      () => this.isStopping,
+    );
   }
 
   /** Back to the partition's last durable point; the offset to read again from. */
@@ -570,8 +556,7 @@ export class StreamProcessor {
     record: ConsumedRecord,
     outputs: BatchOutputs,
   ): void {
-    const codecs = this.codecs;
-    if (!codecs) throw new Error("processor not started");
+    const codecs = this.pipelineCodecs;
     for (const output of emitted) {
       switch (output.type) {
         case "rollup":
@@ -600,8 +585,7 @@ export class StreamProcessor {
               },
             );
           }
-          this.counters.forwarded++;
-          this.metrics.forwarded.inc({ partition: String(record.partition) });
+          this.count.forwarded.inc(1, { partition: String(record.partition) });
           outputs.forwarded.push({
             key: output.event.service,
             value: record.value ?? Buffer.alloc(0),
@@ -634,46 +618,35 @@ export class StreamProcessor {
     reason: string,
     schemaId: number | undefined,
   ): OutgoingRecord {
-    this.counters.deadLettered++;
-    this.metrics.deadLettered.inc({ code });
+    this.count.deadLettered.inc(1, { code });
     this.logger.warn("dead-lettered a record", {
       partition: record.partition,
       offset: record.offset,
       code,
       reason,
     });
-    return {
-      key: record.key,
-      value: record.value ?? Buffer.alloc(0),
-      headers: {
-        ...this.sourceHeaders(record),
-        "mcpo-dlq-code": code,
-        "mcpo-dlq-reason": reason.slice(0, 1000),
-        ...(schemaId === undefined ? {} : { "mcpo-dlq-schema-id": String(schemaId) }),
-      },
-    };
+    return deadLetterRecord(record, code, reason, {
+      ...(schemaId === undefined ? {} : { schemaId }),
+      source: this.sourceHeaders(record),
+    });
   }
 
   /** Where a record came from; for a copy, where its producer wrote the original. */
   private sourceHeaders(record: ConsumedRecord): Record<string, string> {
     const control = readControl(record.headers, record.value);
-    return control.type === "copy"
-      ? {
-          "mcpo-source-topic": record.topic,
-          "mcpo-source-partition": String(control.origin.sourcePartition),
-          "mcpo-source-offset": control.origin.sourceOffset,
-        }
-      : {
-          "mcpo-source-topic": record.topic,
-          "mcpo-source-partition": String(record.partition),
-          "mcpo-source-offset": record.offset,
-        };
+    return sourceHeaders(
+      control.type === "copy"
+        ? {
+            topic: record.topic,
+            partition: control.origin.sourcePartition,
+            offset: control.origin.sourceOffset,
+          }
+        : record,
+    );
   }
 
   private async produce(outputs: BatchOutputs): Promise<void> {
-    const producer = this.producer;
-    if (!producer) throw new Error("processor not started");
-    await producer.sendMany(
+    await this.startedProducer.sendMany(
       [
         { topic: this.topics.modelCalls, records: outputs.forwarded },
         { topic: this.topics.metricRollups, records: outputs.rollups },
@@ -683,12 +656,9 @@ export class StreamProcessor {
       ],
       "gzip",
     );
-    this.counters.rollups += outputs.rollups.length;
-    this.counters.alerts += outputs.alerts.length;
-    this.counters.late += outputs.late.length;
-    this.metrics.rollups.inc(outputs.rollups.length);
-    this.metrics.alerts.inc(outputs.alerts.length);
-    this.metrics.late.inc(outputs.late.length);
+    this.count.rollups.inc(outputs.rollups.length);
+    this.count.alerts.inc(outputs.alerts.length);
+    this.count.late.inc(outputs.late.length);
   }
 
   /**
@@ -716,8 +686,7 @@ export class StreamProcessor {
     owned.lastCheckpointAt = Date.now();
     owned.lastCheckpointOffset = nextOffset;
     owned.driver.markDurable(state);
-    this.counters.checkpoints++;
-    this.metrics.checkpoints.inc();
+    this.count.checkpoints.inc();
     // Only after the checkpoint is durable does the group's offset move.
     if (commit) await commit(nextOffset.toString());
     else
@@ -774,7 +743,7 @@ export class StreamProcessor {
             partition: home,
             ...progressRecord({ sourcePartition: source, lastOffset: null, sourceTimeMicros: 0 }),
           });
-      await (this.producer as RecordProducer).send(this.topics.modelCalls, records, "none");
+      await this.startedProducer.send(this.topics.modelCalls, records, "none");
       this.logger.info("partitions beyond the homes registered with every home partition", {
         topic: this.topics.modelCalls,
         partitions: added,
@@ -788,7 +757,7 @@ export class StreamProcessor {
   private watchPartitionCount(): void {
     let running = false;
     this.partitionWatch = setInterval(() => {
-      if (running || this.stopping) return;
+      if (running || this.isStopping) return;
       running = true;
       void (async () => {
         const admin = await connectAdmin(this.kafka);

@@ -1,0 +1,256 @@
+/**
+ * The consumer-service shell the processor and the sink share: an explicit lifecycle (new,
+ * starting, running, stopping, stopped; a second `start()` is refused), the topics it needs, its
+ * codecs, its producer and consumer-group member, its Prometheus endpoint, counters kept once
+ * (each {@link Tally} feeds prom-client and `stats()` alike), the one dead-letter record format,
+ * and the pause that keeps a member alive while it waits.
+ */
+import type { Counter, Registry } from "prom-client";
+
+import { AvroCodec, valueSubject } from "../avro/codec.js";
+import { ALERT_EVENT, METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
+import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
+import { ObservatoryError } from "../config/errors.js";
+import type { TopicNames } from "../config/index.js";
+import {
+  connectAdmin,
+  createGroupConsumer,
+  createRecordProducer,
+  type BatchControl,
+  type ConsumedRecord,
+  type GroupConsumer,
+  type GroupConsumerOptions,
+  type KafkaSettings,
+  type OutgoingRecord,
+  type RecordProducer,
+} from "../kafka/index.js";
+import { serveMetrics, type MetricsServer, type OpsLogger } from "./index.js";
+
+/** Where a service is in its life. */
+export type ServiceState = "new" | "starting" | "running" | "stopping" | "stopped";
+
+/** The codecs of the pipeline's three Avro topics. */
+export interface PipelineCodecs {
+  readonly events: AvroCodec<ModelCallEvent>;
+  readonly rollups: AvroCodec<MetricRollup>;
+  readonly alerts: AvroCodec<AlertEvent>;
+}
+
+/** A topic a service needs, created when missing. */
+export interface TopicSpec {
+  readonly name: string;
+  readonly partitions: number;
+  readonly config?: Readonly<Record<string, string>>;
+}
+
+/** A count kept once: it feeds the prom-client counter and `stats()` from the same call. */
+export class Tally {
+  private total = 0;
+
+  constructor(private readonly counter: Counter) {}
+
+  inc(amount = 1, labels?: Record<string, string>): void {
+    if (amount === 0) return;
+    this.total += amount;
+    if (labels) this.counter.inc(labels, amount);
+    else this.counter.inc(amount);
+  }
+
+  get value(): number {
+    return this.total;
+  }
+}
+
+/** Registers the pipeline's three schemas under their topics' subjects. */
+export async function registerPipelineCodecs(
+  registryUrl: string,
+  topics: TopicNames,
+): Promise<PipelineCodecs> {
+  const register = <T>(contract: Parameters<typeof AvroCodec.register<T>>[0], topic: string) =>
+    AvroCodec.register<T>(contract, { registryUrl, subject: valueSubject(topic) });
+  return {
+    events: await register<ModelCallEvent>(MODEL_CALL_EVENT, topics.modelCalls),
+    rollups: await register<MetricRollup>(METRIC_ROLLUP, topics.metricRollups),
+    alerts: await register<AlertEvent>(ALERT_EVENT, topics.alerts),
+  };
+}
+
+/** Where a record came from, as headers (dead letters and late events carry them). */
+export function sourceHeaders(
+  record: Pick<ConsumedRecord, "topic" | "partition" | "offset">,
+): Record<string, string> {
+  return {
+    "mcpo-source-topic": record.topic,
+    "mcpo-source-partition": String(record.partition),
+    "mcpo-source-offset": record.offset,
+  };
+}
+
+/**
+ * The dead-letter record of `record`: its original key and bytes, where it came from, and why
+ * (`mcpo-dlq-code`, `mcpo-dlq-reason` up to 1000 characters, `mcpo-dlq-schema-id` when known).
+ */
+export function deadLetterRecord(
+  record: ConsumedRecord,
+  code: string,
+  reason: string,
+  options: { schemaId?: number; source?: Record<string, string> } = {},
+): OutgoingRecord {
+  return {
+    key: record.key,
+    value: record.value ?? Buffer.alloc(0),
+    headers: {
+      ...(options.source ?? sourceHeaders(record)),
+      "mcpo-dlq-code": code,
+      "mcpo-dlq-reason": reason.slice(0, 1000),
+      ...(options.schemaId === undefined ? {} : { "mcpo-dlq-schema-id": String(options.schemaId) }),
+    },
+  };
+}
+
+/** Waits up to `ms` in steps of at most a second, heartbeating, until the batch stops running. */
+export async function pauseWithHeartbeats(
+  control: BatchControl,
+  ms: number,
+  stopped: () => boolean = () => false,
+): Promise<void> {
+  const until = Date.now() + ms;
+  while (Date.now() < until && control.isRunning() && !stopped()) {
+    await new Promise((resolve) => setTimeout(resolve, Math.min(1000, until - Date.now())));
+    await control.heartbeat().catch(() => undefined);
+  }
+}
+
+/** A second `start()`, or a call that needs a running service. */
+export class ServiceStateError extends ObservatoryError {
+  constructor(component: string, action: string, state: ServiceState) {
+    super("SERVICE_STATE", `${component}: cannot ${action} while ${state}`);
+    this.name = "ServiceStateError";
+  }
+}
+
+/** What a service gives its shell. */
+export interface ServiceShellOptions {
+  /** `processor` or `sink`: names its logs. */
+  readonly component: string;
+  readonly kafka: KafkaSettings;
+  readonly registryUrl: string;
+  readonly topics: TopicNames;
+  readonly logger: OpsLogger;
+  /** Its Prometheus registry; served on `metricsPort` when given (0: any free port). */
+  readonly registry: Registry;
+  readonly metricsPort: number | undefined;
+}
+
+/**
+ * The life of a consumer service. A subclass says which topics it needs, prepares what it owns
+ * (`prepare`: a database pool, checkpoints), how its group member consumes
+ * (`consumerOptions`), what to do before the member leaves (`beforeStop`) and after
+ * (`afterStop`), and what it counted (`stats`).
+ */
+export abstract class ConsumerService<Stats extends { readonly [K in keyof Stats]: number }> {
+  private lifecycle: ServiceState = "new";
+  private stopping: Promise<void> | undefined;
+  private metricsServer: MetricsServer | undefined;
+  protected producer: RecordProducer | undefined;
+  protected consumer: GroupConsumer | undefined;
+  protected codecs: PipelineCodecs | undefined;
+
+  protected constructor(protected readonly shell: ServiceShellOptions) {}
+
+  get state(): ServiceState {
+    return this.lifecycle;
+  }
+
+  /** Where the Prometheus metrics are served, once started with a metrics port. */
+  get metricsUrl(): string | undefined {
+    return this.metricsServer ? `http://127.0.0.1:${this.metricsServer.port}/metrics` : undefined;
+  }
+
+  /** Creates missing topics, registers the schemas, prepares, connects and joins the group. */
+  async start(): Promise<void> {
+    if (this.lifecycle !== "new")
+      throw new ServiceStateError(this.shell.component, "start", this.lifecycle);
+    this.lifecycle = "starting";
+    try {
+      const admin = await connectAdmin(this.shell.kafka);
+      try {
+        const created = await admin.ensureTopics(this.requiredTopics());
+        if (created.length > 0) this.shell.logger.info("created topics", { topics: created });
+        await this.inspect?.(admin);
+      } finally {
+        await admin.close();
+      }
+      this.codecs = await registerPipelineCodecs(this.shell.registryUrl, this.shell.topics);
+      this.producer = createRecordProducer(this.shell.kafka);
+      await this.producer.connect();
+      await this.prepare();
+      this.consumer = createGroupConsumer(this.shell.kafka, this.consumerOptions());
+      await this.consumer.start();
+      if (this.shell.metricsPort !== undefined) {
+        this.metricsServer = await serveMetrics(this.shell.registry, this.shell.metricsPort);
+        this.shell.logger.info("metrics endpoint", { url: this.metricsUrl });
+      }
+    } catch (error) {
+      await this.stop().catch(() => undefined);
+      throw error;
+    }
+    this.lifecycle = "running";
+    this.shell.logger.info(`${this.shell.component} started`, this.startedFields());
+  }
+
+  /** Checkpoints what it can, leaves the group (after the batch in flight), closes; once. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.lifecycle = "stopping";
+      try {
+        await this.beforeStop();
+        await this.consumer?.stop();
+      } finally {
+        await this.producer?.disconnect().catch(() => undefined);
+        await this.afterStop().catch(() => undefined);
+        await this.metricsServer?.close();
+        this.lifecycle = "stopped";
+        this.shell.logger.info(`${this.shell.component} stopped`, { ...this.stats() });
+      }
+    })();
+    return this.stopping;
+  }
+
+  /** True once `stop()` was called. */
+  protected get isStopping(): boolean {
+    return this.stopping !== undefined;
+  }
+
+  /** The started service's codecs. */
+  protected get pipelineCodecs(): PipelineCodecs {
+    if (!this.codecs) throw new ServiceStateError(this.shell.component, "decode", this.lifecycle);
+    return this.codecs;
+  }
+
+  /** The started service's producer. */
+  protected get startedProducer(): RecordProducer {
+    if (!this.producer)
+      throw new ServiceStateError(this.shell.component, "produce", this.lifecycle);
+    return this.producer;
+  }
+
+  /** Counters since start. */
+  abstract stats(): Stats;
+  protected abstract requiredTopics(): readonly TopicSpec[];
+  protected abstract consumerOptions(): GroupConsumerOptions;
+  /** Looks at the topics once they exist (the admin client is closed afterwards). */
+  protected inspect?(admin: Awaited<ReturnType<typeof connectAdmin>>): Promise<void>;
+  protected prepare(): Promise<void> {
+    return Promise.resolve();
+  }
+  protected beforeStop(): Promise<void> {
+    return Promise.resolve();
+  }
+  protected afterStop(): Promise<void> {
+    return Promise.resolve();
+  }
+  protected startedFields(): Record<string, unknown> {
+    return {};
+  }
+}
