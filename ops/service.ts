@@ -47,12 +47,16 @@ export interface TopicSpec {
 export class Tally {
   private total = 0;
 
-  constructor(private readonly counter: Counter) {}
+  /** `labels`: the counter's labels for this tally, when the counter has labels of its own. */
+  constructor(
+    private readonly counter: Counter,
+    private readonly labels?: Readonly<Record<string, string>>,
+  ) {}
 
-  inc(amount = 1, labels?: Record<string, string>): void {
+  inc(amount = 1, labels: Readonly<Record<string, string>> | undefined = this.labels): void {
     if (amount === 0) return;
     this.total += amount;
-    if (labels) this.counter.inc(labels, amount);
+    if (labels) this.counter.inc({ ...labels }, amount);
     else this.counter.inc(amount);
   }
 

@@ -11,6 +11,11 @@ export class SinkMetrics {
     labelNames: ["table", "outcome"],
     registers: [this.registry],
   });
+  readonly batches = new Counter({
+    name: "mcpo_sink_batches_total",
+    help: "Batches written (rows and next offsets in one transaction)",
+    registers: [this.registry],
+  });
   readonly batchSize = new Histogram({
     name: "mcpo_sink_batch_records",
     help: "Records per written batch",

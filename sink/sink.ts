@@ -10,23 +10,25 @@ import { randomUUID } from "node:crypto";
 
 import pg from "pg";
 
-import { AvroCodec, valueSubject, type DecodeResult } from "../avro/codec.js";
-import { ALERT_EVENT, METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
+import type { DecodeResult } from "../avro/codec.js";
 import { readControl } from "../avro/control.js";
 import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
 import { connectionFromOptions, topicNames, type TopicNames } from "../config/index.js";
-import {
-  connectAdmin,
-  createGroupConsumer,
-  createRecordProducer,
-  type BatchControl,
-  type ConsumedBatch,
-  type GroupConsumer,
-  type KafkaSettings,
-  type OutgoingRecord,
-  type RecordProducer,
+import type {
+  BatchControl,
+  ConsumedBatch,
+  GroupConsumerOptions,
+  KafkaSettings,
+  OutgoingRecord,
 } from "../kafka/index.js";
-import { pinoLogger, type MetricsServer, type OpsLogger } from "../ops/index.js";
+import { pinoLogger, type OpsLogger } from "../ops/index.js";
+import {
+  ConsumerService,
+  deadLetterRecord,
+  pauseWithHeartbeats,
+  Tally,
+  type TopicSpec,
+} from "../ops/service.js";
 import { SinkMetrics } from "./metrics.js";
 import { migrate } from "./migrate.js";
 import { PostgresWriter, type SpanRow } from "./writer.js";
@@ -63,11 +65,9 @@ export interface SinkStats {
   readonly retries: number;
 }
 
-export class Sink {
+export class Sink extends ConsumerService<SinkStats> {
   readonly topics: TopicNames;
   readonly groupId: string;
-  private readonly kafka: KafkaSettings;
-  private readonly registryUrl: string;
   private readonly databaseUrl: string;
   private readonly migrateFirst: boolean;
   private readonly sessionTimeoutMs: number;
@@ -77,68 +77,68 @@ export class Sink {
   private readonly retryMaxMs: number;
   private pool: pg.Pool | undefined;
   private writer: PostgresWriter | undefined;
-  private producer: RecordProducer | undefined;
-  private consumer: GroupConsumer | undefined;
-  private codecs:
-    | {
-        events: AvroCodec<ModelCallEvent>;
-        rollups: AvroCodec<MetricRollup>;
-        alerts: AvroCodec<AlertEvent>;
-      }
-    | undefined;
   /** Next offsets stored in PostgreSQL, by `topic|partition`; loaded on assignment. */
   private stored: Map<string, bigint> | undefined;
-  private stopping: Promise<void> | undefined;
   /** Prometheus metrics of this sink. */
-  readonly metrics = new SinkMetrics();
-  private readonly metricsPort: number | undefined;
-  private metricsServer: MetricsServer | undefined;
-  private counters = {
-    batches: 0,
-    spansInserted: 0,
-    spansDuplicate: 0,
-    rollupsUpserted: 0,
-    alertsUpserted: 0,
-    deadLettered: 0,
-    retries: 0,
-  };
+  readonly metrics: SinkMetrics;
+  /** What it counted: each feeds its Prometheus counter too. */
+  private readonly count: Record<keyof SinkStats, Tally>;
 
   constructor(options: SinkOptions = {}) {
     const connection = connectionFromOptions(options);
-    this.topics = topicNames(connection.topicPrefix);
-    this.groupId = options.groupId ?? "mcpo-sink";
-    this.kafka = {
+    const topics = topicNames(connection.topicPrefix);
+    const metrics = new SinkMetrics();
+    const logger = options.logger ?? pinoLogger("sink");
+    const kafka: KafkaSettings = {
       brokers: connection.kafkaBrokers,
       clientId: `mcpo-sink-${randomUUID().slice(0, 8)}`,
     };
-    this.registryUrl = connection.schemaRegistryUrl;
+    super({
+      component: "sink",
+      kafka,
+      registryUrl: connection.schemaRegistryUrl,
+      topics,
+      logger,
+      registry: metrics.registry,
+      metricsPort: options.metricsPort,
+    });
+    this.topics = topics;
+    this.metrics = metrics;
+    this.logger = logger;
+    this.count = {
+      batches: new Tally(metrics.batches),
+      spansInserted: new Tally(metrics.rows, { table: "spans", outcome: "inserted" }),
+      spansDuplicate: new Tally(metrics.rows, { table: "spans", outcome: "duplicate" }),
+      rollupsUpserted: new Tally(metrics.rows, { table: "metric_rollups", outcome: "upserted" }),
+      alertsUpserted: new Tally(metrics.rows, { table: "alerts", outcome: "upserted" }),
+      deadLettered: new Tally(metrics.deadLettered),
+      retries: new Tally(metrics.retries),
+    };
+    this.groupId = options.groupId ?? "mcpo-sink";
     this.databaseUrl = connection.databaseUrl;
     this.migrateFirst = options.migrate ?? true;
     this.sessionTimeoutMs = options.sessionTimeoutMs ?? 30_000;
     this.partitions = options.partitions ?? 6;
-    this.metricsPort = options.metricsPort;
-    this.logger = options.logger ?? pinoLogger("sink");
     this.retryInitialMs = options.retryInitialMs ?? 200;
     this.retryMaxMs = options.retryMaxMs ?? 10_000;
   }
 
-  async start(): Promise<void> {
+  protected requiredTopics(): readonly TopicSpec[] {
+    return [
+      { name: this.topics.modelCalls, partitions: this.partitions },
+      {
+        name: this.topics.metricRollups,
+        partitions: this.partitions,
+        config: { "cleanup.policy": "compact" },
+      },
+      { name: this.topics.alerts, partitions: this.partitions },
+      { name: this.topics.deadLetter, partitions: this.partitions },
+    ];
+  }
+
+  /** Migrates the schema (unless told not to) and opens the pool the writer uses. */
+  protected override async prepare(): Promise<void> {
     if (this.migrateFirst) await migrate(this.databaseUrl);
-    const admin = await connectAdmin(this.kafka);
-    try {
-      await admin.ensureTopics([
-        { name: this.topics.modelCalls, partitions: this.partitions },
-        {
-          name: this.topics.metricRollups,
-          partitions: this.partitions,
-          config: { "cleanup.policy": "compact" },
-        },
-        { name: this.topics.alerts, partitions: this.partitions },
-        { name: this.topics.deadLetter, partitions: this.partitions },
-      ]);
-    } finally {
-      await admin.close();
-    }
     this.pool = new pg.Pool({
       connectionString: this.databaseUrl,
       max: 4,
@@ -148,16 +148,10 @@ export class Sink {
       this.logger.warn("postgres connection lost", { error: error.message });
     });
     this.writer = new PostgresWriter(this.pool);
-    const register = <T>(contract: Parameters<typeof AvroCodec.register<T>>[0], topic: string) =>
-      AvroCodec.register(contract, { registryUrl: this.registryUrl, subject: valueSubject(topic) });
-    this.codecs = {
-      events: await register(MODEL_CALL_EVENT, this.topics.modelCalls),
-      rollups: await register(METRIC_ROLLUP, this.topics.metricRollups),
-      alerts: await register(ALERT_EVENT, this.topics.alerts),
-    };
-    this.producer = createRecordProducer(this.kafka);
-    await this.producer.connect();
-    this.consumer = createGroupConsumer(this.kafka, {
+  }
+
+  protected consumerOptions(): GroupConsumerOptions {
+    return {
       groupId: this.groupId,
       topics: [this.topics.modelCalls, this.topics.metricRollups, this.topics.alerts],
       fromBeginning: true,
@@ -171,39 +165,22 @@ export class Sink {
       onCrash: (error) => {
         this.logger.error("consumer stopped", { error: error.message });
       },
-    });
-    await this.consumer.start();
-    if (this.metricsPort !== undefined)
-      this.metricsServer = await this.metrics.serve(this.metricsPort);
-    this.logger.info("sink started", {
-      group: this.groupId,
-      ...(this.metricsServer
-        ? { metrics: `http://127.0.0.1:${this.metricsServer.port}/metrics` }
-        : {}),
-    });
+    };
   }
 
-  stop(): Promise<void> {
-    this.stopping ??= (async () => {
-      try {
-        await this.consumer?.stop();
-      } finally {
-        await this.producer?.disconnect().catch(() => undefined);
-        await this.pool?.end().catch(() => undefined);
-        await this.metricsServer?.close();
-        this.logger.info("sink stopped", { ...this.counters });
-      }
-    })();
-    return this.stopping;
+  protected override startedFields(): Record<string, unknown> {
+    return { group: this.groupId };
   }
 
-  /** Where the Prometheus metrics are served, once started with `metricsPort`. */
-  get metricsUrl(): string | undefined {
-    return this.metricsServer ? `http://127.0.0.1:${this.metricsServer.port}/metrics` : undefined;
+  protected override async afterStop(): Promise<void> {
+    await this.pool?.end();
   }
 
   stats(): SinkStats {
-    return { ...this.counters };
+    const counted: Partial<Record<keyof SinkStats, number>> = {};
+    for (const [name, tally] of Object.entries(this.count) as [keyof SinkStats, Tally][])
+      counted[name] = tally.value;
+    return counted as SinkStats;
   }
 
   private async storedOffset(topic: string, partition: number): Promise<bigint | undefined> {
@@ -227,8 +204,7 @@ export class Sink {
       control.seek(stored.toString()); // the group's offset is ahead of what PostgreSQL holds
       return;
     }
-    const codecs = this.codecs;
-    if (!codecs) throw new Error("sink not started");
+    const codecs = this.pipelineCodecs;
     const spans: SpanRow[] = [];
     const rollups: MetricRollup[] = [];
     const alerts: AlertEvent[] = [];
@@ -250,20 +226,10 @@ export class Sink {
               ? await codecs.rollups.decode(value)
               : await codecs.alerts.decode(value);
         if (decoded.ok || !decoded.error.retriable) break;
-        await this.pause(control, "schema registry unavailable");
+        await this.pause(control);
       }
       if (!decoded.ok) {
-        dead.push({
-          key: record.key,
-          value,
-          headers: {
-            "mcpo-source-topic": record.topic,
-            "mcpo-source-partition": String(record.partition),
-            "mcpo-source-offset": record.offset,
-            "mcpo-dlq-code": decoded.error.code,
-            "mcpo-dlq-reason": decoded.error.message.slice(0, 1000),
-          },
-        });
+        dead.push(deadLetterRecord(record, decoded.error.code, decoded.error.message));
         continue;
       }
       if (batch.topic === this.topics.modelCalls)
@@ -277,11 +243,10 @@ export class Sink {
     }
     if (dead.length > 0) {
       await this.withRetry(control, () =>
-        (this.producer as RecordProducer).send(this.topics.deadLetter, dead, "gzip"),
+        this.startedProducer.send(this.topics.deadLetter, dead, "gzip"),
       );
-      this.counters.deadLettered += dead.length;
       for (const record of dead)
-        this.metrics.deadLettered.inc({
+        this.count.deadLettered.inc(1, {
           code: record.headers?.["mcpo-dlq-code"]?.toString() ?? "unknown",
         });
       this.logger.warn("dead-lettered records", {
@@ -302,16 +267,12 @@ export class Sink {
       }),
     );
     this.stored?.set(`${batch.topic}|${batch.partition}`, BigInt(nextOffset));
-    this.counters.batches++;
-    this.counters.spansInserted += result.spansInserted;
-    this.counters.spansDuplicate += result.spansDuplicate;
-    this.counters.rollupsUpserted += result.rollupsUpserted;
-    this.counters.alertsUpserted += result.alertsUpserted;
+    this.count.batches.inc();
+    this.count.spansInserted.inc(result.spansInserted);
+    this.count.spansDuplicate.inc(result.spansDuplicate);
+    this.count.rollupsUpserted.inc(result.rollupsUpserted);
+    this.count.alertsUpserted.inc(result.alertsUpserted);
     this.metrics.batchSize.observe(batch.records.length);
-    this.metrics.rows.inc({ table: "spans", outcome: "inserted" }, result.spansInserted);
-    this.metrics.rows.inc({ table: "spans", outcome: "duplicate" }, result.spansDuplicate);
-    this.metrics.rows.inc({ table: "metric_rollups", outcome: "upserted" }, result.rollupsUpserted);
-    this.metrics.rows.inc({ table: "alerts", outcome: "upserted" }, result.alertsUpserted);
     this.metrics.lag.set(
       { topic: batch.topic, partition: String(batch.partition) },
       Number(BigInt(batch.highWatermark) - BigInt(nextOffset)),
@@ -332,27 +293,19 @@ export class Sink {
         return await work();
       } catch (error) {
         if (!control.isRunning()) throw error;
-        this.counters.retries++;
-        this.metrics.retries.inc();
+        this.count.retries.inc();
         this.logger.warn("write failed; retrying", {
           error: error instanceof Error ? error.message : String(error),
           delayMs: Math.round(delay),
         });
-        await this.pause(control, "retry", delay);
+        await this.pause(control, delay);
         delay = Math.min(delay * 2, this.retryMaxMs);
       }
     }
   }
 
-  private async pause(
-    control: BatchControl,
-    _why: string,
-    ms = this.retryInitialMs,
-  ): Promise<void> {
-    const until = Date.now() + Math.random() * ms;
-    while (Date.now() < until) {
-      await new Promise((resolve) => setTimeout(resolve, Math.min(1000, until - Date.now())));
-      await control.heartbeat().catch(() => undefined);
-    }
+  /** Waits a random time up to `ms` (full jitter), heartbeating. */
+  private async pause(control: BatchControl, ms = this.retryInitialMs): Promise<void> {
+    await pauseWithHeartbeats(control, Math.random() * ms);
   }
 }

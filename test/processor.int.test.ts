@@ -405,7 +405,12 @@ describe("stream processor with the real stack", () => {
       "dead-letter": new Map(),
     };
     const run = processor(uniqueName("live"), { metricsPort: 0 });
+    expect(run.state).toBe("new");
     await run.start();
+    expect(run.state).toBe("running");
+    await expect(run.start(), "a second start").rejects.toThrow(
+      "processor: cannot start while running",
+    );
     live = await collectRun(empty, async () => {
       // The Prometheus endpoint counts what happened (lag 0 once the idle tick is read too).
       const metrics = await waitFor(
@@ -418,7 +423,16 @@ describe("stream processor with the real stack", () => {
       expect(metrics).toMatch(/mcpo_processor_dead_lettered_total\{code="INVALID_FIELD"\} 1\n/);
       expect(metrics).toContain("mcpo_processor_late_events_total 2\n");
       expect(metrics).toContain(`mcpo_processor_rollups_total ${oracle.size}\n`);
+      // stats() and /metrics count from the same tallies.
+      expect(run.stats()).toMatchObject({
+        events: events.length + lateEvents.length,
+        late: 2,
+        deadLettered: 3,
+        rollups: oracle.size,
+      });
       await run.stop();
+      expect(run.state).toBe("stopped");
+      await run.stop(); // once: a second stop resolves at once
     });
     await expectOracleOutput(live, "live");
   });
