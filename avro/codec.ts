@@ -10,6 +10,7 @@
 import { COMPATIBILITY, SchemaRegistry, SchemaType } from "@kafkajs/confluent-schema-registry";
 import avro from "avsc";
 
+import { ObservatoryError } from "../config/errors.js";
 import type { EventContract } from "./contracts.js";
 import {
   SchemaRegistryError,
@@ -57,14 +58,15 @@ export type DecodeResult<T> =
   | { readonly ok: false; readonly error: DecodeError };
 
 /** Encoding refused a value that breaks the contract; a bug in the caller, not bad input. */
-export class EncodeError extends Error {
-  readonly code = "INVALID_EVENT";
+export class EncodeError extends ObservatoryError {
+  declare readonly code: "INVALID_EVENT";
   constructor(
     readonly record: string,
     readonly path: string,
     readonly reason: string,
   ) {
-    super(`cannot encode ${record}: ${path} ${reason}`);
+    // Never retriable: the same value breaks the contract the same way.
+    super("INVALID_EVENT", `cannot encode ${record}: ${path} ${reason}`, { retriable: false });
     this.name = "EncodeError";
   }
 }

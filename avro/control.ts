@@ -153,7 +153,11 @@ export function readControl(
       const last = headers[PROGRESS_LAST_OFFSET];
       const lastOffset = last === undefined ? null : offset(last);
       const sourceTimeMicros = micros(value?.toString("utf8"));
-      if (sourcePartition === undefined || lastOffset === undefined || sourceTimeMicros === undefined)
+      if (
+        sourcePartition === undefined ||
+        lastOffset === undefined ||
+        sourceTimeMicros === undefined
+      )
         return {
           type: "unknown",
           reason: `progress record without a valid ${PROGRESS_SOURCE_PARTITION} or ${PROGRESS_LAST_OFFSET} header or time`,

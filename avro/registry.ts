@@ -1,3 +1,6 @@
+import { isRetriable, ObservatoryError } from "../config/errors.js";
+import { retry, type RetryPolicy } from "../config/retry.js";
+
 /** Compatibility levels of a Confluent-compatible schema registry. */
 export type CompatibilityLevel =
   | "BACKWARD"
@@ -9,23 +12,43 @@ export type CompatibilityLevel =
   | "NONE";
 
 /** A registry call that failed, with the HTTP status and the registry's own error code. */
-export class SchemaRegistryError extends Error {
+export class SchemaRegistryError extends ObservatoryError {
+  /** `SCHEMA_INCOMPATIBLE`: the registry refused a schema as incompatible with the subject. */
+  declare readonly code: "SCHEMA_REGISTRY_ERROR" | "SCHEMA_INCOMPATIBLE";
+
+  /**
+   * @param retriable worth trying again: network failures, 5xx, 408 and 429 (see
+   *   {@link retriableStatus}); other 4xx are not.
+   */
   constructor(
     message: string,
     /** HTTP status, or undefined when the registry did not answer. */
     readonly status: number | undefined,
     /** The registry's `error_code` (e.g. 40401 subject not found, 409 incompatible), when given. */
     readonly registryErrorCode: number | undefined,
-    /** 5xx and network failures are worth retrying; 4xx are not. */
-    readonly retriable: boolean,
+    retriable: boolean,
     options?: { cause?: unknown },
-    /** `SCHEMA_INCOMPATIBLE`: the registry refused a schema as incompatible with the subject. */
-    readonly code: "SCHEMA_REGISTRY_ERROR" | "SCHEMA_INCOMPATIBLE" = "SCHEMA_REGISTRY_ERROR",
+    code: "SCHEMA_REGISTRY_ERROR" | "SCHEMA_INCOMPATIBLE" = "SCHEMA_REGISTRY_ERROR",
   ) {
-    super(message, options);
+    super(code, message, { ...options, retriable });
     this.name = "SchemaRegistryError";
   }
 }
+
+/**
+ * Whether a registry answer (or none: `undefined`) is worth trying again: no answer, a server
+ * error (5xx), a request timeout (408) or too many requests (429).
+ */
+export function retriableStatus(status: number | undefined): boolean {
+  return status === undefined || status >= 500 || status === 408 || status === 429;
+}
+
+/**
+ * How the registry calls here retry a registry that did not answer or answered with a transient
+ * status: three attempts within about a third of a second, so a registry restarting is ridden
+ * out and one that is down is reported quickly (callers such as the exporter retry on their own).
+ */
+const REGISTRY_RETRY: RetryPolicy = { maxAttempts: 3, baseDelayMs: 100, maxDelayMs: 1000 };
 
 /**
  * Sets a subject's compatibility level explicitly (`PUT /config/{subject}`).
@@ -36,7 +59,9 @@ export class SchemaRegistryError extends Error {
  * level first makes registration work whoever created the subject.
  *
  * @param registryUrl base URL of the ccompat API, e.g. `http://127.0.0.1:8081/apis/ccompat/v7`.
- * @throws {SchemaRegistryError} when the registry refuses or does not answer.
+ * @throws {SchemaRegistryError} when the registry refuses.
+ * @throws {RetryExhaustedError} when the registry did not answer, or kept answering 5xx, 408, 429
+ *   or 409, three times; its cause is the last {@link SchemaRegistryError}.
  */
 export async function setSubjectCompatibility(
   registryUrl: string,
@@ -44,21 +69,28 @@ export async function setSubjectCompatibility(
   level: CompatibilityLevel,
 ): Promise<void> {
   const path = `/config/${encodeURIComponent(subject)}`;
-  try {
-    await registryRequest(registryUrl, path, "PUT", { compatibility: level });
-  } catch (error) {
-    // Apicurio answers 409 ("a rule named COMPATIBILITY already exists") when another client
-    // created the subject's rule between its check and its insert; the rule exists now, so a
-    // second PUT updates it to our level.
-    if (!(error instanceof SchemaRegistryError) || error.status !== 409) throw error;
-    await registryRequest(registryUrl, path, "PUT", { compatibility: level });
-  }
+  await registryRequest(
+    registryUrl,
+    path,
+    "PUT",
+    { compatibility: level },
+    {
+      ...REGISTRY_RETRY,
+      // Apicurio answers 409 ("a rule named COMPATIBILITY already exists") when another client
+      // created the subject's rule between its check and its insert; the rule exists now, so the
+      // next PUT updates it to our level.
+      shouldRetry: (error) =>
+        isRetriable(error) || (error instanceof SchemaRegistryError && error.status === 409),
+    },
+  );
 }
 
 /**
  * Reads a subject's own compatibility level, or the global level when `subject` is undefined.
  *
  * @throws {SchemaRegistryError} (status 404, code 40401) when the subject does not exist.
+ * @throws {RetryExhaustedError} when the registry did not answer (or answered 5xx, 408, 429)
+ *   three times; its cause is the last {@link SchemaRegistryError}.
  */
 export async function getCompatibility(
   registryUrl: string,
@@ -77,11 +109,22 @@ export async function getCompatibility(
   return level as CompatibilityLevel;
 }
 
-async function registryRequest(
+/** One registry request, retried with {@link retry} while it fails transiently. */
+function registryRequest(
   registryUrl: string,
   path: string,
   method: "GET" | "PUT" | "POST",
   body?: unknown,
+  policy: RetryPolicy = REGISTRY_RETRY,
+): Promise<unknown> {
+  return retry(() => registryAttempt(registryUrl, path, method, body), policy);
+}
+
+async function registryAttempt(
+  registryUrl: string,
+  path: string,
+  method: "GET" | "PUT" | "POST",
+  body: unknown,
 ): Promise<unknown> {
   const url = `${registryUrl.replace(/\/+$/, "")}${path}`;
   let response: Response;
@@ -117,7 +160,7 @@ async function registryRequest(
       `${method} ${url}: HTTP ${response.status} ${text}`,
       response.status,
       typeof registryCode === "number" ? registryCode : undefined,
-      response.status >= 500,
+      retriableStatus(response.status),
     );
   }
   return parsed;

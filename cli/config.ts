@@ -3,18 +3,32 @@
  * file, and a default. Precedence: flag, then environment, then file, then default. Errors name
  * the key as the user wrote it (`--window`, `MCPO_WINDOW_MS`, or `processor.windowMs in
  * ./mcp-observatory.yaml`), say what was expected and what was given.
+ *
+ * The processor's, sink's and replay's settings are not listed here: they are the keys of their
+ * schemas in config/schemas.ts, which state each default, range and help text once and name each
+ * flag, variable and file key. Commands read them by key (`settings.options(schema)`), never by
+ * position.
  */
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 
 import { parse as parseYaml } from "yaml";
+import type { z } from "zod";
 
 import {
+  boundsOf,
+  cliMetaOf,
   ConfigError,
   DEFAULTS,
   ENV_NAMES,
+  flagOf,
   loadConnectionConfig,
+  processorConfigSchema,
+  replayConfigSchema,
+  settingMetaOf,
+  sinkConfigSchema,
   type ConnectionConfig,
+  type ConnectionOptions,
 } from "../config/index.js";
 import { parseMetricsConfig, type MetricsConfig } from "../metrics/index.js";
 
@@ -25,6 +39,8 @@ type Kind = "string" | "duration" | "int" | "port" | "connection";
 export interface SettingSpec {
   /** Its path in the config file, e.g. `processor.windowMs`. */
   readonly key: string;
+  /** Its key in the component's schema (or {@link ConnectionOptions}), e.g. `windowSizeMs`. */
+  readonly name: string;
   /** Its flag, e.g. `--window`. */
   readonly flag: string;
   /** commander's name for the flag's value (camelCase of the flag). */
@@ -35,161 +51,131 @@ export interface SettingSpec {
   readonly defaultText: string;
   readonly defaultValue: string | number | undefined;
   readonly description: string;
+  /** Numbers: the range accepted, from the schema (ports: from the value that turns them off). */
+  readonly min?: number;
+  readonly max?: number;
+  /** Ports: the value that turns the endpoint off. */
+  readonly off?: number;
 }
 
 function spec(
-  key: string,
-  flag: string,
-  env: string | undefined,
-  kind: Kind,
-  defaultValue: string | number | undefined,
-  description: string,
+  fields: Omit<SettingSpec, "option" | "defaultText" | "flag"> & { readonly flag?: string },
 ): SettingSpec {
+  const flag = fields.flag ?? flagOf(fields.key);
   const option = flag.replace(/^--/, "").replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
   const defaultText =
-    defaultValue === undefined
+    fields.defaultValue === undefined
       ? "none"
-      : kind === "duration"
-        ? formatDuration(Number(defaultValue))
-        : String(defaultValue);
-  return { key, flag, option, env, kind, defaultValue, defaultText, description };
+      : fields.kind === "duration"
+        ? formatDuration(Number(fields.defaultValue))
+        : String(fields.defaultValue);
+  return Object.freeze({ ...fields, flag, option, defaultText });
 }
 
-/** Connection settings (every command that talks to a service takes them). */
-export const CONNECTION_SETTINGS = [
-  spec(
-    "brokers",
-    "--brokers",
-    ENV_NAMES.kafkaBrokers,
-    "connection",
-    DEFAULTS.kafkaBrokers,
-    "Kafka bootstrap brokers, host:port[,host:port]",
-  ),
-  spec(
-    "schemaRegistryUrl",
-    "--schema-registry-url",
-    ENV_NAMES.schemaRegistryUrl,
-    "connection",
-    DEFAULTS.schemaRegistryUrl,
-    "Confluent-compatible schema registry URL",
-  ),
-  spec(
-    "databaseUrl",
-    "--database-url",
-    ENV_NAMES.databaseUrl,
-    "connection",
-    DEFAULTS.databaseUrl,
-    "PostgreSQL connection string",
-  ),
-  spec(
-    "topicPrefix",
-    "--topic-prefix",
-    ENV_NAMES.topicPrefix,
-    "connection",
-    DEFAULTS.topicPrefix,
-    "prefix of every topic name",
-  ),
-] as const;
+/** Connection settings by their {@link ConnectionOptions} key; the variables and defaults are config/'s. */
+export const CONNECTION = Object.freeze({
+  kafkaBrokers: spec({
+    key: "brokers",
+    name: "kafkaBrokers",
+    env: ENV_NAMES.kafkaBrokers,
+    kind: "connection",
+    defaultValue: DEFAULTS.kafkaBrokers,
+    description: "Kafka bootstrap brokers, host:port[,host:port]",
+  }),
+  schemaRegistryUrl: spec({
+    key: "schemaRegistryUrl",
+    name: "schemaRegistryUrl",
+    env: ENV_NAMES.schemaRegistryUrl,
+    kind: "connection",
+    defaultValue: DEFAULTS.schemaRegistryUrl,
+    description: "Confluent-compatible schema registry URL",
+  }),
+  databaseUrl: spec({
+    key: "databaseUrl",
+    name: "databaseUrl",
+    env: ENV_NAMES.databaseUrl,
+    kind: "connection",
+    defaultValue: DEFAULTS.databaseUrl,
+    description: "PostgreSQL connection string",
+  }),
+  topicPrefix: spec({
+    key: "topicPrefix",
+    name: "topicPrefix",
+    env: ENV_NAMES.topicPrefix,
+    kind: "connection",
+    defaultValue: DEFAULTS.topicPrefix,
+    description: "prefix of every topic name",
+  }),
+} satisfies Record<keyof ConnectionOptions, SettingSpec>);
+
+/** Connection settings (every command that talks to a service takes them), in `--help` order. */
+export const CONNECTION_SETTINGS = Object.freeze([
+  CONNECTION.kafkaBrokers,
+  CONNECTION.schemaRegistryUrl,
+  CONNECTION.databaseUrl,
+  CONNECTION.topicPrefix,
+] as const);
+
+/** A component's settings schema (see config/schemas.ts). */
+type SettingsSchema = z.ZodObject;
+
+const derived = new WeakMap<SettingsSchema, readonly SettingSpec[]>();
+
+/**
+ * The CLI settings of a component's schema, one per key that carries CLI metadata, in the
+ * schema's key order (the order `--help` lists them). Flag, variable, file key, default, range and
+ * help text all come from the schema.
+ */
+export function settingsOf(schema: SettingsSchema): readonly SettingSpec[] {
+  const known = derived.get(schema);
+  if (known) return known;
+  const settings: SettingSpec[] = [];
+  for (const [name, field] of Object.entries(schema.shape) as [string, z.ZodType][]) {
+    const cli = cliMetaOf(field);
+    if (!cli) continue;
+    const schemaDefault = field.safeParse(undefined);
+    const defaultValue =
+      cli.default ??
+      (schemaDefault.success ? (schemaDefault.data as string | number | undefined) : undefined);
+    const bounds = boundsOf(field);
+    settings.push(
+      spec({
+        key: cli.fileKey,
+        name,
+        flag: cli.flag,
+        env: cli.env,
+        kind: cli.kind,
+        defaultValue,
+        description: settingMetaOf(field)?.description ?? name,
+        ...(bounds ? { min: cli.off ?? bounds.min, max: bounds.max } : {}),
+        ...(cli.off === undefined ? {} : { off: cli.off }),
+      }),
+    );
+  }
+  const frozen = Object.freeze(settings);
+  derived.set(schema, frozen);
+  return frozen;
+}
+
+/** The CLI setting of one schema key, e.g. `settingOf(processorConfigSchema, "graceMs")`. */
+export function settingOf<S extends SettingsSchema>(
+  schema: S,
+  name: keyof S["shape"] & string,
+): SettingSpec {
+  const setting = settingsOf(schema).find((candidate) => candidate.name === name);
+  if (!setting) throw new Error(`${name} is not a CLI setting`);
+  return setting;
+}
 
 /** Window settings: the processor's, and a replay's (which must match the processor's). */
-export const WINDOW_SETTINGS = [
-  spec(
-    "processor.windowMs",
-    "--window",
-    "MCPO_WINDOW_MS",
-    "duration",
-    60_000,
-    "tumbling window size",
-  ),
-  spec(
-    "processor.graceMs",
-    "--grace",
-    "MCPO_GRACE_MS",
-    "duration",
-    10_000,
-    "grace period for late events",
-  ),
-] as const;
+export const WINDOW_SETTINGS = settingsOf(replayConfigSchema);
+export const PROCESSOR_SETTINGS = settingsOf(processorConfigSchema);
+export const SINK_SETTINGS = settingsOf(sinkConfigSchema);
 
-export const PROCESSOR_SETTINGS = [
-  ...WINDOW_SETTINGS,
-  spec(
-    "processor.groupId",
-    "--group",
-    "MCPO_PROCESSOR_GROUP",
-    "string",
-    "mcpo-processor",
-    "consumer group",
-  ),
-  spec(
-    "processor.idleTimeoutMs",
-    "--idle-timeout",
-    "MCPO_IDLE_TIMEOUT_MS",
-    "duration",
-    30_000,
-    "an idle partition's windows close after this",
-  ),
-  spec(
-    "processor.checkpointIntervalMs",
-    "--checkpoint-interval",
-    "MCPO_CHECKPOINT_INTERVAL_MS",
-    "duration",
-    2000,
-    "how often partition state is checkpointed",
-  ),
-  spec(
-    "processor.sessionTimeoutMs",
-    "--session-timeout",
-    "MCPO_SESSION_TIMEOUT_MS",
-    "duration",
-    30_000,
-    "consumer group session timeout",
-  ),
-  spec(
-    "processor.partitions",
-    "--partitions",
-    "MCPO_PARTITIONS",
-    "int",
-    6,
-    "partitions of topics it creates",
-  ),
-  spec(
-    "processor.metricsPort",
-    "--metrics-port",
-    "MCPO_METRICS_PORT",
-    "port",
-    9464,
-    "Prometheus /metrics port on loopback (-1: off, 0: any free port)",
-  ),
-  spec(
-    "processor.metadataMaxAgeMs",
-    "--metadata-max-age",
-    "MCPO_METADATA_MAX_AGE_MS",
-    "duration",
-    5000,
-    "how soon partitions added to model-calls are noticed",
-  ),
-] as const;
-
-export const SINK_SETTINGS = [
-  spec("sink.groupId", "--group", "MCPO_SINK_GROUP", "string", "mcpo-sink", "consumer group"),
-  spec(
-    "sink.sessionTimeoutMs",
-    "--session-timeout",
-    "MCPO_SESSION_TIMEOUT_MS",
-    "duration",
-    30_000,
-    "consumer group session timeout",
-  ),
-  spec(
-    "sink.metricsPort",
-    "--metrics-port",
-    "MCPO_METRICS_PORT",
-    "port",
-    9465,
-    "Prometheus /metrics port on loopback (-1: off, 0: any free port)",
-  ),
-] as const;
+/** The values a command resolved for a schema's CLI settings, by schema key. */
+export type CliValues<S extends SettingsSchema> = {
+  -readonly [K in keyof z.output<S>]?: z.output<S>[K];
+};
 
 /** The file a command reads settings from: `--config`, else `MCPO_CONFIG`, else none. */
 export interface ConfigFile {
@@ -197,26 +183,28 @@ export interface ConfigFile {
   readonly data: Readonly<Record<string, unknown>>;
 }
 
+/** Keys inside a file section (`processor`, `sink`), from the schemas' file keys. */
+function sectionKeys(section: string): readonly string[] {
+  const keys = [...PROCESSOR_SETTINGS, ...WINDOW_SETTINGS, ...SINK_SETTINGS]
+    .filter((setting) => setting.key.startsWith(`${section}.`))
+    .map((setting) => setting.key.slice(section.length + 1));
+  return [...new Set(keys)];
+}
+
 const FILE_SECTIONS: Readonly<Record<string, readonly string[] | null>> = {
-  brokers: null,
-  schemaRegistryUrl: null,
-  databaseUrl: null,
-  topicPrefix: null,
+  ...Object.fromEntries(CONNECTION_SETTINGS.map((setting) => [setting.key, null])),
   logLevel: null,
-  processor: [
-    "windowMs",
-    "graceMs",
-    "groupId",
-    "idleTimeoutMs",
-    "checkpointIntervalMs",
-    "sessionTimeoutMs",
-    "partitions",
-    "metricsPort",
-    "metadataMaxAgeMs",
-  ],
-  sink: ["groupId", "sessionTimeoutMs", "metricsPort"],
+  processor: sectionKeys("processor"),
+  sink: sectionKeys("sink"),
   metrics: null,
 };
+
+/** Every file key a default may be given for. */
+const FILE_KEYS = new Set(
+  [...CONNECTION_SETTINGS, ...PROCESSOR_SETTINGS, ...WINDOW_SETTINGS, ...SINK_SETTINGS].map(
+    (setting) => setting.key,
+  ),
+);
 
 /**
  * Reads and checks a config file (JSON, or YAML by extension `.yaml`/`.yml`). Unknown keys are
@@ -284,6 +272,8 @@ export class SettingsResolver {
 
   /** The same settings with other defaults (the demo's short windows, for instance). */
   withDefaults(defaults: Readonly<Record<string, string | number>>): SettingsResolver {
+    for (const key of Object.keys(defaults))
+      if (!FILE_KEYS.has(key)) throw new Error(`no setting has the file key ${key}`);
     return new SettingsResolver(this.flags, this.file, this.env, { ...this.defaults, ...defaults });
   }
 
@@ -342,8 +332,11 @@ export class SettingsResolver {
     return source.raw;
   }
 
-  /** A duration in ms: `250ms`, `10s`, `5m`, `1h` or a plain number of ms. */
-  duration(setting: SettingSpec, min = 1): number {
+  /**
+   * A duration in ms: `250ms`, `10s`, `5m`, `1h` or a plain number of ms, at least `min` (by
+   * default the least its schema accepts).
+   */
+  duration(setting: SettingSpec, min = setting.min ?? 1): number {
     const source = this.source(setting);
     if (!source) return Number(this.fallback(setting));
     const ms = parseDuration(source.raw);
@@ -355,7 +348,12 @@ export class SettingsResolver {
     return ms;
   }
 
-  int(setting: SettingSpec, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  /** An integer from `min` to `max` (by default the range its schema accepts). */
+  int(
+    setting: SettingSpec,
+    min = setting.min ?? Number.MIN_SAFE_INTEGER,
+    max = setting.max ?? Number.MAX_SAFE_INTEGER,
+  ): number {
     const source = this.source(setting);
     if (!source) return Number(this.fallback(setting));
     const value = typeof source.raw === "number" ? source.raw : Number(String(source.raw).trim());
@@ -369,31 +367,49 @@ export class SettingsResolver {
 
   /** A metrics port: -1 turns the endpoint off (undefined), 0 takes any free port. */
   port(setting: SettingSpec): number | undefined {
-    const port = this.int(setting, -1, 65_535);
-    return port < 0 ? undefined : port;
+    const port = this.int(setting);
+    return port === (setting.off ?? -1) ? undefined : port;
+  }
+
+  /** One setting's value, read as its kind says. */
+  value(setting: SettingSpec): string | number | undefined {
+    switch (setting.kind) {
+      case "duration":
+        return this.duration(setting);
+      case "int":
+        return this.int(setting);
+      case "port":
+        return this.port(setting);
+      case "string":
+        return this.string(setting);
+      case "connection":
+        throw new Error(`${setting.key} is a connection setting: use connection()`);
+    }
+  }
+
+  /**
+   * Every CLI setting of a component's schema, by schema key: `options(processorConfigSchema)`
+   * gives `{ windowSizeMs, graceMs, groupId, … }`, ready for the component's options.
+   */
+  options<S extends SettingsSchema>(schema: S): CliValues<S> {
+    const values: Record<string, unknown> = {};
+    for (const setting of settingsOf(schema)) values[setting.name] = this.value(setting);
+    return values as CliValues<S>;
   }
 
   /** Connection settings, validated; errors name the flag, variable or file key. */
   connection(): ConnectionConfig {
-    const [brokers, registry, database, prefix] = CONNECTION_SETTINGS.map((setting) =>
-      this.source(setting),
-    );
     const labels: Record<string, string> = {};
-    const pick = (source: Sourced | undefined, name: string): string | undefined => {
-      if (!source) return undefined;
-      labels[name] = source.label;
-      return typeof source.raw === "string" ? source.raw : JSON.stringify(source.raw);
-    };
+    const options: Record<string, string> = {};
+    for (const setting of CONNECTION_SETTINGS) {
+      const source = this.source(setting);
+      if (!source) continue;
+      labels[setting.name] = source.label;
+      options[setting.name] =
+        typeof source.raw === "string" ? source.raw : JSON.stringify(source.raw);
+    }
     try {
-      return loadConnectionConfig(
-        {
-          kafkaBrokers: pick(brokers, "kafkaBrokers"),
-          schemaRegistryUrl: pick(registry, "schemaRegistryUrl"),
-          databaseUrl: pick(database, "databaseUrl"),
-          topicPrefix: pick(prefix, "topicPrefix"),
-        },
-        this.env,
-      );
+      return loadConnectionConfig(options, this.env);
     } catch (error) {
       if (error instanceof ConfigError && labels[error.key] !== undefined)
         throw new ConfigError(

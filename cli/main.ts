@@ -5,6 +5,7 @@
  *
  * Exit codes: 0 ok; 1 failure (or `replay --verify` found differences); 2 bad usage or
  * configuration; 3 a service (Kafka, the registry, PostgreSQL) did not answer; 130 interrupted.
+ * Errors map to them in one table, `ERROR_EXITS` in ./output.ts.
  */
 import { realpathSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -12,14 +13,13 @@ import { fileURLToPath } from "node:url";
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from "commander";
 
 import { ConfigError } from "../config/index.js";
-import { MissingTopicError } from "../processor/replay.js";
-import { StackError } from "../stack/index.js";
 import { runAlertsTail } from "./commands/alerts.js";
 import { runDemo } from "./commands/demo.js";
 import { parseFromTime, parseOffsets, runReplay } from "./commands/replay.js";
 import { runReport } from "./commands/report.js";
 import { runMigrate, runProcessor, runSink, runStack } from "./commands/run.js";
 import {
+  CONNECTION,
   CONNECTION_SETTINGS,
   parseDuration,
   PROCESSOR_SETTINGS,
@@ -29,7 +29,7 @@ import {
   WINDOW_SETTINGS,
   type SettingSpec,
 } from "./config.js";
-import { UnreachableError } from "./preflight.js";
+import { EXIT, failureOf } from "./output.js";
 
 function addSettings(command: Command, settings: readonly SettingSpec[]): Command {
   for (const setting of settings) command.option(`${setting.flag} <value>`, settingHelp(setting));
@@ -126,7 +126,7 @@ Examples:
   program
     .command("migrate")
     .description("create the database if missing and apply the schema migrations")
-    .option("--database-url <value>", settingHelp(CONNECTION_SETTINGS[2]))
+    .option("--database-url <value>", settingHelp(CONNECTION.databaseUrl))
     .action(async (_options: unknown, command: Command) => {
       setExitCode(await runMigrate(settingsOf(command)));
     });
@@ -238,7 +238,7 @@ Examples:
     )
     .option("--model <name>", "one model instead of the service totals")
     .option("--json", "one JSON object per row")
-    .option("--database-url <value>", settingHelp(CONNECTION_SETTINGS[2]))
+    .option("--database-url <value>", settingHelp(CONNECTION.databaseUrl))
     .action(async (options: Record<string, unknown>, command: Command) => {
       const now = Date.now();
       const since = String(options.since);
@@ -310,25 +310,12 @@ export async function run(argv: readonly string[]): Promise<number> {
     await program.parseAsync([...argv], { from: "user" });
     return code;
   } catch (error) {
-    if (error instanceof CommanderError) return error.exitCode === 0 ? 0 : 2; // commander printed the message
-    const message = error instanceof Error ? error.message : String(error);
-    if (
-      error instanceof ConfigError ||
-      error instanceof UnreachableError ||
-      error instanceof MissingTopicError
-    )
-      process.stderr.write(`mcp-observatory: ${message}\n`);
-    else if (error instanceof StackError)
-      process.stderr.write(`mcp-observatory: stack ${error.code}: ${message}\n`);
-    else
-      process.stderr.write(
-        `mcp-observatory: ${message}${verbose ? "" : " (run with --verbose for details)"}\n`,
-      );
+    // Commander printed the message.
+    if (error instanceof CommanderError) return error.exitCode === 0 ? EXIT.ok : EXIT.usage;
+    const failure = failureOf(error, verbose);
+    process.stderr.write(`mcp-observatory: ${failure.line}\n`);
     if (verbose && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
-    if (error instanceof ConfigError) return 2;
-    if (error instanceof UnreachableError) return 3;
-    if (error instanceof StackError && error.code === "POSTGRES_UNAVAILABLE") return 3;
-    return 1;
+    return failure.exitCode;
   }
 }
 

@@ -1,4 +1,67 @@
-/** Terminal output of the CLI: aligned tables, numbers, and a progress line. */
+/** Terminal output of the CLI: aligned tables, numbers, a progress line, and how errors end it. */
+import { ObservatoryError } from "../config/index.js";
+import type { StackErrorCode } from "../stack/process.js";
+
+/** The CLI's exit codes. */
+export const EXIT = Object.freeze({
+  ok: 0,
+  /** A failure, or `replay --verify` found differences. */
+  failure: 1,
+  /** Bad usage or configuration. */
+  usage: 2,
+  /** A service (Kafka, the registry, PostgreSQL) did not answer. */
+  unreachable: 3,
+  interrupted: 130,
+} as const);
+
+/** How an error with a known code ends the CLI. */
+interface ErrorExit {
+  readonly exitCode: number;
+  /** Printed before the message with the code, e.g. `stack PORT_TAKEN: …`. */
+  readonly label?: string;
+}
+
+const STACK_EXIT: ErrorExit = { exitCode: EXIT.failure, label: "stack" };
+
+/**
+ * The one table from error codes ({@link ObservatoryError.code}) to exit codes. An error listed
+ * here says what to do in its message, so it is printed alone; any other error exits 1 with a
+ * hint to run with `--verbose`.
+ */
+export const ERROR_EXITS: Readonly<Record<string, ErrorExit>> = Object.freeze({
+  CONFIG_INVALID: { exitCode: EXIT.usage },
+  SERVICE_UNREACHABLE: { exitCode: EXIT.unreachable },
+  TOPIC_MISSING: { exitCode: EXIT.failure },
+  ...({
+    JAVA_MISSING: STACK_EXIT,
+    JAVA_TOO_OLD: STACK_EXIT,
+    MAVEN_MISSING: STACK_EXIT,
+    DOWNLOAD_FAILED: STACK_EXIT,
+    PORT_TAKEN: STACK_EXIT,
+    START_FAILED: STACK_EXIT,
+    START_TIMEOUT: STACK_EXIT,
+    POSTGRES_UNAVAILABLE: { ...STACK_EXIT, exitCode: EXIT.unreachable },
+  } satisfies Record<StackErrorCode, ErrorExit>),
+});
+
+/**
+ * The line the CLI prints for an error that ended a command (without the program's name) and
+ * the exit code, from {@link ERROR_EXITS}.
+ */
+export function failureOf(error: unknown, verbose: boolean): { line: string; exitCode: number } {
+  const message = error instanceof Error ? error.message : String(error);
+  const known = error instanceof ObservatoryError ? ERROR_EXITS[error.code] : undefined;
+  if (known === undefined)
+    return {
+      line: `${message}${verbose ? "" : " (run with --verbose for details)"}`,
+      exitCode: EXIT.failure,
+    };
+  const code = (error as ObservatoryError).code;
+  return {
+    line: known.label === undefined ? message : `${known.label} ${code}: ${message}`,
+    exitCode: known.exitCode,
+  };
+}
 
 /** Renders rows as an aligned text table; numbers right-aligned, null as `-`. */
 export function table(

@@ -7,13 +7,13 @@ import { connect } from "node:net";
 
 import pg from "pg";
 
-import { redactUrl, type ConnectionConfig } from "../config/index.js";
+import { ObservatoryError, redactUrl, type ConnectionConfig } from "../config/index.js";
 
-/** A service did not answer. Exit code 3. */
-export class UnreachableError extends Error {
-  readonly code = "SERVICE_UNREACHABLE";
+/** A service did not answer. Exit code 3. Retriable: the service may answer later. */
+export class UnreachableError extends ObservatoryError {
+  declare readonly code: "SERVICE_UNREACHABLE";
   constructor(message: string) {
-    super(message);
+    super("SERVICE_UNREACHABLE", message, { retriable: true });
     this.name = "UnreachableError";
   }
 }

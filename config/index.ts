@@ -7,6 +7,25 @@
  */
 import { z } from "zod";
 
+import { ObservatoryError } from "./errors.js";
+
+export {
+  describeError,
+  isRetriable,
+  ObservatoryError,
+  redactSecrets,
+  type ErrorContext,
+  type ErrorDescription,
+  type ObservatoryErrorOptions,
+} from "./errors.js";
+export {
+  backoffCeiling,
+  retry,
+  RetryExhaustedError,
+  type RetryOptions,
+  type RetryPolicy,
+} from "./retry.js";
+
 /** Environment variable names, by setting. */
 export const ENV_NAMES = Object.freeze({
   kafkaBrokers: "KAFKA_BROKERS",
@@ -37,13 +56,17 @@ export interface ConnectionConfig {
 }
 
 /** Invalid configuration: names the key (option or environment variable) that was wrong. */
-export class ConfigError extends Error {
-  readonly code = "CONFIG_INVALID";
+export class ConfigError extends ObservatoryError {
+  declare readonly code: "CONFIG_INVALID";
   /** The option or environment variable at fault. */
   readonly key: string;
 
   constructor(key: string, message: string, options?: { cause?: unknown }) {
-    super(`invalid configuration ${key}: ${message}`, options);
+    // Never retriable: the same settings fail the same way.
+    super("CONFIG_INVALID", `invalid configuration ${key}: ${message}`, {
+      ...(options?.cause === undefined ? {} : { cause: options.cause }),
+      retriable: false,
+    });
     this.name = "ConfigError";
     this.key = key;
   }
@@ -202,3 +225,27 @@ export function redactUrl(url: string): string {
     return url;
   }
 }
+
+export {
+  boundsOf,
+  cliMetaOf,
+  envOf,
+  flagOf,
+  parseProcessorConfig,
+  parseReplayConfig,
+  parseSinkConfig,
+  processorConfigSchema,
+  replayConfigSchema,
+  settingMetaOf,
+  sinkConfigSchema,
+  windowConfigSchema,
+  type CliKind,
+  type CliMeta,
+  type ProcessorConfig,
+  type ProcessorConfigInput,
+  type ReplayConfig,
+  type ReplayConfigInput,
+  type SettingMeta,
+  type SinkConfig,
+  type SinkConfigInput,
+} from "./schemas.js";

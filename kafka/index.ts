@@ -10,6 +10,8 @@ import { randomUUID } from "node:crypto";
 import kafkajs, { type IHeaders, type Message, type Producer } from "kafkajs";
 import createSnappyCodec from "kafkajs-snappy";
 
+import { ObservatoryError, type ErrorContext } from "../config/errors.js";
+
 // kafkajs is CommonJS: Node's ESM loader sees only some of its named exports, so take them from
 // the default export.
 const { CompressionCodecs, CompressionTypes, Kafka, logLevel, Partitioners } = kafkajs;
@@ -54,16 +56,18 @@ export interface TopicRecords {
 }
 
 /** A failure talking to Kafka, with a code a caller can branch on. */
-export class KafkaError extends Error {
+export class KafkaError extends ObservatoryError {
+  /**
+   * @param code kafkajs's error name or the broker's error type, e.g. `KafkaJSConnectionError`.
+   * @param retriable worth trying again (broker down, leader moving, timeouts).
+   */
   constructor(
     message: string,
-    /** kafkajs's error name or the broker's error type, e.g. `KafkaJSConnectionError`. */
-    readonly code: string,
-    /** Worth trying again (broker down, leader moving, timeouts). */
-    readonly retriable: boolean,
-    options?: { cause?: unknown },
+    code: string,
+    retriable: boolean,
+    options?: { cause?: unknown; context?: ErrorContext },
   ) {
-    super(message, options);
+    super(code, message, { ...options, retriable });
     this.name = "KafkaError";
   }
 }
@@ -82,15 +86,42 @@ export interface RecordProducer {
   disconnect(): Promise<void>;
 }
 
-function toKafkaError(error: unknown, what: string): KafkaError {
+/**
+ * kafkajs errors that only say kafkajs's own retries stopped: whether trying later may succeed is
+ * the error they wrap (their `cause`): a connection refused is transient, an authorization
+ * failure is not.
+ */
+const GAVE_UP = new Set(["KafkaJSNumberOfRetriesExceeded", "KafkaJSNonRetriableError"]);
+
+/**
+ * kafkajs errors it flags not retriable because its own retrier must not loop on them, though a
+ * later attempt may succeed: a wait for leaders or for a lock that ran out of time.
+ */
+const TRANSIENT = new Set(["KafkaJSTimeout", "KafkaJSLockTimeout"]);
+
+/** Whether trying again later may succeed, from kafkajs's `retriable` flag and the lists above. */
+export function kafkaRetriable(error: unknown): boolean {
+  let current = error;
+  for (let depth = 0; depth < 6 && current instanceof Error; depth++) {
+    if (!GAVE_UP.has(current.name))
+      return TRANSIENT.has(current.name) || (current as { retriable?: unknown }).retriable === true;
+    if (current.cause === current) return false;
+    current = current.cause;
+  }
+  return false;
+}
+
+/**
+ * A kafkajs failure as a {@link KafkaError}: `what` was being done, the code is the broker's error
+ * type or kafkajs's error name, retriable as {@link kafkaRetriable} decides, the original as cause.
+ */
+export function toKafkaError(error: unknown, what: string): KafkaError {
   const name = error instanceof Error ? error.name : "Error";
-  const type = (error as { type?: unknown }).type;
-  const retriable = (error as { retriable?: unknown }).retriable;
+  const type = error instanceof Error ? (error as { type?: unknown }).type : undefined;
   return new KafkaError(
     `${what}: ${error instanceof Error ? error.message : String(error)}`,
     typeof type === "string" ? type : name,
-    // kafkajs marks transient failures retriable; a connection failure or timeout is transient too.
-    retriable === true || /Connection|Timeout|NumberOfRetriesExceeded/.test(name),
+    kafkaRetriable(error),
     { cause: error },
   );
 }
@@ -588,6 +619,8 @@ export interface TopicAdmin {
   endOffsets(topic: string): Promise<Map<number, string>>;
   /** Whether a topic exists. */
   exists(topic: string): Promise<boolean>;
+  /** How many partitions a topic has now (from the cluster's metadata; no leader needed). */
+  partitionCount(topic: string): Promise<number>;
   /** Each partition's earliest offset still in the log. */
   startOffsets(topic: string): Promise<Map<number, string>>;
   /**
@@ -648,6 +681,14 @@ export async function connectAdmin(settings: KafkaSettings): Promise<TopicAdmin>
     },
     async exists(topic) {
       return (await admin.listTopics()).includes(topic);
+    },
+    async partitionCount(topic) {
+      try {
+        const metadata = await admin.fetchTopicMetadata({ topics: [topic] });
+        return metadata.topics.find((entry) => entry.name === topic)?.partitions.length ?? 0;
+      } catch (error) {
+        throw toKafkaError(error, `reading the metadata of ${topic}`);
+      }
     },
     async startOffsets(topic) {
       return new Map(

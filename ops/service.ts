@@ -65,6 +65,19 @@ export class Tally {
   }
 }
 
+/**
+ * The topics every consumer service of the pipeline needs: model-calls, the compacted rollups,
+ * alerts and dead letters, with `partitions` partitions when it creates them.
+ */
+export function pipelineTopics(topics: TopicNames, partitions: number): TopicSpec[] {
+  return [
+    { name: topics.modelCalls, partitions },
+    { name: topics.metricRollups, partitions, config: { "cleanup.policy": "compact" } },
+    { name: topics.alerts, partitions },
+    { name: topics.deadLetter, partitions },
+  ];
+}
+
 /** Registers the pipeline's three schemas under their topics' subjects. */
 export async function registerPipelineCodecs(
   registryUrl: string,

@@ -14,7 +14,11 @@ import {
   type KafkaSettings,
   type RecordProducer,
 } from "../kafka/index.js";
+import { retry, type RetryPolicy } from "../config/index.js";
 import type { PartitionSnapshot } from "./partition.js";
+
+/** Writes at start-up, to topics that may have just been created: up to 8 tries, 0.1 s to 2 s. */
+export const STARTUP_RETRY: RetryPolicy = { maxAttempts: 8, baseDelayMs: 100, maxDelayMs: 2000 };
 
 /** The checkpoint topic of a topic prefix. */
 export function checkpointTopic(topicPrefix: string): string {
@@ -154,10 +158,15 @@ export class CheckpointStore {
     const existing = await readLayout(this.settings, this.topic, topic);
     if (existing) return existing;
     const layout: Layout = { version: 1, topic, homePartitions };
-    await this.producer.send(
-      this.topic,
-      [{ key: layoutKey(topic), value: Buffer.from(JSON.stringify(layout)) }],
-      "none",
+    // The topic may have been created a moment ago: its leader can still be moving.
+    await retry(
+      () =>
+        this.producer.send(
+          this.topic,
+          [{ key: layoutKey(topic), value: Buffer.from(JSON.stringify(layout)) }],
+          "none",
+        ),
+      STARTUP_RETRY,
     );
     return (await readLayout(this.settings, this.topic, topic)) ?? layout;
   }

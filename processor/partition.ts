@@ -30,11 +30,13 @@ import type {
   ModelCallEvent,
 } from "../avro/generated.js";
 import type { CopyOrigin, SourceProgress } from "../avro/control.js";
+import { windowConfigSchema } from "../config/index.js";
 import {
   AlertTracker,
   countsTowardMetrics,
   DEFAULT_ALERT_RULES,
   DEFAULT_THRESHOLDS,
+  MICROS_PER_MILLI,
   ServiceWindows,
   windowOf,
   type AlertRule,
@@ -49,9 +51,12 @@ export interface WindowSettings {
   readonly rules: readonly AlertRule[];
 }
 
+const WINDOW_DEFAULTS = windowConfigSchema.parse({});
+
+/** The window settings every component defaults to (config/'s window schema). */
 export const DEFAULT_WINDOW_SETTINGS: WindowSettings = Object.freeze({
-  windowSizeMicros: 60_000_000,
-  graceMicros: 10_000_000,
+  windowSizeMicros: WINDOW_DEFAULTS.windowSizeMs * MICROS_PER_MILLI,
+  graceMicros: WINDOW_DEFAULTS.graceMs * MICROS_PER_MILLI,
   thresholds: DEFAULT_THRESHOLDS,
   rules: DEFAULT_ALERT_RULES,
 });

@@ -26,8 +26,9 @@ import {
 
 import { copyHeaders, progressRecord, readControl, watermarkTick } from "../avro/control.js";
 import {
-  ConfigError,
-  connectionFromOptions,
+  backoffCeiling,
+  parseProcessorConfig,
+  retry,
   topicNames,
   type TopicNames,
 } from "../config/index.js";
@@ -48,11 +49,18 @@ import {
   ConsumerService,
   deadLetterRecord,
   pauseWithHeartbeats,
+  pipelineTopics,
   sourceHeaders,
   Tally,
   type TopicSpec,
 } from "../ops/service.js";
-import { CheckpointStore, checkpointTopic, homeOf, type Checkpoint } from "./checkpoints.js";
+import {
+  CheckpointStore,
+  checkpointTopic,
+  homeOf,
+  STARTUP_RETRY,
+  type Checkpoint,
+} from "./checkpoints.js";
 import { PartitionDriver } from "./driver.js";
 import { ProcessorMetrics } from "./observability.js";
 import type { PartitionOutput, PartitionRouting, WindowSettings } from "./partition.js";
@@ -69,6 +77,9 @@ interface BatchOutputs {
   active: boolean;
   ticks: number;
 }
+
+/** How long a partition waits before reading a batch again whose outputs could not be written. */
+const BATCH_RETRY = { maxAttempts: Number.POSITIVE_INFINITY, baseDelayMs: 200, maxDelayMs: 5000 };
 
 /** At most one progress record per second per (source, home) pair, besides those after ticks. */
 const PROGRESS_INTERVAL_MS = 1000;
@@ -135,13 +146,6 @@ interface OwnedPartition {
   reported: Map<number, { timeMicros: number; at: number }>;
 }
 
-function positive(key: string, value: number | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  if (!Number.isInteger(value) || value <= 0)
-    throw new ConfigError(key, `expected a positive integer (got ${value})`);
-  return value;
-}
-
 export class StreamProcessor extends ConsumerService<ProcessorStats> {
   readonly topics: TopicNames & { readonly checkpoints: string };
   readonly groupId: string;
@@ -192,22 +196,22 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
 
   /** @throws {ConfigError} naming the option or variable that is invalid. */
   constructor(options: ProcessorOptions = {}) {
-    const connection = connectionFromOptions(options);
-    const names = topicNames(connection.topicPrefix);
+    const config = parseProcessorConfig(options);
+    const names = topicNames(config.connection.topicPrefix);
     const metrics = new ProcessorMetrics();
     const logger = options.logger ?? pinoLogger("processor");
     const kafka: KafkaSettings = {
-      brokers: connection.kafkaBrokers,
-      clientId: options.clientId ?? `mcpo-processor-${randomUUID().slice(0, 8)}`,
+      brokers: config.connection.kafkaBrokers,
+      clientId: config.clientId ?? `mcpo-processor-${randomUUID().slice(0, 8)}`,
     };
     super({
       component: "processor",
       kafka,
-      registryUrl: connection.schemaRegistryUrl,
+      registryUrl: config.connection.schemaRegistryUrl,
       topics: names,
       logger,
       registry: metrics.registry,
-      metricsPort: options.metricsPort,
+      metricsPort: config.metricsPort,
     });
     this.metrics = metrics;
     this.logger = logger;
@@ -223,41 +227,26 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       checkpoints: new Tally(metrics.checkpoints),
       forwarded: new Tally(metrics.forwarded),
     };
-    this.topics = { ...names, checkpoints: checkpointTopic(connection.topicPrefix) };
-    this.groupId = options.groupId ?? "mcpo-processor";
-    const rulesAndThresholds = parseMetricsConfig(options.metrics ?? {}, "metrics");
-    const windowSizeMs = positive("windowSizeMs", options.windowSizeMs, 60_000);
-    const graceMs = options.graceMs ?? 10_000;
-    if (!Number.isInteger(graceMs) || graceMs < 0)
-      throw new ConfigError("graceMs", `expected a non-negative integer (got ${graceMs})`);
+    this.topics = { ...names, checkpoints: checkpointTopic(config.connection.topicPrefix) };
+    this.groupId = config.groupId;
+    const rulesAndThresholds = parseMetricsConfig(config.metrics, "metrics");
     this.settings = {
-      windowSizeMicros: windowSizeMs * MICROS_PER_MILLI,
-      graceMicros: graceMs * MICROS_PER_MILLI,
+      windowSizeMicros: config.windowSizeMs * MICROS_PER_MILLI,
+      graceMicros: config.graceMs * MICROS_PER_MILLI,
       thresholds: rulesAndThresholds.thresholds,
       rules: rulesAndThresholds.rules,
     };
-    this.idleTimeoutMs = positive("idleTimeoutMs", options.idleTimeoutMs, 30_000);
-    this.checkpointIntervalMs = positive(
-      "checkpointIntervalMs",
-      options.checkpointIntervalMs,
-      2000,
-    );
-    this.partitions = positive("partitions", options.partitions, 6);
-    this.sessionTimeoutMs = positive("sessionTimeoutMs", options.sessionTimeoutMs, 30_000);
-    this.metadataMaxAgeMs = positive("metadataMaxAgeMs", options.metadataMaxAgeMs, 5000);
+    this.idleTimeoutMs = config.idleTimeoutMs;
+    this.checkpointIntervalMs = config.checkpointIntervalMs;
+    this.partitions = config.partitions;
+    this.sessionTimeoutMs = config.sessionTimeoutMs;
+    this.metadataMaxAgeMs = config.metadataMaxAgeMs;
     this.scheduler = options.scheduler;
   }
 
   protected requiredTopics(): readonly TopicSpec[] {
     return [
-      { name: this.topics.modelCalls, partitions: this.partitions },
-      {
-        name: this.topics.metricRollups,
-        partitions: this.partitions,
-        config: { "cleanup.policy": "compact" },
-      },
-      { name: this.topics.alerts, partitions: this.partitions },
-      { name: this.topics.deadLetter, partitions: this.partitions },
+      ...pipelineTopics(this.topics, this.partitions),
       { name: this.topics.lateEvents, partitions: this.partitions },
       {
         name: this.topics.checkpoints,
@@ -268,7 +257,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
   }
 
   protected override async inspect(admin: TopicAdmin): Promise<void> {
-    this.partitionsAtStart = (await admin.endOffsets(this.topics.modelCalls)).size;
+    this.partitionsAtStart = await admin.partitionCount(this.topics.modelCalls);
   }
 
   /** Fixes the services' home partitions, then watches for idle and added partitions. */
@@ -482,7 +471,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
           partition: record.partition,
           offset: record.offset,
         });
-        await new Promise((resolve) => setTimeout(resolve, 1000));
+        await this.backOff(batch.partition, control);
         break;
       }
       if (fed.type === "invalid")
@@ -509,7 +498,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
     this.failures.set(partition, failures);
     await pauseWithHeartbeats(
       control,
-      Math.min(5000, 200 * 2 ** Math.min(failures - 1, 5)),
+      backoffCeiling(BATCH_RETRY, failures - 1),
       () => this.isStopping,
     );
   }
@@ -743,7 +732,10 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
             partition: home,
             ...progressRecord({ sourcePartition: source, lastOffset: null, sourceTimeMicros: 0 }),
           });
-      await this.startedProducer.send(this.topics.modelCalls, records, "none");
+      await retry(
+        () => this.startedProducer.send(this.topics.modelCalls, records, "none"),
+        STARTUP_RETRY,
+      );
       this.logger.info("partitions beyond the homes registered with every home partition", {
         topic: this.topics.modelCalls,
         partitions: added,
@@ -762,7 +754,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       void (async () => {
         const admin = await connectAdmin(this.kafka);
         try {
-          await this.registerPartitions((await admin.endOffsets(this.topics.modelCalls)).size);
+          await this.registerPartitions(await admin.partitionCount(this.topics.modelCalls));
         } finally {
           await admin.close();
         }

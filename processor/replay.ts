@@ -16,8 +16,8 @@ import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated
 import { AvroCodec, valueSubject } from "../avro/codec.js";
 import { MODEL_CALL_EVENT } from "../avro/contracts.js";
 import {
-  ConfigError,
-  connectionFromOptions,
+  ObservatoryError,
+  parseReplayConfig,
   topicNames,
   type EndpointOptions,
 } from "../config/index.js";
@@ -122,27 +122,19 @@ export interface ReplaySummary {
  */
 export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> {
   const started = Date.now();
-  const connection = connectionFromOptions(options);
+  const config = parseReplayConfig(options);
+  const connection = config.connection;
   const topic = topicNames(connection.topicPrefix).modelCalls;
-  const metrics = parseMetricsConfig(options.metrics ?? {}, "metrics");
-  const windowSizeMs = options.windowSizeMs ?? 60_000;
-  const graceMs = options.graceMs ?? 10_000;
-  if (!Number.isInteger(windowSizeMs) || windowSizeMs <= 0)
-    throw new ConfigError("windowSizeMs", `expected a positive integer (got ${windowSizeMs})`);
-  if (!Number.isInteger(graceMs) || graceMs < 0)
-    throw new ConfigError("graceMs", `expected a non-negative integer (got ${graceMs})`);
+  const metrics = parseMetricsConfig(config.metrics, "metrics");
   const settings: WindowSettings = {
-    windowSizeMicros: windowSizeMs * MICROS_PER_MILLI,
-    graceMicros: graceMs * MICROS_PER_MILLI,
+    windowSizeMicros: config.windowSizeMs * MICROS_PER_MILLI,
+    graceMicros: config.graceMs * MICROS_PER_MILLI,
     thresholds: metrics.thresholds,
     rules: metrics.rules,
   };
-  const kafka: KafkaSettings = {
-    brokers: connection.kafkaBrokers,
-    clientId: options.clientId ?? "mcpo-replay",
-  };
+  const kafka: KafkaSettings = { brokers: connection.kafkaBrokers, clientId: config.clientId };
   const from = options.from ?? { kind: "beginning" };
-  const services = options.services ? new Set(options.services) : undefined;
+  const services = config.services ? new Set(config.services) : undefined;
 
   const ranges = await planRanges(kafka, topic, from);
   // Services' home partitions as the live processor fixed them (a log no processor has read yet:
@@ -211,7 +203,7 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
         const partitionFloor = emitFrom.get(partition) ?? null;
         if (partitionFloor !== null && !(read.input.event.service in serviceFloors))
           serviceFloors[read.input.event.service] = partitionFloor;
-        if (options.withEvents && (!services || services.has(read.input.event.service)))
+        if (config.withEvents && (!services || services.has(read.input.event.service)))
           events.push({ event: read.input.event, offset: record.offset });
       } else
         counters[
@@ -268,10 +260,10 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
 }
 
 /** The topic to read does not exist. */
-export class MissingTopicError extends Error {
-  readonly code = "TOPIC_MISSING";
+export class MissingTopicError extends ObservatoryError {
+  declare readonly code: "TOPIC_MISSING";
   constructor(message: string) {
-    super(message);
+    super("TOPIC_MISSING", message, { retriable: false });
     this.name = "MissingTopicError";
   }
 }

@@ -6,7 +6,8 @@
  * @module
  */
 export type { ModelCallEvent, CallKind, CallStatus, TokenSource } from "../avro/generated.js";
-export { ConfigError } from "../config/index.js";
+export { ConfigError, ObservatoryError, RetryExhaustedError } from "../config/index.js";
+export type { ErrorContext, ErrorDescription } from "../config/index.js";
 export { KafkaExporter, type KafkaExporterOptions } from "./exporters/kafka.js";
 export { InMemoryExporter } from "./exporters/memory.js";
 export type {

@@ -13,7 +13,13 @@ import pg from "pg";
 import type { DecodeResult } from "../avro/codec.js";
 import { readControl } from "../avro/control.js";
 import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
-import { connectionFromOptions, topicNames, type TopicNames } from "../config/index.js";
+import {
+  backoffCeiling,
+  parseSinkConfig,
+  retry,
+  topicNames,
+  type TopicNames,
+} from "../config/index.js";
 import type {
   BatchControl,
   ConsumedBatch,
@@ -26,6 +32,7 @@ import {
   ConsumerService,
   deadLetterRecord,
   pauseWithHeartbeats,
+  pipelineTopics,
   Tally,
   type TopicSpec,
 } from "../ops/service.js";
@@ -84,8 +91,10 @@ export class Sink extends ConsumerService<SinkStats> {
   /** What it counted: each feeds its Prometheus counter too. */
   private readonly count: Record<keyof SinkStats, Tally>;
 
+  /** @throws {ConfigError} naming the option or variable that is invalid. */
   constructor(options: SinkOptions = {}) {
-    const connection = connectionFromOptions(options);
+    const config = parseSinkConfig(options);
+    const connection = config.connection;
     const topics = topicNames(connection.topicPrefix);
     const metrics = new SinkMetrics();
     const logger = options.logger ?? pinoLogger("sink");
@@ -100,7 +109,7 @@ export class Sink extends ConsumerService<SinkStats> {
       topics,
       logger,
       registry: metrics.registry,
-      metricsPort: options.metricsPort,
+      metricsPort: config.metricsPort,
     });
     this.topics = topics;
     this.metrics = metrics;
@@ -114,26 +123,17 @@ export class Sink extends ConsumerService<SinkStats> {
       deadLettered: new Tally(metrics.deadLettered),
       retries: new Tally(metrics.retries),
     };
-    this.groupId = options.groupId ?? "mcpo-sink";
+    this.groupId = config.groupId;
     this.databaseUrl = connection.databaseUrl;
-    this.migrateFirst = options.migrate ?? true;
-    this.sessionTimeoutMs = options.sessionTimeoutMs ?? 30_000;
-    this.partitions = options.partitions ?? 6;
-    this.retryInitialMs = options.retryInitialMs ?? 200;
-    this.retryMaxMs = options.retryMaxMs ?? 10_000;
+    this.migrateFirst = config.migrate;
+    this.sessionTimeoutMs = config.sessionTimeoutMs;
+    this.partitions = config.partitions;
+    this.retryInitialMs = config.retryInitialMs;
+    this.retryMaxMs = config.retryMaxMs;
   }
 
   protected requiredTopics(): readonly TopicSpec[] {
-    return [
-      { name: this.topics.modelCalls, partitions: this.partitions },
-      {
-        name: this.topics.metricRollups,
-        partitions: this.partitions,
-        config: { "cleanup.policy": "compact" },
-      },
-      { name: this.topics.alerts, partitions: this.partitions },
-      { name: this.topics.deadLetter, partitions: this.partitions },
-    ];
+    return pipelineTopics(this.topics, this.partitions);
   }
 
   /** Migrates the schema (unless told not to) and opens the pool the writer uses. */
@@ -285,23 +285,30 @@ export class Sink extends ConsumerService<SinkStats> {
     });
   }
 
-  /** Runs `work` until it succeeds, pausing (with heartbeats) between attempts. */
-  private async withRetry<T>(control: BatchControl, work: () => Promise<T>): Promise<T> {
-    let delay = this.retryInitialMs;
-    for (;;) {
-      try {
-        return await work();
-      } catch (error) {
-        if (!control.isRunning()) throw error;
+  /**
+   * Runs `work` until it succeeds or the consumer stops, with the shared capped exponential
+   * backoff (full jitter), heartbeating while it waits: PostgreSQL or the broker being down
+   * pauses the partition, it loses nothing.
+   */
+  private withRetry<T>(control: BatchControl, work: () => Promise<T>): Promise<T> {
+    const policy = {
+      maxAttempts: Number.POSITIVE_INFINITY,
+      baseDelayMs: this.retryInitialMs,
+      maxDelayMs: this.retryMaxMs,
+      shouldRetry: () => control.isRunning(),
+    };
+    return retry(() => work(), policy, {
+      sleep: (ms) => pauseWithHeartbeats(control, ms),
+      onRetry: (error, attempt, waitMs) => {
         this.count.retries.inc();
         this.logger.warn("write failed; retrying", {
-          error: error instanceof Error ? error.message : String(error),
-          delayMs: Math.round(delay),
+          error: error.message,
+          // The backoff (doubling up to the cap); the wait is a random part of it.
+          delayMs: backoffCeiling(policy, attempt - 1),
+          waitMs: Math.round(waitMs),
         });
-        await this.pause(control, delay);
-        delay = Math.min(delay * 2, this.retryMaxMs);
-      }
-    }
+      },
+    });
   }
 
   /** Waits a random time up to `ms` (full jitter), heartbeating. */

@@ -13,24 +13,38 @@ import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
 
+import { ObservatoryError } from "../config/errors.js";
+
 const execFileAsync = promisify(execFile);
 
+/** The codes of {@link StackError}. */
+export type StackErrorCode =
+  | "JAVA_MISSING"
+  | "JAVA_TOO_OLD"
+  | "MAVEN_MISSING"
+  | "DOWNLOAD_FAILED"
+  | "PORT_TAKEN"
+  | "START_FAILED"
+  | "START_TIMEOUT"
+  | "POSTGRES_UNAVAILABLE";
+
+/**
+ * The codes worth trying again as they are: a download that failed on the network, a service
+ * slow to start, a database not up yet. Anything else needs a change first (install Java, free
+ * the port, read the service's log).
+ */
+const RETRIABLE_STACK_CODES: ReadonlySet<StackErrorCode> = new Set([
+  "DOWNLOAD_FAILED",
+  "START_TIMEOUT",
+  "POSTGRES_UNAVAILABLE",
+]);
+
 /** A failure of the local stack, with a code a caller can branch on. */
-export class StackError extends Error {
-  constructor(
-    readonly code:
-      | "JAVA_MISSING"
-      | "JAVA_TOO_OLD"
-      | "MAVEN_MISSING"
-      | "DOWNLOAD_FAILED"
-      | "PORT_TAKEN"
-      | "START_FAILED"
-      | "START_TIMEOUT"
-      | "POSTGRES_UNAVAILABLE",
-    message: string,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
+export class StackError extends ObservatoryError {
+  declare readonly code: StackErrorCode;
+
+  constructor(code: StackErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, { ...options, retriable: RETRIABLE_STACK_CODES.has(code) });
     this.name = "StackError";
   }
 }

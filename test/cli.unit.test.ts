@@ -10,16 +10,17 @@ import {
   CONNECTION_SETTINGS,
   formatDuration,
   parseDuration,
-  PROCESSOR_SETTINGS,
   readConfigFile,
+  settingOf,
   SettingsResolver,
 } from "../cli/config.js";
 import { CallGenerator, runFleet } from "../cli/fleet.js";
 import { InMemoryExporter } from "../producer/exporters/memory.js";
 import { clock, percent, Progress, table } from "../cli/output.js";
-import { ConfigError } from "../config/index.js";
+import { ConfigError, processorConfigSchema } from "../config/index.js";
 
-const [windowSetting, graceSetting] = PROCESSOR_SETTINGS;
+const windowSetting = settingOf(processorConfigSchema, "windowSizeMs");
+const graceSetting = settingOf(processorConfigSchema, "graceMs");
 
 function file(name: string, text: string): string {
   const path = join(mkdtempSync(join(tmpdir(), "mcpo-cli-")), name);

@@ -8,7 +8,7 @@ import fc from "fast-check";
 import { lastValueFrom, mergeMap, Subject, toArray } from "rxjs";
 import { describe, expect, it } from "vitest";
 
-import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
+import type { MetricRollup, ModelCallEvent } from "../avro/generated.js";
 import { rollupEvents, WindowAccumulator, type AlertRule } from "../metrics/index.js";
 import { eventTimeWindows } from "../processor/driver.js";
 import {
@@ -24,7 +24,7 @@ import {
   oracleAlerts,
   oracleKey,
   oracleRollups,
-  type OracleTransition,
+  transitionOf,
 } from "./support/oracle.js";
 import { testSeed } from "./support/seed.js";
 
@@ -172,15 +172,6 @@ const lateOf = (outputs: readonly PartitionOutput[]) =>
   outputs.flatMap((output) =>
     output.type === "late" ? [{ event: output.event, watermark: output.watermarkMicros }] : [],
   );
-const transition = (alert: AlertEvent): OracleTransition => ({
-  service: alert.service,
-  rule: alert.rule,
-  state: alert.state,
-  windowStart: alert.window_start,
-  firedWindowStart: alert.fired_window_start,
-  observed: alert.observed_value,
-  samples: alert.sample_count,
-});
 /** Stable: keeps each service's transitions in the order they came. */
 const byService = <T extends { service: string }>(items: readonly T[]): T[] =>
   [...items].sort((a, b) => (a.service < b.service ? -1 : a.service > b.service ? 1 : 0));
@@ -226,7 +217,7 @@ describe("partition windows against the oracle", () => {
             expect(output.event).toEqual(late[i]?.event);
             expect(output.watermark).toBe(late[i]?.watermark);
           });
-          expect(byService(alertsOf(outputs).map(transition))).toEqual(
+          expect(byService(alertsOf(outputs).map(transitionOf))).toEqual(
             byService(oracleAlerts(expected.values(), RULES)),
           );
         }),

@@ -22,8 +22,9 @@ import {
   oracleAlerts,
   oracleKey,
   oracleRollups,
+  orderedTransitions,
+  transitionOf,
   type OracleRule,
-  type OracleTransition,
 } from "./support/oracle.js";
 import { seededRandom, type SeededRandom } from "./support/seed.js";
 import { readBetween, topicEnds } from "./support/topic-records.js";
@@ -230,9 +231,10 @@ describe("events away from their service's home partition, with the real stack",
       }),
     );
     const distinctAlerts = new Map(decodedAlerts.map((a) => [`${a.alert_id}|${a.state}`, a]));
-    expect(ordered([...distinctAlerts.values()].map(transition)), `${where} live alerts`).toEqual(
-      ordered(transitions),
-    );
+    expect(
+      orderedTransitions([...distinctAlerts.values()].map(transitionOf)),
+      `${where} live alerts`,
+    ).toEqual(orderedTransitions(transitions));
     const stats = processor.stats();
     expect(stats.late, `${where}: late events`).toBe(0);
     expect(stats.forwarded, `${where}: events copied to their home partition`).toBeGreaterThan(0);
@@ -261,9 +263,10 @@ describe("events away from their service's home partition, with the real stack",
       replayedKeys.length,
     );
     expectMatchesOracle(replayed.map(comparable), expected, `${where} replayed rollups`);
-    expect(ordered(replayedAlerts.map(transition)), `${where} replayed alerts`).toEqual(
-      ordered(transitions),
-    );
+    expect(
+      orderedTransitions(replayedAlerts.map(transitionOf)),
+      `${where} replayed alerts`,
+    ).toEqual(orderedTransitions(transitions));
   }
 
   it("partitions added to model-calls while the fleet produces: every rollup and alert equals the oracle, live and in a replay", async () => {
@@ -311,22 +314,3 @@ describe("events away from their service's home partition, with the real stack",
     await expectWhole(setup, [...replicas, ...none], "keyed by replica or not at all");
   }, 180_000);
 });
-
-const transition = (alert: AlertEvent): OracleTransition => ({
-  service: alert.service,
-  rule: alert.rule,
-  state: alert.state,
-  windowStart: alert.window_start,
-  firedWindowStart: alert.fired_window_start,
-  observed: alert.observed_value,
-  samples: alert.sample_count,
-});
-
-const ordered = (list: readonly OracleTransition[]): OracleTransition[] =>
-  [...list].sort(
-    (a, b) =>
-      (a.service < b.service ? -1 : a.service > b.service ? 1 : 0) ||
-      a.windowStart - b.windowStart ||
-      (a.rule < b.rule ? -1 : a.rule > b.rule ? 1 : 0) ||
-      (a.state < b.state ? -1 : a.state > b.state ? 1 : 0),
-  );

@@ -26,7 +26,8 @@ import {
   oracleAlerts,
   oracleKey,
   oracleRollups,
-  type OracleTransition,
+  orderedTransitions,
+  transitionOf,
 } from "./support/oracle.js";
 import { seededRandom, type SeededRandom } from "./support/seed.js";
 import { pick, variedEvent } from "./support/varied-events.js";
@@ -232,23 +233,6 @@ function distinct(outputs: readonly PartitionOutput[]): {
   return { rollups, alerts, late };
 }
 
-const transition = (alert: AlertEvent): OracleTransition => ({
-  service: alert.service,
-  rule: alert.rule,
-  state: alert.state,
-  windowStart: alert.window_start,
-  firedWindowStart: alert.fired_window_start,
-  observed: alert.observed_value,
-  samples: alert.sample_count,
-});
-const ordered = (list: readonly OracleTransition[]): OracleTransition[] =>
-  [...list].sort(
-    (a, b) =>
-      (a.service < b.service ? -1 : a.service > b.service ? 1 : 0) ||
-      a.windowStart - b.windowStart ||
-      (a.rule < b.rule ? -1 : a.rule > b.rule ? 1 : 0),
-  );
-
 function expectOracle(
   produced: readonly { event: ModelCallEvent }[],
   outputs: readonly PartitionOutput[],
@@ -273,8 +257,8 @@ function expectOracle(
     where,
   );
   const rules = RULES.map((rule) => ({ ...rule }));
-  expect(ordered([...alerts.values()].map(transition)), `${where}: alerts`).toEqual(
-    ordered(oracleAlerts(expected.values(), rules)),
+  expect(orderedTransitions([...alerts.values()].map(transitionOf)), `${where}: alerts`).toEqual(
+    orderedTransitions(oracleAlerts(expected.values(), rules)),
   );
 }
 

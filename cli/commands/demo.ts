@@ -11,7 +11,13 @@ import { randomUUID } from "node:crypto";
 import pg from "pg";
 
 import type { AlertEvent } from "../../avro/generated.js";
-import { ConfigError, topicNames, type ConnectionConfig } from "../../config/index.js";
+import {
+  ConfigError,
+  parseProcessorConfig,
+  processorConfigSchema,
+  topicNames,
+  type ConnectionConfig,
+} from "../../config/index.js";
 import type { OpsLogger } from "../../ops/index.js";
 import { StreamProcessor } from "../../processor/processor.js";
 import { subscribeAlerts, type AlertSubscription } from "../../processor/subscribe.js";
@@ -27,7 +33,7 @@ import {
 import { ensurePostgresDatabase } from "../../stack/probes.js";
 import { migrate } from "../../sink/migrate.js";
 import { Sink } from "../../sink/sink.js";
-import { CONNECTION_SETTINGS, PROCESSOR_SETTINGS, type SettingsResolver } from "../config.js";
+import { CONNECTION, settingOf, type SettingsResolver } from "../config.js";
 import { FLEET_SERVICES, runFleet, type FleetResult } from "../fleet.js";
 import { count, table } from "../output.js";
 import { checkKafka, checkPostgres, checkRegistry } from "../preflight.js";
@@ -134,7 +140,7 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
   };
   // Kafka and the registry as configured; when neither is, the local stack's (its ports may be
   // moved with STACK_KAFKA_PORT and STACK_REGISTRY_PORT).
-  const configured = settings.given(CONNECTION_SETTINGS.slice(0, 2));
+  const configured = settings.given([CONNECTION.kafkaBrokers, CONNECTION.schemaRegistryUrl]);
   const stack = configured ? undefined : loadStackConfig();
   const configuredConnection = settings.connection();
   const connection: ConnectionConfig = stack
@@ -145,11 +151,11 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
       })
     : configuredConnection;
   const processorOptions = processorSettings(settings, connection);
+  const processorConfig = parseProcessorConfig(processorOptions);
   // An idle partition's windows close one grace period (plus margin) after the fleet stops.
-  const idleSetting = PROCESSOR_SETTINGS.filter((s) => s.key === "processor.idleTimeoutMs");
-  const idleTimeoutMs = settings.given(idleSetting)
-    ? processorOptions.idleTimeoutMs
-    : processorOptions.graceMs + 2000;
+  const idleTimeoutMs = settings.given([settingOf(processorConfigSchema, "idleTimeoutMs")])
+    ? processorConfig.idleTimeoutMs
+    : processorConfig.graceMs + 2000;
   const sinkOptions = sinkSettings(settings, connection);
   const services = FLEET_SERVICES.slice(0, flags.services);
 
@@ -220,7 +226,7 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
     await sink.start();
     cleanups.push(() => sink.stop());
     say(
-      `processor (group ${processor.groupId}, ${processorOptions.windowSizeMs / 1000} s windows, ${processorOptions.graceMs / 1000} s grace) and sink (group ${sinkOptions.groupId}) started`,
+      `processor (group ${processor.groupId}, ${processorConfig.windowSizeMs / 1000} s windows, ${processorConfig.graceMs / 1000} s grace) and sink (group ${sink.groupId}) started`,
     );
 
     // 3. Alerts as they arrive.
@@ -262,14 +268,14 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
         ratePerSecond: flags.rate,
         durationMs: flags.durationMs,
         driftingService: services[0] ?? "",
-        alignEndToMs: processorOptions.windowSizeMs,
+        alignEndToMs: processorConfig.windowSizeMs,
         signal: abort.signal,
         exporterFor: (service, replica) =>
           new KafkaExporter({
             brokers: connection.kafkaBrokers,
             schemaRegistryUrl: connection.schemaRegistryUrl,
             topic: topicNames(connection.topicPrefix).modelCalls,
-            topicPartitions: processorOptions.partitions,
+            topicPartitions: processorConfig.partitions,
             clientId: `demo-${service}-${replica}`,
             logger: silentLogger,
           }),
@@ -288,9 +294,8 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
     cleanups.push(() => pool.end());
     const range = {
       fromMs:
-        Math.floor(fleet.startedAtMs / processorOptions.windowSizeMs) *
-        processorOptions.windowSizeMs,
-      toMs: fleet.endedAtMs + processorOptions.windowSizeMs,
+        Math.floor(fleet.startedAtMs / processorConfig.windowSizeMs) * processorConfig.windowSizeMs,
+      toMs: fleet.endedAtMs + processorConfig.windowSizeMs,
     };
     say("waiting for the last windows to close and the sink to store everything …");
     const settleStarted = Date.now();
@@ -312,8 +317,8 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
       range,
       fleet,
       connection,
-      windowMs: processorOptions.windowSizeMs,
-      graceMs: processorOptions.graceMs,
+      windowMs: processorConfig.windowSizeMs,
+      graceMs: processorConfig.graceMs,
       fleetSeconds,
       settleSeconds,
       localStack,

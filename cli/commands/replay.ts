@@ -6,7 +6,7 @@
 import pg from "pg";
 
 import type { AlertEvent } from "../../avro/generated.js";
-import { ConfigError } from "../../config/index.js";
+import { ConfigError, replayConfigSchema } from "../../config/index.js";
 import { replayLog, type ReplayStart, type ReplaySummary } from "../../processor/replay.js";
 import { migrate } from "../../sink/migrate.js";
 import {
@@ -17,7 +17,7 @@ import {
   type VerifyResult,
 } from "../../sink/rebuild.js";
 import { PostgresWriter, type SpanRow } from "../../sink/writer.js";
-import { WINDOW_SETTINGS, type SettingsResolver } from "../config.js";
+import type { SettingsResolver } from "../config.js";
 import { count, isoMicros, Progress, table } from "../output.js";
 import { checkKafka, checkPostgres, checkRegistry } from "../preflight.js";
 
@@ -79,9 +79,7 @@ export interface ReplayReport {
 
 export async function runReplay(settings: SettingsResolver, flags: ReplayFlags): Promise<number> {
   const connection = settings.connection();
-  const [windowSetting, graceSetting] = WINDOW_SETTINGS;
-  const windowSizeMs = settings.duration(windowSetting);
-  const graceMs = settings.duration(graceSetting, 0);
+  const window = settings.options(replayConfigSchema);
   const metrics = settings.metricsSection();
   if (flags.dryRun && !flags.verify)
     throw new ConfigError("--dry-run", "only makes sense with --verify (it writes nothing)");
@@ -101,8 +99,7 @@ export async function runReplay(settings: SettingsResolver, flags: ReplayFlags):
       brokers: connection.kafkaBrokers,
       schemaRegistryUrl: connection.schemaRegistryUrl,
       topicPrefix: connection.topicPrefix,
-      windowSizeMs,
-      graceMs,
+      ...window,
       metrics,
       ...(flags.service && flags.service.length > 0 ? { services: flags.service } : {}),
       ...(flags.from ? { from: flags.from } : {}),

@@ -1,5 +1,10 @@
 /** The long-lived services and the plumbing commands: `processor`, `sink`, `migrate`, `stack`. */
-import { redactUrl, type ConnectionConfig } from "../../config/index.js";
+import {
+  processorConfigSchema,
+  redactUrl,
+  sinkConfigSchema,
+  type ConnectionConfig,
+} from "../../config/index.js";
 import { pinoLogger, untilSignal } from "../../ops/index.js";
 import { StreamProcessor } from "../../processor/processor.js";
 import { ensurePostgresDatabase } from "../../stack/probes.js";
@@ -12,51 +17,31 @@ import {
 } from "../../stack/index.js";
 import { migrate } from "../../sink/migrate.js";
 import { Sink } from "../../sink/sink.js";
-import { PROCESSOR_SETTINGS, SINK_SETTINGS, type SettingsResolver } from "../config.js";
+import type { SettingsResolver } from "../config.js";
 import { checkKafka, checkPostgres, checkRegistry } from "../preflight.js";
 
-const [
-  windowMs,
-  graceMs,
-  processorGroup,
-  idleTimeout,
-  checkpointInterval,
-  processorSession,
-  partitions,
-  processorMetricsPort,
-  metadataMaxAge,
-] = PROCESSOR_SETTINGS;
-const [sinkGroup, sinkSession, sinkMetricsPort] = SINK_SETTINGS;
-
-/** The processor's settings, resolved (shared with `demo`). */
+/**
+ * The processor's options from the CLI's settings, every one by its schema key (shared with
+ * `demo`); the processor checks them again.
+ */
 export function processorSettings(settings: SettingsResolver, connection: ConnectionConfig) {
   return {
     brokers: connection.kafkaBrokers,
     schemaRegistryUrl: connection.schemaRegistryUrl,
     topicPrefix: connection.topicPrefix,
-    groupId: settings.string(processorGroup),
-    windowSizeMs: settings.duration(windowMs),
-    graceMs: settings.duration(graceMs, 0),
-    idleTimeoutMs: settings.duration(idleTimeout),
-    checkpointIntervalMs: settings.duration(checkpointInterval),
-    sessionTimeoutMs: settings.duration(processorSession),
-    partitions: settings.int(partitions, 1, 10_000),
-    metricsPort: settings.port(processorMetricsPort),
-    metadataMaxAgeMs: settings.duration(metadataMaxAge),
+    ...settings.options(processorConfigSchema),
     metrics: settings.metricsSection(),
   };
 }
 
-/** The sink's settings, resolved (shared with `demo`). */
+/** The sink's options from the CLI's settings, by schema key (shared with `demo`). */
 export function sinkSettings(settings: SettingsResolver, connection: ConnectionConfig) {
   return {
     brokers: connection.kafkaBrokers,
     schemaRegistryUrl: connection.schemaRegistryUrl,
     databaseUrl: connection.databaseUrl,
     topicPrefix: connection.topicPrefix,
-    groupId: settings.string(sinkGroup),
-    sessionTimeoutMs: settings.duration(sinkSession),
-    metricsPort: settings.port(sinkMetricsPort),
+    ...settings.options(sinkConfigSchema),
   };
 }
 

@@ -1,16 +1,17 @@
 /**
  * What every network exporter shares: a bounded buffer the host's calls drop events into, and a
  * background pump that delivers them in batches (by size, or after a linger time). A batch that
- * fails stays at the head of the buffer and is retried with exponential backoff and full jitter,
- * so a destination that is down at start or goes down mid-stream only delays delivery. A full
- * buffer follows the overflow policy and counts its drops (one warning per overflow episode).
+ * fails stays at the head of the buffer and is retried with exponential backoff and full jitter
+ * (config's `retry`, with no limit on attempts: only the shutdown ends them), so a destination
+ * that is down at start or goes down mid-stream only delays delivery. A full buffer follows the
+ * overflow policy and counts its drops (one warning per overflow episode).
  * Timers are unref'd: a pending linger or backoff never keeps the process alive.
  *
  * Subclasses say how to deliver a batch ({@link BatchingExporter.deliver}) and how to let go of
  * their connections ({@link BatchingExporter.release}).
  */
 import type { ModelCallEvent } from "../../avro/generated.js";
-import { ConfigError } from "../../config/index.js";
+import { ConfigError, retry, type RetryPolicy } from "../../config/index.js";
 import type { Logger } from "../logger.js";
 import { RingQueue } from "./ring.js";
 import type { EventExporter, ExporterStats, FlushResult, OverflowPolicy } from "./types.js";
@@ -53,8 +54,9 @@ export abstract class BatchingExporter implements EventExporter {
   private readonly lingerMs: number;
   private readonly overflow: OverflowPolicy;
   private readonly blockTimeoutMs: number;
-  private readonly retryInitialMs: number;
-  private readonly retryMaxMs: number;
+  private readonly retryPolicy: RetryPolicy;
+  /** Ends a batch's retries at shutdown. */
+  private readonly stopRetrying = new AbortController();
 
   private readonly queue: RingQueue<ModelCallEvent>;
   private inFlight: ModelCallEvent[] = [];
@@ -67,7 +69,6 @@ export abstract class BatchingExporter implements EventExporter {
   private immediate: NodeJS.Immediate | undefined;
   private backoffTimer: NodeJS.Timeout | undefined;
   private wakeBackoff: (() => void) | undefined;
-  private retryDelay: number;
   private overflowing = false;
   private failing = false;
   private shutdownPromise: Promise<FlushResult> | undefined;
@@ -93,9 +94,14 @@ export abstract class BatchingExporter implements EventExporter {
       );
     this.overflow = overflow;
     this.blockTimeoutMs = positiveInt("blockTimeoutMs", options.blockTimeoutMs, 1000);
-    this.retryInitialMs = positiveInt("retryInitialMs", options.retryInitialMs, 100);
-    this.retryMaxMs = positiveInt("retryMaxMs", options.retryMaxMs, 10_000);
-    this.retryDelay = this.retryInitialMs;
+    this.retryPolicy = {
+      maxAttempts: Infinity,
+      baseDelayMs: positiveInt("retryInitialMs", options.retryInitialMs, 100),
+      maxDelayMs: positiveInt("retryMaxMs", options.retryMaxMs, 10_000),
+      // Whatever the failure, the batch stays buffered and is tried again: only the shutdown
+      // (the abort signal) ends its retries.
+      shouldRetry: () => true,
+    };
     this.queue = new RingQueue(this.maxQueueSize);
   }
 
@@ -206,6 +212,7 @@ export abstract class BatchingExporter implements EventExporter {
       result = await this.flush(timeoutMs);
     } finally {
       this.state = "closed";
+      this.stopRetrying.abort();
       this.clearTimers();
       const lost = this.bufferedEvents();
       if (lost > 0) {
@@ -295,7 +302,6 @@ export abstract class BatchingExporter implements EventExporter {
     }
   }
 
-  /** Sends now: cuts a linger or a backoff short. */
   /**
    * Sends now: cuts a linger or a backoff short. The pump starts right away rather than from an
    * unref'd timer, so a flush keeps the process alive until it is done (e.g. from `beforeExit`).
@@ -328,37 +334,20 @@ export abstract class BatchingExporter implements EventExporter {
     this.pumping = true;
     try {
       while ((this.bufferedEvents() > 0 || this.hasPendingWork()) && !this.isClosed()) {
+        let lingering: boolean;
         try {
-          if (this.inFlight.length === 0) this.inFlight = this.queue.take(this.maxBatchSize);
-          const undeliverable = await this.deliver(this.inFlight);
-          this.counters.sent += this.inFlight.length - undeliverable;
-          this.counters.dropped += undeliverable;
-          this.inFlight = [];
-          this.retryDelay = this.retryInitialMs;
-          if (this.failing) {
-            this.failing = false;
-            this.logger.warn("delivering again", {
-              destination: this.destination,
-              buffered: this.bufferedEvents(),
-            });
-          }
-          this.admitBlocked();
-          if (this.bufferedEvents() === 0 && !this.hasPendingWork()) this.resolveFlushWaiters();
-          // A partial batch waits for its linger unless someone is waiting for it.
-          if (this.queue.length < this.maxBatchSize && !this.flushing && this.lingerMs > 0) break;
-        } catch (error) {
-          this.counters.retried++;
-          if (!this.failing) {
-            this.failing = true;
-            this.logger.warn("delivery failed; events stay buffered and are retried", {
-              destination: this.destination,
-              buffered: this.bufferedEvents(),
-              error: error instanceof Error ? error.message : String(error),
-            });
-          }
-          this.onFailure(error);
-          await this.backoff();
+          lingering = await retry(() => this.deliverNext(), this.retryPolicy, {
+            signal: this.stopRetrying.signal,
+            sleep: (ms) => this.backoff(ms),
+            onRetry: (error) => {
+              this.failed(error);
+            },
+          });
+        } catch {
+          // Shut down while retrying: the events left are counted as lost there.
+          break;
         }
+        if (lingering) break;
       }
     } finally {
       this.pumping = false;
@@ -366,10 +355,48 @@ export abstract class BatchingExporter implements EventExporter {
     if (this.bufferedEvents() > 0 && !this.isClosed()) this.schedule();
   }
 
-  /** Waits the current backoff with full jitter, then doubles it up to the cap. */
-  private backoff(): Promise<void> {
-    const delay = Math.random() * this.retryDelay;
-    this.retryDelay = Math.min(this.retryDelay * 2, this.retryMaxMs);
+  /**
+   * Delivers the batch in flight (the next one when there is none) and settles its accounts.
+   * Resolves true when a partial batch should now wait for its linger.
+   */
+  private async deliverNext(): Promise<boolean> {
+    if (this.inFlight.length === 0) this.inFlight = this.queue.take(this.maxBatchSize);
+    const undeliverable = await this.deliver(this.inFlight);
+    this.counters.sent += this.inFlight.length - undeliverable;
+    this.counters.dropped += undeliverable;
+    this.inFlight = [];
+    if (this.failing) {
+      this.failing = false;
+      this.logger.warn("delivering again", {
+        destination: this.destination,
+        buffered: this.bufferedEvents(),
+      });
+    }
+    this.admitBlocked();
+    if (this.bufferedEvents() === 0 && !this.hasPendingWork()) this.resolveFlushWaiters();
+    // A partial batch waits for its linger unless someone is waiting for it.
+    return this.queue.length < this.maxBatchSize && !this.flushing && this.lingerMs > 0;
+  }
+
+  /** A delivery failed: counted, warned about once per failure episode; the batch stays. */
+  private failed(error: Error): void {
+    this.counters.retried++;
+    if (!this.failing) {
+      this.failing = true;
+      this.logger.warn("delivery failed; events stay buffered and are retried", {
+        destination: this.destination,
+        buffered: this.bufferedEvents(),
+        error: error.message,
+      });
+    }
+    this.onFailure(error);
+  }
+
+  /**
+   * The retries' wait (the delay comes from {@link retry}'s backoff): an unref'd timer that a
+   * flush or the shutdown cuts short.
+   */
+  private backoff(delay: number): Promise<void> {
     return new Promise((resolve) => {
       const done = (): void => {
         if (this.backoffTimer) clearTimeout(this.backoffTimer);

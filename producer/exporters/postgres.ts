@@ -12,7 +12,7 @@
 import pg from "pg";
 
 import type { MetricRollup, ModelCallEvent } from "../../avro/generated.js";
-import { loadConnectionConfig } from "../../config/index.js";
+import { loadConnectionConfig, windowConfigSchema } from "../../config/index.js";
 import { MICROS_PER_MILLI, parseMetricsConfig, ServiceWindows } from "../../metrics/index.js";
 import { migrate } from "../../sink/migrate.js";
 import { PostgresWriter } from "../../sink/writer.js";
@@ -23,9 +23,9 @@ import { BatchingExporter, positiveInt, type BatchingOptions } from "./batching.
 export interface PostgresExporterOptions extends BatchingOptions {
   /** Default `DATABASE_URL`, then the local stack's. */
   readonly databaseUrl?: string;
-  /** Rollup window, ms (default 60 000). */
+  /** Rollup window, ms (default: the processor's, 60 000). */
   readonly windowSizeMs?: number;
-  /** A window is written as final this long after its end, ms (default 10 000). */
+  /** A window is written as final this long after its end, ms (default: the processor's grace, 10 000). */
   readonly graceMs?: number;
   /** Thresholds (see metrics/README.md). */
   readonly metrics?: unknown;
@@ -76,9 +76,10 @@ export class PostgresExporter extends BatchingExporter {
       settings.logger ?? stderrLogger,
     );
     this.databaseUrl = connection.databaseUrl;
+    const defaults = windowConfigSchema.parse({});
     this.windowSizeMicros =
-      positiveInt("windowSizeMs", settings.windowSizeMs, 60_000) * MICROS_PER_MILLI;
-    this.graceMicros = (settings.graceMs ?? 10_000) * MICROS_PER_MILLI;
+      positiveInt("windowSizeMs", settings.windowSizeMs, defaults.windowSizeMs) * MICROS_PER_MILLI;
+    this.graceMicros = (settings.graceMs ?? defaults.graceMs) * MICROS_PER_MILLI;
     this.thresholds = parseMetricsConfig(settings.metrics ?? {}, "metrics").thresholds;
     this.migrateFirst = settings.migrate ?? true;
     this.now = settings.now ?? Date.now;

@@ -8,6 +8,7 @@
 import { expect } from "vitest";
 
 import type {
+  AlertEvent,
   MetricThresholds,
   ModelCallEvent,
   WindowCounts,
@@ -224,6 +225,31 @@ export interface OracleTransition {
   readonly firedWindowStart: number;
   readonly observed: number | null;
   readonly samples: number;
+}
+
+/** An emitted alert as the oracle's transition, to compare the two. */
+export function transitionOf(alert: AlertEvent): OracleTransition {
+  return {
+    service: alert.service,
+    rule: alert.rule,
+    state: alert.state,
+    windowStart: alert.window_start,
+    firedWindowStart: alert.fired_window_start,
+    observed: alert.observed_value,
+    samples: alert.sample_count,
+  };
+}
+
+/** Transitions in a canonical order (service, window, rule, state), for set-like comparison. */
+export function orderedTransitions(list: readonly OracleTransition[]): OracleTransition[] {
+  const text = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+  return [...list].sort(
+    (a, b) =>
+      text(a.service, b.service) ||
+      a.windowStart - b.windowStart ||
+      text(a.rule, b.rule) ||
+      text(a.state, b.state),
+  );
 }
 
 /**

@@ -1,0 +1,387 @@
+/**
+ * One settings schema per component (processor, sink, replay). Each key states its default, its
+ * check and its description once; the parse functions give a frozen, fully defaulted config and
+ * the CLI derives its flags, environment variables, config-file keys and `--help` from the same
+ * keys (see {@link cliMetaOf}).
+ *
+ * Names follow one rule from the key: `idleTimeoutMs` is the flag `--idle-timeout` (a trailing
+ * `Ms` dropped, kebab-case), the variable `MCPO_IDLE_TIMEOUT_MS` and the file key
+ * `processor.idleTimeoutMs` (section, then the key). A setting whose established name differs
+ * says so next to its default (`windowSizeMs` is `--window`, `MCPO_WINDOW_MS`,
+ * `processor.windowMs`).
+ *
+ * Connection settings (brokers, registry, database, topic prefix) are not repeated here: the parse
+ * functions accept them and resolve them with {@link connectionFromOptions}.
+ *
+ * @module
+ */
+import { z } from "zod";
+
+import {
+  ConfigError,
+  connectionFromOptions,
+  type ConnectionConfig,
+  type EndpointOptions,
+} from "./index.js";
+
+/** How the CLI reads a setting's text: `duration` (`10s`), `int`, `port` or `string`. */
+export type CliKind = "duration" | "int" | "port" | "string";
+
+/** A setting's place in the CLI, derived from its key (see the module's naming rule). */
+export interface CliMeta {
+  /** e.g. `--idle-timeout`. */
+  readonly flag: string;
+  /** e.g. `MCPO_IDLE_TIMEOUT_MS`. */
+  readonly env: string;
+  /** Its path in the config file, e.g. `processor.idleTimeoutMs`. */
+  readonly fileKey: string;
+  readonly kind: CliKind;
+  /** The CLI's default where it differs from the component's (the metrics ports: on). */
+  readonly default?: number | string;
+  /** A value that turns the setting off (given to the component as unset): the ports' `-1`. */
+  readonly off?: number;
+}
+
+/** What a schema key carries besides its check and default. */
+export interface SettingMeta {
+  /** One line, also the CLI's `--help` text. */
+  readonly description: string;
+  /** Present when the CLI takes the setting. */
+  readonly cli?: CliMeta;
+}
+
+/** A CLI name that differs from the rule, or a CLI-only default, stated next to the key. */
+interface CliOverrides {
+  readonly flag?: string;
+  readonly env?: string;
+  /** The key inside the section, e.g. `windowMs`. */
+  readonly fileKey?: string;
+  readonly default?: number | string;
+  readonly off?: number;
+}
+
+interface FieldSpec<S extends z.ZodType = z.ZodType> {
+  readonly schema: S;
+  readonly description: string;
+  /** Taken by the CLI (`{}`: every name by the rule). */
+  readonly cli?: CliOverrides;
+}
+
+/** `idleTimeoutMs` → `--idle-timeout`. */
+export function flagOf(key: string): string {
+  return `--${key.replace(/Ms$/, "").replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+}
+
+/** `idleTimeoutMs` → `MCPO_IDLE_TIMEOUT_MS`. */
+export function envOf(key: string): string {
+  return `MCPO_${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
+}
+
+/** The number inside `.default()`/`.optional()`/`.readonly()` wrappers, if it is one. */
+function innerType(schema: z.ZodType): z.ZodType {
+  let inner: z.ZodType = schema;
+  while (
+    inner instanceof z.ZodDefault ||
+    inner instanceof z.ZodOptional ||
+    inner instanceof z.ZodReadonly
+  )
+    inner = inner.unwrap() as z.ZodType;
+  return inner;
+}
+
+function kindOf(key: string, schema: z.ZodType): CliKind {
+  if (key.endsWith("Ms")) return "duration";
+  if (key.endsWith("Port")) return "port";
+  return innerType(schema) instanceof z.ZodNumber ? "int" : "string";
+}
+
+/** A section's fields, each with its description and CLI names attached as zod metadata. */
+function section<T extends Record<string, FieldSpec>>(
+  name: string,
+  fields: T,
+): { [K in keyof T]: T[K]["schema"] } {
+  const shape: Record<string, z.ZodType> = {};
+  for (const [key, field] of Object.entries(fields)) {
+    const overrides = field.cli;
+    const meta: SettingMeta = {
+      description: field.description,
+      ...(overrides
+        ? {
+            cli: {
+              flag: overrides.flag ?? flagOf(key),
+              env: overrides.env ?? envOf(key),
+              fileKey: `${name}.${overrides.fileKey ?? key}`,
+              kind: kindOf(key, field.schema),
+              ...(overrides.default === undefined ? {} : { default: overrides.default }),
+              ...(overrides.off === undefined ? {} : { off: overrides.off }),
+            },
+          }
+        : {}),
+    };
+    shape[key] = field.schema.meta({ ...meta });
+  }
+  return shape as { [K in keyof T]: T[K]["schema"] };
+}
+
+/** A key's metadata: its description and, when the CLI takes it, its CLI names. */
+export function settingMetaOf(schema: z.ZodType): SettingMeta | undefined {
+  const meta = schema.meta();
+  if (typeof meta?.description !== "string") return undefined;
+  const cli = (meta as { cli?: CliMeta }).cli;
+  return { description: meta.description, ...(cli ? { cli } : {}) };
+}
+
+/** The CLI names of a key, when the CLI takes it. */
+export function cliMetaOf(schema: z.ZodType): CliMeta | undefined {
+  return settingMetaOf(schema)?.cli;
+}
+
+/** The smallest and largest value a numeric key accepts (for the CLI's messages). */
+export function boundsOf(schema: z.ZodType): { min: number; max: number } | undefined {
+  const inner = innerType(schema);
+  if (!(inner instanceof z.ZodNumber)) return undefined;
+  return {
+    min: inner.minValue ?? Number.MIN_SAFE_INTEGER,
+    max: inner.maxValue ?? Number.MAX_SAFE_INTEGER,
+  };
+}
+
+// Checks, each with the message the components have always given.
+const POSITIVE = "expected a positive integer";
+const positiveInt = (max = Number.MAX_SAFE_INTEGER) =>
+  z.number(POSITIVE).int(POSITIVE).min(1, POSITIVE).max(max, `${POSITIVE} up to ${max}`);
+const NON_NEGATIVE = "expected a non-negative integer";
+const nonNegativeInt = () => z.number(NON_NEGATIVE).int(NON_NEGATIVE).min(0, NON_NEGATIVE);
+const PORT = "expected a port from 0 to 65535";
+const port = () => z.number(PORT).int(PORT).min(0, PORT).max(65_535, PORT);
+const NON_EMPTY = "expected a non-empty string";
+const nonEmpty = () => z.string(NON_EMPTY).refine((value) => value.trim() !== "", NON_EMPTY);
+const BOOLEAN = "expected true or false";
+
+// Keys shared by components: stated once, placed in each component's section.
+const sessionTimeoutMs = {
+  schema: positiveInt().default(30_000),
+  description: "consumer group session timeout",
+} satisfies FieldSpec;
+const partitions = {
+  schema: positiveInt(10_000).default(6),
+  description: "partitions of topics it creates",
+} satisfies FieldSpec;
+const metricsPort = {
+  schema: port().optional(),
+  description: "Prometheus /metrics port on loopback (-1: off, 0: any free port)",
+} satisfies FieldSpec;
+
+/** The window part: the processor's, and a replay's (which must equal the processor's). */
+const windowShape = section("processor", {
+  windowSizeMs: {
+    schema: positiveInt().default(60_000),
+    description: "tumbling window size",
+    cli: { flag: "--window", env: "MCPO_WINDOW_MS", fileKey: "windowMs" },
+  },
+  graceMs: {
+    schema: nonNegativeInt().default(10_000),
+    description: "grace period for late events",
+    cli: {},
+  },
+  metrics: {
+    // Parsed by the caller with metrics/'s parseMetricsConfig (config/ does not import metrics/).
+    schema: z.unknown().default(() => ({})),
+    description: "thresholds and alert rules (see metrics/README.md)",
+  },
+});
+
+/** Window size, grace and metrics: the part a replay shares with the processor. */
+export const windowConfigSchema = z.strictObject(windowShape);
+
+/** The stream processor's settings (connection settings aside). */
+export const processorConfigSchema = z.strictObject({
+  ...windowShape,
+  ...section("processor", {
+    groupId: {
+      schema: nonEmpty().default("mcpo-processor"),
+      description: "consumer group",
+      cli: { flag: "--group", env: "MCPO_PROCESSOR_GROUP" },
+    },
+    idleTimeoutMs: {
+      schema: positiveInt().default(30_000),
+      description: "an idle partition's windows close after this",
+      cli: {},
+    },
+    checkpointIntervalMs: {
+      schema: positiveInt().default(2000),
+      description: "how often partition state is checkpointed",
+      cli: {},
+    },
+    sessionTimeoutMs: { ...sessionTimeoutMs, cli: {} },
+    partitions: { ...partitions, cli: {} },
+    metricsPort: { ...metricsPort, cli: { default: 9464, off: -1 } },
+    metadataMaxAgeMs: {
+      schema: positiveInt().default(5000),
+      description: "how soon partitions added to model-calls are noticed",
+      cli: {},
+    },
+    clientId: {
+      schema: nonEmpty().optional(),
+      description: "Kafka client id (default mcpo-processor- and a random suffix)",
+    },
+  }),
+});
+
+/** The PostgreSQL sink's settings (connection settings aside). */
+export const sinkConfigSchema = z.strictObject(
+  section("sink", {
+    groupId: {
+      schema: nonEmpty().default("mcpo-sink"),
+      description: "consumer group",
+      cli: { flag: "--group", env: "MCPO_SINK_GROUP" },
+    },
+    sessionTimeoutMs: { ...sessionTimeoutMs, cli: {} },
+    metricsPort: { ...metricsPort, cli: { default: 9465, off: -1 } },
+    migrate: {
+      schema: z.boolean(BOOLEAN).default(true),
+      description: "apply schema migrations at start",
+    },
+    partitions,
+    retryInitialMs: {
+      schema: positiveInt().default(200),
+      description: "first delay while PostgreSQL is down",
+    },
+    retryMaxMs: {
+      schema: positiveInt().default(10_000),
+      description: "longest delay while PostgreSQL is down",
+    },
+  }),
+);
+
+/** A replay's settings (connection settings aside): the processor's window part and its own. */
+export const replayConfigSchema = z.strictObject({
+  ...windowShape,
+  ...section("replay", {
+    services: {
+      schema: z.array(nonEmpty(), "expected a list of service names").readonly().optional(),
+      description: "only these services' rollups and alerts are emitted",
+    },
+    withEvents: {
+      schema: z.boolean(BOOLEAN).default(false),
+      description: "also hand over the decoded events (to rewrite spans)",
+    },
+    clientId: {
+      schema: nonEmpty().default("mcpo-replay"),
+      description: "Kafka client id",
+    },
+  }),
+});
+
+/** A component: its schema, the connection settings it takes, and what its caller keeps. */
+interface Component<S extends z.ZodObject> {
+  readonly schema: S;
+  readonly connection: readonly (keyof EndpointOptions)[];
+  /** Objects handed over as they are (logger, callbacks): accepted, not part of the config. */
+  readonly handles: readonly string[];
+}
+
+const PROCESSOR = {
+  schema: processorConfigSchema,
+  connection: ["brokers", "schemaRegistryUrl", "topicPrefix"] as const,
+  handles: ["logger", "scheduler"] as const,
+} satisfies Component<typeof processorConfigSchema>;
+
+const SINK = {
+  schema: sinkConfigSchema,
+  connection: ["brokers", "schemaRegistryUrl", "databaseUrl", "topicPrefix"] as const,
+  handles: ["logger"] as const,
+} satisfies Component<typeof sinkConfigSchema>;
+
+const REPLAY = {
+  schema: replayConfigSchema,
+  connection: ["brokers", "schemaRegistryUrl", "databaseUrl", "topicPrefix"] as const,
+  handles: ["from", "onOutputs", "onProgress"] as const,
+} satisfies Component<typeof replayConfigSchema>;
+
+type Handles<C extends Component<z.ZodObject>> = {
+  readonly [K in C["handles"][number]]?: unknown;
+};
+
+/** What {@link parseProcessorConfig} accepts: `ProcessorOptions`. */
+export type ProcessorConfigInput = Pick<EndpointOptions, (typeof PROCESSOR.connection)[number]> &
+  z.input<typeof processorConfigSchema> &
+  Handles<typeof PROCESSOR>;
+/** What {@link parseSinkConfig} accepts: `SinkOptions`. */
+export type SinkConfigInput = Pick<EndpointOptions, (typeof SINK.connection)[number]> &
+  z.input<typeof sinkConfigSchema> &
+  Handles<typeof SINK>;
+/** What {@link parseReplayConfig} accepts: `ReplayOptions`. */
+export type ReplayConfigInput = Pick<EndpointOptions, (typeof REPLAY.connection)[number]> &
+  z.input<typeof replayConfigSchema> &
+  Handles<typeof REPLAY>;
+
+type Config<S extends z.ZodObject> = Readonly<z.output<S>> & {
+  /** Brokers, registry, database and topic prefix: option, then environment, then default. */
+  readonly connection: ConnectionConfig;
+};
+/** The processor's settings, validated, defaulted and frozen. */
+export type ProcessorConfig = Config<typeof processorConfigSchema>;
+/** The sink's settings, validated, defaulted and frozen. */
+export type SinkConfig = Config<typeof sinkConfigSchema>;
+/** A replay's settings, validated, defaulted and frozen. */
+export type ReplayConfig = Config<typeof replayConfigSchema>;
+
+function show(value: unknown): string {
+  return typeof value === "string" ? JSON.stringify(value) : String(value);
+}
+
+function parseComponent<S extends z.ZodObject>(
+  component: Component<S>,
+  options: object,
+): Config<S> {
+  const given = options as Readonly<Record<string, unknown>>;
+  const keys = Object.keys(component.schema.shape);
+  const known = [...component.connection, ...keys, ...component.handles];
+  const settings: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(given)) {
+    if (keys.includes(key)) settings[key] = value;
+    else if (!known.includes(key))
+      throw new ConfigError(key, `unknown option (known: ${known.join(", ")})`);
+  }
+  const connection = connectionFromOptions(given);
+  const result = component.schema.safeParse(settings);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    const key = issue?.path.map(String).join(".") ?? "";
+    const top = issue?.path[0];
+    throw new ConfigError(
+      key,
+      `${issue?.message ?? "invalid"} (got ${show(top === undefined ? settings : settings[String(top)])})`,
+    );
+  }
+  return Object.freeze({ ...result.data, connection });
+}
+
+/**
+ * The processor's settings from `ProcessorOptions`: every key checked and defaulted, the
+ * connection resolved. `metrics` is returned as given (default `{}`) for `parseMetricsConfig`.
+ *
+ * @throws {ConfigError} naming the key that is invalid or unknown.
+ */
+export function parseProcessorConfig(options: ProcessorConfigInput = {}): ProcessorConfig {
+  return parseComponent(PROCESSOR, options);
+}
+
+/**
+ * The sink's settings from `SinkOptions`.
+ *
+ * @throws {ConfigError} naming the key that is invalid or unknown.
+ */
+export function parseSinkConfig(options: SinkConfigInput = {}): SinkConfig {
+  return parseComponent(SINK, options);
+}
+
+/**
+ * A replay's settings from `ReplayOptions` (its callbacks and `from` stay the caller's).
+ *
+ * @throws {ConfigError} naming the key that is invalid or unknown.
+ */
+export function parseReplayConfig(options: ReplayConfigInput = {}): ReplayConfig {
+  return parseComponent(REPLAY, options);
+}

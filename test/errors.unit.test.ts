@@ -1,0 +1,421 @@
+/**
+ * The error family: every error class the project raises is an ObservatoryError with its code and
+ * retriable flag, describes itself for logs without secrets, and the CLI maps codes to exit codes
+ * in one table.
+ */
+import kafkajs from "kafkajs";
+import { describe, expect, it } from "vitest";
+
+import { EncodeError } from "../avro/codec.js";
+import { retriableStatus, SchemaRegistryError } from "../avro/registry.js";
+import { ERROR_EXITS, EXIT, failureOf } from "../cli/output.js";
+import { UnreachableError } from "../cli/preflight.js";
+import {
+  ConfigError,
+  describeError,
+  isRetriable,
+  loadConnectionConfig,
+  ObservatoryError,
+  redactSecrets,
+  RetryExhaustedError,
+} from "../config/index.js";
+import { createRecordProducer, KafkaError, kafkaRetriable, toKafkaError } from "../kafka/index.js";
+import { MissingTopicError } from "../processor/replay.js";
+import * as entry from "../producer/index.js";
+import { StackError, type StackErrorCode } from "../stack/process.js";
+
+const {
+  KafkaJSConnectionError,
+  KafkaJSError,
+  KafkaJSNonRetriableError,
+  KafkaJSNumberOfRetriesExceeded,
+  KafkaJSProtocolError,
+  KafkaJSRequestTimeoutError,
+} = kafkajs;
+/** kafkajs's typings give these no argument; at run time they take a message like the others. */
+const KafkaJSTimeout = kafkajs.KafkaJSTimeout as unknown as new (message: string) => Error;
+const KafkaJSLockTimeout = kafkajs.KafkaJSLockTimeout as unknown as new (message: string) => Error;
+const KafkaJSSASLAuthenticationError = kafkajs.KafkaJSSASLAuthenticationError as unknown as new (
+  message: string,
+) => Error;
+
+function caught(run: () => unknown): unknown {
+  try {
+    run();
+  } catch (error) {
+    return error;
+  }
+  throw new Error("expected a throw");
+}
+
+describe("ObservatoryError", () => {
+  it("carries code, retriable (false by default), cause and context", () => {
+    const cause = new Error("socket hang up");
+    const error = new ObservatoryError("BROKER_DOWN", "producing failed", {
+      retriable: true,
+      cause,
+      context: { topic: "mcpo.model-calls", partition: 3, offset: "42", key: "payments-mcp" },
+    });
+    expect(error).toBeInstanceOf(Error);
+    expect(error.name).toBe("ObservatoryError");
+    expect(error.message).toBe("producing failed");
+    expect(error.code).toBe("BROKER_DOWN");
+    expect(error.retriable).toBe(true);
+    expect(error.cause).toBe(cause);
+    expect(error.context).toEqual({
+      topic: "mcpo.model-calls",
+      partition: 3,
+      offset: "42",
+      key: "payments-mcp",
+    });
+    const plain = new ObservatoryError("X", "y");
+    expect(plain.retriable).toBe(false);
+    expect(plain.context).toBeUndefined();
+    expect("cause" in plain).toBe(false);
+  });
+
+  it("describes itself for logs: code, retriable, context and the cause chain, no stack, no passwords", () => {
+    const driver = Object.assign(
+      new Error(
+        'connect to postgresql://writer:s3cr3t@db:5432/obs failed; conninfo "host=db password=hunter2 user=writer"',
+      ),
+      { code: "ECONNREFUSED" },
+    );
+    const error = new ObservatoryError("DB_DOWN", "writing to postgres://app:topsecret@db/obs", {
+      retriable: true,
+      cause: driver,
+      context: { topic: "mcpo.metric-rollups", partition: 0 },
+    });
+    const description = error.toJSON();
+    expect(description).toEqual({
+      name: "ObservatoryError",
+      code: "DB_DOWN",
+      message: "writing to postgres://app:***@db/obs",
+      retriable: true,
+      context: { topic: "mcpo.metric-rollups", partition: 0 },
+      cause: {
+        name: "Error",
+        code: "ECONNREFUSED",
+        message:
+          'connect to postgresql://writer:***@db:5432/obs failed; conninfo "host=db password=*** user=writer"',
+      },
+    });
+    const logged = JSON.stringify({ error });
+    expect(JSON.parse(logged)).toEqual({ error: description });
+    for (const secret of ["s3cr3t", "hunter2", "topsecret"]) expect(logged).not.toContain(secret);
+    expect(logged).not.toContain("at ");
+  });
+
+  it("redacts URL passwords and password= settings, and leaves everything else alone", () => {
+    expect(redactSecrets("amqp://u:p@h:1/x and http://h/path?password=abc&x=1")).toBe(
+      "amqp://u:***@h:1/x and http://h/path?password=***&x=1",
+    );
+    expect(redactSecrets("postgres://postgres@127.0.0.1:5432/db, 12:30:45 at 10.0.0.1:9092")).toBe(
+      "postgres://postgres@127.0.0.1:5432/db, 12:30:45 at 10.0.0.1:9092",
+    );
+    expect(describeError("plain string with pwd=x")).toEqual({
+      name: "string",
+      message: "plain string with pwd=***",
+    });
+  });
+
+  it("stops describing a cause chain that loops", () => {
+    const a = new Error("a");
+    const b = new Error("b", { cause: a });
+    (a as { cause?: unknown }).cause = b;
+    let depth = 0;
+    for (let d: { cause?: unknown } | undefined = describeError(b); d; depth++)
+      d = d.cause as { cause?: unknown } | undefined;
+    expect(depth).toBe(6);
+  });
+
+  it("isRetriable: true only for errors carrying retriable: true", () => {
+    expect(isRetriable(new ObservatoryError("A", "a", { retriable: true }))).toBe(true);
+    expect(isRetriable(Object.assign(new Error("x"), { retriable: true }))).toBe(true);
+    expect(isRetriable(new ObservatoryError("A", "a"))).toBe(false);
+    expect(isRetriable(new Error("x"))).toBe(false);
+    expect(isRetriable({ retriable: "yes" })).toBe(false);
+    expect(isRetriable(undefined)).toBe(false);
+  });
+});
+
+describe("the project's error classes are ObservatoryErrors", () => {
+  it("ConfigError: CONFIG_INVALID, not retriable, names the key, same message", () => {
+    const error = caught(() => loadConnectionConfig({}, { KAFKA_BROKERS: "kafka" }));
+    expect(error).toBeInstanceOf(ConfigError);
+    expect(error).toBeInstanceOf(ObservatoryError);
+    const config = error as ConfigError;
+    expect([config.name, config.code, config.retriable, config.key]).toEqual([
+      "ConfigError",
+      "CONFIG_INVALID",
+      false,
+      "KAFKA_BROKERS",
+    ]);
+    expect(config.message).toMatch(/^invalid configuration KAFKA_BROKERS: expected host:port/);
+    const cause = new Error("ENOENT");
+    expect(new ConfigError("--config", "cannot read x", { cause }).cause).toBe(cause);
+  });
+
+  it("KafkaError: the code given, retriable as given", () => {
+    const error = new KafkaError("probe timed out", "ROUND_TRIP_TIMEOUT", true);
+    expect(error).toBeInstanceOf(ObservatoryError);
+    expect([error.name, error.code, error.retriable, error.message]).toEqual([
+      "KafkaError",
+      "ROUND_TRIP_TIMEOUT",
+      true,
+      "probe timed out",
+    ]);
+  });
+
+  it("toKafkaError: retriable from kafkajs's own flag and explicit lists, not from the error's name", () => {
+    const refused = new KafkaJSConnectionError("Connection error: connect ECONNREFUSED");
+    const cases: [string, unknown, string, boolean][] = [
+      ["a refused connection", refused, "KafkaJSConnectionError", true],
+      [
+        "kafkajs's retries exhausted on a refused connection",
+        new KafkaJSNumberOfRetriesExceeded(refused, { retryCount: 2, retryTime: 400 }),
+        "KafkaJSNumberOfRetriesExceeded",
+        true,
+      ],
+      [
+        "kafkajs's retries exhausted, wrapped again as non-retriable by an outer retrier",
+        new KafkaJSNonRetriableError(
+          new KafkaJSNumberOfRetriesExceeded(refused, { retryCount: 2, retryTime: 400 }),
+          // kafkajs passes the root cause along.
+          ...([{ cause: refused }] as unknown as []),
+        ),
+        "KafkaJSNonRetriableError",
+        true,
+      ],
+      [
+        "kafkajs's retries exhausted on an error of unknown kind",
+        new KafkaJSNumberOfRetriesExceeded(new Error("something odd"), {
+          retryCount: 2,
+          retryTime: 400,
+        }),
+        "KafkaJSNumberOfRetriesExceeded",
+        false,
+      ],
+      [
+        "a failed authentication",
+        new KafkaJSSASLAuthenticationError("SASL PLAIN authentication failed"),
+        "KafkaJSSASLAuthenticationError",
+        false,
+      ],
+      [
+        "a failed authentication, wrapped",
+        new KafkaJSNonRetriableError(new KafkaJSSASLAuthenticationError("bad password")),
+        "KafkaJSNonRetriableError",
+        false,
+      ],
+      [
+        "a request timeout",
+        new KafkaJSRequestTimeoutError("Request Produce(key: 0, version: 7) timed out"),
+        "KafkaJSRequestTimeoutError",
+        true,
+      ],
+      ["waiting for leaders timed out", new KafkaJSTimeout("timeout"), "KafkaJSTimeout", true],
+      ["a lock timed out", new KafkaJSLockTimeout("lock"), "KafkaJSLockTimeout", true],
+      [
+        "a broker's transient error type",
+        new KafkaJSProtocolError({
+          message: "There is no leader for this topic-partition",
+          type: "LEADER_NOT_AVAILABLE",
+          code: 5,
+          retriable: true,
+        } as unknown as Error),
+        "LEADER_NOT_AVAILABLE",
+        true,
+      ],
+      [
+        "a broker's refusal",
+        new KafkaJSProtocolError({
+          message: "Not authorized to access topics",
+          type: "TOPIC_AUTHORIZATION_FAILED",
+          code: 29,
+          retriable: false,
+        } as unknown as Error),
+        "TOPIC_AUTHORIZATION_FAILED",
+        false,
+      ],
+      [
+        "an error named like a connection failure but flagged by nobody",
+        Object.assign(new Error("Connection pool full"), { name: "MyConnectionTimeoutError" }),
+        "MyConnectionTimeoutError",
+        false,
+      ],
+      ["a bug", new TypeError("x is undefined"), "TypeError", false],
+      ["a thrown string", "boom", "Error", false],
+    ];
+    for (const [what, thrown, code, retriable] of cases) {
+      const error = toKafkaError(thrown, "producing 3 record(s) to t");
+      expect(error, what).toBeInstanceOf(KafkaError);
+      expect(error, what).toBeInstanceOf(ObservatoryError);
+      expect([error.code, error.retriable], what).toEqual([code, retriable]);
+      expect(kafkaRetriable(thrown), what).toBe(retriable);
+      expect(error.cause, what).toBe(thrown);
+      expect(error.message, what).toMatch(/^producing 3 record\(s\) to t: /);
+    }
+    // A generic kafkajs error keeps kafkajs's default: retriable.
+    expect(toKafkaError(new KafkaJSError("Closed connection"), "x").retriable).toBe(true);
+  });
+
+  it("a producer that cannot reach its broker fails with a retriable KafkaError", async () => {
+    const producer = createRecordProducer({
+      brokers: ["127.0.0.1:1"],
+      clientId: "errors-unit",
+      connectionTimeoutMs: 500,
+    });
+    const error = await producer.connect().catch((thrown: unknown) => thrown);
+    await producer.disconnect().catch(() => undefined);
+    expect(error).toBeInstanceOf(KafkaError);
+    expect((error as KafkaError).retriable).toBe(true);
+    expect((error as KafkaError).message).toMatch(/^connecting the producer: /);
+  });
+
+  it("SchemaRegistryError: SCHEMA_REGISTRY_ERROR by default or SCHEMA_INCOMPATIBLE, retriable as given, status kept", () => {
+    const down = new SchemaRegistryError("no answer", undefined, undefined, true);
+    expect(down).toBeInstanceOf(ObservatoryError);
+    expect([down.name, down.code, down.retriable, down.status]).toEqual([
+      "SchemaRegistryError",
+      "SCHEMA_REGISTRY_ERROR",
+      true,
+      undefined,
+    ]);
+    const refused = new SchemaRegistryError(
+      "incompatible",
+      409,
+      409,
+      false,
+      {},
+      "SCHEMA_INCOMPATIBLE",
+    );
+    expect([refused.code, refused.retriable, refused.status, refused.registryErrorCode]).toEqual([
+      "SCHEMA_INCOMPATIBLE",
+      false,
+      409,
+      409,
+    ]);
+    expect([undefined, 500, 503, 408, 429].map(retriableStatus)).toEqual([
+      true,
+      true,
+      true,
+      true,
+      true,
+    ]);
+    expect([200, 400, 404, 409, 422].map(retriableStatus)).toEqual([
+      false,
+      false,
+      false,
+      false,
+      false,
+    ]);
+  });
+
+  it("EncodeError: INVALID_EVENT, never retriable, same message and fields", () => {
+    const error = new EncodeError("ModelCallEvent", "end_time", "is before start_time");
+    expect(error).toBeInstanceOf(ObservatoryError);
+    expect([error.name, error.code, error.retriable, error.message]).toEqual([
+      "EncodeError",
+      "INVALID_EVENT",
+      false,
+      "cannot encode ModelCallEvent: end_time is before start_time",
+    ]);
+    expect([error.record, error.path, error.reason]).toEqual([
+      "ModelCallEvent",
+      "end_time",
+      "is before start_time",
+    ]);
+  });
+
+  it("MissingTopicError: TOPIC_MISSING, not retriable", () => {
+    const error = new MissingTopicError("nothing to replay: topic x does not exist");
+    expect(error).toBeInstanceOf(ObservatoryError);
+    expect([error.name, error.code, error.retriable, error.message]).toEqual([
+      "MissingTopicError",
+      "TOPIC_MISSING",
+      false,
+      "nothing to replay: topic x does not exist",
+    ]);
+  });
+
+  it("StackError: its code; retriable only for what may pass by itself", () => {
+    const retriable: Record<StackErrorCode, boolean> = {
+      JAVA_MISSING: false,
+      JAVA_TOO_OLD: false,
+      MAVEN_MISSING: false,
+      DOWNLOAD_FAILED: true,
+      PORT_TAKEN: false,
+      START_FAILED: false,
+      START_TIMEOUT: true,
+      POSTGRES_UNAVAILABLE: true,
+    };
+    for (const [code, expected] of Object.entries(retriable) as [StackErrorCode, boolean][]) {
+      const error = new StackError(code, "message");
+      expect(error, code).toBeInstanceOf(ObservatoryError);
+      expect([error.name, error.code, error.retriable], code).toEqual([
+        "StackError",
+        code,
+        expected,
+      ]);
+    }
+  });
+
+  it("UnreachableError: SERVICE_UNREACHABLE, retriable", () => {
+    const error = new UnreachableError("cannot reach Kafka");
+    expect(error).toBeInstanceOf(ObservatoryError);
+    expect([error.name, error.code, error.retriable, error.message]).toEqual([
+      "UnreachableError",
+      "SERVICE_UNREACHABLE",
+      true,
+      "cannot reach Kafka",
+    ]);
+  });
+
+  it("the package entry exports the family", () => {
+    expect(entry.ObservatoryError).toBe(ObservatoryError);
+    expect(entry.RetryExhaustedError).toBe(RetryExhaustedError);
+    expect(new entry.ConfigError("k", "m")).toBeInstanceOf(entry.ObservatoryError);
+  });
+});
+
+describe("the CLI's exit codes, from one table", () => {
+  it("maps each error code to its exit code and line", () => {
+    const cases: [unknown, number, string][] = [
+      [
+        new ConfigError("--brokers", "expected host:port"),
+        2,
+        "invalid configuration --brokers: expected host:port",
+      ],
+      [new UnreachableError("cannot reach Kafka"), 3, "cannot reach Kafka"],
+      [
+        new StackError("POSTGRES_UNAVAILABLE", "PostgreSQL does not answer"),
+        3,
+        "stack POSTGRES_UNAVAILABLE: PostgreSQL does not answer",
+      ],
+      [
+        new StackError("PORT_TAKEN", "port 9092 is taken"),
+        1,
+        "stack PORT_TAKEN: port 9092 is taken",
+      ],
+      [new MissingTopicError("nothing to replay"), 1, "nothing to replay"],
+      [
+        new KafkaError("producing failed", "KafkaJSConnectionError", true),
+        1,
+        "producing failed (run with --verbose for details)",
+      ],
+      [
+        new RetryExhaustedError(3, new Error("down")),
+        1,
+        "gave up after 3 attempt(s): down (run with --verbose for details)",
+      ],
+      [new Error("a bug"), 1, "a bug (run with --verbose for details)"],
+      ["thrown string", 1, "thrown string (run with --verbose for details)"],
+    ];
+    for (const [error, exitCode, line] of cases)
+      expect(failureOf(error, false), line).toEqual({ exitCode, line });
+    expect(failureOf(new Error("a bug"), true)).toEqual({ exitCode: 1, line: "a bug" });
+    expect(EXIT).toEqual({ ok: 0, failure: 1, usage: 2, unreachable: 3, interrupted: 130 });
+    expect(Object.keys(ERROR_EXITS)).toContain("CONFIG_INVALID");
+  });
+});
