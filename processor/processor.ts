@@ -14,12 +14,14 @@
 import { randomUUID } from "node:crypto";
 
 import {
-  Subject,
-  groupBy,
-  map,
+  asyncScheduler,
+  catchError,
+  defer,
+  EMPTY,
+  exhaustMap,
+  interval,
   mergeMap,
-  switchMap,
-  timer,
+  Subject,
   type SchedulerLike,
   type Subscription,
 } from "rxjs";
@@ -62,6 +64,7 @@ import {
   type Checkpoint,
 } from "./checkpoints.js";
 import { PartitionDriver } from "./driver.js";
+import { due, idlePartitions, Lanes } from "./pipeline.js";
 import { ProcessorMetrics } from "./observability.js";
 import type { PartitionOutput, PartitionRouting, WindowSettings } from "./partition.js";
 
@@ -116,7 +119,10 @@ export interface ProcessorOptions {
   readonly metrics?: unknown;
   readonly clientId?: string;
   readonly logger?: ProcessorLogger;
-  /** RxJS scheduler for the idle timers (tests use a virtual one). */
+  /**
+   * Where time comes from: idle timers, watermark ticks, checkpoint pacing, progress reports and
+   * the partition-count watch (RxJS's `asyncScheduler` by default; tests use a virtual one).
+   */
   readonly scheduler?: SchedulerLike;
   /** Serve Prometheus metrics on this port (`/metrics`, loopback); none by default. 0: any free port. */
   readonly metricsPort?: number;
@@ -160,9 +166,13 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
   private homes: { readonly count: number; readonly of: (service: string) => number } | undefined;
   /** Live mode: the model-calls partitions known; partitions beyond the homes are registered. */
   private knownPartitions = 0;
-  private partitionWatch: ReturnType<typeof setInterval> | undefined;
+  private partitionWatch: Subscription | undefined;
   private readonly logger: ProcessorLogger;
-  private readonly scheduler: SchedulerLike | undefined;
+  private readonly clock: SchedulerLike;
+  /** Batches, one lane per partition, each handled to its end before the next. */
+  private readonly lanes = new Lanes<{ batch: ConsumedBatch; control: BatchControl }>((work) =>
+    this.onBatch(work.batch, work.control),
+  );
   /** Prometheus metrics of this processor. */
   readonly metrics: ProcessorMetrics;
   /** What it counted: each feeds its Prometheus counter too. */
@@ -241,7 +251,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
     this.partitions = config.partitions;
     this.sessionTimeoutMs = config.sessionTimeoutMs;
     this.metadataMaxAgeMs = config.metadataMaxAgeMs;
-    this.scheduler = options.scheduler;
+    this.clock = options.scheduler ?? asyncScheduler;
   }
 
   protected requiredTopics(): readonly TopicSpec[] {
@@ -291,7 +301,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       // Partitions are independent state machines: handling several at once overlaps one
       // partition's produce and checkpoint round trips with another's decoding.
       partitionsConcurrently: 4,
-      onBatch: (batch, control) => this.onBatch(batch, control),
+      onBatch: (batch, control) => this.lanes.push(batch.partition, { batch, control }),
       onAssignment: (partitions) => {
         this.onAssignment(partitions.map((entry) => entry.partition));
       },
@@ -311,12 +321,16 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
    */
   protected override async beforeStop(): Promise<void> {
     this.idleSubscription?.unsubscribe();
-    if (this.partitionWatch) clearInterval(this.partitionWatch);
+    this.partitionWatch?.unsubscribe();
     for (const [partition, owned] of this.owned)
       if (!this.busy.has(partition))
         await this.maybeCheckpoint(partition, owned, true).catch((error: unknown) => {
           this.logger.warn("final checkpoint failed", { partition, error: String(error) });
         });
+  }
+  protected override afterStop(): Promise<void> {
+    this.lanes.close();
+    return Promise.resolve();
   }
 
   stats(): ProcessorStats {
@@ -378,7 +392,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
           ? { state: checkpoint.state, nextOffset: BigInt(checkpoint.nextOffset) }
           : { nextOffset: null },
       ),
-      lastCheckpointAt: Date.now(),
+      lastCheckpointAt: this.clock.now(),
       lastCheckpointOffset: checkpoint ? BigInt(checkpoint.nextOffset) : -1n,
       reported: new Map(),
     };
@@ -525,7 +539,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
   private reportProgress(partition: number, owned: OwnedPartition, outputs: BatchOutputs): void {
     const time = owned.driver.state.ownEventTimeMicros;
     if (time === null) return;
-    const now = Date.now();
+    const now = this.clock.now();
     for (const [home, lastOffset] of owned.driver.state.forwardedTo) {
       const reported = owned.reported.get(home);
       if (reported && reported.timeMicros >= time) continue;
@@ -584,7 +598,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
           // The copy carries the source's event time; no progress record is due for it.
           owned.reported.set(output.partition, {
             timeMicros: output.origin.sourceTimeMicros,
-            at: owned.reported.get(output.partition)?.at ?? Date.now(),
+            at: owned.reported.get(output.partition)?.at ?? this.clock.now(),
           });
           break;
         case "late":
@@ -662,7 +676,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
   ): Promise<void> {
     const nextOffset = owned.driver.nextOffset;
     if (nextOffset === null || nextOffset === owned.lastCheckpointOffset) return;
-    if (!force && Date.now() - owned.lastCheckpointAt < this.checkpointIntervalMs) return;
+    if (!force && !due(this.clock, owned.lastCheckpointAt, this.checkpointIntervalMs)) return;
     const state = owned.driver.state.snapshot();
     await (this.checkpoints as CheckpointStore).save({
       version: 1,
@@ -672,7 +686,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       nextOffset: nextOffset.toString(),
       state,
     });
-    owned.lastCheckpointAt = Date.now();
+    owned.lastCheckpointAt = this.clock.now();
     owned.lastCheckpointOffset = nextOffset;
     owned.driver.markDurable(state);
     this.count.checkpoints.inc();
@@ -700,13 +714,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
   private watchIdlePartitions(): void {
     this.idleSubscription = this.activity
       .pipe(
-        groupBy((partition) => partition),
-        mergeMap((partition$) =>
-          partition$.pipe(
-            switchMap(() => timer(this.idleTimeoutMs, this.scheduler)),
-            map(() => partition$.key),
-          ),
-        ),
+        idlePartitions(this.idleTimeoutMs, this.clock),
         mergeMap((partition) => this.tick(partition)),
       )
       .subscribe();
@@ -745,30 +753,30 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
     this.knownPartitions = partitions;
   }
 
-  /** Live mode: looks for partitions added to model-calls every `metadataMaxAgeMs`. */
+  /** Looks for partitions added to model-calls every `metadataMaxAgeMs`, one look at a time. */
   private watchPartitionCount(): void {
-    let running = false;
-    this.partitionWatch = setInterval(() => {
-      if (running || this.isStopping) return;
-      running = true;
-      void (async () => {
-        const admin = await connectAdmin(this.kafka);
-        try {
-          await this.registerPartitions(await admin.partitionCount(this.topics.modelCalls));
-        } finally {
-          await admin.close();
-        }
-      })()
-        .catch((error: unknown) => {
-          this.logger.warn("could not check the model-calls partitions", {
-            error: error instanceof Error ? error.message : String(error),
-          });
-        })
-        .finally(() => {
-          running = false;
-        });
-    }, this.metadataMaxAgeMs);
-    this.partitionWatch.unref();
+    const look = async () => {
+      const admin = await connectAdmin(this.kafka);
+      try {
+        await this.registerPartitions(await admin.partitionCount(this.topics.modelCalls));
+      } finally {
+        await admin.close();
+      }
+    };
+    this.partitionWatch = interval(this.metadataMaxAgeMs, this.clock)
+      .pipe(
+        exhaustMap(() =>
+          defer(look).pipe(
+            catchError((error: unknown) => {
+              this.logger.warn("could not check the model-calls partitions", {
+                error: error instanceof Error ? error.message : String(error),
+              });
+              return EMPTY;
+            }),
+          ),
+        ),
+      )
+      .subscribe();
   }
 
   private async tick(partition: number): Promise<void> {
@@ -780,7 +788,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       !this.assignment.has(partition)
     )
       return;
-    const tick = watermarkTick(Date.now() * MICROS_PER_MILLI);
+    const tick = watermarkTick(this.clock.now() * MICROS_PER_MILLI);
     try {
       await this.producer?.send(
         this.topics.modelCalls,

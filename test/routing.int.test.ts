@@ -9,7 +9,7 @@
  * The events are drawn from a logged seed: replay a failure with MCPO_TEST_SEED=<seed>.
  */
 import type { Admin, Producer } from "kafkajs";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFailed } from "vitest";
 
 import { AvroCodec, valueSubject } from "../avro/codec.js";
 import { ALERT_EVENT, METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
@@ -94,11 +94,25 @@ describe("events away from their service's home partition, with the real stack",
       idleTimeoutMs: 1000,
       checkpointIntervalMs: 500,
       metadataMaxAgeMs: 500,
+      metricsPort: 0,
       metrics: { rules: RULES },
       logger: quietLogger,
     });
     processors.push(processor);
     await processor.start();
+    // On a failure: what the processor counted and where each partition's watermark stands.
+    onTestFailed(async () => {
+      const text = await fetch(processor.metricsUrl ?? "").then(
+        (response) => response.text(),
+        () => "",
+      );
+      process.stderr.write(
+        `[routing.int ${label}] processor stats ${JSON.stringify(processor.stats())}\n${text
+          .split("\n")
+          .filter((line) => /^mcpo_processor_(watermark|open_windows|consumer_lag)/.test(line))
+          .join("\n")}\n`,
+      );
+    });
     return { prefix, processor, codecs: { events, rollups, alerts } };
   }
 
