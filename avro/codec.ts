@@ -139,6 +139,8 @@ export class AvroCodec<T> {
    *
    * @throws {SchemaRegistryError} code `SCHEMA_INCOMPATIBLE` when the registry refuses the schema
    *   as incompatible with the subject's earlier versions; `SCHEMA_REGISTRY_ERROR` otherwise.
+   * @throws {RetryExhaustedError} when the registry stayed unreachable through the client's
+   *   retries (its `cause` is the last `SchemaRegistryError`).
    */
   static async register<T>(
     contract: EventContract<T>,
