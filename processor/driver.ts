@@ -11,6 +11,7 @@ import { defer, map, type OperatorFunction } from "rxjs";
 import type { AvroCodec } from "../avro/codec.js";
 import type { ModelCallEvent } from "../avro/generated.js";
 import type { ConsumedRecord } from "../kafka/index.js";
+import { healPosition, type PositionDecision } from "../ops/service.js";
 import { readLogRecord, readLogRecordIfKnown, type LogRecord } from "./log-record.js";
 import {
   DEFAULT_WINDOW_SETTINGS,
@@ -52,6 +53,8 @@ export class PartitionDriver {
    * whose outputs fail goes back to it with {@link rewind}.
    */
   private durable: DriverStart;
+  /** The offset last sought to, until a batch starts there (or past it: a gap). */
+  private sought: bigint | undefined;
 
   constructor(
     private readonly settings: WindowSettings,
@@ -69,16 +72,21 @@ export class PartitionDriver {
   }
 
   /**
-   * Where the next batch must start when it begins at `firstOffset`: null to go on, or the
-   * offset to seek to (the group's position is ahead of the state's).
+   * What to do with a batch that begins at `firstOffset` (see {@link healPosition}): go on, seek
+   * to the state's next offset (the group's position is behind or ahead of it), or, when that
+   * offset is gone from the log, go on from the batch's start across the gap.
    */
-  seekFor(firstOffset: bigint): bigint | null {
+  positionFor(firstOffset: bigint): PositionDecision {
     if (this.nextOffset === null) {
       // No checkpoint: the partition starts where the log does (retention may have removed 0).
       this.nextOffset = firstOffset;
       if (this.durable.nextOffset === null) this.durable = { nextOffset: firstOffset };
     }
-    return firstOffset > this.nextOffset ? this.nextOffset : null;
+    const decision = healPosition(firstOffset, this.nextOffset, this.sought);
+    if (decision.action === "seek") this.sought = decision.to;
+    else this.sought = undefined;
+    if (decision.action === "gap") this.nextOffset = decision.to;
+    return decision;
   }
 
   /** Feeds one record (in offset order) through the state machine. */
@@ -124,4 +132,83 @@ export function eventTimeWindows(
       const state = new PartitionState(settings, snapshot);
       return source.pipe(map((input) => state.apply(input)));
     });
+}
+
+/** An open window's rollup, as snapshots hold them. */
+type OpenRollup = PartitionSnapshot["windows"][number];
+/** A firing incident, as snapshots hold them. */
+type FiringIncident = PartitionSnapshot["alerts"]["active"][number];
+
+/**
+ * The state machine fed by one process's own calls and its wall clock, without a log: the
+ * PostgresExporter's direct mode and the interceptor's local alerts. The same windows, late rule
+ * and alert transitions as the processor's: an event counts in its window unless the watermark
+ * (the largest of its event times and the clock's ticks, minus grace) has passed that window,
+ * when it is late — counted in `late` of the window the watermark is in, never re-opening a
+ * window already emitted. It may start from restored open windows (rows read back after a
+ * restart), which later calls add to.
+ */
+export class LocalDriver {
+  private readonly state: PartitionState;
+
+  /**
+   * @param restored open windows to continue, as rollups of what they held (each must be of
+   *   `settings`' window size).
+   * @param startMicros event time to start at (the wall clock when the process started): a call
+   *   whose window the watermark has passed from there on is late, so windows a previous process
+   *   wrote and closed are not opened again; null to start with the first event.
+   * @throws {RangeError} when a restored rollup is not of the window size.
+   */
+  constructor(
+    readonly settings: WindowSettings = DEFAULT_WINDOW_SETTINGS,
+    restored: readonly OpenRollup[] = [],
+    startMicros: number | null = null,
+  ) {
+    this.state = new PartitionState(settings, {
+      version: 2,
+      maxEventTimeMicros: startMicros,
+      windows: restored,
+      alerts: { active: [] },
+    });
+  }
+
+  /** Counts a call (or marks it late) and closes what its time passes. */
+  record(event: ModelCallEvent): PartitionOutput[] {
+    return this.state.apply({ type: "event", event });
+  }
+
+  /** The wall clock says `nowMicros`: closes every window the watermark passes. */
+  tick(nowMicros: number): PartitionOutput[] {
+    return this.state.apply({ type: "tick", eventTimeMicros: nowMicros });
+  }
+
+  /** Closes every open window (at shutdown). */
+  flush(): PartitionOutput[] {
+    return this.state.apply({ type: "flush" });
+  }
+
+  /** The state as plain data: open windows as rollups, event time, firing incidents. */
+  snapshot(): PartitionSnapshot {
+    return this.state.snapshot();
+  }
+
+  /** The open windows' rollups as they stand (partial rows), services in name order. */
+  openRollups(): OpenRollup[] {
+    return this.state.snapshot().windows.slice();
+  }
+
+  /** The incidents firing for `service` as of the windows closed so far. */
+  firing(service: string): FiringIncident[] {
+    return this.state.snapshot().alerts.active.filter((alert) => alert.service === service);
+  }
+
+  /**
+   * The incidents that will be firing for `service` once the open windows close as they stand now
+   * (no more calls): the windows closed so far, then the open ones judged on a copy of the state.
+   */
+  firingOnceClosed(service: string): FiringIncident[] {
+    const copy = new PartitionState(this.settings, this.state.snapshot());
+    copy.apply({ type: "flush" });
+    return copy.snapshot().alerts.active.filter((alert) => alert.service === service);
+  }
 }

@@ -1,7 +1,7 @@
 /**
  * `instrument()` and the `MCPInterceptor`: builds immutable ModelCallEvents from what the host
- * reports, counts them in this replica's rolling metrics (the same core and rules as the
- * processor), and hands them to the exporter. Fails open: nothing inside the interceptor throws
+ * reports, counts them in this replica's rolling metrics and alert state machine (the same core,
+ * rules and alert transitions as the processor), and hands them to the exporter. Fails open: nothing inside the interceptor throws
  * into the host or changes its results; failures go to the injected logger and are counted.
  */
 import { wallClockMs } from "./clock.js";
@@ -220,9 +220,14 @@ export class MCPInterceptor {
     };
   }
 
-  /** Keys of the alert rules this replica's rolling window breaches now, in rule order. */
+  /**
+   * Keys of the alert rules whose incidents are firing for this replica's service, in rule order:
+   * the processor's state machine over this replica's calls (tumbling windows of its size and
+   * grace, closed by the wall clock, the AlertTracker's incidents), with the open windows judged
+   * as they stand.
+   */
   getActiveAlerts(): string[] {
-    return this.local.activeAlerts(this.local.rollup(this.now() * MICROS_PER_MILLI));
+    return this.local.activeAlerts(Math.round(this.now() * MICROS_PER_MILLI));
   }
 
   /** The interceptor's counters and its exporter's (sent, dropped, retried, buffered). */

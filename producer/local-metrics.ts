@@ -1,22 +1,30 @@
 import type { MetricRollup, MetricThresholds, ModelCallEvent } from "../avro/generated.js";
 import {
-  evaluateRule,
   merge,
   MICROS_PER_MILLI,
   ServiceWindows,
   WindowAccumulator,
   type AlertRule,
 } from "../metrics/index.js";
+import { LocalDriver } from "../processor/driver.js";
+import { DEFAULT_WINDOW_SETTINGS } from "../processor/partition.js";
 
 /**
- * This replica's own metrics over a rolling window, with the same accumulators, derived rates and
- * rules as the processor: calls land in small tumbling buckets (by `end_time`), and a snapshot
- * merges the buckets that overlap the last `rollingWindowMs`.
+ * This replica's own metrics and alerts, with the same accumulators, derived rates and rules as
+ * the processor.
+ *
+ * - The snapshot is a rolling window: calls land in small tumbling buckets (by `end_time`), and a
+ *   snapshot merges the buckets that overlap the last `rollingWindowMs`.
+ * - Alerts come from the processor's own state machine ({@link LocalDriver}): tumbling windows of
+ *   the processor's size and grace, closed by the wall clock, transitions from the AlertTracker.
+ *   The active alerts are the incidents firing once the open windows close as they stand, so a
+ *   replica reports what the processor reports for the same calls when it closes those windows.
  */
 export class LocalMetrics {
   private readonly windows: ServiceWindows;
   private readonly bucketMicros: number;
   private readonly rollingMicros: number;
+  private readonly driver: LocalDriver;
 
   constructor(
     readonly service: string,
@@ -30,10 +38,12 @@ export class LocalMetrics {
     this.bucketMicros = bucketMs * MICROS_PER_MILLI;
     this.rollingMicros = rollingWindowMs * MICROS_PER_MILLI;
     this.windows = new ServiceWindows(service, this.bucketMicros, thresholds);
+    this.driver = new LocalDriver({ ...DEFAULT_WINDOW_SETTINGS, thresholds, rules });
   }
 
   record(event: ModelCallEvent): void {
     this.windows.add(event);
+    this.driver.record(event);
   }
 
   /** A rollup of the rolling window ending at `nowMicros` (its window is the covered span). */
@@ -54,10 +64,13 @@ export class LocalMetrics {
     });
   }
 
-  /** Keys of the rules that breach over the rolling window, in rule order. */
-  activeAlerts(rollup: MetricRollup): string[] {
-    return this.rules
-      .filter((rule) => evaluateRule(rule, rollup).verdict === "breach")
-      .map((rule) => rule.key);
+  /**
+   * Keys of the rules whose incidents are firing for this service at `nowMicros` (the windows it
+   * passes closed, the open ones judged as they stand), in rule order.
+   */
+  activeAlerts(nowMicros: number): string[] {
+    this.driver.tick(nowMicros);
+    const firing = new Set(this.driver.firingOnceClosed(this.service).map((alert) => alert.rule));
+    return this.rules.filter((rule) => firing.has(rule.key)).map((rule) => rule.key);
   }
 }

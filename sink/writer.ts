@@ -15,8 +15,15 @@ import { pipeline } from "node:stream/promises";
 import type pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
 
-import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
+import type {
+  AlertEvent,
+  LatencySketch as LatencySketchRecord,
+  MetricRollup,
+  ModelCallEvent,
+  WindowCounts,
+} from "../avro/generated.js";
 import { ConfigError } from "../config/index.js";
+import { deriveRates, LatencySketch } from "../metrics/index.js";
 
 /** A span and where it was read from (none for the direct PostgresExporter). */
 export interface SpanRow {
@@ -281,6 +288,52 @@ export class PostgresWriter {
       partition: row.partition,
       nextOffset: row.next_offset,
     }));
+  }
+
+  /**
+   * The rollup rows (every service, total and models) of the windows ending after `sinceMicros`,
+   * read back as rollups: counts, thresholds and the latency sketch as stored, rates derived from
+   * them. For a writer that restarts and continues the windows that may still be open (the
+   * PostgresExporter's direct mode). Ordered by service, window, then model (total first).
+   */
+  async openRollups(sinceMicros: number): Promise<MetricRollup[]> {
+    const micros = (column: string): string =>
+      `(extract(epoch from ${column}) * 1000000)::bigint::text as ${column}`;
+    const { rows } = await this.pool.query<
+      Record<"service" | "model" | "window_start" | "window_end", string> &
+        Record<(typeof COUNT_COLUMNS)[number], string> & {
+          low_confidence_threshold: number;
+          prompt_diff_threshold: number;
+          latency_sketch: LatencySketchRecord;
+        }
+    >(
+      `select service, model, ${micros("window_start")}, ${micros("window_end")},
+         low_confidence_threshold, prompt_diff_threshold,
+         ${COUNT_COLUMNS.map((name) => `${name}::text`).join(", ")}, latency_sketch
+       from ${this.tables.rollups}
+       where window_end > ${ts("$1::bigint")}
+       order by service, window_start, window_end, model = '${TOTAL_MODEL}' desc, model`,
+      [sinceMicros],
+    );
+    return rows.map((row) => {
+      const counts = Object.fromEntries(
+        COUNT_COLUMNS.map((name) => [name, Number(row[name])]),
+      ) as unknown as WindowCounts;
+      const latency = LatencySketch.fromRecord(row.latency_sketch);
+      return {
+        service: row.service,
+        model: row.model === TOTAL_MODEL ? null : row.model,
+        window_start: Number(row.window_start),
+        window_end: Number(row.window_end),
+        thresholds: {
+          low_confidence: row.low_confidence_threshold,
+          prompt_diff: row.prompt_diff_threshold,
+        },
+        counts,
+        latency: latency.toRecord(),
+        rates: deriveRates(counts, latency),
+      };
+    });
   }
 
   private async writeSpans(

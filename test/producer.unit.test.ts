@@ -3,7 +3,9 @@ import { describe, expect, it } from "vitest";
 import { parse as parseYaml } from "yaml";
 
 import { MODEL_CALL_EVENT } from "../avro/contracts.js";
+import type { ModelCallEvent } from "../avro/generated.js";
 import { DEFAULT_ALERT_RULES } from "../metrics/index.js";
+import { DEFAULT_WINDOW_SETTINGS, PartitionState } from "../processor/partition.js";
 import { InMemoryExporter } from "../producer/exporters/memory.js";
 import type { EventExporter } from "../producer/exporters/types.js";
 import { instrument } from "../producer/interceptor.js";
@@ -337,7 +339,99 @@ describe("the rolling window", () => {
       error_rate: null,
       fallback_rate: null,
     });
+    // The alerts are the processor's incidents, not the rolling window's verdict: the incident
+    // stays firing until a later window with enough samples is judged ok.
+    expect(interceptor.getActiveAlerts()).toEqual(["error_rate_high"]);
+    for (let i = 0; i < 20; i++) await interceptor.interceptModelCall({ model: "m" });
     expect(interceptor.getActiveAlerts()).toEqual([]);
+  });
+});
+
+describe("the local alerts are the processor's", () => {
+  /**
+   * The rule keys the processor's state machine reports firing for `service`: the same events,
+   * then a tick at `nowMs` (in rule order, as getActiveAlerts gives them).
+   */
+  function processorFiring(
+    events: readonly ModelCallEvent[],
+    service: string,
+    nowMs: number,
+  ): string[] {
+    const state = new PartitionState(DEFAULT_WINDOW_SETTINGS);
+    for (const event of events) state.apply({ type: "event", event });
+    state.apply({ type: "tick", eventTimeMicros: nowMs * 1000 });
+    const firing = new Set(
+      state
+        .snapshot()
+        .alerts.active.filter((alert) => alert.service === service)
+        .map((alert) => alert.rule),
+    );
+    return DEFAULT_ALERT_RULES.filter((rule) => firing.has(rule.key)).map((rule) => rule.key);
+  }
+
+  const WINDOW_MS = 60_000;
+  const GRACE_MS = 10_000;
+
+  it("keeps an incident firing after its window, as the processor does, until a window is judged ok", async () => {
+    let now = 1_764_000_000_000;
+    const exporter = new InMemoryExporter();
+    const interceptor = instrument({
+      serviceName: "svc",
+      exporter,
+      now: () => now,
+      logger: silentLogger,
+    });
+    // 25 calls, 5 errors: error_rate_high breaches in the first window.
+    for (let i = 0; i < 25; i++) {
+      now += 1000;
+      await interceptor.interceptModelCall({ model: "m", status: i % 5 === 0 ? "error" : "ok" });
+    }
+    // Quiet for ten minutes: the rolling window forgets the calls, the incident stays firing.
+    now += 600_000;
+    expect(interceptor.getActiveAlerts()).toEqual(processorFiring(exporter.events, "svc", now));
+    expect(interceptor.getActiveAlerts()).toEqual(["error_rate_high"]);
+  });
+
+  it("for the same calls, getActiveAlerts() equals what the processor's state machine reports firing, at every step", async () => {
+    const random = seededRandom("producer.unit local alerts vs processor");
+    let now = 1_764_000_000_000 + random.int(0, 59_999);
+    const exporter = new InMemoryExporter();
+    const interceptor = instrument({
+      serviceName: "svc",
+      exporter,
+      now: () => now,
+      logger: silentLogger,
+    });
+    let compared = 0;
+    let firingSeen = 0;
+    for (let phase = 0; phase < 12; phase++) {
+      const errorRate = random.next() < 0.5 ? 0 : random.next() * 0.3;
+      const lowConfidence = random.next() < 0.5 ? 0 : random.next();
+      const calls = random.int(0, 60);
+      for (let i = 0; i < calls; i++) {
+        now += random.int(0, 3000);
+        await interceptor.interceptModelCall({
+          model: random.next() < 0.5 ? "a" : "b",
+          status: random.next() < errorRate ? "error" : "ok",
+          confidence: random.next() < lowConfidence ? 0.2 : 0.9,
+          durationMs: random.int(1, 5000),
+        });
+      }
+      // Once the windows with calls have closed, the replica and the processor say the same.
+      now += random.int(0, 3) === 0 ? random.int(0, 400_000) : WINDOW_MS + GRACE_MS;
+      const lastEnd = Math.max(0, ...exporter.events.map((event) => event.end_time / 1000));
+      const closedAll = Math.floor(lastEnd / WINDOW_MS) * WINDOW_MS + WINDOW_MS + GRACE_MS <= now;
+      const local = interceptor.getActiveAlerts();
+      // While a window is open, it is judged as it stands: what the processor reports once it
+      // closes with no more calls.
+      expect(local, `phase ${phase}`).toEqual(
+        processorFiring(exporter.events, "svc", closedAll ? now : now + WINDOW_MS + GRACE_MS),
+      );
+      compared++;
+      if (local.length > 0) firingSeen++;
+    }
+    expect(compared).toBe(12);
+    expect(firingSeen, "some phase had incidents firing").toBeGreaterThan(0);
   });
 });
 

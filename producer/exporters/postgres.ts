@@ -1,19 +1,25 @@
 /**
  * The direct mode for a single replica, no Kafka: spans go straight to PostgreSQL through the
- * sink's own writer (the same upserts), and this replica's calls are rolled up with the metrics
- * core into tumbling windows (by wall-clock event time), written as rollup rows when a window
- * closes (its end plus grace has passed) and, as a partial row, on every flush. Buffering,
- * batching, retries and overflow are the shared {@link BatchingExporter}'s: the host never
- * waits on the database.
+ * sink's own writer (the same upserts), and this replica's calls go through the processor's
+ * state machine ({@link LocalDriver}: tumbling windows, grace, the late rule, the AlertTracker),
+ * with the wall clock as its ticks. Closed windows are written as rollup rows and their alert
+ * transitions as alert rows; open windows are written as partial rows on every flush. A call
+ * whose window has already closed is late (counted in `late`), so it never re-opens a window
+ * that was written. On first connecting, the rows of the windows that may still be open are
+ * read back and restored, so a restart mid-window adds to its row instead of overwriting it.
+ * Buffering, batching, retries and overflow are the shared {@link BatchingExporter}'s: the host
+ * never waits on the database.
  *
  * The seed's quick start — `new PostgresExporter("postgresql://…")`, no explicit flush — still
  * leaves its rows: before the process exits, anything unwritten is flushed.
  */
 import pg from "pg";
 
-import type { MetricRollup, ModelCallEvent } from "../../avro/generated.js";
+import type { AlertEvent, MetricRollup, ModelCallEvent } from "../../avro/generated.js";
 import { loadConnectionConfig, windowConfigSchema } from "../../config/index.js";
-import { MICROS_PER_MILLI, parseMetricsConfig, ServiceWindows } from "../../metrics/index.js";
+import { countsTowardMetrics, MICROS_PER_MILLI, parseMetricsConfig } from "../../metrics/index.js";
+import { LocalDriver } from "../../processor/driver.js";
+import type { PartitionOutput, WindowSettings } from "../../processor/partition.js";
 import { migrate } from "../../sink/migrate.js";
 import { PostgresWriter } from "../../sink/writer.js";
 import { stderrLogger, type Logger } from "../logger.js";
@@ -27,7 +33,7 @@ export interface PostgresExporterOptions extends BatchingOptions {
   readonly windowSizeMs?: number;
   /** A window is written as final this long after its end, ms (default: the processor's grace, 10 000). */
   readonly graceMs?: number;
-  /** Thresholds (see metrics/README.md). */
+  /** Thresholds and alert rules (see metrics/README.md). */
   readonly metrics?: unknown;
   /** Apply the schema migrations on first use (default true). */
   readonly migrate?: boolean;
@@ -38,16 +44,20 @@ export interface PostgresExporterOptions extends BatchingOptions {
 
 export class PostgresExporter extends BatchingExporter {
   private readonly databaseUrl: string;
-  private readonly windowSizeMicros: number;
-  private readonly graceMicros: number;
-  private readonly thresholds: ReturnType<typeof parseMetricsConfig>["thresholds"];
+  private readonly settings: WindowSettings;
   private readonly migrateFirst: boolean;
   private readonly now: () => number;
+  /** The wall clock at construction, µs: where the restored state's event time starts. */
+  private readonly startedMicros: number;
   private pool: pg.Pool | undefined;
   private writer: PostgresWriter | undefined;
   private migrated = false;
-  private readonly windows = new Map<string, ServiceWindows>();
-  private pendingRollups: MetricRollup[] = [];
+  /** The state machine; created once the open windows are read back (first connection). */
+  private driver: LocalDriver | undefined;
+  /** Calls accepted before the state was restored: fed to it, in order, once it is. */
+  private readonly unrestored: ModelCallEvent[] = [];
+  private readonly pendingRollups: MetricRollup[] = [];
+  private readonly pendingAlerts: AlertEvent[] = [];
   /** Changes to open windows: `written` is the count their partial rows were last written at. */
   private changes = 0;
   private written = 0;
@@ -55,7 +65,7 @@ export class PostgresExporter extends BatchingExporter {
   private readonly beforeExit = (): void => {
     if (
       !this.closing &&
-      (this.stats().buffered > 0 || this.changes !== this.written || this.pendingRollups.length > 0)
+      (this.stats().buffered > 0 || this.changes !== this.written || this.hasPendingWork())
     )
       void this.flush();
   };
@@ -77,52 +87,66 @@ export class PostgresExporter extends BatchingExporter {
     );
     this.databaseUrl = connection.databaseUrl;
     const defaults = windowConfigSchema.parse({});
-    this.windowSizeMicros =
-      positiveInt("windowSizeMs", settings.windowSizeMs, defaults.windowSizeMs) * MICROS_PER_MILLI;
-    this.graceMicros = (settings.graceMs ?? defaults.graceMs) * MICROS_PER_MILLI;
-    this.thresholds = parseMetricsConfig(settings.metrics ?? {}, "metrics").thresholds;
+    const metrics = parseMetricsConfig(settings.metrics ?? {}, "metrics");
+    this.settings = {
+      windowSizeMicros:
+        positiveInt("windowSizeMs", settings.windowSizeMs, defaults.windowSizeMs) *
+        MICROS_PER_MILLI,
+      graceMicros: (settings.graceMs ?? defaults.graceMs) * MICROS_PER_MILLI,
+      thresholds: metrics.thresholds,
+      rules: metrics.rules,
+    };
     this.migrateFirst = settings.migrate ?? true;
     this.now = settings.now ?? Date.now;
-    // Windows close with time even when no calls come: look now and then.
+    this.startedMicros = Math.round(this.now() * MICROS_PER_MILLI);
+    // Windows close with time even when no calls come: tick the state machine now and then.
     this.closeTimer = setInterval(
       () => {
-        if (this.hasDueWindows()) this.schedule();
+        this.tick();
+        if (this.pendingRollups.length > 0 || this.pendingAlerts.length > 0) this.schedule();
       },
-      Math.min(10_000, this.windowSizeMicros / MICROS_PER_MILLI),
+      Math.min(10_000, this.settings.windowSizeMicros / MICROS_PER_MILLI),
     );
     this.closeTimer.unref();
     process.on("beforeExit", this.beforeExit);
   }
 
   protected override accepted(event: ModelCallEvent): void {
-    let windows = this.windows.get(event.service);
-    if (!windows) {
-      windows = new ServiceWindows(event.service, this.windowSizeMicros, this.thresholds);
-      this.windows.set(event.service, windows);
+    if (!this.driver) {
+      // Not restored yet: the call waits (as its span does in the buffer, of the same bound).
+      this.unrestored.push(event);
+      if (this.unrestored.length > this.maxQueueSize) this.unrestored.shift();
+      return;
     }
-    if (windows.add(event)) this.changes++;
+    this.take(this.driver.record(event));
+    if (countsTowardMetrics(event)) this.changes++;
   }
 
   protected override hasPendingWork(): boolean {
+    this.tick();
     return (
       this.pendingRollups.length > 0 ||
-      this.hasDueWindows() ||
+      this.pendingAlerts.length > 0 ||
       (this.flushing && this.changes !== this.written)
     );
   }
 
   protected async deliver(batch: readonly ModelCallEvent[]): Promise<number> {
-    const writer = await this.ready();
-    this.closeDueWindows(this.closing);
+    const { writer, driver } = await this.ready();
+    this.tick();
     // On a flush, open windows go out as partial rows too (upserted again when they close).
     const snapshotAt = this.changes;
-    const partial = this.flushing && snapshotAt !== this.written ? this.openRollups() : [];
-    const closed = this.pendingRollups;
+    const partial = this.flushing && snapshotAt !== this.written ? driver.openRollups() : [];
+    const rollups = this.pendingRollups.length;
+    const alerts = this.pendingAlerts.length;
     await writer.write({
       spans: batch.map((event) => ({ event })),
-      rollups: [...closed, ...partial],
+      rollups: [...this.pendingRollups, ...partial],
+      alerts: [...this.pendingAlerts],
     });
-    this.pendingRollups = this.pendingRollups.filter((rollup) => !closed.includes(rollup));
+    // What closed while the write was under way stays pending.
+    this.pendingRollups.splice(0, rollups);
+    this.pendingAlerts.splice(0, alerts);
     if (this.flushing) this.written = snapshotAt;
     return 0;
   }
@@ -131,15 +155,21 @@ export class PostgresExporter extends BatchingExporter {
     clearInterval(this.closeTimer);
     process.off("beforeExit", this.beforeExit);
     // Whatever is still open is final now.
-    this.closeDueWindows(true);
-    if (this.pendingRollups.length > 0 && this.writer) {
-      await this.writer.write({ rollups: this.pendingRollups });
-      this.pendingRollups = [];
+    if (this.driver) this.take(this.driver.flush());
+    if ((this.pendingRollups.length > 0 || this.pendingAlerts.length > 0) && this.writer) {
+      await this.writer.write({ rollups: this.pendingRollups, alerts: this.pendingAlerts });
+      this.pendingRollups.length = 0;
+      this.pendingAlerts.length = 0;
     }
     await this.pool?.end();
   }
 
-  private async ready(): Promise<PostgresWriter> {
+  /**
+   * Connects (migrating first, once), and on the first connection restores the state machine:
+   * the rows of the windows that may still be open — ending after the start's watermark minus a
+   * window — are read back as its open windows, and the calls accepted meanwhile are fed to it.
+   */
+  private async ready(): Promise<{ writer: PostgresWriter; driver: LocalDriver }> {
     if (this.migrateFirst && !this.migrated) {
       await migrate(this.databaseUrl);
       this.migrated = true;
@@ -156,28 +186,28 @@ export class PostgresExporter extends BatchingExporter {
       });
       this.writer = new PostgresWriter(this.pool);
     }
-    return this.writer as PostgresWriter;
+    const writer = this.writer as PostgresWriter;
+    if (!this.driver) {
+      const { windowSizeMicros, graceMicros } = this.settings;
+      const rows = await writer.openRollups(this.startedMicros - graceMicros - windowSizeMicros);
+      // Rows of another window size (written with other settings) are other windows.
+      const restored = rows.filter((row) => row.window_end - row.window_start === windowSizeMicros);
+      const driver = new LocalDriver(this.settings, restored, this.startedMicros);
+      this.driver = driver;
+      for (const event of this.unrestored.splice(0)) this.accepted(event);
+    }
+    return { writer, driver: this.driver };
   }
 
-  private hasDueWindows(): boolean {
-    const horizon = this.now() * MICROS_PER_MILLI - this.graceMicros;
-    for (const windows of this.windows.values())
-      for (const start of windows.windowStarts())
-        if (start + this.windowSizeMicros <= horizon) return true;
-    return false;
+  /** The wall clock as a tick: closes the windows it passes (once the state is restored). */
+  private tick(): void {
+    if (this.driver) this.take(this.driver.tick(Math.round(this.now() * MICROS_PER_MILLI)));
   }
 
-  private closeDueWindows(all: boolean): void {
-    const horizon = all
-      ? Number.POSITIVE_INFINITY
-      : this.now() * MICROS_PER_MILLI - this.graceMicros;
-    for (const windows of this.windows.values())
-      for (const start of windows.windowStarts())
-        if (start + this.windowSizeMicros <= horizon)
-          this.pendingRollups.push(...windows.close(start));
-  }
-
-  private openRollups(): MetricRollup[] {
-    return [...this.windows.values()].flatMap((windows) => windows.openRollups());
+  /** Closed windows' rollups and alert transitions wait to be written. */
+  private take(outputs: readonly PartitionOutput[]): void {
+    for (const output of outputs)
+      if (output.type === "rollup") this.pendingRollups.push(output.rollup);
+      else if (output.type === "alert") this.pendingAlerts.push(output.alert);
   }
 }
