@@ -61,14 +61,22 @@ export class KafkaError extends ObservatoryError {
    * @param code kafkajs's error name or the broker's error type, e.g. `KafkaJSConnectionError`.
    * @param retriable worth trying again (broker down, leader moving, timeouts).
    */
+  /**
+   * The broker's error type when there is one (`REBALANCE_IN_PROGRESS`, `ILLEGAL_GENERATION`,
+   * `UNKNOWN_MEMBER_ID`, …), under the name kafkajs's consumer reads: an error thrown from a batch
+   * handler keeps it, so the consumer rejoins the group instead of crashing.
+   */
+  readonly type: string | undefined;
+
   constructor(
     message: string,
     code: string,
     retriable: boolean,
-    options?: { cause?: unknown; context?: ErrorContext },
+    options?: { cause?: unknown; context?: ErrorContext; type?: string },
   ) {
     super(code, message, { ...options, retriable });
     this.name = "KafkaError";
+    this.type = options?.type;
   }
 }
 
@@ -122,7 +130,7 @@ export function toKafkaError(error: unknown, what: string): KafkaError {
     `${what}: ${error instanceof Error ? error.message : String(error)}`,
     typeof type === "string" ? type : name,
     kafkaRetriable(error),
-    { cause: error },
+    { cause: error, ...(typeof type === "string" ? { type } : {}) },
   );
 }
 

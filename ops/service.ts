@@ -138,6 +138,30 @@ export async function pauseWithHeartbeats(
   }
 }
 
+/** What to do with a batch, given where it starts and where the consumer's state needs to be. */
+export type PositionDecision =
+  | { readonly action: "go" }
+  | { readonly action: "seek"; readonly to: bigint }
+  /** The records in [from, to) are no longer in the log: go on from `to`. */
+  | { readonly action: "gap"; readonly from: bigint; readonly to: bigint };
+
+/**
+ * Heals a consumer's position. A batch that starts at `first` when the state needs `wanted`:
+ * go on when they agree; otherwise seek to `wanted` (the group's offset was behind it — the group
+ * deleted, its offsets expired — or ahead of it); but when a seek to `wanted` (`sought`) already
+ * came back starting further on, the records there are gone (retention, `deleteRecords`, a
+ * compacted key): accept the gap rather than seek for ever.
+ */
+export function healPosition(
+  first: bigint,
+  wanted: bigint,
+  sought: bigint | undefined,
+): PositionDecision {
+  if (first === wanted) return { action: "go" };
+  if (first > wanted && sought === wanted) return { action: "gap", from: wanted, to: first };
+  return { action: "seek", to: wanted };
+}
+
 /** A second `start()`, or a call that needs a running service. */
 export class ServiceStateError extends ObservatoryError {
   constructor(component: string, action: string, state: ServiceState) {

@@ -424,12 +424,29 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
     const owned = await this.partitionFor(batch.partition);
     const first = batch.records[0];
     if (!first) return;
-    const seek = owned.driver.seekFor(BigInt(first.offset));
-    if (seek !== null) {
-      // The group's committed offset is ahead of the newest checkpoint: read from the checkpoint.
-      control.seek(seek.toString());
+    const position = owned.driver.positionFor(BigInt(first.offset));
+    if (position.action === "seek") {
+      // The group's offset is not the checkpoint's (the group deleted or expired, a commit lost):
+      // read from the checkpoint.
+      if (owned.driver.nextOffset !== null)
+        this.logger.info("reading from the partition's checkpoint, not the group's offset", {
+          partition: batch.partition,
+          groupOffset: first.offset,
+          checkpoint: position.to.toString(),
+        });
+      control.seek(position.to.toString());
       return;
     }
+    if (position.action === "gap")
+      this.logger.warn(
+        "records the partition's state needs are no longer in the log (retention or deleteRecords): going on after the gap; the windows they held are incomplete",
+        {
+          partition: batch.partition,
+          from: position.from.toString(),
+          to: position.to.toString(),
+          missing: (position.to - position.from).toString(),
+        },
+      );
     const outputs: BatchOutputs = {
       rollups: [],
       alerts: [],

@@ -81,13 +81,10 @@ export async function subscribeAlerts(
           }
           control.resolveOffset(record.offset);
         }
+        // Through the batch (its error keeps the broker's type: a rebalance makes the member
+        // rejoin), so the batch in flight at a stop commits too.
         const last = batch.records.at(-1);
-        if (last)
-          await consumer.commit(
-            batch.topic,
-            batch.partition,
-            (BigInt(last.offset) + 1n).toString(),
-          );
+        if (last) await control.commit((BigInt(last.offset) + 1n).toString());
       },
       onCrash: report,
     },

@@ -31,6 +31,7 @@ import { pinoLogger, type OpsLogger } from "../ops/index.js";
 import {
   ConsumerService,
   deadLetterRecord,
+  healPosition,
   pauseWithHeartbeats,
   pipelineTopics,
   Tally,
@@ -86,6 +87,8 @@ export class Sink extends ConsumerService<SinkStats> {
   private writer: PostgresWriter | undefined;
   /** Next offsets stored in PostgreSQL, by `topic|partition`; loaded on assignment. */
   private stored: Map<string, bigint> | undefined;
+  /** Where the sink last sought to, by `topic|partition`, until a batch starts there. */
+  private readonly sought = new Map<string, bigint>();
   /** Prometheus metrics of this sink. */
   readonly metrics: SinkMetrics;
   /** What it counted: each feeds its Prometheus counter too. */
@@ -200,10 +203,29 @@ export class Sink extends ConsumerService<SinkStats> {
     const stored = await this.withRetry(control, () =>
       this.storedOffset(batch.topic, batch.partition),
     );
+    const where = `${batch.topic}|${batch.partition}`;
     if (stored !== undefined && BigInt(first.offset) > stored) {
-      control.seek(stored.toString()); // the group's offset is ahead of what PostgreSQL holds
-      return;
+      // The group's offset is ahead of what PostgreSQL holds: read from there, unless those
+      // records are gone from the log (retention, deleteRecords, compaction).
+      const position = healPosition(BigInt(first.offset), stored, this.sought.get(where));
+      if (position.action === "seek") {
+        this.sought.set(where, position.to);
+        control.seek(position.to.toString());
+        return;
+      }
+      if (position.action === "gap")
+        this.logger.warn(
+          "records after the sink's stored position are no longer in the log (retention, deleteRecords or compaction): going on after the gap",
+          {
+            topic: batch.topic,
+            partition: batch.partition,
+            from: position.from.toString(),
+            to: position.to.toString(),
+            missing: (position.to - position.from).toString(),
+          },
+        );
     }
+    this.sought.delete(where);
     const codecs = this.pipelineCodecs;
     const spans: SpanRow[] = [];
     const rollups: MetricRollup[] = [];

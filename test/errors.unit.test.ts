@@ -3,6 +3,8 @@
  * retriable flag, describes itself for logs without secrets, and the CLI maps codes to exit codes
  * in one table.
  */
+import { createRequire } from "node:module";
+
 import kafkajs from "kafkajs";
 import { describe, expect, it } from "vitest";
 
@@ -417,5 +419,34 @@ describe("the CLI's exit codes, from one table", () => {
     expect(failureOf(new Error("a bug"), true)).toEqual({ exitCode: 1, line: "a bug" });
     expect(EXIT).toEqual({ ok: 0, failure: 1, usage: 2, unreachable: 3, interrupted: 130 });
     expect(Object.keys(ERROR_EXITS)).toContain("CONFIG_INVALID");
+  });
+});
+
+describe("errors thrown back into the Kafka consumer", () => {
+  // kafkajs's consumer decides by the error's `type` whether to rejoin the group or to crash.
+  const require = createRequire(import.meta.url);
+  const { isRebalancing } = require("kafkajs/src/errors") as {
+    isRebalancing: (error: unknown) => boolean;
+  };
+
+  it("keep the broker's error type, so a commit refused during a rebalance makes the consumer rejoin, not crash", () => {
+    for (const type of [
+      "REBALANCE_IN_PROGRESS",
+      "ILLEGAL_GENERATION",
+      "NOT_COORDINATOR_FOR_GROUP",
+    ]) {
+      const refused = Object.assign(new kafkajs.KafkaJSProtocolError(`refused: ${type}`), { type });
+      expect(isRebalancing(refused), `kafkajs's own ${type}`).toBe(true);
+      const wrapped = toKafkaError(refused, "committing t[0]@5");
+      expect(wrapped.type).toBe(type);
+      expect(isRebalancing(wrapped), `${type} wrapped at the kafka/ boundary`).toBe(true);
+    }
+    const unknownMember = toKafkaError(
+      Object.assign(new kafkajs.KafkaJSProtocolError("unknown member"), {
+        type: "UNKNOWN_MEMBER_ID",
+      }),
+      "committing t[0]@5",
+    );
+    expect(unknownMember.type).toBe("UNKNOWN_MEMBER_ID");
   });
 });
