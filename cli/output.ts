@@ -30,6 +30,8 @@ const STACK_EXIT: ErrorExit = { exitCode: EXIT.failure, label: "stack" };
  */
 export const ERROR_EXITS: Readonly<Record<string, ErrorExit>> = Object.freeze({
   CONFIG_INVALID: { exitCode: EXIT.usage },
+  // The group's state was built with other window settings: a configuration to change.
+  STATE_MISMATCH: { exitCode: EXIT.usage },
   SERVICE_UNREACHABLE: { exitCode: EXIT.unreachable },
   TOPIC_MISSING: { exitCode: EXIT.failure },
   ...({

@@ -45,13 +45,34 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-/** Serves a registry's metrics at `/metrics` on loopback (port 0: any free port). */
+/** What `/healthz` and `/readyz` answer: alive (the process works), ready (it does its job). */
+export interface Health {
+  readonly alive: boolean;
+  readonly ready: boolean;
+  /** Why, as plain fields (state, partitions, the failure). */
+  readonly detail: Readonly<Record<string, unknown>>;
+}
+
+/**
+ * Serves a registry's metrics at `/metrics` on loopback (port 0: any free port), and with
+ * `health`, `/healthz` (200 while alive) and `/readyz` (200 while ready), else 503, with the
+ * detail as JSON.
+ */
 export async function serveMetrics(
   registry: Registry,
   port: number,
   host = "127.0.0.1",
+  health?: () => Health,
 ): Promise<MetricsServer> {
   const server: Server = createServer((request, response) => {
+    if (health && (request.url === "/healthz" || request.url === "/readyz")) {
+      const now = health();
+      const ok = request.url === "/healthz" ? now.alive : now.ready;
+      response
+        .writeHead(ok ? 200 : 503, { "content-type": "application/json" })
+        .end(JSON.stringify({ ok, ...now.detail }));
+      return;
+    }
     if (request.url !== "/metrics") {
       response.writeHead(404).end();
       return;

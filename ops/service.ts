@@ -24,10 +24,10 @@ import {
   type OutgoingRecord,
   type RecordProducer,
 } from "../kafka/index.js";
-import { serveMetrics, type MetricsServer, type OpsLogger } from "./index.js";
+import { serveMetrics, type Health, type MetricsServer, type OpsLogger } from "./index.js";
 
 /** Where a service is in its life. */
-export type ServiceState = "new" | "starting" | "running" | "stopping" | "stopped";
+export type ServiceState = "new" | "starting" | "running" | "stopping" | "stopped" | "failed";
 
 /** The codecs of the pipeline's three Avro topics. */
 export interface PipelineCodecs {
@@ -196,8 +196,22 @@ export abstract class ConsumerService<Stats extends { readonly [K in keyof Stats
   protected producer: RecordProducer | undefined;
   protected consumer: GroupConsumer | undefined;
   protected codecs: PipelineCodecs | undefined;
+  /** Partitions the member holds; undefined until it joined the group. */
+  private assigned: number | undefined;
+  private failure: Error | undefined;
+  private reportFailure: (error: Error) => void = () => undefined;
+  /**
+   * Resolves with the error when the service failed for good (its consumer stopped and will not
+   * restart, or its state cannot be used): it has stopped by then. A process running the service
+   * exits non-zero on it.
+   */
+  readonly failed: Promise<Error>;
 
-  protected constructor(protected readonly shell: ServiceShellOptions) {}
+  protected constructor(protected readonly shell: ServiceShellOptions) {
+    this.failed = new Promise<Error>((resolve) => {
+      this.reportFailure = resolve;
+    });
+  }
 
   get state(): ServiceState {
     return this.lifecycle;
@@ -226,18 +240,73 @@ export abstract class ConsumerService<Stats extends { readonly [K in keyof Stats
       this.producer = createRecordProducer(this.shell.kafka);
       await this.producer.connect();
       await this.prepare();
-      this.consumer = createGroupConsumer(this.shell.kafka, this.consumerOptions());
+      const options = this.consumerOptions();
+      this.consumer = createGroupConsumer(this.shell.kafka, {
+        ...options,
+        onAssignment: (partitions) => {
+          this.assigned = partitions.length;
+          options.onAssignment?.(partitions);
+        },
+        onCrash: (error) => {
+          options.onCrash?.(error);
+          this.fail(error);
+        },
+      });
       await this.consumer.start();
       if (this.shell.metricsPort !== undefined) {
-        this.metricsServer = await serveMetrics(this.shell.registry, this.shell.metricsPort);
+        this.metricsServer = await serveMetrics(
+          this.shell.registry,
+          this.shell.metricsPort,
+          "127.0.0.1",
+          () => this.health(),
+        );
         this.shell.logger.info("metrics endpoint", { url: this.metricsUrl });
       }
     } catch (error) {
       await this.stop().catch(() => undefined);
       throw error;
     }
+    if (this.failure) return;
     this.lifecycle = "running";
     this.shell.logger.info(`${this.shell.component} started`, this.startedFields());
+  }
+
+  /**
+   * Alive until it stopped or failed; ready while running in the group (an assignment came, even
+   * an empty one: more members than partitions).
+   */
+  health(): Health {
+    const alive = this.lifecycle !== "stopped" && this.lifecycle !== "failed";
+    return {
+      alive,
+      ready: alive && this.lifecycle === "running" && this.assigned !== undefined,
+      detail: {
+        state: this.lifecycle,
+        partitions: this.assigned ?? null,
+        ...(this.failure ? { failure: this.failure.message } : {}),
+      },
+    };
+  }
+
+  /**
+   * The service cannot go on (its consumer stopped for good, or its state cannot be used): says
+   * why in one line, stops, and resolves {@link failed}.
+   */
+  protected fail(error: Error): void {
+    if (this.failure) return;
+    this.failure = error;
+    this.shell.logger.error(`${this.shell.component} failed; stopping`, {
+      error: error.message,
+      ...((error as { code?: unknown }).code === undefined
+        ? {}
+        : { code: (error as { code?: unknown }).code }),
+    });
+    void this.stop()
+      .catch(() => undefined)
+      .finally(() => {
+        this.lifecycle = "failed";
+        this.reportFailure(error);
+      });
   }
 
   /** Checkpoints what it can, leaves the group (after the batch in flight), closes; once. */
@@ -251,7 +320,7 @@ export abstract class ConsumerService<Stats extends { readonly [K in keyof Stats
         await this.producer?.disconnect().catch(() => undefined);
         await this.afterStop().catch(() => undefined);
         await this.metricsServer?.close();
-        this.lifecycle = "stopped";
+        this.lifecycle = this.failure ? "failed" : "stopped";
         this.shell.logger.info(`${this.shell.component} stopped`, { ...this.stats() });
       }
     })();

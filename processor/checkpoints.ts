@@ -14,7 +14,7 @@ import {
   type KafkaSettings,
   type RecordProducer,
 } from "../kafka/index.js";
-import { retry, type RetryPolicy } from "../config/index.js";
+import { ObservatoryError, retry, type RetryPolicy } from "../config/index.js";
 import type { PartitionSnapshot } from "./partition.js";
 
 /** Writes at start-up, to topics that may have just been created: up to 8 tries, 0.1 s to 2 s. */
@@ -104,6 +104,38 @@ export interface Checkpoint {
   /** The first offset not yet in `state`. */
   readonly nextOffset: string;
   readonly state: PartitionSnapshot;
+  /** The window size and grace the state was built with, µs (absent in older checkpoints). */
+  readonly window?: { readonly sizeMicros: number; readonly graceMicros: number };
+}
+
+/** A group's checkpoints were built with other window settings than this processor's. */
+export class StateMismatchError extends ObservatoryError {
+  constructor(
+    readonly group: string,
+    readonly stored: { readonly sizeMicros: number; readonly graceMicros: number },
+    readonly wanted: { readonly sizeMicros: number; readonly graceMicros: number },
+  ) {
+    const show = (window: { sizeMicros: number; graceMicros: number }) =>
+      `window ${window.sizeMicros / 1000} ms, grace ${window.graceMicros / 1000} ms`;
+    super(
+      "STATE_MISMATCH",
+      `group ${group}'s checkpoints were built with ${show(stored)}; this processor has ${show(wanted)}. ` +
+        "Its open windows cannot be continued with other settings: run with the group's settings, " +
+        "or start a new group (--group) to build state with the new ones from the log",
+    );
+    this.name = "StateMismatchError";
+  }
+}
+
+/** The window settings a checkpoint's state was built with: stated, or read off its windows. */
+export function checkpointWindow(
+  checkpoint: Checkpoint,
+): { sizeMicros: number; graceMicros: number | undefined } | undefined {
+  if (checkpoint.window) return checkpoint.window;
+  const open = checkpoint.state.windows[0];
+  return open
+    ? { sizeMicros: open.window_end - open.window_start, graceMicros: undefined }
+    : undefined;
 }
 
 export function checkpointKey(group: string, topic: string, partition: number): string {

@@ -4,7 +4,7 @@
  *
  * @module
  */
-export { checkpointKey, type Checkpoint } from "./checkpoints.js";
+export { checkpointKey, StateMismatchError, type Checkpoint } from "./checkpoints.js";
 export { eventTimeWindows, PartitionDriver, type DriverStart, type Fed } from "./driver.js";
 export {
   DEFAULT_WINDOW_SETTINGS,

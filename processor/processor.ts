@@ -59,7 +59,9 @@ import {
 import {
   CheckpointStore,
   checkpointTopic,
+  checkpointWindow,
   homeOf,
+  StateMismatchError,
   STARTUP_RETRY,
   type Checkpoint,
 } from "./checkpoints.js";
@@ -357,6 +359,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
           this.activity.next(partition);
         },
         (error: unknown) => {
+          if (error instanceof StateMismatchError) return; // the service failed, and said why
           this.logger.warn("restoring a partition failed; it is retried at its next batch", {
             partition,
             error: error instanceof Error ? error.message : String(error),
@@ -383,6 +386,24 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       this.topics.modelCalls,
     );
     const checkpoint = (await this.checkpointLoad).get(partition);
+    const built = checkpoint ? checkpointWindow(checkpoint) : undefined;
+    const wanted = {
+      sizeMicros: this.settings.windowSizeMicros,
+      graceMicros: this.settings.graceMicros,
+    };
+    if (
+      built &&
+      (built.sizeMicros !== wanted.sizeMicros ||
+        (built.graceMicros !== undefined && built.graceMicros !== wanted.graceMicros))
+    ) {
+      const mismatch = new StateMismatchError(
+        this.groupId,
+        { sizeMicros: built.sizeMicros, graceMicros: built.graceMicros ?? wanted.graceMicros },
+        wanted,
+      );
+      this.fail(mismatch);
+      throw mismatch;
+    }
     const restored: OwnedPartition = {
       driver: new PartitionDriver(
         this.settings,
@@ -702,6 +723,10 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       partition,
       nextOffset: nextOffset.toString(),
       state,
+      window: {
+        sizeMicros: this.settings.windowSizeMicros,
+        graceMicros: this.settings.graceMicros,
+      },
     });
     owned.lastCheckpointAt = this.clock.now();
     owned.lastCheckpointOffset = nextOffset;

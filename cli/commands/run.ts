@@ -45,6 +45,21 @@ export function sinkSettings(settings: SettingsResolver, connection: ConnectionC
   };
 }
 
+/**
+ * Runs a started service until SIGINT/SIGTERM (then stops it: exit 0) or until it fails for good
+ * (it has stopped; the failure is thrown, so the CLI prints it and exits non-zero, never staying
+ * up consuming nothing).
+ */
+async function untilStoppedOrFailed(service: {
+  readonly failed: Promise<Error>;
+  stop(): Promise<void>;
+}): Promise<number> {
+  const outcome = await Promise.race([untilSignal().then(() => undefined), service.failed]);
+  if (outcome) throw outcome;
+  await service.stop();
+  return 0;
+}
+
 export async function runProcessor(settings: SettingsResolver): Promise<number> {
   const connection = settings.connection();
   const options = processorSettings(settings, connection);
@@ -53,9 +68,7 @@ export async function runProcessor(settings: SettingsResolver): Promise<number> 
   await checkRegistry(connection);
   const processor = new StreamProcessor({ ...options, logger: pinoLogger("processor", logLevel) });
   await processor.start();
-  await untilSignal();
-  await processor.stop();
-  return 0;
+  return untilStoppedOrFailed(processor);
 }
 
 export async function runSink(settings: SettingsResolver): Promise<number> {
@@ -67,9 +80,7 @@ export async function runSink(settings: SettingsResolver): Promise<number> {
   await checkPostgres(connection);
   const sink = new Sink({ ...options, logger: pinoLogger("sink", logLevel) });
   await sink.start();
-  await untilSignal();
-  await sink.stop();
-  return 0;
+  return untilStoppedOrFailed(sink);
 }
 
 export async function runMigrate(settings: SettingsResolver): Promise<number> {
