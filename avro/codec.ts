@@ -87,7 +87,17 @@ export interface CodecOptions {
   readonly compatibility?: CompatibilityLevel;
   /** A registry client to share (its schema cache is shared too); one is made otherwise. */
   readonly registry?: SchemaRegistry;
+  /**
+   * How long a schema id the registry answers "not found" for is taken for a registry that is
+   * starting or restarting, ms (default 0: unknown at once, as a replay wants): records with it
+   * are retried meanwhile (decode says `REGISTRY_UNAVAILABLE`, retriable), and only then are they
+   * `UNKNOWN_SCHEMA_ID`. The processor and the sink pass their `unknownSchemaIdGraceMs`.
+   */
+  readonly unknownIdGraceMs?: number;
 }
+
+/** Once past its grace, an id still unknown is not asked for again for this long, ms. */
+const UNKNOWN_ID_RECHECK_MS = 5000;
 
 /** The TopicNameStrategy subject of a topic's values. */
 export function valueSubject(topic: string): string {
@@ -120,6 +130,11 @@ const INITIAL_SCRATCH_BYTES = 16 * 1024;
 export class AvroCodec<T> {
   private readonly readerType: avro.Type;
   private readonly writers = new Map<number, WriterEntry>();
+  /**
+   * Ids the registry said it does not have: since when (the grace), and until when the verdict
+   * "unknown" stands without asking again. Never a verdict for good: the id may come.
+   */
+  private readonly missing = new Map<number, { since: number; recheckAt: number }>();
   private scratch = Buffer.allocUnsafe(INITIAL_SCRATCH_BYTES);
 
   private constructor(
@@ -128,6 +143,7 @@ export class AvroCodec<T> {
     readonly schemaId: number,
     readonly subject: string,
     private readonly registry: SchemaRegistry,
+    private readonly unknownIdGraceMs: number = 0,
   ) {
     this.readerType = avro.Type.forSchema(contract.schema as avro.Schema);
     this.writers.set(schemaId, { resolver: undefined, error: undefined });
@@ -158,7 +174,7 @@ export class AvroCodec<T> {
     } catch (error) {
       throw toRegistryError(error, contract.name, options.subject, compatibility);
     }
-    return new AvroCodec(contract, id, options.subject, registry);
+    return new AvroCodec(contract, id, options.subject, registry, options.unknownIdGraceMs ?? 0);
   }
 
   /**
@@ -194,11 +210,13 @@ export class AvroCodec<T> {
     const header = readHeader(buffer);
     if (!header.ok) return header;
     if (!this.writers.has(header.schemaId)) {
+      let unknown: DecodeResult<T> | undefined;
       try {
-        await this.loadWriter(header.schemaId);
+        unknown = await this.loadWriter(header.schemaId);
       } catch (error) {
         return failure("REGISTRY_UNAVAILABLE", (error as Error).message, header.schemaId);
       }
+      if (unknown) return unknown;
     }
     return this.decodeBody(buffer, header.schemaId);
   }
@@ -250,22 +268,36 @@ export class AvroCodec<T> {
     return { ok: true, value: decoded.value as T, schemaId };
   }
 
-  private async loadWriter(schemaId: number): Promise<void> {
+  /**
+   * Fetches and caches a writer schema. An id the registry does not have is not cached: within
+   * its grace it throws (retriable: a registry that restarts answers 404 for a while), after it
+   * the result is `UNKNOWN_SCHEMA_ID`, asked again every few seconds.
+   */
+  private async loadWriter(schemaId: number): Promise<DecodeResult<T> | undefined> {
+    const now = Date.now();
+    const missing = this.missing.get(schemaId);
+    const unknown = () =>
+      failure("UNKNOWN_SCHEMA_ID", `the registry has no schema with id ${schemaId}`, schemaId);
+    if (missing && now < missing.recheckAt) return unknown();
     let writerType: avro.Type;
     try {
       writerType = (await this.registry.getSchema(schemaId)) as unknown as avro.Type;
     } catch (error) {
       const status = (error as { status?: unknown }).status;
       if (status === 404) {
-        this.writers.set(schemaId, {
-          resolver: undefined,
-          error: failure(
-            "UNKNOWN_SCHEMA_ID",
-            `the registry has no schema with id ${schemaId}`,
-            schemaId,
-          ).error,
-        });
-        return;
+        const since = missing?.since ?? now;
+        if (now - since < this.unknownIdGraceMs) {
+          this.missing.set(schemaId, { since, recheckAt: now });
+          throw new SchemaRegistryError(
+            `the registry has no schema with id ${schemaId} yet (it may be starting): retrying`,
+            404,
+            undefined,
+            true,
+            { cause: error },
+          );
+        }
+        this.missing.set(schemaId, { since, recheckAt: now + UNKNOWN_ID_RECHECK_MS });
+        return unknown();
       }
       // Not cached: the next record with this id asks again.
       throw new SchemaRegistryError(
@@ -276,6 +308,7 @@ export class AvroCodec<T> {
         { cause: error },
       );
     }
+    this.missing.delete(schemaId);
     try {
       this.writers.set(schemaId, {
         resolver: this.readerType.createResolver(writerType),
@@ -291,6 +324,7 @@ export class AvroCodec<T> {
         ).error,
       });
     }
+    return undefined;
   }
 }
 

@@ -167,6 +167,11 @@ const partitions = {
   schema: positiveInt(10_000).default(6),
   description: "partitions of topics it creates",
 } satisfies FieldSpec;
+const unknownSchemaIdGraceMs = {
+  schema: nonNegativeInt().default(15_000),
+  description:
+    "how long records of a schema id the registry does not know wait before dead-lettering",
+} satisfies FieldSpec;
 const metricsPort = {
   schema: port().optional(),
   description: "Prometheus /metrics port on loopback (-1: off, 0: any free port)",
@@ -221,6 +226,7 @@ export const processorConfigSchema = z.strictObject({
       description: "how soon partitions added to model-calls are noticed",
       cli: {},
     },
+    unknownSchemaIdGraceMs: { ...unknownSchemaIdGraceMs, cli: {} },
     clientId: {
       schema: nonEmpty().optional(),
       description: "Kafka client id (default mcpo-processor- and a random suffix)",
@@ -238,6 +244,7 @@ export const sinkConfigSchema = z.strictObject(
     },
     sessionTimeoutMs: { ...sessionTimeoutMs, cli: {} },
     metricsPort: { ...metricsPort, cli: { default: 9465, off: -1 } },
+    unknownSchemaIdGraceMs: { ...unknownSchemaIdGraceMs, cli: {} },
     migrate: {
       schema: z.boolean(BOOLEAN).default(true),
       description: "apply schema migrations at start",

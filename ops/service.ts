@@ -82,9 +82,14 @@ export function pipelineTopics(topics: TopicNames, partitions: number): TopicSpe
 export async function registerPipelineCodecs(
   registryUrl: string,
   topics: TopicNames,
+  unknownIdGraceMs = 0,
 ): Promise<PipelineCodecs> {
   const register = <T>(contract: Parameters<typeof AvroCodec.register<T>>[0], topic: string) =>
-    AvroCodec.register<T>(contract, { registryUrl, subject: valueSubject(topic) });
+    AvroCodec.register<T>(contract, {
+      registryUrl,
+      subject: valueSubject(topic),
+      unknownIdGraceMs,
+    });
   return {
     events: await register<ModelCallEvent>(MODEL_CALL_EVENT, topics.modelCalls),
     rollups: await register<MetricRollup>(METRIC_ROLLUP, topics.metricRollups),
@@ -178,6 +183,8 @@ export interface ServiceShellOptions {
   readonly registryUrl: string;
   readonly topics: TopicNames;
   readonly logger: OpsLogger;
+  /** How long records of a schema id the registry does not know wait (see `CodecOptions`). */
+  readonly unknownSchemaIdGraceMs: number;
   /** Its Prometheus registry; served on `metricsPort` when given (0: any free port). */
   readonly registry: Registry;
   readonly metricsPort: number | undefined;
@@ -236,7 +243,11 @@ export abstract class ConsumerService<Stats extends { readonly [K in keyof Stats
       } finally {
         await admin.close();
       }
-      this.codecs = await registerPipelineCodecs(this.shell.registryUrl, this.shell.topics);
+      this.codecs = await registerPipelineCodecs(
+        this.shell.registryUrl,
+        this.shell.topics,
+        this.shell.unknownSchemaIdGraceMs,
+      );
       this.producer = createRecordProducer(this.shell.kafka);
       await this.producer.connect();
       await this.prepare();

@@ -8,6 +8,7 @@
  * group and every replay, so partitions added later do not move a service's home.
  */
 import {
+  connectAdmin,
   partitionForKey,
   readTopicToEnd,
   type ConsumedRecord,
@@ -73,12 +74,21 @@ export function layoutIn(records: readonly ConsumedRecord[], topic: string): Lay
   return layout;
 }
 
-/** Reads the topic's layout from the checkpoint topic (undefined: none written yet). */
+/**
+ * Reads the topic's layout from the checkpoint topic (undefined: none written yet, or no
+ * processor has run under this prefix: then there is no checkpoint topic either).
+ */
 export async function readLayout(
   settings: KafkaSettings,
   checkpoints: string,
   topic: string,
 ): Promise<Layout | undefined> {
+  const admin = await connectAdmin(settings);
+  try {
+    if (!(await admin.exists(checkpoints))) return undefined;
+  } finally {
+    await admin.close();
+  }
   return layoutIn(await readTopicToEnd(settings, checkpoints), topic);
 }
 

@@ -115,6 +115,11 @@ export interface ProcessorOptions {
    * registered with every home partition and assigned within about this long.
    */
   readonly metadataMaxAgeMs?: number;
+  /**
+   * How long records of a schema id the registry does not know wait (a registry that restarts
+   * answers "not found" for a while) before they are dead-lettered, ms (default 15 000).
+   */
+  readonly unknownSchemaIdGraceMs?: number;
   /** Partitions of the topics the processor creates if missing (default 6). */
   readonly partitions?: number;
   /** Thresholds and alert rules (see metrics/README.md). */
@@ -224,6 +229,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       logger,
       registry: metrics.registry,
       metricsPort: config.metricsPort,
+      unknownSchemaIdGraceMs: config.unknownSchemaIdGraceMs,
     });
     this.metrics = metrics;
     this.logger = logger;

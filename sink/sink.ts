@@ -60,6 +60,11 @@ export interface SinkOptions {
   /** Backoff while PostgreSQL is down: first delay and cap, ms (defaults 200 and 10 000). */
   readonly retryInitialMs?: number;
   readonly retryMaxMs?: number;
+  /**
+   * How long records of a schema id the registry does not know wait (a registry that restarts
+   * answers "not found" for a while) before they are dead-lettered, ms (default 15 000).
+   */
+  readonly unknownSchemaIdGraceMs?: number;
 }
 
 /** Counters since start. */
@@ -113,6 +118,7 @@ export class Sink extends ConsumerService<SinkStats> {
       logger,
       registry: metrics.registry,
       metricsPort: config.metricsPort,
+      unknownSchemaIdGraceMs: config.unknownSchemaIdGraceMs,
     });
     this.topics = topics;
     this.metrics = metrics;

@@ -63,6 +63,7 @@ describe("defaults, stated once in the schemas", () => {
       sessionTimeoutMs: 30_000,
       partitions: 6,
       metadataMaxAgeMs: 5000,
+      unknownSchemaIdGraceMs: 15_000,
       connection: expect.objectContaining({
         kafkaBrokers: ["127.0.0.1:9092"],
         topicPrefix: "schema-test.",
@@ -362,12 +363,14 @@ describe("the CLI, derived from the schemas' keys", () => {
       partitions: 3,
       metricsPort: undefined,
       metadataMaxAgeMs: 5000,
+      unknownSchemaIdGraceMs: 15_000,
     });
     expect(parseProcessorConfig({ ...ENDPOINTS, ...processor }).idleTimeoutMs).toBe(3000);
     expect(resolver.options(sinkConfigSchema)).toEqual({
       groupId: "s",
       sessionTimeoutMs: 30_000,
       metricsPort: undefined,
+      unknownSchemaIdGraceMs: 15_000,
     });
   });
 

@@ -93,6 +93,8 @@ describe("sink", () => {
       databaseUrl: database.current.url,
       topicPrefix: prefix,
       groupId,
+      // The record with an id the registry has never had waits this long, then is dead-lettered.
+      unknownSchemaIdGraceMs: 1000,
       logger: quietLogger,
     });
     sinks.push(instance);
