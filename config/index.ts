@@ -238,6 +238,7 @@ export {
   replayConfigSchema,
   settingMetaOf,
   sinkConfigSchema,
+  UNLIMITED_RETENTION_MS,
   windowConfigSchema,
   type CliKind,
   type CliMeta,

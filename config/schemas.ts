@@ -167,6 +167,19 @@ const partitions = {
   schema: positiveInt(10_000).default(6),
   description: "partitions of topics it creates",
 } satisfies FieldSpec;
+/** Kafka's `retention.ms` for "keep for ever": model-calls is the source of truth. */
+export const UNLIMITED_RETENTION_MS = -1;
+
+const modelCallsRetentionMs = {
+  schema: z
+    .number("expected -1 or a positive integer")
+    .int("expected -1 or a positive integer")
+    .min(-1, "expected -1 or a positive integer")
+    .refine((value) => value !== 0, "expected -1 or a positive integer")
+    .default(-1),
+  description:
+    "retention of the model-calls topic when it is created, ms (-1: unlimited; it is the source of truth)",
+} satisfies FieldSpec;
 const unknownSchemaIdGraceMs = {
   schema: nonNegativeInt().default(15_000),
   description:
@@ -227,6 +240,7 @@ export const processorConfigSchema = z.strictObject({
       cli: {},
     },
     unknownSchemaIdGraceMs: { ...unknownSchemaIdGraceMs, cli: {} },
+    modelCallsRetentionMs: { ...modelCallsRetentionMs, cli: {} },
     clientId: {
       schema: nonEmpty().optional(),
       description: "Kafka client id (default mcpo-processor- and a random suffix)",
@@ -245,6 +259,7 @@ export const sinkConfigSchema = z.strictObject(
     sessionTimeoutMs: { ...sessionTimeoutMs, cli: {} },
     metricsPort: { ...metricsPort, cli: { default: 9465, off: -1 } },
     unknownSchemaIdGraceMs: { ...unknownSchemaIdGraceMs, cli: {} },
+    modelCallsRetentionMs: { ...modelCallsRetentionMs, cli: {} },
     migrate: {
       schema: z.boolean(BOOLEAN).default(true),
       description: "apply schema migrations at start",

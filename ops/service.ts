@@ -66,12 +66,21 @@ export class Tally {
 }
 
 /**
- * The topics every consumer service of the pipeline needs: model-calls, the compacted rollups,
- * alerts and dead letters, with `partitions` partitions when it creates them.
+ * The topics every consumer service of the pipeline needs: model-calls (with its retention), the
+ * compacted rollups, alerts and dead letters, with `partitions` partitions when it creates them.
  */
-export function pipelineTopics(topics: TopicNames, partitions: number): TopicSpec[] {
+export function pipelineTopics(
+  topics: TopicNames,
+  partitions: number,
+  modelCallsRetentionMs: number,
+): TopicSpec[] {
   return [
-    { name: topics.modelCalls, partitions },
+    // The log is the source of truth: kept for ever unless configured otherwise.
+    {
+      name: topics.modelCalls,
+      partitions,
+      config: { "retention.ms": String(modelCallsRetentionMs) },
+    },
     { name: topics.metricRollups, partitions, config: { "cleanup.policy": "compact" } },
     { name: topics.alerts, partitions },
     { name: topics.deadLetter, partitions },

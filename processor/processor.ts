@@ -120,6 +120,8 @@ export interface ProcessorOptions {
    * answers "not found" for a while) before they are dead-lettered, ms (default 15 000).
    */
   readonly unknownSchemaIdGraceMs?: number;
+  /** Retention of model-calls if this processor creates it, ms (default -1: unlimited). */
+  readonly modelCallsRetentionMs?: number;
   /** Partitions of the topics the processor creates if missing (default 6). */
   readonly partitions?: number;
   /** Thresholds and alert rules (see metrics/README.md). */
@@ -167,6 +169,8 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
   private readonly idleTimeoutMs: number;
   private readonly checkpointIntervalMs: number;
   private readonly partitions: number;
+  /** Retention of model-calls when this service creates it, ms (-1: unlimited). */
+  private readonly modelCallsRetentionMs: number;
   private readonly sessionTimeoutMs: number;
   private readonly metadataMaxAgeMs: number;
   /** Each service's home partition, from the topic's layout (set at start). */
@@ -257,6 +261,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
     this.idleTimeoutMs = config.idleTimeoutMs;
     this.checkpointIntervalMs = config.checkpointIntervalMs;
     this.partitions = config.partitions;
+    this.modelCallsRetentionMs = config.modelCallsRetentionMs;
     this.sessionTimeoutMs = config.sessionTimeoutMs;
     this.metadataMaxAgeMs = config.metadataMaxAgeMs;
     this.clock = options.scheduler ?? asyncScheduler;
@@ -264,7 +269,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
 
   protected requiredTopics(): readonly TopicSpec[] {
     return [
-      ...pipelineTopics(this.topics, this.partitions),
+      ...pipelineTopics(this.topics, this.partitions, this.modelCallsRetentionMs),
       { name: this.topics.lateEvents, partitions: this.partitions },
       {
         name: this.topics.checkpoints,

@@ -108,9 +108,16 @@ export interface ReplaySummary {
   readonly lastWindowEndMicros: number | null;
   /**
    * Partial replays: per service met, the first window start it emits (its partition's start,
-   * rounded up to a window); windows before are not rebuilt. Empty for replays from the beginning.
+   * rounded up to a window); windows before are not rebuilt. Empty for whole replays.
    */
   readonly serviceFloors: Readonly<Record<string, number>>;
+  /**
+   * Partitions whose log no longer starts where the replay wanted (retention or `deleteRecords`
+   * removed records): their first offset still in the log. The replay treats them as starting
+   * there: windows before their first whole window are not rebuilt (nor their stored rows
+   * overwritten). Empty when the whole log is there.
+   */
+  readonly trimmed: Readonly<Record<number, string>>;
   readonly durationMs: number;
 }
 
@@ -137,6 +144,10 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
   const services = config.services ? new Set(config.services) : undefined;
 
   const ranges = await planRanges(kafka, topic, from);
+  /** Partitions whose log starts after records the replay should have read: from where. */
+  const trimmed = new Map(
+    ranges.filter((range) => range.trimmed).map((range) => [range.partition, range.start]),
+  );
   // Services' home partitions as the live processor fixed them (a log no processor has read yet:
   // as many as the topic has now).
   const layout = await readLayout(kafka, checkpointTopic(connection.topicPrefix), topic);
@@ -198,7 +209,7 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
       const read = fed;
       if (read.input.type === "event") {
         counters.events++;
-        if (emitFrom.get(partition) === null && from.kind === "offset")
+        if (emitFrom.get(partition) === null && (from.kind === "offset" || trimmed.has(partition)))
           emitFrom.set(partition, roundUp(read.input.event.end_time + settings.graceMicros));
         const partitionFloor = emitFrom.get(partition) ?? null;
         if (partitionFloor !== null && !(read.input.event.service in serviceFloors))
@@ -255,6 +266,9 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
     firstWindowStartMicros: firstWindowStart,
     lastWindowEndMicros: lastWindowEnd,
     serviceFloors,
+    trimmed: Object.fromEntries(
+      [...trimmed].map(([partition, start]) => [partition, start.toString()]),
+    ),
     durationMs: Date.now() - started,
   };
 }
@@ -276,7 +290,7 @@ async function planRanges(
   kafka: KafkaSettings,
   topic: string,
   from: ReplayStart,
-): Promise<PartitionRange[]> {
+): Promise<(PartitionRange & { readonly trimmed: boolean })[]> {
   const admin = await connectAdmin(kafka);
   try {
     if (!(await admin.exists(topic)))
@@ -298,9 +312,11 @@ async function planRanges(
             typeof from.offsets === "bigint" ? from.offsets : from.offsets.get(partition);
           if (wanted !== undefined) start = wanted;
         }
+        // A trimmed log (retention, deleteRecords) starts mid-stream, as a replay from an offset.
+        const trimmed = start < low || (from.kind === "beginning" && low > 0);
         if (start < low) start = low;
         if (start > end) start = end;
-        return { partition, start, end };
+        return { partition, start, end, trimmed };
       });
   } finally {
     await admin.close();

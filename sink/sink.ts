@@ -65,6 +65,8 @@ export interface SinkOptions {
    * answers "not found" for a while) before they are dead-lettered, ms (default 15 000).
    */
   readonly unknownSchemaIdGraceMs?: number;
+  /** Retention of model-calls if this sink creates it, ms (default -1: unlimited). */
+  readonly modelCallsRetentionMs?: number;
 }
 
 /** Counters since start. */
@@ -85,6 +87,8 @@ export class Sink extends ConsumerService<SinkStats> {
   private readonly migrateFirst: boolean;
   private readonly sessionTimeoutMs: number;
   private readonly partitions: number;
+  /** Retention of model-calls when this service creates it, ms (-1: unlimited). */
+  private readonly modelCallsRetentionMs: number;
   private readonly logger: OpsLogger;
   private readonly retryInitialMs: number;
   private readonly retryMaxMs: number;
@@ -137,12 +141,13 @@ export class Sink extends ConsumerService<SinkStats> {
     this.migrateFirst = config.migrate;
     this.sessionTimeoutMs = config.sessionTimeoutMs;
     this.partitions = config.partitions;
+    this.modelCallsRetentionMs = config.modelCallsRetentionMs;
     this.retryInitialMs = config.retryInitialMs;
     this.retryMaxMs = config.retryMaxMs;
   }
 
   protected requiredTopics(): readonly TopicSpec[] {
-    return pipelineTopics(this.topics, this.partitions);
+    return pipelineTopics(this.topics, this.partitions, this.modelCallsRetentionMs);
   }
 
   /** Migrates the schema (unless told not to) and opens the pool the writer uses. */

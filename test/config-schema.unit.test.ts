@@ -64,6 +64,7 @@ describe("defaults, stated once in the schemas", () => {
       partitions: 6,
       metadataMaxAgeMs: 5000,
       unknownSchemaIdGraceMs: 15_000,
+      modelCallsRetentionMs: -1,
       connection: expect.objectContaining({
         kafkaBrokers: ["127.0.0.1:9092"],
         topicPrefix: "schema-test.",
@@ -364,6 +365,7 @@ describe("the CLI, derived from the schemas' keys", () => {
       metricsPort: undefined,
       metadataMaxAgeMs: 5000,
       unknownSchemaIdGraceMs: 15_000,
+      modelCallsRetentionMs: -1,
     });
     expect(parseProcessorConfig({ ...ENDPOINTS, ...processor }).idleTimeoutMs).toBe(3000);
     expect(resolver.options(sinkConfigSchema)).toEqual({
@@ -371,6 +373,7 @@ describe("the CLI, derived from the schemas' keys", () => {
       sessionTimeoutMs: 30_000,
       metricsPort: undefined,
       unknownSchemaIdGraceMs: 15_000,
+      modelCallsRetentionMs: -1,
     });
   });
 

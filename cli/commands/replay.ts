@@ -135,7 +135,9 @@ export async function runReplay(settings: SettingsResolver, flags: ReplayFlags):
   let verify: ReplayReport["verify"];
   try {
     if (flags.verify) {
-      const partial = flags.from !== undefined && flags.from.kind !== "beginning";
+      const partial =
+        (flags.from !== undefined && flags.from.kind !== "beginning") ||
+        Object.keys(summary.trimmed).length > 0;
       const scope = {
         ...(flags.service && flags.service.length > 0 ? { services: flags.service } : {}),
         fromMicros: null,
@@ -203,6 +205,10 @@ function printReport(report: ReplayReport): void {
   const seconds = s.durationMs / 1000;
   const invalid = Object.entries(s.invalid);
   out(`replayed ${s.topic} (${s.partitions} partitions) in ${seconds.toFixed(1)} s`);
+  for (const [partition, offset] of Object.entries(s.trimmed))
+    out(
+      `partition ${partition}'s log starts at offset ${offset} (retention or deleteRecords removed what was before): its windows before the first whole one were not rebuilt, and their stored rows are left as they are`,
+    );
   out(
     table(
       ["", "value"],

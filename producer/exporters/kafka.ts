@@ -7,7 +7,12 @@
 import { AvroCodec, valueSubject } from "../../avro/codec.js";
 import { MODEL_CALL_EVENT } from "../../avro/contracts.js";
 import type { ModelCallEvent } from "../../avro/generated.js";
-import { ConfigError, connectionFromOptions, topicNames } from "../../config/index.js";
+import {
+  ConfigError,
+  connectionFromOptions,
+  topicNames,
+  UNLIMITED_RETENTION_MS,
+} from "../../config/index.js";
 import {
   connectAdmin,
   createRecordProducer,
@@ -138,7 +143,14 @@ export class KafkaExporter extends BatchingExporter {
     if (!this.topicReady) {
       const admin = await connectAdmin({ brokers: this.brokers, clientId: this.clientId });
       try {
-        await admin.ensureTopics([{ name: this.topic, partitions: this.topicPartitions }]);
+        // As the processor and the sink create it: the log is kept for ever.
+        await admin.ensureTopics([
+          {
+            name: this.topic,
+            partitions: this.topicPartitions,
+            config: { "retention.ms": String(UNLIMITED_RETENTION_MS) },
+          },
+        ]);
       } finally {
         await admin.close();
       }
