@@ -28,3 +28,13 @@ export function wallClockMs(): number {
   last = now;
   return now;
 }
+
+/**
+ * A span's end: its start plus the monotonic time it took, but never before the clock's reading
+ * now. When the clock steps forward while the span is open (it re-anchors to a system clock that
+ * ran ahead), a span started later inside this one (a model call inside a tool call) reads the
+ * stepped clock; taking the clock's reading at the end keeps the outer span enclosing it.
+ */
+export function spanEndMs(startWallMs: number, startedPerfMs: number, now: () => number): number {
+  return Math.max(startWallMs + (performance.now() - startedPerfMs), now());
+}

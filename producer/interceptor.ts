@@ -4,7 +4,7 @@
  * rules and alert transitions as the processor), and hands them to the exporter. Fails open: nothing inside the interceptor throws
  * into the host or changes its results; failures go to the injected logger and are counted.
  */
-import { wallClockMs } from "./clock.js";
+import { spanEndMs, wallClockMs } from "./clock.js";
 import { hash, randomUUID } from "node:crypto";
 import { hostname } from "node:os";
 import { performance } from "node:perf_hooks";
@@ -260,8 +260,10 @@ export class MCPInterceptor {
     startWall: number,
     started: number,
   ): void {
-    const durationMs = performance.now() - started;
-    this.recordSpan({ ...input, startTime: startWall, endTime: startWall + durationMs }, context);
+    this.recordSpan(
+      { ...input, startTime: startWall, endTime: spanEndMs(startWall, started, this.now) },
+      context,
+    );
   }
 
   private async recordCall(

@@ -15,7 +15,7 @@
  * Messages pass through unchanged (bar the added `_meta.traceparent` on outgoing requests), and
  * a failure inside the instrumentation is logged by the interceptor, never raised to the host.
  */
-import { wallClockMs } from "./clock.js";
+import { spanEndMs, wallClockMs } from "./clock.js";
 import { performance } from "node:perf_hooks";
 
 import type { CallKind } from "../avro/generated.js";
@@ -305,13 +305,12 @@ function finish(
   attributes: Record<string, string>,
   extra: Partial<ModelCallInput>,
 ): void {
-  const durationMs = performance.now() - span.started;
   interceptor.recordSpan(
     {
       kind: span.kind,
       ...(span.toolName === undefined ? {} : { toolName: span.toolName }),
       startTime: span.startWall,
-      endTime: span.startWall + durationMs,
+      endTime: spanEndMs(span.startWall, span.started, wallClockMs),
       attributes,
       ...extra,
     },

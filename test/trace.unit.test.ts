@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { wallClockMs } from "../producer/clock.js";
+import { spanEndMs, wallClockMs } from "../producer/clock.js";
 
 import {
   currentTraceContext,
@@ -107,5 +107,29 @@ describe("span clock", () => {
     }
     expect(wrong.slice(0, 5)).toEqual([]);
     expect(fractional).toBeGreaterThan(10_000);
+  });
+});
+
+describe("span ends", () => {
+  it("keep a span enclosing a span started inside it when the clock steps forward meanwhile", () => {
+    // A span clock that runs with the monotonic clock, and re-anchors forward by 8.9 ms (a loaded
+    // VM's monotonic clock fell behind the system clock): a model call started inside a tool
+    // call after the step reads the stepped clock.
+    const origin = 1_764_000_000_000;
+    let step = 0;
+    const now = (): number => origin + performance.now() + step;
+    const toolStart = now();
+    const toolStartedPerf = performance.now();
+    step += 8.9;
+    const modelStart = now();
+    const modelStartedPerf = performance.now();
+    const modelEnd = spanEndMs(modelStart, modelStartedPerf, now);
+    const toolEnd = spanEndMs(toolStart, toolStartedPerf, now);
+    expect(toolStart).toBeLessThanOrEqual(modelStart);
+    expect(toolEnd).toBeGreaterThanOrEqual(modelEnd);
+    // A clock that does not move (a test's fixed clock): the end is the start plus the duration.
+    const fixed = (): number => origin;
+    const started = performance.now() - 5;
+    expect(spanEndMs(origin, started, fixed)).toBeGreaterThanOrEqual(origin + 5);
   });
 });
