@@ -849,10 +849,14 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
         "none",
       );
     } catch (error) {
-      this.logger.warn("could not write a watermark tick", {
+      this.logger.warn("could not write a watermark tick; trying again after the idle time", {
         partition,
         error: (error as Error).message,
       });
+      // Only a processed batch arms the idle timer again: without this, one failed write (a
+      // partition just created, its leader still moving) would leave the partition without ticks
+      // for good, and its windows — and every home waiting for its progress — open.
+      if (!this.isStopping) this.activity.next(partition);
     }
   }
 }
