@@ -9,12 +9,15 @@ import {
   asyncScheduler,
   concatMap,
   defer,
+  from,
   groupBy,
   map,
   mergeMap,
   Subject,
   switchMap,
+  tap,
   timer,
+  type ObservableInput,
   type OperatorFunction,
   type SchedulerLike,
   type Subscription,
@@ -38,6 +41,31 @@ export function idlePartitions(
         ),
       ),
     );
+}
+
+/**
+ * Ticks idle partitions: each partition quiet for `idleMs` (see {@link idlePartitions}) gets
+ * `tick(partition)`; when that says it could not write the tick (false), the partition re-enters
+ * `activity`, so it is tried again after another idle time instead of never again.
+ */
+export function tickIdlePartitions(
+  activity: Subject<number>,
+  idleMs: number,
+  scheduler: SchedulerLike,
+  tick: (partition: number) => ObservableInput<boolean>,
+): Subscription {
+  return activity
+    .pipe(
+      idlePartitions(idleMs, scheduler),
+      mergeMap((partition) =>
+        from(tick(partition)).pipe(
+          tap((written) => {
+            if (!written) activity.next(partition);
+          }),
+        ),
+      ),
+    )
+    .subscribe();
 }
 
 /** Whether `intervalMs` has passed since `lastMs` on the scheduler's clock. */

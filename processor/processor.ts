@@ -20,7 +20,6 @@ import {
   EMPTY,
   exhaustMap,
   interval,
-  mergeMap,
   Subject,
   type SchedulerLike,
   type Subscription,
@@ -66,7 +65,7 @@ import {
   type Checkpoint,
 } from "./checkpoints.js";
 import { PartitionDriver } from "./driver.js";
-import { due, idlePartitions, Lanes } from "./pipeline.js";
+import { due, Lanes, tickIdlePartitions } from "./pipeline.js";
 import { ProcessorMetrics } from "./observability.js";
 import type { PartitionOutput, PartitionRouting, WindowSettings } from "./partition.js";
 
@@ -765,12 +764,12 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
 
   /** Live mode: a partition with open windows that stays quiet gets a watermark tick in the log. */
   private watchIdlePartitions(): void {
-    this.idleSubscription = this.activity
-      .pipe(
-        idlePartitions(this.idleTimeoutMs, this.clock),
-        mergeMap((partition) => this.tick(partition)),
-      )
-      .subscribe();
+    this.idleSubscription = tickIdlePartitions(
+      this.activity,
+      this.idleTimeoutMs,
+      this.clock,
+      (partition) => this.tick(partition),
+    );
   }
 
   /**
@@ -832,7 +831,8 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       .subscribe();
   }
 
-  private async tick(partition: number): Promise<void> {
+  /** Writes a watermark tick into an idle partition that needs one; false when the write failed. */
+  private async tick(partition: number): Promise<boolean> {
     const owned = this.owned.get(partition);
     // A partition that forwarded events ticks too: its home partitions wait for its event time.
     if (
@@ -840,7 +840,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       (owned.driver.state.openSeries === 0 && owned.driver.state.forwardedTo.size === 0) ||
       !this.assignment.has(partition)
     )
-      return;
+      return true;
     const tick = watermarkTick(this.clock.now() * MICROS_PER_MILLI);
     try {
       await this.producer?.send(
@@ -848,15 +848,16 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
         [{ key: null, partition, ...tick }],
         "none",
       );
+      return true;
     } catch (error) {
       this.logger.warn("could not write a watermark tick; trying again after the idle time", {
         partition,
         error: (error as Error).message,
       });
-      // Only a processed batch arms the idle timer again: without this, one failed write (a
+      // Only a processed batch arms the idle timer again: without a retry, one failed write (a
       // partition just created, its leader still moving) would leave the partition without ticks
       // for good, and its windows — and every home waiting for its progress — open.
-      if (!this.isStopping) this.activity.next(partition);
+      return this.isStopping;
     }
   }
 }

@@ -4,11 +4,11 @@
  * batches go through lanes that keep each partition's order and hold the source back until a
  * batch is handled. Nothing here sleeps.
  */
-import { Subject } from "rxjs";
+import { of, Subject } from "rxjs";
 import { TestScheduler } from "rxjs/testing";
 import { describe, expect, it } from "vitest";
 
-import { due, idlePartitions, Lanes } from "../processor/pipeline.js";
+import { due, idlePartitions, Lanes, tickIdlePartitions } from "../processor/pipeline.js";
 
 const testScheduler = () =>
   new TestScheduler((actual, expected) => {
@@ -123,5 +123,24 @@ describe("lanes", () => {
     await new Promise((resolve) => setImmediate(resolve));
     expect(handedOver).toBe(true);
     lanes.close();
+  });
+});
+
+describe("ticking idle partitions", () => {
+  it("a tick that could not be written is tried again after another idle time, not never again", () => {
+    const scheduler = testScheduler();
+    scheduler.run(({ flush }) => {
+      const activity = new Subject<number>();
+      const attempts: number[] = [];
+      const subscription = tickIdlePartitions(activity, 1000, scheduler, () => {
+        attempts.push(scheduler.now());
+        // The first write fails (a partition just added, its leader not elected yet).
+        return of(attempts.length > 1);
+      });
+      activity.next(7);
+      flush();
+      expect(attempts).toEqual([1000, 2000]);
+      subscription.unsubscribe();
+    });
   });
 });
