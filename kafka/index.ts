@@ -38,6 +38,12 @@ export interface KafkaSettings {
   readonly connectionTimeoutMs?: number;
   /** How long to wait for a request's answer, ms (default 10000). */
   readonly requestTimeoutMs?: number;
+  /**
+   * How often clients refresh the topics' metadata, ms (kafkajs's default 300 000). A producer
+   * silently leaves out records for partitions its metadata does not have yet: writers to
+   * partitions added to a topic need it short.
+   */
+  readonly metadataMaxAgeMs?: number;
 }
 
 /** One record to produce. */
@@ -155,6 +161,9 @@ export function createRecordProducer(settings: KafkaSettings): RecordProducer {
     idempotent: true,
     maxInFlightRequests: 1,
     allowAutoTopicCreation: false,
+    ...(settings.metadataMaxAgeMs === undefined
+      ? {}
+      : { metadataMaxAge: settings.metadataMaxAgeMs }),
   });
   return {
     async connect() {

@@ -45,8 +45,9 @@ export function idlePartitions(
 
 /**
  * Ticks idle partitions: each partition quiet for `idleMs` (see {@link idlePartitions}) gets
- * `tick(partition)`; when that says it could not write the tick (false), the partition re-enters
- * `activity`, so it is tried again after another idle time instead of never again.
+ * `tick(partition)`, which says whether to come back: a partition that still needs ticks re-enters
+ * `activity` and is ticked again after another idle time — also when its tick could not be
+ * written, or was written where the consumer will not read it soon — instead of never again.
  */
 export function tickIdlePartitions(
   activity: Subject<number>,
@@ -59,8 +60,8 @@ export function tickIdlePartitions(
       idlePartitions(idleMs, scheduler),
       mergeMap((partition) =>
         from(tick(partition)).pipe(
-          tap((written) => {
-            if (!written) activity.next(partition);
+          tap((again) => {
+            if (again) activity.next(partition);
           }),
         ),
       ),

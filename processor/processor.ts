@@ -223,6 +223,8 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
     const kafka: KafkaSettings = {
       brokers: config.connection.kafkaBrokers,
       clientId: config.clientId ?? `mcpo-processor-${randomUUID().slice(0, 8)}`,
+      // It writes ticks into partitions added to model-calls: it must learn of them soon.
+      metadataMaxAgeMs: config.metadataMaxAgeMs,
     };
     super({
       component: "processor",
@@ -831,7 +833,11 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       .subscribe();
   }
 
-  /** Writes a watermark tick into an idle partition that needs one; false when the write failed. */
+  /**
+   * Writes a watermark tick into an idle partition that needs one. True: tick it again after the
+   * idle time if it is still idle (a written tick re-arms the timer anyway when it is read; one
+   * that failed, or that the producer could not route yet, is written again then).
+   */
   private async tick(partition: number): Promise<boolean> {
     const owned = this.owned.get(partition);
     // A partition that forwarded events ticks too: its home partitions wait for its event time.
@@ -840,7 +846,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       (owned.driver.state.openSeries === 0 && owned.driver.state.forwardedTo.size === 0) ||
       !this.assignment.has(partition)
     )
-      return true;
+      return false;
     const tick = watermarkTick(this.clock.now() * MICROS_PER_MILLI);
     try {
       await this.producer?.send(
@@ -848,7 +854,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
         [{ key: null, partition, ...tick }],
         "none",
       );
-      return true;
+      return !this.isStopping;
     } catch (error) {
       this.logger.warn("could not write a watermark tick; trying again after the idle time", {
         partition,
@@ -857,7 +863,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       // Only a processed batch arms the idle timer again: without a retry, one failed write (a
       // partition just created, its leader still moving) would leave the partition without ticks
       // for good, and its windows — and every home waiting for its progress — open.
-      return this.isStopping;
+      return !this.isStopping;
     }
   }
 }
