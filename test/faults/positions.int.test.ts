@@ -17,6 +17,7 @@ import { Sink } from "../../sink/sink.js";
 import { sampleEvent } from "../support/events.js";
 import {
   createTopics,
+  recordingLogger,
   services,
   testKafka,
   uniqueName,
@@ -25,17 +26,6 @@ import {
 import { waitFor } from "../support/wait.js";
 
 const ORIGIN = 1_764_000_000_000_000;
-
-/** A logger that keeps what it was told. */
-function recorder(): OpsLogger & { lines: { level: string; msg: string; fields: object }[] } {
-  const lines: { level: string; msg: string; fields: object }[] = [];
-  const log =
-    (level: string) =>
-    (msg: string, fields: object = {}): void => {
-      lines.push({ level, msg, fields });
-    };
-  return { lines, info: log("info"), warn: log("warn"), error: log("error") };
-}
 
 describe("faults to a consumer's position", () => {
   const database = useFreshDatabase("mcpo_faults");
@@ -115,7 +105,7 @@ describe("faults to a consumer's position", () => {
     const { prefix, produce } = await topic("group");
     const group = `${prefix}processor`;
     await produce(200);
-    const first = processor(prefix, group, recorder());
+    const first = processor(prefix, group, recordingLogger());
     await first.start();
     await waitFor(
       "the first run to read 200 events",
@@ -126,7 +116,7 @@ describe("faults to a consumer's position", () => {
 
     await admin.deleteGroups([group]);
     await produce(10);
-    const log = recorder();
+    const log = recordingLogger();
     const second = processor(prefix, group, log);
     await second.start();
     await waitFor(
@@ -147,7 +137,7 @@ describe("faults to a consumer's position", () => {
     const { prefix, name, produce } = await topic("trim");
     const group = `${prefix}processor`;
     await produce(200);
-    const first = processor(prefix, group, recorder());
+    const first = processor(prefix, group, recordingLogger());
     await first.start();
     await waitFor(
       "the first run to read 200 events",
@@ -158,7 +148,7 @@ describe("faults to a consumer's position", () => {
 
     await produce(50); // offsets 200..249
     await trimLog(name, "220");
-    const log = recorder();
+    const log = recordingLogger();
     const second = processor(prefix, group, log);
     await second.start();
     await waitFor(
@@ -190,7 +180,7 @@ describe("faults to a consumer's position", () => {
       return instance;
     };
     await produce(100);
-    const first = sink(recorder());
+    const first = sink(recordingLogger());
     await first.start();
     await waitFor(
       "the first sink to store 100 spans",
@@ -201,7 +191,7 @@ describe("faults to a consumer's position", () => {
 
     await produce(50); // offsets 100..149
     await trimLog(name, "120");
-    const log = recorder();
+    const log = recordingLogger();
     const second = sink(log);
     await second.start();
     await waitFor(

@@ -15,20 +15,16 @@ import { StateMismatchError } from "../../processor/checkpoints.js";
 import { StreamProcessor } from "../../processor/processor.js";
 import { runTs } from "../support/cli.js";
 import { sampleEvent } from "../support/events.js";
-import { createTopics, services, testKafka, uniqueName } from "../support/isolation.js";
+import {
+  createTopics,
+  recordingLogger,
+  services,
+  testKafka,
+  uniqueName,
+} from "../support/isolation.js";
 import { waitFor } from "../support/wait.js";
 
 const ORIGIN = 1_764_000_000_000_000;
-
-function recorder(): OpsLogger & { lines: { level: string; msg: string; fields: object }[] } {
-  const lines: { level: string; msg: string; fields: object }[] = [];
-  const log =
-    (level: string) =>
-    (msg: string, fields: object = {}): void => {
-      lines.push({ level, msg, fields });
-    };
-  return { lines, info: log("info"), warn: log("warn"), error: log("error") };
-}
 
 describe("faults to a processor's state and life", () => {
   let admin: Admin;
@@ -86,7 +82,7 @@ describe("faults to a processor's state and life", () => {
   });
 
   it("a processor alive and in its group answers /healthz and /readyz with 200; stopped, it no longer serves", async () => {
-    const first = processor(60_000, recorder());
+    const first = processor(60_000, recordingLogger());
     await first.start();
     const url = (first.metricsUrl ?? "").replace(/\/metrics$/, "");
     await waitFor(
@@ -105,7 +101,7 @@ describe("faults to a processor's state and life", () => {
   });
 
   it("another window size against the group's checkpoints: it stops with one error naming the group and both settings, instead of staying up consuming nothing", async () => {
-    const log = recorder();
+    const log = recordingLogger();
     const second = processor(30_000, log);
     await second.start().catch(() => undefined);
     const failure = await Promise.race([

@@ -118,3 +118,16 @@ export const quietLogger: OpsLogger = Object.freeze({
   warn: () => undefined,
   error: () => undefined,
 });
+
+/** A logger that keeps every line it is told, for tests that assert what a service said. */
+export function recordingLogger(): OpsLogger & {
+  readonly lines: { level: string; msg: string; fields: object }[];
+} {
+  const lines: { level: string; msg: string; fields: object }[] = [];
+  const log =
+    (level: string) =>
+    (msg: string, fields: object = {}): void => {
+      lines.push({ level, msg, fields });
+    };
+  return { lines, info: log("info"), warn: log("warn"), error: log("error") };
+}
