@@ -298,6 +298,19 @@ function registryHome(config: StackConfig): string {
   return join(config.distDir, `apicurio-registry-${config.versions.apicurio}`);
 }
 
+/**
+ * A random Kafka cluster id: 16 bytes, base64url, as Kafka's own `random-uuid` makes them — never
+ * starting with '-' (the storage tool would read it as an option) and never the ids Kafka
+ * reserves (all zeros, and the metadata topic's id).
+ */
+export function newKafkaClusterId(): string {
+  for (;;) {
+    const id = randomBytes(16).toString("base64url");
+    if (!id.startsWith("-") && id !== "AAAAAAAAAAAAAAAAAAAAAA" && id !== "AAAAAAAAAAAAAAAAAAAAAQ")
+      return id;
+  }
+}
+
 async function startKafka(config: StackConfig, java: Java, log: StackLog): Promise<void> {
   const home = join(config.dir, "kafka");
   const dataDir = join(home, "data");
@@ -310,7 +323,7 @@ async function startKafka(config: StackConfig, java: Java, log: StackLog): Promi
   const logFile = join(config.dir, "logs", "kafka.log");
 
   if (!existsSync(join(dataDir, "meta.properties"))) {
-    const clusterId = randomBytes(16).toString("base64url");
+    const clusterId = newKafkaClusterId();
     try {
       await execFileAsync(
         java.executable,
