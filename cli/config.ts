@@ -33,7 +33,7 @@ import {
 import { parseMetricsConfig, type MetricsConfig } from "../metrics/index.js";
 
 /** How a value is parsed. */
-type Kind = "string" | "duration" | "int" | "port" | "connection";
+type Kind = "string" | "duration" | "int" | "port" | "boolean" | "connection";
 
 /** One setting. */
 export interface SettingSpec {
@@ -49,7 +49,7 @@ export interface SettingSpec {
   readonly kind: Kind;
   /** Printed in `--help`. */
   readonly defaultText: string;
-  readonly defaultValue: string | number | undefined;
+  readonly defaultValue: string | number | boolean | undefined;
   readonly description: string;
   /** Numbers: the range accepted, from the schema (ports: from the value that turns them off). */
   readonly min?: number;
@@ -136,7 +136,9 @@ export function settingsOf(schema: SettingsSchema): readonly SettingSpec[] {
     const schemaDefault = field.safeParse(undefined);
     const defaultValue =
       cli.default ??
-      (schemaDefault.success ? (schemaDefault.data as string | number | undefined) : undefined);
+      (schemaDefault.success
+        ? (schemaDefault.data as string | number | boolean | undefined)
+        : undefined);
     const bounds = boundsOf(field);
     settings.push(
       spec({
@@ -277,7 +279,7 @@ export class SettingsResolver {
     return new SettingsResolver(this.flags, this.file, this.env, { ...this.defaults, ...defaults });
   }
 
-  private fallback(setting: SettingSpec): string | number | undefined {
+  private fallback(setting: SettingSpec): string | number | boolean | undefined {
     return this.defaults[setting.key] ?? setting.defaultValue;
   }
 
@@ -321,9 +323,12 @@ export class SettingsResolver {
     return settings.some((setting) => this.source(setting) !== undefined);
   }
 
-  string(setting: SettingSpec): string {
+  string(setting: SettingSpec): string | undefined {
     const source = this.source(setting);
-    if (!source) return String(this.fallback(setting));
+    if (!source) {
+      const fallback = this.fallback(setting);
+      return fallback === undefined ? undefined : String(fallback);
+    }
     if (typeof source.raw !== "string" || source.raw.trim() === "")
       throw new ConfigError(
         source.label,
@@ -371,9 +376,28 @@ export class SettingsResolver {
     return port === (setting.off ?? -1) ? undefined : port;
   }
 
+  /**
+   * A switch: the flag given (no value), or `true`/`false` (also `1`/`0`) in the environment or
+   * the file.
+   */
+  boolean(setting: SettingSpec): boolean {
+    const source = this.source(setting);
+    if (!source) return this.fallback(setting) === true;
+    if (typeof source.raw === "boolean") return source.raw;
+    const text = String(source.raw).trim().toLowerCase();
+    if (text === "true" || text === "1") return true;
+    if (text === "false" || text === "0") return false;
+    throw new ConfigError(
+      source.label,
+      `expected true or false (got ${JSON.stringify(source.raw)})`,
+    );
+  }
+
   /** One setting's value, read as its kind says. */
-  value(setting: SettingSpec): string | number | undefined {
+  value(setting: SettingSpec): string | number | boolean | undefined {
     switch (setting.kind) {
+      case "boolean":
+        return this.boolean(setting);
       case "duration":
         return this.duration(setting);
       case "int":

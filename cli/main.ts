@@ -32,7 +32,11 @@ import {
 import { EXIT, failureOf } from "./output.js";
 
 function addSettings(command: Command, settings: readonly SettingSpec[]): Command {
-  for (const setting of settings) command.option(`${setting.flag} <value>`, settingHelp(setting));
+  for (const setting of settings)
+    command.option(
+      setting.kind === "boolean" ? setting.flag : `${setting.flag} <value>`,
+      settingHelp(setting),
+    );
   return command;
 }
 

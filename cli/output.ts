@@ -32,6 +32,8 @@ export const ERROR_EXITS: Readonly<Record<string, ErrorExit>> = Object.freeze({
   CONFIG_INVALID: { exitCode: EXIT.usage },
   // The group's state was built with other window settings: a configuration to change.
   STATE_MISMATCH: { exitCode: EXIT.usage },
+  // Stored progress belongs to a topic deleted and created again: a flag to give, once.
+  TOPIC_REPLACED: { exitCode: EXIT.usage },
   SERVICE_UNREACHABLE: { exitCode: EXIT.unreachable },
   TOPIC_MISSING: { exitCode: EXIT.failure },
   ...({

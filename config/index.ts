@@ -174,6 +174,16 @@ export function topicNames(prefix: string = DEFAULTS.topicPrefix): TopicNames {
   });
 }
 
+/**
+ * A component's consumer group when none is given: the topic prefix's stem and the component
+ * (`mcpo.` → `mcpo-processor`, `mcpo-demo.` → `mcpo-demo-processor`), so two deployments with
+ * different prefixes on one cluster never share a group.
+ */
+export function defaultGroupId(topicPrefix: string, component: "processor" | "sink"): string {
+  const stem = topicPrefix.replace(/[._-]+$/, "");
+  return stem === "" ? component : `${stem}-${component}`;
+}
+
 /** The connection options the processes and exporters take, as their users spell them. */
 export interface EndpointOptions {
   /** Overrides `KAFKA_BROKERS`. */

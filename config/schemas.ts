@@ -20,12 +20,13 @@ import { z } from "zod";
 import {
   ConfigError,
   connectionFromOptions,
+  defaultGroupId,
   type ConnectionConfig,
   type EndpointOptions,
 } from "./index.js";
 
 /** How the CLI reads a setting's text: `duration` (`10s`), `int`, `port` or `string`. */
-export type CliKind = "duration" | "int" | "port" | "string";
+export type CliKind = "duration" | "int" | "port" | "string" | "boolean";
 
 /** A setting's place in the CLI, derived from its key (see the module's naming rule). */
 export interface CliMeta {
@@ -92,7 +93,9 @@ function innerType(schema: z.ZodType): z.ZodType {
 function kindOf(key: string, schema: z.ZodType): CliKind {
   if (key.endsWith("Ms")) return "duration";
   if (key.endsWith("Port")) return "port";
-  return innerType(schema) instanceof z.ZodNumber ? "int" : "string";
+  const inner = innerType(schema);
+  if (inner instanceof z.ZodBoolean) return "boolean";
+  return inner instanceof z.ZodNumber ? "int" : "string";
 }
 
 /** A section's fields, each with its description and CLI names attached as zod metadata. */
@@ -217,8 +220,9 @@ export const processorConfigSchema = z.strictObject({
   ...windowShape,
   ...section("processor", {
     groupId: {
-      schema: nonEmpty().default("mcpo-processor"),
-      description: "consumer group",
+      schema: nonEmpty().optional(),
+      description:
+        "consumer group (default: the topic prefix's stem, then -processor: mcpo-processor)",
       cli: { flag: "--group", env: "MCPO_PROCESSOR_GROUP" },
     },
     idleTimeoutMs: {
@@ -241,6 +245,12 @@ export const processorConfigSchema = z.strictObject({
     },
     unknownSchemaIdGraceMs: { ...unknownSchemaIdGraceMs, cli: {} },
     modelCallsRetentionMs: { ...modelCallsRetentionMs, cli: {} },
+    resetState: {
+      schema: z.boolean(BOOLEAN).default(false),
+      description:
+        "discard the group's checkpoints and rebuild every partition's state from the log's start (once, every member stopped)",
+      cli: {},
+    },
     clientId: {
       schema: nonEmpty().optional(),
       description: "Kafka client id (default mcpo-processor- and a random suffix)",
@@ -252,8 +262,8 @@ export const processorConfigSchema = z.strictObject({
 export const sinkConfigSchema = z.strictObject(
   section("sink", {
     groupId: {
-      schema: nonEmpty().default("mcpo-sink"),
-      description: "consumer group",
+      schema: nonEmpty().optional(),
+      description: "consumer group (default: the topic prefix's stem, then -sink: mcpo-sink)",
       cli: { flag: "--group", env: "MCPO_SINK_GROUP" },
     },
     sessionTimeoutMs: { ...sessionTimeoutMs, cli: {} },
@@ -272,6 +282,12 @@ export const sinkConfigSchema = z.strictObject(
     retryMaxMs: {
       schema: positiveInt().default(10_000),
       description: "longest delay while PostgreSQL is down",
+    },
+    acceptNewTopics: {
+      schema: z.boolean(BOOLEAN).default(false),
+      description:
+        "stored positions of a topic deleted and created again (or of another cluster) are dropped: the new topic is read from its start",
+      cli: {},
     },
   }),
 );
@@ -342,10 +358,12 @@ type Config<S extends z.ZodObject> = Readonly<z.output<S>> & {
   /** Brokers, registry, database and topic prefix: option, then environment, then default. */
   readonly connection: ConnectionConfig;
 };
+/** A consumer's settings: its group always resolved (see {@link defaultGroupId}). */
+type WithGroup<C> = Omit<C, "groupId"> & { readonly groupId: string };
 /** The processor's settings, validated, defaulted and frozen. */
-export type ProcessorConfig = Config<typeof processorConfigSchema>;
+export type ProcessorConfig = WithGroup<Config<typeof processorConfigSchema>>;
 /** The sink's settings, validated, defaulted and frozen. */
-export type SinkConfig = Config<typeof sinkConfigSchema>;
+export type SinkConfig = WithGroup<Config<typeof sinkConfigSchema>>;
 /** A replay's settings, validated, defaulted and frozen. */
 export type ReplayConfig = Config<typeof replayConfigSchema>;
 
@@ -387,7 +405,17 @@ function parseComponent<S extends z.ZodObject>(
  * @throws {ConfigError} naming the key that is invalid or unknown.
  */
 export function parseProcessorConfig(options: ProcessorConfigInput = {}): ProcessorConfig {
-  return parseComponent(PROCESSOR, options);
+  return withGroup(parseComponent(PROCESSOR, options), "processor");
+}
+
+function withGroup<C extends { readonly groupId?: string; readonly connection: ConnectionConfig }>(
+  config: C,
+  component: "processor" | "sink",
+): WithGroup<C> {
+  return Object.freeze({
+    ...config,
+    groupId: config.groupId ?? defaultGroupId(config.connection.topicPrefix, component),
+  });
 }
 
 /**
@@ -396,7 +424,7 @@ export function parseProcessorConfig(options: ProcessorConfigInput = {}): Proces
  * @throws {ConfigError} naming the key that is invalid or unknown.
  */
 export function parseSinkConfig(options: SinkConfigInput = {}): SinkConfig {
-  return parseComponent(SINK, options);
+  return withGroup(parseComponent(SINK, options), "sink");
 }
 
 /**

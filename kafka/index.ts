@@ -6,6 +6,7 @@
  * @module
  */
 import { randomUUID } from "node:crypto";
+import { connect as connectTcp, type Socket } from "node:net";
 
 import kafkajs, { type IHeaders, type Message, type Producer } from "kafkajs";
 import createSnappyCodec from "kafkajs-snappy";
@@ -49,7 +50,8 @@ export interface KafkaSettings {
 /** One record to produce. */
 export interface OutgoingRecord {
   readonly key: string | Buffer | null;
-  readonly value: Buffer;
+  /** null: a tombstone (compacted topics drop the key). */
+  readonly value: Buffer | null;
   readonly headers?: Readonly<Record<string, string | Buffer>>;
   /** An explicit partition; by default the key's hash picks it. */
   readonly partition?: number;
@@ -310,6 +312,8 @@ export interface GroupConsumer {
   start(): Promise<void>;
   /** Commits `offset` (the next offset to read) for the group. */
   commit(topic: string, partition: number, offset: string): Promise<void>;
+  /** The next fetch of an assigned partition starts at `offset` (while running). */
+  seek(topic: string, partition: number, offset: string): void;
   stop(): Promise<void>;
 }
 
@@ -404,6 +408,9 @@ export function createGroupConsumer(
       } catch (error) {
         throw toKafkaError(error, `committing ${topic}[${partition}]@${offset}`);
       }
+    },
+    seek(topic, partition, offset) {
+      consumer.seek({ topic, partition, offset });
     },
     async stop() {
       await consumer.disconnect();
@@ -645,6 +652,8 @@ export interface TopicAdmin {
    * offset when there is none).
    */
   offsetsAtTime(topic: string, timestampMs: number): Promise<Map<number, string>>;
+  /** The offsets `group` committed for each partition of `topic` (partitions without one left out). */
+  committedOffsets(group: string, topic: string): Promise<Map<number, string>>;
   close(): Promise<void>;
 }
 
@@ -707,6 +716,14 @@ export async function connectAdmin(settings: KafkaSettings): Promise<TopicAdmin>
         throw toKafkaError(error, `reading the metadata of ${topic}`);
       }
     },
+    async committedOffsets(group, topic) {
+      const [committed] = await admin.fetchOffsets({ groupId: group, topics: [topic] });
+      return new Map(
+        (committed?.partitions ?? [])
+          .filter((entry) => BigInt(entry.offset) >= 0n)
+          .map((entry) => [entry.partition, entry.offset]),
+      );
+    },
     async startOffsets(topic) {
       return new Map(
         (await admin.fetchTopicOffsets(topic)).map((entry) => [entry.partition, entry.low]),
@@ -729,4 +746,404 @@ export async function connectAdmin(settings: KafkaSettings): Promise<TopicAdmin>
       await admin.disconnect();
     },
   };
+}
+
+/** One topic whose stored progress belongs to an earlier topic of the same name. */
+export interface ReplacedTopic {
+  readonly topic: string;
+  /** The topic id the progress was stored under. */
+  readonly storedId: string;
+  /** The topic id the cluster has now. */
+  readonly currentId: string;
+}
+
+/**
+ * Stored progress (a sink's positions, a processor's checkpoints) was made on topics that were
+ * deleted and created again under the same names, or on another Kafka cluster: their offsets
+ * mean other records now, and going on would silently skip each partition's first records.
+ */
+export class TopicReplacedError extends ObservatoryError {
+  /**
+   * @param holder whose progress it is, e.g. `the sink's stored positions (group mcpo-sink)`.
+   * @param replaced every topic whose id changed.
+   * @param remedy the way out, one sentence, e.g. `To …, run with --accept-new-topics`.
+   */
+  constructor(
+    readonly holder: string,
+    readonly replaced: readonly ReplacedTopic[],
+    remedy: string,
+  ) {
+    super(
+      "TOPIC_REPLACED",
+      `${holder} belong to another topic than the one of the same name now: ` +
+        replaced
+          .map(
+            (entry) => `${entry.topic} (stored topic id ${entry.storedId}, now ${entry.currentId})`,
+          )
+          .join("; ") +
+        ". The topic was deleted and created again, or this is another Kafka cluster; going on " +
+        `would skip each partition's first records as already read. ${remedy}`,
+      { context: { topic: replaced[0]?.topic ?? "" } },
+    );
+    this.name = "TopicReplacedError";
+  }
+}
+
+// Topic ids. kafkajs speaks Metadata up to v6, which has no topic ids (they came with v10), so
+// this asks a broker itself, over a plain connection: ApiVersions v0 to learn what it serves,
+// then Metadata v12 for the topics. Kafka's wire format: big-endian integers, requests and
+// responses framed by an int32 size; v12 is a "flexible" version (compact arrays and strings,
+// tagged fields).
+
+const API_METADATA = 3;
+const API_VERSIONS = 18;
+const METADATA_VERSION = 12;
+const UNKNOWN_TOPIC_OR_PARTITION = 3;
+const TOPIC_AUTHORIZATION_FAILED = 29;
+const ZERO_UUID = Buffer.alloc(16);
+
+/** Builds a request's bytes. */
+class WireWriter {
+  private readonly parts: Buffer[] = [];
+
+  int8(value: number): this {
+    const buffer = Buffer.alloc(1);
+    buffer.writeInt8(value);
+    this.parts.push(buffer);
+    return this;
+  }
+  int16(value: number): this {
+    const buffer = Buffer.alloc(2);
+    buffer.writeInt16BE(value);
+    this.parts.push(buffer);
+    return this;
+  }
+  int32(value: number): this {
+    const buffer = Buffer.alloc(4);
+    buffer.writeInt32BE(value);
+    this.parts.push(buffer);
+    return this;
+  }
+  uvarint(value: number): this {
+    const bytes: number[] = [];
+    let rest = value;
+    while (rest >= 0x80) {
+      bytes.push((rest & 0x7f) | 0x80);
+      rest = Math.floor(rest / 128);
+    }
+    bytes.push(rest);
+    this.parts.push(Buffer.from(bytes));
+    return this;
+  }
+  bytes(value: Buffer): this {
+    this.parts.push(value);
+    return this;
+  }
+  /** int16 length, then UTF-8 (the request header's client id). */
+  string(value: string): this {
+    const encoded = Buffer.from(value, "utf8");
+    return this.int16(encoded.length).bytes(encoded);
+  }
+  /** Length + 1 as an unsigned varint, then UTF-8. */
+  compactString(value: string): this {
+    const encoded = Buffer.from(value, "utf8");
+    return this.uvarint(encoded.length + 1).bytes(encoded);
+  }
+  /** No tagged fields. */
+  noTags(): this {
+    return this.uvarint(0);
+  }
+  /** The bytes framed by their int32 size. */
+  framed(): Buffer {
+    const body = Buffer.concat(this.parts);
+    const size = Buffer.alloc(4);
+    size.writeInt32BE(body.length);
+    return Buffer.concat([size, body]);
+  }
+}
+
+/** Reads a response's bytes; throws a RangeError past the end. */
+class WireReader {
+  private at = 0;
+
+  constructor(private readonly buffer: Buffer) {}
+
+  int8(): number {
+    const value = this.buffer.readInt8(this.at);
+    this.at += 1;
+    return value;
+  }
+  int16(): number {
+    const value = this.buffer.readInt16BE(this.at);
+    this.at += 2;
+    return value;
+  }
+  int32(): number {
+    const value = this.buffer.readInt32BE(this.at);
+    this.at += 4;
+    return value;
+  }
+  uvarint(): number {
+    let value = 0;
+    for (let shift = 0; shift < 35; shift += 7) {
+      const byte = this.buffer.readUInt8(this.at++);
+      value += (byte & 0x7f) * 2 ** shift;
+      if ((byte & 0x80) === 0) return value;
+    }
+    throw new RangeError("an unsigned varint longer than 5 bytes");
+  }
+  take(length: number): Buffer {
+    if (this.at + length > this.buffer.length) throw new RangeError("past the end of the response");
+    const value = this.buffer.subarray(this.at, this.at + length);
+    this.at += length;
+    return value;
+  }
+  /** A compact nullable string (null for length 0). */
+  compactString(): string | null {
+    const length = this.uvarint();
+    return length === 0 ? null : this.take(length - 1).toString("utf8");
+  }
+  /** A compact array's element count (null array: 0). */
+  compactCount(): number {
+    return Math.max(0, this.uvarint() - 1);
+  }
+  skipTags(): void {
+    const count = this.uvarint();
+    for (let i = 0; i < count; i++) {
+      this.uvarint();
+      this.take(this.uvarint());
+    }
+  }
+}
+
+/** A plain connection to one broker that sends requests one at a time. */
+class BrokerConnection {
+  private received = Buffer.alloc(0);
+  private waiting: { resolve: (body: Buffer) => void; reject: (error: Error) => void } | undefined;
+  private closedWith: Error | undefined;
+  private correlation = 0;
+
+  private constructor(
+    private readonly socket: Socket,
+    private readonly address: string,
+    private readonly clientId: string,
+    private readonly requestTimeoutMs: number,
+  ) {
+    socket.on("data", (chunk: Buffer) => {
+      this.received = Buffer.concat([this.received, chunk]);
+      this.deliver();
+    });
+    const closed = (error: Error) => {
+      this.closedWith ??= error;
+      this.waiting?.reject(error);
+      this.waiting = undefined;
+    };
+    socket.on("error", closed);
+    socket.on("close", () => {
+      closed(new Error(`${address} closed the connection`));
+    });
+  }
+
+  static open(address: string, settings: KafkaSettings): Promise<BrokerConnection> {
+    const colon = address.lastIndexOf(":");
+    const host = address.slice(0, colon).replace(/^\[(.*)\]$/, "$1");
+    const port = Number(address.slice(colon + 1));
+    if (colon <= 0 || !Number.isInteger(port))
+      return Promise.reject(new Error(`${address} is not host:port`));
+    const timeoutMs = settings.connectionTimeoutMs ?? 3000;
+    return new Promise((resolve, reject) => {
+      const socket = connectTcp({ host, port });
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new Error(`no TCP connection to ${address} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      socket.once("error", (error) => {
+        clearTimeout(timer);
+        reject(error);
+      });
+      socket.once("connect", () => {
+        clearTimeout(timer);
+        resolve(
+          new BrokerConnection(
+            socket,
+            address,
+            settings.clientId,
+            settings.requestTimeoutMs ?? 10_000,
+          ),
+        );
+      });
+    });
+  }
+
+  /**
+   * Sends a request and resolves with its response after the correlation id (the rest of the
+   * response header is the caller's to read).
+   */
+  async request(
+    apiKey: number,
+    apiVersion: number,
+    flexible: boolean,
+    body: (writer: WireWriter) => void,
+  ): Promise<WireReader> {
+    if (this.closedWith) throw this.closedWith;
+    const correlation = ++this.correlation;
+    const writer = new WireWriter()
+      .int16(apiKey)
+      .int16(apiVersion)
+      .int32(correlation)
+      .string(this.clientId);
+    if (flexible) writer.noTags();
+    body(writer);
+    let timer: NodeJS.Timeout | undefined;
+    const response = new Promise<Buffer>((resolve, reject) => {
+      this.waiting = { resolve, reject };
+      timer = setTimeout(() => {
+        reject(new Error(`${this.address} did not answer within ${this.requestTimeoutMs} ms`));
+      }, this.requestTimeoutMs);
+    });
+    this.socket.write(writer.framed());
+    try {
+      const reader = new WireReader(await response);
+      const answered = reader.int32();
+      if (answered !== correlation)
+        throw new Error(`${this.address} answered request ${answered}, not ${correlation}`);
+      return reader;
+    } finally {
+      clearTimeout(timer);
+      this.waiting = undefined;
+    }
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+
+  private deliver(): void {
+    if (this.received.length < 4) return;
+    const size = this.received.readInt32BE(0);
+    if (this.received.length < 4 + size) return;
+    const body = this.received.subarray(4, 4 + size);
+    this.received = this.received.subarray(4 + size);
+    this.waiting?.resolve(body);
+    this.waiting = undefined;
+  }
+}
+
+/** The highest Metadata version a broker serves, from ApiVersions v0. */
+async function metadataVersionOf(connection: BrokerConnection): Promise<number> {
+  const reader = await connection.request(API_VERSIONS, 0, false, () => undefined);
+  const errorCode = reader.int16();
+  if (errorCode !== 0) throw new Error(`ApiVersions failed with error code ${errorCode}`);
+  const count = reader.int32();
+  for (let i = 0; i < count; i++) {
+    const apiKey = reader.int16();
+    reader.int16(); // lowest version
+    const highest = reader.int16();
+    if (apiKey === API_METADATA) return highest;
+  }
+  return -1;
+}
+
+/** Metadata v12 for `topics`: each existing topic's id, as Kafka prints it. */
+async function readTopicIds(
+  connection: BrokerConnection,
+  topics: readonly string[],
+): Promise<Map<string, string>> {
+  const reader = await connection.request(API_METADATA, METADATA_VERSION, true, (writer) => {
+    writer.uvarint(topics.length + 1);
+    for (const topic of topics) writer.bytes(ZERO_UUID).compactString(topic).noTags();
+    writer.int8(0); // allow_auto_topic_creation
+    writer.int8(0); // include_topic_authorized_operations
+    writer.noTags();
+  });
+  reader.skipTags(); // response header v1
+  reader.int32(); // throttle_time_ms
+  for (let brokers = reader.compactCount(); brokers > 0; brokers--) {
+    reader.int32(); // node_id
+    reader.compactString(); // host
+    reader.int32(); // port
+    reader.compactString(); // rack
+    reader.skipTags();
+  }
+  reader.compactString(); // cluster_id
+  reader.int32(); // controller_id
+  const ids = new Map<string, string>();
+  for (let count = reader.compactCount(); count > 0; count--) {
+    const errorCode = reader.int16();
+    const name = reader.compactString();
+    const id = reader.take(16);
+    reader.int8(); // is_internal
+    for (let partitions = reader.compactCount(); partitions > 0; partitions--) {
+      reader.int16(); // error_code
+      reader.int32(); // partition_index
+      reader.int32(); // leader_id
+      reader.int32(); // leader_epoch
+      // replica_nodes, isr_nodes, offline_replicas
+      for (let list = 0; list < 3; list++)
+        for (let nodes = reader.compactCount(); nodes > 0; nodes--) reader.int32();
+      reader.skipTags();
+    }
+    reader.int32(); // topic_authorized_operations
+    reader.skipTags();
+    if (name === null || errorCode === UNKNOWN_TOPIC_OR_PARTITION) continue;
+    if (errorCode === TOPIC_AUTHORIZATION_FAILED)
+      throw new KafkaError(
+        `reading the topic id of ${name}: not authorized to describe the topic`,
+        "TOPIC_AUTHORIZATION_FAILED",
+        false,
+        { context: { topic: name } },
+      );
+    if (id.equals(ZERO_UUID))
+      throw new KafkaError(
+        `reading the topic id of ${name}: the broker gave none (error code ${errorCode})`,
+        "TOPIC_ID_MISSING",
+        true,
+        { context: { topic: name } },
+      );
+    ids.set(name, id.toString("base64url"));
+  }
+  return ids;
+}
+
+/**
+ * The topic ids of `topics` (those that exist; a missing topic is left out): the UUID Kafka gives
+ * a topic when it creates it, so a topic deleted and created again under the same name, or a
+ * topic of another cluster, has another one. As Kafka prints it (`kafka-topics --describe`): 22
+ * characters, base64url without padding.
+ *
+ * Asks the bootstrap brokers in turn (Metadata v12, which needs Kafka 3.1 or later) over a plain
+ * TCP connection.
+ *
+ * @throws {KafkaError} no broker answered (retriable), or the cluster cannot give topic ids.
+ */
+export async function fetchTopicIds(
+  settings: KafkaSettings,
+  topics: readonly string[],
+): Promise<Map<string, string>> {
+  if (topics.length === 0) return new Map();
+  const failures: string[] = [];
+  for (const address of settings.brokers) {
+    let connection: BrokerConnection | undefined;
+    try {
+      connection = await BrokerConnection.open(address, settings);
+      const version = await metadataVersionOf(connection);
+      if (version < METADATA_VERSION)
+        throw new KafkaError(
+          `reading topic ids: broker ${address} serves Metadata up to v${version}; topic ids need v${METADATA_VERSION} (Kafka 3.1 or later)`,
+          "UNSUPPORTED_VERSION",
+          false,
+        );
+      return await readTopicIds(connection, topics);
+    } catch (error) {
+      if (error instanceof KafkaError) throw error;
+      failures.push(`${address}: ${error instanceof Error ? error.message : String(error)}`);
+    } finally {
+      connection?.close();
+    }
+  }
+  throw new KafkaError(
+    `reading the topic ids of ${topics.join(", ")}: no broker answered (${failures.join("; ")})`,
+    "KafkaJSConnectionError",
+    true,
+  );
 }

@@ -11,6 +11,7 @@ import {
   connectAdmin,
   partitionForKey,
   readTopicToEnd,
+  TopicReplacedError,
   type ConsumedRecord,
   type KafkaSettings,
   type RecordProducer,
@@ -116,6 +117,49 @@ export interface Checkpoint {
   readonly state: PartitionSnapshot;
   /** The window size and grace the state was built with, µs (absent in older checkpoints). */
   readonly window?: { readonly sizeMicros: number; readonly graceMicros: number };
+  /**
+   * The id of the topic the state was built from (see `fetchTopicIds`; absent in older
+   * checkpoints): a topic deleted and created again under the same name has another one.
+   */
+  readonly topicId?: string;
+}
+
+/**
+ * The checkpoints built from another topic than the one of this name now: their topic id is not
+ * `topicId`. Checkpoints without an id (written before ids were) are taken as this topic's.
+ */
+export function checkpointsOfOtherTopic<C extends Pick<Checkpoint, "topicId">>(
+  checkpoints: Iterable<C>,
+  topicId: string,
+): C[] {
+  return [...checkpoints].filter(
+    (checkpoint) => checkpoint.topicId !== undefined && checkpoint.topicId !== topicId,
+  );
+}
+
+/**
+ * Refuses checkpoints built from a topic deleted since and created again under the same name (or
+ * from another cluster's topic): restoring them would skip each partition's first records of the
+ * new topic as already processed.
+ *
+ * @param checkpoints the group's checkpoints of `topic` (e.g. from {@link CheckpointStore.loadAll}).
+ * @param topicId the topic's id now.
+ * @throws {TopicReplacedError} naming the topic, the stored id and the current one, and the way out.
+ */
+export function checkCheckpointTopic(
+  group: string,
+  topic: string,
+  checkpoints: Iterable<Pick<Checkpoint, "topicId">>,
+  topicId: string,
+): void {
+  const other = checkpointsOfOtherTopic(checkpoints, topicId)[0];
+  if (other?.topicId === undefined) return;
+  throw new TopicReplacedError(
+    `group ${group}'s checkpoints`,
+    [{ topic, storedId: other.topicId, currentId: topicId }],
+    "To rebuild the group's state from the new topic's start, run the processor with --reset-state " +
+      "(once, every member of the group stopped), or start a new group (--group)",
+  );
 }
 
 /** A group's checkpoints were built with other window settings than this processor's. */
@@ -131,7 +175,8 @@ export class StateMismatchError extends ObservatoryError {
       "STATE_MISMATCH",
       `group ${group}'s checkpoints were built with ${show(stored)}; this processor has ${show(wanted)}. ` +
         "Its open windows cannot be continued with other settings: run with the group's settings, " +
-        "or start a new group (--group) to build state with the new ones from the log",
+        "or rebuild the group's state from the log with the new ones (--reset-state, once, every member of the group stopped), " +
+        "or start a new group (--group)",
     );
     this.name = "StateMismatchError";
   }
@@ -162,6 +207,7 @@ function isCheckpoint(value: unknown): value is Checkpoint {
     typeof candidate.partition === "number" &&
     typeof candidate.nextOffset === "string" &&
     /^\d+$/.test(candidate.nextOffset) &&
+    (candidate.topicId === undefined || typeof candidate.topicId === "string") &&
     typeof candidate.state === "object" &&
     [1, 2].includes((candidate.state as { version?: unknown }).version as number)
   );
@@ -183,6 +229,12 @@ export class CheckpointStore {
     const prefix = `${group}|${topic}|`;
     for (const record of await readTopicToEnd(this.settings, this.topic)) {
       if (!record.key?.toString().startsWith(prefix)) continue;
+      if (record.value === null) {
+        // A tombstone (--reset-state): what was written for the partition before it is gone.
+        const partition = Number(record.key.toString().slice(prefix.length));
+        if (Number.isInteger(partition)) best.delete(partition);
+        continue;
+      }
       const parsed = parseJson(record);
       if (!isCheckpoint(parsed) || parsed.group !== group || parsed.topic !== topic) continue;
       const current = best.get(parsed.partition);
@@ -211,6 +263,24 @@ export class CheckpointStore {
       STARTUP_RETRY,
     );
     return (await readLayout(this.settings, this.topic, topic)) ?? layout;
+  }
+
+  /**
+   * Discards every checkpoint of `group` for `topic` (tombstones, which compaction keeps until
+   * the older records are gone); how many partitions had one.
+   */
+  async discard(group: string, topic: string): Promise<number> {
+    const partitions = [...(await this.loadAll(group, topic)).keys()];
+    if (partitions.length > 0)
+      await this.producer.send(
+        this.topic,
+        partitions.map((partition) => ({
+          key: checkpointKey(group, topic, partition),
+          value: null,
+        })),
+        "none",
+      );
+    return partitions.length;
   }
 
   /** Writes a checkpoint and resolves once the broker acknowledged it. */

@@ -10,6 +10,7 @@ import { defer, map, type OperatorFunction } from "rxjs";
 
 import type { AvroCodec } from "../avro/codec.js";
 import type { ModelCallEvent } from "../avro/generated.js";
+import { windowOf } from "../metrics/index.js";
 import type { ConsumedRecord } from "../kafka/index.js";
 import { healPosition, type PositionDecision } from "../ops/service.js";
 import { readLogRecord, readLogRecordIfKnown, type LogRecord } from "./log-record.js";
@@ -41,6 +42,8 @@ export type Fed =
       readonly type: "applied";
       readonly input: (LogRecord & { type: "input" })["input"];
       readonly outputs: PartitionOutput[];
+      /** Rollups and alerts of partial windows, not emitted (see {@link PartitionDriver.withholdPartialWindows}). */
+      readonly withheld: number;
     };
 
 export class PartitionDriver {
@@ -55,6 +58,10 @@ export class PartitionDriver {
   private durable: DriverStart;
   /** The offset last sought to, until a batch starts there (or past it: a gap). */
   private sought: bigint | undefined;
+  /** Rollups and alerts of windows that start before it are not emitted (null: all are). */
+  private floor: number | null = null;
+  /** The floor is set by the next event (its time plus grace, rounded up to a window). */
+  private floorAwaitsEvent = false;
 
   constructor(
     private readonly settings: WindowSettings,
@@ -85,8 +92,34 @@ export class PartitionDriver {
     const decision = healPosition(firstOffset, this.nextOffset, this.sought);
     if (decision.action === "seek") this.sought = decision.to;
     else this.sought = undefined;
-    if (decision.action === "gap") this.nextOffset = decision.to;
+    if (decision.action === "gap") {
+      this.nextOffset = decision.to;
+      this.withholdPartialWindows();
+    }
     return decision;
+  }
+
+  /**
+   * A driver that reads on without the state of the records before (a replay from a time or an
+   * offset, a log trimmed by retention, a gap in the log) would emit its next windows holding only
+   * part of their events. From now on it emits only windows that start at or after `fromMicros`
+   * (a replay from a time, rounded up to a window) or, without it, after the next event's time
+   * plus the grace period, rounded up (the records it lacks may hold events up to there); until
+   * that event, none. Of two floors the later holds.
+   */
+  withholdPartialWindows(fromMicros?: number): void {
+    if (fromMicros === undefined) this.floorAwaitsEvent = true;
+    else this.floor = Math.max(this.floor ?? -Infinity, fromMicros);
+  }
+
+  /** The first window start emitted; null while every window is (or the next event is awaited). */
+  get emitFloor(): number | null {
+    return this.floorAwaitsEvent ? null : this.floor;
+  }
+
+  private roundUp(micros: number): number {
+    const window = windowOf(micros, this.settings.windowSizeMicros);
+    return window.start === micros ? micros : window.end;
   }
 
   /** Feeds one record (in offset order) through the state machine. */
@@ -98,7 +131,26 @@ export class PartitionDriver {
     if (read.type === "retry") return { type: "retry", message: read.message };
     this.nextOffset = offset + 1n;
     if (read.type === "invalid") return { type: "invalid", read };
-    return { type: "applied", input: read.input, outputs: this.state.apply(read.input) };
+    const outputs = this.state.apply(read.input);
+    if (this.floorAwaitsEvent && read.input.type === "event") {
+      this.floorAwaitsEvent = false;
+      this.withholdPartialWindows(
+        this.roundUp(read.input.event.end_time + this.settings.graceMicros),
+      );
+    }
+    const floor = this.floorAwaitsEvent ? Infinity : this.floor;
+    if (floor === null) return { type: "applied", input: read.input, outputs, withheld: 0 };
+    const emitted = outputs.filter(
+      (output) =>
+        (output.type !== "rollup" || output.rollup.window_start >= floor) &&
+        (output.type !== "alert" || output.alert.window_start >= floor),
+    );
+    return {
+      type: "applied",
+      input: read.input,
+      outputs: emitted,
+      withheld: outputs.length - emitted.length,
+    };
   }
 
   /** Flushes every open window (a replay that must end with them emitted). */

@@ -35,6 +35,7 @@ import {
 } from "../config/index.js";
 import {
   connectAdmin,
+  fetchTopicIds,
   type BatchControl,
   type ConsumedBatch,
   type ConsumedRecord,
@@ -57,6 +58,7 @@ import {
 } from "../ops/service.js";
 import {
   CheckpointStore,
+  checkCheckpointTopic,
   checkpointTopic,
   checkpointWindow,
   homeOf,
@@ -80,6 +82,8 @@ interface BatchOutputs {
   /** Whether the batch held an event, a copy or a tick (a progress record alone is no activity). */
   active: boolean;
   ticks: number;
+  /** Rollups and alerts of windows a gap left partial: not written (see `withholdPartialWindows`). */
+  withheld: number;
 }
 
 /** How long a partition waits before reading a batch again whose outputs could not be written. */
@@ -97,8 +101,14 @@ export interface ProcessorOptions {
   readonly schemaRegistryUrl?: string;
   /** Default `MCPO_TOPIC_PREFIX`, then `mcpo.`. */
   readonly topicPrefix?: string;
-  /** Default `mcpo-processor`. */
+  /** Default: the topic prefix's stem and `-processor` (`mcpo-processor`). */
   readonly groupId?: string;
+  /**
+   * Discards the group's checkpoints at start, so every partition's state is rebuilt from the
+   * log's start (with this processor's window settings). Once, with every member of the group
+   * stopped.
+   */
+  readonly resetState?: boolean;
   /** Tumbling window size, ms (default 60 000). */
   readonly windowSizeMs?: number;
   /** Grace period for out-of-order events, ms (default 10 000). */
@@ -158,6 +168,8 @@ interface OwnedPartition {
   lastCheckpointOffset: bigint;
   /** Per home partition: the source event time last reported to it, and when (wall clock). */
   reported: Map<number, { timeMicros: number; at: number }>;
+  /** Whether its state came from a checkpoint (else it is rebuilt from the log's start). */
+  readonly fromCheckpoint: boolean;
 }
 
 export class StreamProcessor extends ConsumerService<ProcessorStats> {
@@ -172,6 +184,9 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
   private readonly modelCallsRetentionMs: number;
   private readonly sessionTimeoutMs: number;
   private readonly metadataMaxAgeMs: number;
+  private readonly resetState: boolean;
+  /** model-calls' topic id, written with each checkpoint. */
+  private topicId: string | undefined;
   /** Each service's home partition, from the topic's layout (set at start). */
   private homes: { readonly count: number; readonly of: (service: string) => number } | undefined;
   /** Live mode: the model-calls partitions known; partitions beyond the homes are registered. */
@@ -211,6 +226,8 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
   private readonly forwardingFrom = new Set<number>();
   private assignment = new Set<number>();
   private checkpointLoad: Promise<Map<number, Checkpoint>> | undefined;
+  /** The group's committed offsets, read once per assignment when a partition has no checkpoint. */
+  private committedLoad: Promise<Map<number, string>> | undefined;
   private readonly activity = new Subject<number>();
   private idleSubscription: Subscription | undefined;
 
@@ -265,6 +282,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
     this.modelCallsRetentionMs = config.modelCallsRetentionMs;
     this.sessionTimeoutMs = config.sessionTimeoutMs;
     this.metadataMaxAgeMs = config.metadataMaxAgeMs;
+    this.resetState = config.resetState;
     this.clock = options.scheduler ?? asyncScheduler;
   }
 
@@ -292,6 +310,25 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       this.startedProducer,
     );
     const partitionsNow = this.partitionsAtStart;
+    if (this.resetState) {
+      const discarded = await this.checkpoints.discard(this.groupId, this.topics.modelCalls);
+      this.logger.warn(
+        "resetting state (--reset-state): the group's checkpoints are discarded; every partition's windows are rebuilt from the log's start, and the rollups and alerts of the whole log are written again",
+        { group: this.groupId, topic: this.topics.modelCalls, checkpoints: discarded },
+      );
+    }
+    // Checkpoints of a topic deleted and created again under the same name (or of another
+    // cluster) hold offsets of a log that is gone: refuse them (--reset-state is the way out).
+    this.topicId = (await fetchTopicIds(this.kafka, [this.topics.modelCalls])).get(
+      this.topics.modelCalls,
+    );
+    if (this.topicId !== undefined)
+      checkCheckpointTopic(
+        this.groupId,
+        this.topics.modelCalls,
+        (await this.checkpoints.loadAll(this.groupId, this.topics.modelCalls)).values(),
+        this.topicId,
+      );
     const layout = await this.checkpoints.layout(this.topics.modelCalls, partitionsNow);
     this.homes = { count: layout.homePartitions, of: homeOf(layout.homePartitions) };
     if (partitionsNow !== layout.homePartitions)
@@ -362,6 +399,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
     for (const partition of [...this.owned.keys()])
       if (!this.assignment.has(partition)) this.owned.delete(partition);
     this.checkpointLoad = undefined;
+    this.committedLoad = undefined;
     this.logger.info("assigned", { partitions: [...this.assignment].sort((a, b) => a - b) });
     // Restore now, not at the first batch: a partition whose log has nothing new still has open
     // windows that only an idle tick will close.
@@ -377,6 +415,28 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
             error: error instanceof Error ? error.message : String(error),
           });
         },
+      );
+  }
+
+  /**
+   * A partition without a checkpoint whose group has read part of it before (the checkpoint
+   * topic deleted, a prefix change, `--reset-state`): its windows are rebuilt from the log's
+   * start, and what was written up to the group's offset is written again. Said once.
+   */
+  private async warnIfRebuilding(partition: number): Promise<void> {
+    this.committedLoad ??= (async () => {
+      const admin = await connectAdmin(this.kafka);
+      try {
+        return await admin.committedOffsets(this.groupId, this.topics.modelCalls);
+      } finally {
+        await admin.close();
+      }
+    })().catch(() => new Map<number, string>()); // only for the message: never in the way
+    const committed = (await this.committedLoad).get(partition);
+    if (committed !== undefined && committed !== "0")
+      this.logger.warn(
+        "the partition has no checkpoint though its group has read it (the checkpoint topic deleted, a prefix change, --reset-state): rebuilding its windows from the log's start; rollups and alerts up to the group's offset are written again, with the same bytes",
+        { partition, group: this.groupId, groupOffset: committed },
       );
   }
 
@@ -421,18 +481,30 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
         this.settings,
         this.routing(partition),
         this.pipelineCodecs.events,
+        // Without a checkpoint the state is built from the log's start, whatever the group's
+        // offset: starting there with empty windows would emit partial windows as final.
         checkpoint
           ? { state: checkpoint.state, nextOffset: BigInt(checkpoint.nextOffset) }
-          : { nextOffset: null },
+          : { nextOffset: 0n },
       ),
       lastCheckpointAt: this.clock.now(),
       lastCheckpointOffset: checkpoint ? BigInt(checkpoint.nextOffset) : -1n,
       reported: new Map(),
+      fromCheckpoint: checkpoint !== undefined,
     };
     this.owned.set(partition, restored);
+    if (!checkpoint) await this.warnIfRebuilding(partition);
+    // Read from the state's position now, not at the next batch: the group's offset may be past
+    // it (no checkpoint, or one behind a commit) with nothing new to read, and an idle tick would
+    // then close windows without the records in between.
+    // (A batch fetched before the seek that starts past this position is sought here again, not
+    // taken for a gap: only a batch after a seek from a batch counts as one.)
+    const target = restored.driver.nextOffset;
+    if (target !== null && this.consumer)
+      this.consumer.seek(this.topics.modelCalls, partition, target.toString());
     this.logger.info("partition restored", {
       partition,
-      nextOffset: restored.driver.nextOffset?.toString() ?? "earliest",
+      nextOffset: checkpoint ? checkpoint.nextOffset : "the log's start",
       fromCheckpoint: checkpoint !== undefined,
     });
     return restored;
@@ -461,18 +533,19 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
     if (position.action === "seek") {
       // The group's offset is not the checkpoint's (the group deleted or expired, a commit lost):
       // read from the checkpoint.
-      if (owned.driver.nextOffset !== null)
+      if (owned.fromCheckpoint)
         this.logger.info("reading from the partition's checkpoint, not the group's offset", {
           partition: batch.partition,
           groupOffset: first.offset,
           checkpoint: position.to.toString(),
         });
+
       control.seek(position.to.toString());
       return;
     }
     if (position.action === "gap")
       this.logger.warn(
-        "records the partition's state needs are no longer in the log (retention or deleteRecords): going on after the gap; the windows they held are incomplete",
+        "records the partition's state needs are no longer in the log (retention or deleteRecords): going on after the gap; the windows they held are incomplete and are not emitted (windows from the first event after the gap plus the grace period on are)",
         {
           partition: batch.partition,
           from: position.from.toString(),
@@ -488,6 +561,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       forwarded: [],
       active: false,
       ticks: 0,
+      withheld: 0,
     };
     let lastOffset: string | undefined;
     try {
@@ -508,6 +582,12 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       return;
     }
     this.failures.delete(batch.partition);
+    if (outputs.withheld > 0)
+      this.logger.info("rollups and alerts of windows a gap left partial were not written", {
+        partition: batch.partition,
+        withheld: outputs.withheld,
+        firstWindowWritten: owned.driver.emitFloor ?? "after the next event",
+      });
     control.resolveOffset(lastOffset);
     await this.maybeCheckpoint(batch.partition, owned, this.isStopping, (offset) =>
       control.commit(offset),
@@ -548,6 +628,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
           outputs.ticks++;
         } else if (fed.input.type === "event") this.count.events.inc();
         if (fed.input.type !== "progress") outputs.active = true;
+        outputs.withheld += fed.withheld;
         this.collect(owned, fed.outputs, record, outputs);
       }
       lastOffset = record.offset;
@@ -734,6 +815,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       topic: this.topics.modelCalls,
       partition,
       nextOffset: nextOffset.toString(),
+      ...(this.topicId === undefined ? {} : { topicId: this.topicId }),
       state,
       window: {
         sizeMicros: this.settings.windowSizeMicros,

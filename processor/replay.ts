@@ -160,16 +160,10 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
   const totalRecords = ranges.reduce((sum, range) => sum + Number(range.end - range.start), 0);
 
   // Partial replays emit only whole windows: from the start time, rounded up to a window.
-  const emitFrom = new Map<number, number | null>();
   const roundUp = (micros: number): number => {
     const window = windowOf(micros, settings.windowSizeMicros);
     return window.start === micros ? micros : window.end;
   };
-  for (const range of ranges)
-    emitFrom.set(
-      range.partition,
-      from.kind === "time" ? roundUp(from.timestampMs * MICROS_PER_MILLI) : null,
-    );
 
   const drivers = new Map<number, PartitionDriver>();
   const counters = {
@@ -192,6 +186,9 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
     let driver = drivers.get(partition);
     if (!driver) {
       driver = new PartitionDriver(settings, { partition, homePartitions, homeOf: home }, codec);
+      if (from.kind === "time")
+        driver.withholdPartialWindows(roundUp(from.timestampMs * MICROS_PER_MILLI));
+      else if (from.kind === "offset" || trimmed.has(partition)) driver.withholdPartialWindows();
       drivers.set(partition, driver);
     }
     const rollups: MetricRollup[] = [];
@@ -209,9 +206,7 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
       const read = fed;
       if (read.input.type === "event") {
         counters.events++;
-        if (emitFrom.get(partition) === null && (from.kind === "offset" || trimmed.has(partition)))
-          emitFrom.set(partition, roundUp(read.input.event.end_time + settings.graceMicros));
-        const partitionFloor = emitFrom.get(partition) ?? null;
+        const partitionFloor = driver.emitFloor;
         if (partitionFloor !== null && !(read.input.event.service in serviceFloors))
           serviceFloors[read.input.event.service] = partitionFloor;
         if (config.withEvents && (!services || services.has(read.input.event.service)))
@@ -220,7 +215,6 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
         counters[
           read.input.type === "copy" ? "copies" : read.input.type === "tick" ? "ticks" : "progress"
         ]++;
-      const floor = emitFrom.get(partition) ?? null;
       for (const output of fed.outputs) {
         // The live processor wrote the copy into the home partition; it is read there.
         if (output.type === "forward") continue;
@@ -230,7 +224,6 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
         }
         const item = output.type === "rollup" ? output.rollup : output.alert;
         if (services && !services.has(item.service)) continue;
-        if (floor !== null && item.window_start < floor) continue;
         if (output.type === "rollup") {
           rollups.push(output.rollup);
           counters.rollups++;

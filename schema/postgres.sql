@@ -4,3 +4,4 @@
 -- schema_migrations. `mcp-observatory migrate` (sink/migrate.ts) applies the same files.
 \set ON_ERROR_STOP on
 \ir migrations/001_initial.sql
+\ir migrations/002_topic_ids.sql

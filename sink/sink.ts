@@ -20,12 +20,16 @@ import {
   topicNames,
   type TopicNames,
 } from "../config/index.js";
-import type {
-  BatchControl,
-  ConsumedBatch,
-  GroupConsumerOptions,
-  KafkaSettings,
-  OutgoingRecord,
+import {
+  connectAdmin,
+  fetchTopicIds,
+  TopicReplacedError,
+  type BatchControl,
+  type ConsumedBatch,
+  type GroupConsumerOptions,
+  type KafkaSettings,
+  type OutgoingRecord,
+  type ReplacedTopic,
 } from "../kafka/index.js";
 import { pinoLogger, type OpsLogger } from "../ops/index.js";
 import {
@@ -67,6 +71,12 @@ export interface SinkOptions {
   readonly unknownSchemaIdGraceMs?: number;
   /** Retention of model-calls if this sink creates it, ms (default -1: unlimited). */
   readonly modelCallsRetentionMs?: number;
+  /**
+   * Stored positions of a topic deleted and created again under the same name (or of another
+   * cluster: its topic id differs) are dropped, and the new topic is read from its start
+   * (default false: the sink refuses to start with a {@link TopicReplacedError}).
+   */
+  readonly acceptNewTopics?: boolean;
 }
 
 /** Counters since start. */
@@ -92,6 +102,9 @@ export class Sink extends ConsumerService<SinkStats> {
   private readonly logger: OpsLogger;
   private readonly retryInitialMs: number;
   private readonly retryMaxMs: number;
+  private readonly acceptNewTopics: boolean;
+  /** Each consumed topic's id, stored with its positions; read at start. */
+  private topicIds: ReadonlyMap<string, string> = new Map();
   private pool: pg.Pool | undefined;
   private writer: PostgresWriter | undefined;
   /** Next offsets stored in PostgreSQL, by `topic|partition`; loaded on assignment. */
@@ -144,6 +157,7 @@ export class Sink extends ConsumerService<SinkStats> {
     this.modelCallsRetentionMs = config.modelCallsRetentionMs;
     this.retryInitialMs = config.retryInitialMs;
     this.retryMaxMs = config.retryMaxMs;
+    this.acceptNewTopics = config.acceptNewTopics;
   }
 
   protected requiredTopics(): readonly TopicSpec[] {
@@ -162,12 +176,78 @@ export class Sink extends ConsumerService<SinkStats> {
       this.logger.warn("postgres connection lost", { error: error.message });
     });
     this.writer = new PostgresWriter(this.pool);
+    await this.checkTopicIds();
+  }
+
+  /** The topics the sink consumes. */
+  private consumedTopics(): string[] {
+    return [this.topics.modelCalls, this.topics.metricRollups, this.topics.alerts];
+  }
+
+  /**
+   * Compares the topic ids the stored positions carry with the topics' ids now. Positions of a
+   * topic deleted and created again under the same name (or of another cluster) would make the
+   * sink skip that many of the new topic's first records as already written: it refuses to
+   * start, or with `acceptNewTopics` reads such a topic from its start. Positions stored before
+   * topic ids were take the current one.
+   *
+   * @throws {TopicReplacedError} naming each such topic, its stored and its current id.
+   */
+  private async checkTopicIds(): Promise<void> {
+    const writer = this.writer as PostgresWriter;
+    const topics = this.consumedTopics();
+    const current = await fetchTopicIds(this.shell.kafka, topics);
+    const replaced: ReplacedTopic[] = [];
+    for (const { topic, ids } of await writer.storedTopicIds(this.groupId, topics)) {
+      const currentId = current.get(topic);
+      if (currentId === undefined) continue; // not there: nothing to compare with
+      const storedId = ids.find((id): id is string => id !== null && id !== currentId);
+      if (storedId !== undefined) {
+        replaced.push({ topic, storedId, currentId });
+      } else if (ids.includes(null)) {
+        const adopted = await writer.adoptTopicId(this.groupId, topic, currentId);
+        this.logger.info("stored positions without a topic id take the topic's current id", {
+          group: this.groupId,
+          topic,
+          topicId: currentId,
+          positions: adopted,
+        });
+      }
+    }
+    if (replaced.length > 0 && !this.acceptNewTopics)
+      throw new TopicReplacedError(
+        `the sink's stored positions (group ${this.groupId})`,
+        replaced,
+        "To drop those positions and read the new topic from its start, run the sink with " +
+          "--accept-new-topics (MCPO_ACCEPT_NEW_TOPICS=true, or sink.acceptNewTopics: true in the config file)",
+      );
+    if (replaced.length > 0) {
+      const admin = await connectAdmin(this.shell.kafka);
+      try {
+        for (const entry of replaced) {
+          const partitions = await admin.partitionCount(entry.topic);
+          const discarded = await writer.restartTopic(
+            this.groupId,
+            entry.topic,
+            entry.currentId,
+            partitions,
+          );
+          this.logger.warn(
+            "the topic was deleted and created again (its id changed): its stored positions are dropped and it is read from its start (accept-new-topics)",
+            { group: this.groupId, ...entry, discarded, partitions },
+          );
+        }
+      } finally {
+        await admin.close();
+      }
+    }
+    this.topicIds = current;
   }
 
   protected consumerOptions(): GroupConsumerOptions {
     return {
       groupId: this.groupId,
-      topics: [this.topics.modelCalls, this.topics.metricRollups, this.topics.alerts],
+      topics: this.consumedTopics(),
       fromBeginning: true,
       sessionTimeoutMs: this.sessionTimeoutMs,
       partitionsConcurrently: 3,
@@ -295,7 +375,13 @@ export class Sink extends ConsumerService<SinkStats> {
         rollups,
         alerts,
         offsets: [
-          { group: this.groupId, topic: batch.topic, partition: batch.partition, nextOffset },
+          {
+            group: this.groupId,
+            topic: batch.topic,
+            partition: batch.partition,
+            nextOffset,
+            ...this.topicIdOf(batch.topic),
+          },
         ],
       }),
     );
@@ -342,6 +428,11 @@ export class Sink extends ConsumerService<SinkStats> {
         });
       },
     });
+  }
+
+  private topicIdOf(topic: string): { topicId?: string } {
+    const topicId = this.topicIds.get(topic);
+    return topicId === undefined ? {} : { topicId };
   }
 
   /** Waits a random time up to `ms` (full jitter), heartbeating. */

@@ -37,6 +37,18 @@ export interface OffsetRow {
   readonly topic: string;
   readonly partition: number;
   readonly nextOffset: string;
+  /**
+   * The id of the topic it was read from (see `fetchTopicIds`); absent in positions stored
+   * before topic ids were, and left as stored when not given.
+   */
+  readonly topicId?: string;
+}
+
+/** The topic ids a group's stored positions of one topic carry. */
+export interface StoredTopicIds {
+  readonly topic: string;
+  /** The distinct ids; `null` for positions stored without one. */
+  readonly ids: readonly (string | null)[];
 }
 
 export interface WriteBatch {
@@ -278,8 +290,9 @@ export class PostgresWriter {
       topic: string;
       partition: number;
       next_offset: string;
+      topic_id: string | null;
     }>(
-      "select topic, partition, next_offset::text from consumed_offsets where consumer_group = $1",
+      "select topic, partition, next_offset::text, topic_id from consumed_offsets where consumer_group = $1",
       [group],
     );
     return rows.map((row) => ({
@@ -287,7 +300,61 @@ export class PostgresWriter {
       topic: row.topic,
       partition: row.partition,
       nextOffset: row.next_offset,
+      ...(row.topic_id === null ? {} : { topicId: row.topic_id }),
     }));
+  }
+
+  /** The topic ids a group's stored positions of `topics` carry (topics without any left out). */
+  async storedTopicIds(group: string, topics: readonly string[]): Promise<StoredTopicIds[]> {
+    const { rows } = await this.pool.query<{ topic: string; ids: (string | null)[] }>(
+      `select topic, array_agg(distinct topic_id) as ids from consumed_offsets
+       where consumer_group = $1 and topic = any($2::text[]) group by topic order by topic`,
+      [group, topics],
+    );
+    return rows.map((row) => ({ topic: row.topic, ids: row.ids }));
+  }
+
+  /** Gives a group's positions of `topic` stored without a topic id the id `topicId`. */
+  async adoptTopicId(group: string, topic: string, topicId: string): Promise<number> {
+    const result = await this.pool.query(
+      "update consumed_offsets set topic_id = $3 where consumer_group = $1 and topic = $2 and topic_id is null",
+      [group, topic, topicId],
+    );
+    return result.rowCount ?? 0;
+  }
+
+  /**
+   * Replaces a group's positions of `topic` (those of a topic deleted since) by the start of the
+   * topic now there: offset 0 of each of its `partitions`, under its id. In one transaction.
+   *
+   * @returns how many positions were discarded.
+   */
+  async restartTopic(
+    group: string,
+    topic: string,
+    topicId: string,
+    partitions: number,
+  ): Promise<number> {
+    const client = await this.pool.connect();
+    try {
+      await client.query("begin");
+      const discarded = await client.query(
+        "delete from consumed_offsets where consumer_group = $1 and topic = $2",
+        [group, topic],
+      );
+      await client.query(
+        `insert into consumed_offsets (consumer_group, topic, partition, next_offset, topic_id)
+         select $1, $2, partition, 0, $3 from generate_series(0, $4::int - 1) as partition`,
+        [group, topic, topicId, partitions],
+      );
+      await client.query("commit");
+      return discarded.rowCount ?? 0;
+    } catch (error) {
+      await client.query("rollback").catch(() => undefined);
+      throw error;
+    } finally {
+      client.release();
+    }
   }
 
   /**
@@ -576,15 +643,17 @@ export class PostgresWriter {
       unique.set(`${offset.group}\u0000${offset.topic}\u0000${offset.partition}`, offset);
     const list = [...unique.values()];
     await client.query(
-      `insert into consumed_offsets (consumer_group, topic, partition, next_offset)
-       select * from unnest($1::text[], $2::text[], $3::int[], $4::bigint[])
+      `insert into consumed_offsets (consumer_group, topic, partition, next_offset, topic_id)
+       select * from unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::text[])
        on conflict (consumer_group, topic, partition) do update
-         set next_offset = greatest(consumed_offsets.next_offset, excluded.next_offset), updated_at = now()`,
+         set next_offset = greatest(consumed_offsets.next_offset, excluded.next_offset),
+             topic_id = coalesce(excluded.topic_id, consumed_offsets.topic_id), updated_at = now()`,
       [
         list.map((o) => o.group),
         list.map((o) => o.topic),
         list.map((o) => o.partition),
         list.map((o) => o.nextOffset),
+        list.map((o) => o.topicId ?? null),
       ],
     );
   }

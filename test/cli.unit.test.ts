@@ -5,6 +5,7 @@ import { join } from "node:path";
 
 import { describe, expect, it } from "vitest";
 
+import { DEMO_TOPIC_PREFIX, demoConnection } from "../cli/commands/demo.js";
 import { parseFromTime, parseOffsets } from "../cli/commands/replay.js";
 import {
   CONNECTION_SETTINGS,
@@ -17,7 +18,12 @@ import {
 import { CallGenerator, runFleet } from "../cli/fleet.js";
 import { InMemoryExporter } from "../producer/exporters/memory.js";
 import { clock, percent, Progress, table } from "../cli/output.js";
-import { ConfigError, processorConfigSchema } from "../config/index.js";
+import {
+  ConfigError,
+  defaultGroupId,
+  parseProcessorConfig,
+  processorConfigSchema,
+} from "../config/index.js";
 
 const windowSetting = settingOf(processorConfigSchema, "windowSizeMs");
 const graceSetting = settingOf(processorConfigSchema, "graceMs");
@@ -315,5 +321,27 @@ describe("fleet run", () => {
     expect(
       gateBlocks(events.filter((e) => e.service === "payments-mcp" && !inDrift(e))),
     ).toBeLessThan(0.1);
+  });
+});
+
+describe("the demo's names", () => {
+  it("are its own unless a topic prefix is given: topics under mcpo-demo., groups mcpo-demo-processor and mcpo-demo-sink", () => {
+    const own = demoConnection(new SettingsResolver({}, undefined, {}));
+    expect(own.topicPrefix).toBe(DEMO_TOPIC_PREFIX);
+    expect(DEMO_TOPIC_PREFIX).not.toBe(CONNECTION_SETTINGS[3].defaultValue);
+    expect(defaultGroupId(own.topicPrefix, "processor")).toBe("mcpo-demo-processor");
+    expect(defaultGroupId(own.topicPrefix, "sink")).toBe("mcpo-demo-sink");
+    // No --group anywhere: the group is left to the component (not the text "undefined").
+    const nothing = new SettingsResolver({}, undefined, {});
+    expect(nothing.options(processorConfigSchema).groupId).toBeUndefined();
+    expect(
+      parseProcessorConfig({ ...nothing.options(processorConfigSchema), topicPrefix: "mcpo." })
+        .groupId,
+    ).toBe("mcpo-processor");
+    const given = new SettingsResolver({}, undefined, { MCPO_TOPIC_PREFIX: "trial." });
+    expect(demoConnection(given).topicPrefix).toBe("trial.");
+    expect(
+      demoConnection(new SettingsResolver({ topicPrefix: "x." }, undefined, {})).topicPrefix,
+    ).toBe("x.");
   });
 });

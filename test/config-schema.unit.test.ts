@@ -23,6 +23,7 @@ import {
   parseProcessorConfig,
   parseReplayConfig,
   parseSinkConfig,
+  defaultGroupId,
   processorConfigSchema,
   replayConfigSchema,
   sinkConfigSchema,
@@ -57,7 +58,7 @@ describe("defaults, stated once in the schemas", () => {
       windowSizeMs: 60_000,
       graceMs: 10_000,
       metrics: {},
-      groupId: "mcpo-processor",
+      groupId: "schema-test-processor",
       idleTimeoutMs: 30_000,
       checkpointIntervalMs: 2000,
       sessionTimeoutMs: 30_000,
@@ -65,6 +66,7 @@ describe("defaults, stated once in the schemas", () => {
       metadataMaxAgeMs: 5000,
       unknownSchemaIdGraceMs: 15_000,
       modelCallsRetentionMs: -1,
+      resetState: false,
       connection: expect.objectContaining({
         kafkaBrokers: ["127.0.0.1:9092"],
         topicPrefix: "schema-test.",
@@ -80,7 +82,7 @@ describe("defaults, stated once in the schemas", () => {
       databaseUrl: "postgresql://postgres@127.0.0.1:5432/x",
     });
     expect(config).toMatchObject({
-      groupId: "mcpo-sink",
+      groupId: "schema-test-sink",
       sessionTimeoutMs: 30_000,
       migrate: true,
       partitions: 6,
@@ -89,6 +91,18 @@ describe("defaults, stated once in the schemas", () => {
     });
     expect(config.metricsPort).toBeUndefined();
     expect(config.connection.databaseUrl).toBe("postgresql://postgres@127.0.0.1:5432/x");
+  });
+
+  it("consumer groups follow the topic prefix unless given, so deployments under two prefixes never share one", () => {
+    expect(defaultGroupId("mcpo.", "processor")).toBe("mcpo-processor");
+    expect(defaultGroupId("mcpo.", "sink")).toBe("mcpo-sink");
+    expect(defaultGroupId("mcpo-demo.", "processor")).toBe("mcpo-demo-processor");
+    expect(defaultGroupId("team_a-", "sink")).toBe("team_a-sink");
+    expect(defaultGroupId("", "processor")).toBe("processor");
+    const staging = { ...ENDPOINTS, topicPrefix: "staging." };
+    expect(parseProcessorConfig(staging).groupId).toBe("staging-processor");
+    expect(parseSinkConfig(staging).groupId).toBe("staging-sink");
+    expect(parseProcessorConfig({ ...staging, groupId: "mine" }).groupId).toBe("mine");
   });
 
   it("a replay's, whose window part is the processor's", () => {
@@ -123,13 +137,21 @@ describe("defaults, stated once in the schemas", () => {
     for (const setting of PROCESSOR_SETTINGS)
       expect([setting.name, setting.defaultValue]).toEqual([
         setting.name,
-        setting.name === "metricsPort" ? 9464 : defaults[setting.name],
+        setting.name === "metricsPort"
+          ? 9464
+          : setting.name === "groupId" // resolved from the topic prefix, not a fixed default
+            ? undefined
+            : defaults[setting.name],
       ]);
     const sink = parseSinkConfig(ENDPOINTS) as unknown as Record<string, unknown>;
     for (const setting of SINK_SETTINGS)
       expect([setting.name, setting.defaultValue]).toEqual([
         setting.name,
-        setting.name === "metricsPort" ? 9465 : sink[setting.name],
+        setting.name === "metricsPort"
+          ? 9465
+          : setting.name === "groupId"
+            ? undefined
+            : sink[setting.name],
       ]);
   });
 });
@@ -366,6 +388,7 @@ describe("the CLI, derived from the schemas' keys", () => {
       metadataMaxAgeMs: 5000,
       unknownSchemaIdGraceMs: 15_000,
       modelCallsRetentionMs: -1,
+      resetState: false,
     });
     expect(parseProcessorConfig({ ...ENDPOINTS, ...processor }).idleTimeoutMs).toBe(3000);
     expect(resolver.options(sinkConfigSchema)).toEqual({
@@ -374,7 +397,27 @@ describe("the CLI, derived from the schemas' keys", () => {
       metricsPort: undefined,
       unknownSchemaIdGraceMs: 15_000,
       modelCallsRetentionMs: -1,
+      acceptNewTopics: false,
     });
+  });
+
+  it("a switch is on when its flag is given, or true/1 in the environment or the file; anything else is an error naming where", () => {
+    const reset = settingOf(processorConfigSchema, "resetState");
+    expect([reset.flag, reset.env, reset.key, reset.kind]).toEqual([
+      "--reset-state",
+      "MCPO_RESET_STATE",
+      "processor.resetState",
+      "boolean",
+    ]);
+    const value = (flags: Record<string, unknown>, env: Record<string, string>) =>
+      new SettingsResolver(flags, undefined, env).value(reset);
+    expect(value({}, {})).toBe(false);
+    expect(value({ resetState: true }, {})).toBe(true);
+    expect(value({}, { MCPO_RESET_STATE: "1" })).toBe(true);
+    expect(value({}, { MCPO_RESET_STATE: "false" })).toBe(false);
+    expect(configError(() => value({}, { MCPO_RESET_STATE: "soon" })).message).toContain(
+      'MCPO_RESET_STATE: expected true or false (got "soon")',
+    );
   });
 
   it("the CLI's ranges are the schemas'", () => {

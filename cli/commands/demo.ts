@@ -50,6 +50,9 @@ export interface DemoFlags {
   readonly verbose?: boolean;
 }
 
+/** The demo's topic prefix when none is given (its groups follow it: mcpo-demo-processor, …). */
+export const DEMO_TOPIC_PREFIX = "mcpo-demo.";
+
 /** The demo's window defaults: short, so a one-minute run closes a dozen windows. */
 export const DEMO_DEFAULTS = Object.freeze({
   "processor.windowMs": 5000,
@@ -127,6 +130,17 @@ function quietLogger(verbose: boolean, component: string): OpsLogger {
   };
 }
 
+/**
+ * The demo's connection settings: as configured, but under its own topic prefix unless one is
+ * given, so its short windows and its state never go into the topics, checkpoints and consumer
+ * groups of a deployment on the same cluster.
+ */
+export function demoConnection(settings: SettingsResolver): ConnectionConfig {
+  return settings.given([CONNECTION.topicPrefix])
+    ? settings.connection()
+    : Object.freeze({ ...settings.connection(), topicPrefix: DEMO_TOPIC_PREFIX });
+}
+
 export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise<number> {
   if (flags.services < 1 || flags.services > FLEET_SERVICES.length)
     throw new ConfigError(
@@ -142,7 +156,7 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
   // moved with STACK_KAFKA_PORT and STACK_REGISTRY_PORT).
   const configured = settings.given([CONNECTION.kafkaBrokers, CONNECTION.schemaRegistryUrl]);
   const stack = configured ? undefined : loadStackConfig();
-  const configuredConnection = settings.connection();
+  const configuredConnection = demoConnection(settings);
   const connection: ConnectionConfig = stack
     ? Object.freeze({
         ...configuredConnection,
