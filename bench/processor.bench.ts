@@ -8,6 +8,12 @@
  * 2. Memory: resident set size with 10 000 open (service, model) series.
  * 3. Latency: from an event's window close time (end + grace) to its rollup on the output topic,
  *    live, events stamped with the wall clock.
+ * 4. Late floods: the same number of events with every second one 5 minutes behind (a replica
+ *    delivering its buffer after an outage), against all on time: with revisions (the default
+ *    allowed lateness) and without (every such event late, to the late topic); the ratios to the
+ *    on-time rate.
+ *
+ * `BENCH_SECTIONS=late` (comma-separated: memory, latency, throughput, late) runs only those.
  */
 import { performance } from "node:perf_hooks";
 
@@ -41,7 +47,8 @@ function print(line: string): void {
 
 const MINUTE = 60_000_000;
 
-async function produce(topic: string, count: number): Promise<void> {
+/** `lateEvery`: every so many events, one ends 5 minutes behind the others (0: none). */
+async function produce(topic: string, count: number, lateEvery = 0): Promise<void> {
   const admin = kafka.admin();
   await admin.connect();
   await admin.createTopics({ waitForLeaders: true, topics: [{ topic, numPartitions: 6 }] });
@@ -57,7 +64,8 @@ async function produce(topic: string, count: number): Promise<void> {
   for (let i = 0; i < count; i += 10_000) {
     const messages = [];
     for (let j = i; j < Math.min(count, i + 10_000); j++) {
-      const end = origin + Math.floor((j * 60 * MINUTE) / count);
+      const behind = lateEvery > 0 && j % lateEvery === lateEvery - 1 ? 5 * MINUTE : 0;
+      const end = origin + Math.floor((j * 60 * MINUTE) / count) - behind;
       const event: ModelCallEvent = {
         ...template,
         event_id: `00000000-0000-4000-8000-${String(j).padStart(12, "0")}`,
@@ -97,12 +105,17 @@ async function bareConsumer(topic: string, count: number): Promise<number> {
   return count / seconds;
 }
 
-async function processorThroughput(prefix: string, count: number): Promise<number> {
+async function processorThroughput(
+  prefix: string,
+  count: number,
+  allowedLatenessMs?: number,
+): Promise<number> {
   const processor = new StreamProcessor({
     topicPrefix: prefix,
     groupId: `bench-processor-${Date.now()}`,
     logger: quiet,
     checkpointIntervalMs: 5000,
+    ...(allowedLatenessMs === undefined ? {} : { allowedLatenessMs }),
   });
   const started = performance.now();
   await processor.start();
@@ -113,7 +126,7 @@ async function processorThroughput(prefix: string, count: number): Promise<numbe
   const stats = processor.stats();
   if (stats.events !== count) throw new Error(`processed ${stats.events} of ${count}`);
   print(
-    `  (${stats.rollups.toLocaleString("en")} rollups, ${stats.checkpoints} checkpoints, start-up and group join included)`,
+    `  (${stats.rollups.toLocaleString("en")} rollups, ${stats.late.toLocaleString("en")} late, ${stats.checkpoints} checkpoints, start-up and group join included)`,
   );
   return count / seconds;
 }
@@ -206,22 +219,42 @@ async function latency(): Promise<void> {
   );
 }
 
+async function lateFloods(count: number): Promise<void> {
+  const stamp = Date.now();
+  const onTime = `bench-ontime-${stamp}.`;
+  const halfLate = `bench-halflate-${stamp}.`;
+  await produce(`${onTime}model-calls`, count);
+  await produce(`${halfLate}model-calls`, count, 2);
+  const base = await processorThroughput(onTime, count);
+  const revised = await processorThroughput(halfLate, count);
+  const late = await processorThroughput(halfLate, count, 0);
+  print(
+    `late floods, ${count.toLocaleString("en")} events: on time ${Math.round(base).toLocaleString("en")} events/s; half 5 min behind, revising ${Math.round(revised).toLocaleString("en")} events/s (${(revised / base).toFixed(2)}×, target ≥ 0.8×); half late (allowed lateness 0) ${Math.round(late).toLocaleString("en")} events/s (${(late / base).toFixed(2)}×)`,
+  );
+}
+
 async function main(): Promise<void> {
   print(`node ${process.version}\n`);
-  memory();
-  await latency();
+  const sections = new Set(
+    (process.env.BENCH_SECTIONS ?? "memory,latency,throughput,late").split(","),
+  );
+  if (sections.has("memory")) memory();
+  if (sections.has("latency")) await latency();
   const count = Number(process.env.BENCH_EVENTS ?? 1_000_000);
-  const prefix = `bench-processor-${Date.now()}.`;
-  const produceStarted = performance.now();
-  await produce(`${prefix}model-calls`, count);
-  print(
-    `pre-produced ${count.toLocaleString("en")} events in ${((performance.now() - produceStarted) / 1000).toFixed(1)} s`,
-  );
-  const bare = await bareConsumer(`${prefix}model-calls`, count);
-  const ours = await processorThroughput(prefix, count);
-  print(
-    `throughput: processor ${Math.round(ours).toLocaleString("en")} events/s (target 200,000: ${(ours / 200_000).toFixed(2)}×), bare kafkajs consumer ${Math.round(bare).toLocaleString("en")} events/s, processor/bare ${(ours / bare).toFixed(2)}`,
-  );
+  if (sections.has("throughput")) {
+    const prefix = `bench-processor-${Date.now()}.`;
+    const produceStarted = performance.now();
+    await produce(`${prefix}model-calls`, count);
+    print(
+      `pre-produced ${count.toLocaleString("en")} events in ${((performance.now() - produceStarted) / 1000).toFixed(1)} s`,
+    );
+    const bare = await bareConsumer(`${prefix}model-calls`, count);
+    const ours = await processorThroughput(prefix, count);
+    print(
+      `throughput: processor ${Math.round(ours).toLocaleString("en")} events/s (target 200,000: ${(ours / 200_000).toFixed(2)}×), bare kafkajs consumer ${Math.round(bare).toLocaleString("en")} events/s, processor/bare ${(ours / bare).toFixed(2)}`,
+    );
+  }
+  if (sections.has("late")) await lateFloods(Math.min(count, 300_000));
 }
 
 runBench(main);

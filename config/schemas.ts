@@ -205,6 +205,12 @@ const windowShape = section("processor", {
     description: "grace period for late events",
     cli: {},
   },
+  allowedLatenessMs: {
+    schema: nonNegativeInt().default(3_600_000),
+    description:
+      "how long after a window closed its events still revise it (a new revision of its rollups; 0: never, they are late)",
+    cli: {},
+  },
   metrics: {
     // Parsed by the caller with metrics/'s parseMetricsConfig (config/ does not import metrics/).
     schema: z.unknown().default(() => ({})),

@@ -164,7 +164,10 @@ export class WindowAccumulator {
     return this.cost;
   }
 
-  /** The rollup record of this window (rates derived from the counts). */
+  /**
+   * The rollup record of this window (rates derived from the counts), as its first emission
+   * (`revision` 0; a later emission of the window sets its own).
+   */
   toRollup(service: string, model: string | null, window: TimeWindow): MetricRollup {
     const counts = this.counts();
     return {
@@ -179,6 +182,7 @@ export class WindowAccumulator {
       counts,
       latency: this.latency.toRecord(),
       rates: deriveRates(counts, this.latency),
+      revision: 0,
     };
   }
 

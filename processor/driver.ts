@@ -217,8 +217,10 @@ export class LocalDriver {
     startMicros: number | null = null,
   ) {
     this.state = new PartitionState(settings, {
-      version: 2,
+      version: 3,
       maxEventTimeMicros: startMicros,
+      // Windows a previous process closed are not revised (their content is not known here).
+      revisableAfterMicros: startMicros === null ? null : startMicros - settings.graceMicros,
       windows: restored,
       alerts: { active: [] },
     });

@@ -34,6 +34,7 @@ import { windowConfigSchema } from "../config/index.js";
 import {
   AlertTracker,
   countsTowardMetrics,
+  WindowAccumulator,
   DEFAULT_ALERT_RULES,
   DEFAULT_THRESHOLDS,
   MICROS_PER_MILLI,
@@ -47,6 +48,12 @@ import {
 export interface WindowSettings {
   readonly windowSizeMicros: number;
   readonly graceMicros: number;
+  /**
+   * How long after a window closed (watermark past its end) events of it still revise it: its
+   * rollups are emitted again, complete, with a higher `revision`. 0 (or absent): never; such
+   * events are late.
+   */
+  readonly allowedLatenessMicros?: number;
   readonly thresholds: MetricThresholds;
   readonly rules: readonly AlertRule[];
 }
@@ -57,6 +64,7 @@ const WINDOW_DEFAULTS = windowConfigSchema.parse({});
 export const DEFAULT_WINDOW_SETTINGS: WindowSettings = Object.freeze({
   windowSizeMicros: WINDOW_DEFAULTS.windowSizeMs * MICROS_PER_MILLI,
   graceMicros: WINDOW_DEFAULTS.graceMs * MICROS_PER_MILLI,
+  allowedLatenessMicros: WINDOW_DEFAULTS.allowedLatenessMs * MICROS_PER_MILLI,
   thresholds: DEFAULT_THRESHOLDS,
   rules: DEFAULT_ALERT_RULES,
 });
@@ -93,8 +101,11 @@ export type PartitionOutput =
 
 /** Plain data: everything needed to continue exactly where the state was. */
 export interface PartitionSnapshot {
-  /** 1: written before routing (no `forwarded` or `sources`); 2: now. */
-  readonly version: 1 | 2;
+  /**
+   * 1: written before routing (no `forwarded` or `sources`); 2: before revisions (no
+   * `retained`); 3: now.
+   */
+  readonly version: 1 | 2 | 3;
   /** The largest event time read in this partition itself (its own events, copies, ticks). */
   readonly maxEventTimeMicros: number | null;
   /** Open windows, as rollups of what they hold so far. */
@@ -111,6 +122,45 @@ export interface PartitionSnapshot {
     readonly lastOffset: string | null;
     readonly timeMicros: number;
   }[];
+  /**
+   * Closed windows still within the allowed lateness: each window's last revision and its
+   * rollups as last emitted, and (`pending`) what events that arrived since hold, not yet emitted.
+   */
+  readonly retained?: readonly RetainedSnapshot[];
+  /**
+   * Windows that end at or before this closed before the state kept closed windows (a snapshot
+   * of version 1 or 2): they are not revised. Null: every closed window is known.
+   */
+  readonly revisableAfterMicros?: number | null;
+}
+
+/** A closed window kept for revisions, as plain data. */
+export interface RetainedSnapshot {
+  readonly service: string;
+  readonly windowStart: number;
+  readonly revision: number;
+  readonly rollups: readonly MetricRollup[];
+  readonly pending: readonly MetricRollup[];
+}
+
+/** A closed window kept for revisions. */
+interface Retained {
+  readonly service: string;
+  readonly windowStart: number;
+  /** The revision last emitted (0: its first emission; -1 for none, a window that closed empty). */
+  revision: number;
+  /** By model (null: the service total): the rollup last emitted. */
+  readonly rollups: Map<string | null, MetricRollup>;
+  /** By model: the window's content with the events that arrived since, until emitted. */
+  pending: Map<string | null, WindowAccumulator> | undefined;
+}
+
+/** The service total (null) first, then models in code-unit order. */
+function compareModels(a: string | null, b: string | null): number {
+  if (a === b) return 0;
+  if (a === null) return -1;
+  if (b === null) return 1;
+  return a < b ? -1 : 1;
 }
 
 export class PartitionState {
@@ -119,6 +169,11 @@ export class PartitionState {
   private maxEventTime: number | null = null;
   private readonly forwarded = new Map<number, string | null>();
   private readonly sources = new Map<number, { lastOffset: string | null; timeMicros: number }>();
+  /** Closed windows within the allowed lateness, by `service\u0000start`. */
+  private readonly retained = new Map<string, Retained>();
+  /** Retained windows with events not yet emitted, in the order they were first revised. */
+  private readonly dirty = new Set<Retained>();
+  private revisableAfter: number | null = null;
 
   constructor(
     readonly settings: WindowSettings = DEFAULT_WINDOW_SETTINGS,
@@ -136,6 +191,28 @@ export class PartitionState {
           lastOffset: entry.lastOffset,
           timeMicros: entry.timeMicros,
         });
+      for (const entry of snapshot.retained ?? []) {
+        const retained: Retained = {
+          service: entry.service,
+          windowStart: entry.windowStart,
+          revision: entry.revision,
+          rollups: new Map(entry.rollups.map((rollup) => [rollup.model, rollup])),
+          pending:
+            entry.pending.length === 0
+              ? undefined
+              : new Map(
+                  entry.pending.map((rollup) => [
+                    rollup.model,
+                    WindowAccumulator.fromRollup(rollup),
+                  ]),
+                ),
+        };
+        this.retained.set(retainedKey(entry.service, entry.windowStart), retained);
+        if (retained.pending) this.dirty.add(retained);
+      }
+      // Closed windows of an older snapshot are not known: only later ones are revised.
+      this.revisableAfter =
+        snapshot.version === 3 ? (snapshot.revisableAfterMicros ?? null) : this.watermarkMicros;
     }
     // A partition beyond the homes (added to the topic later) holds only other homes' events:
     // every home waits for its progress, so it reports to every home from the start.
@@ -179,7 +256,27 @@ export class PartitionState {
     return count;
   }
 
+  /** How many closed windows are kept for revisions. */
+  get retainedWindows(): number {
+    return this.retained.size;
+  }
+
+  /** Whether revisions wait to be emitted (the next input that is not one emits them). */
+  get revisionsPending(): boolean {
+    return this.dirty.size > 0;
+  }
+
   apply(input: PartitionInput): PartitionOutput[] {
+    // Revisions are emitted together: events of closed windows in a row (a replica's buffer
+    // delivered after an outage) make one revision of each window they touch, emitted before
+    // the next record of any other kind. A function of the log, so replays emit the same.
+    if (this.dirty.size === 0 || this.revises(input)) return this.applyInput(input);
+    const outputs = this.emitRevisions();
+    for (const output of this.applyInput(input)) outputs.push(output);
+    return outputs;
+  }
+
+  private applyInput(input: PartitionInput): PartitionOutput[] {
     switch (input.type) {
       case "event": {
         const home = this.routing?.homeOf(input.event.service);
@@ -271,13 +368,101 @@ export class PartitionState {
     return outputs;
   }
 
+  /** Whether an input is an event (or copy) counted here in a closed window it revises. */
+  private revises(input: PartitionInput): boolean {
+    if (input.type !== "event" && input.type !== "copy") return false;
+    if (input.type === "event") {
+      const home = this.routing?.homeOf(input.event.service);
+      if (home !== undefined && home !== this.routing?.partition) return false;
+    }
+    return this.revisable(input.event);
+  }
+
+  /** Whether the event falls in a closed window still within the allowed lateness. */
+  private revisable(event: ModelCallEvent): boolean {
+    const allowed = this.settings.allowedLatenessMicros ?? 0;
+    const watermark = this.watermarkMicros;
+    if (allowed <= 0 || watermark === null || !countsTowardMetrics(event)) return false;
+    const window = windowOf(event.end_time, this.settings.windowSizeMicros);
+    return (
+      window.end <= watermark &&
+      window.end + allowed > watermark &&
+      (this.revisableAfter === null || window.end > this.revisableAfter)
+    );
+  }
+
+  /** Adds an event to its closed window's pending revision. */
+  private revise(event: ModelCallEvent): void {
+    const start = windowOf(event.end_time, this.settings.windowSizeMicros).start;
+    const key = retainedKey(event.service, start);
+    let retained = this.retained.get(key);
+    if (!retained) {
+      // It closed empty: its first rollups are this revision's.
+      retained = {
+        service: event.service,
+        windowStart: start,
+        revision: -1,
+        rollups: new Map(),
+        pending: undefined,
+      };
+      this.retained.set(key, retained);
+    }
+    const pending = (retained.pending ??= new Map<string | null, WindowAccumulator>());
+    const accumulatorOf = (model: string | null): WindowAccumulator => {
+      let accumulator = pending.get(model);
+      if (!accumulator) {
+        const emitted = retained.rollups.get(model);
+        accumulator = emitted
+          ? WindowAccumulator.fromRollup(emitted)
+          : new WindowAccumulator(this.settings.thresholds);
+        pending.set(model, accumulator);
+      }
+      return accumulator;
+    };
+    accumulatorOf(null).add(event);
+    if (event.model !== null) accumulatorOf(event.model).add(event);
+    this.dirty.add(retained);
+  }
+
+  /** Emits the pending revisions: each window's changed rollups, with its next revision. */
+  private emitRevisions(): PartitionOutput[] {
+    const outputs: PartitionOutput[] = [];
+    const windows = [...this.dirty].sort(
+      (a, b) =>
+        a.windowStart - b.windowStart ||
+        (a.service < b.service ? -1 : a.service > b.service ? 1 : 0),
+    );
+    this.dirty.clear();
+    for (const retained of windows) {
+      const pending = retained.pending;
+      if (!pending) continue;
+      retained.pending = undefined;
+      retained.revision = Math.max(retained.revision + 1, 1);
+      const window = {
+        start: retained.windowStart,
+        end: retained.windowStart + this.settings.windowSizeMicros,
+      };
+      for (const [model, accumulator] of [...pending].sort(([a], [b]) => compareModels(a, b))) {
+        const rollup: MetricRollup = {
+          ...accumulator.toRollup(retained.service, model, window),
+          revision: retained.revision,
+        };
+        retained.rollups.set(model, rollup);
+        outputs.push({ type: "rollup", rollup });
+      }
+    }
+    return outputs;
+  }
+
   /** Counts an event in its window, or as late when the watermark has passed that window. */
   private count(event: ModelCallEvent): PartitionOutput[] {
     const outputs: PartitionOutput[] = [];
     const watermark = this.watermarkMicros;
     if (countsTowardMetrics(event)) {
       const window = windowOf(event.end_time, this.settings.windowSizeMicros);
-      if (watermark !== null && window.end <= watermark) {
+      if (this.revisable(event)) {
+        this.revise(event);
+      } else if (watermark !== null && window.end <= watermark) {
         const current = windowOf(watermark, this.settings.windowSizeMicros);
         this.windowsOf(event.service).addLate(current.start, event.model);
         outputs.push({ type: "late", event, watermarkMicros: watermark });
@@ -301,6 +486,7 @@ export class PartitionState {
    * order; emits each window's rollups and the alert transitions of its service total.
    */
   private closeThrough(watermark: number): PartitionOutput[] {
+    this.expireRetained(watermark);
     const due: { start: number; service: string }[] = [];
     for (const [service, windows] of this.services)
       for (const start of windows.windowStarts())
@@ -310,14 +496,35 @@ export class PartitionState {
       (a, b) => a.start - b.start || (a.service < b.service ? -1 : a.service > b.service ? 1 : 0),
     );
     const outputs: PartitionOutput[] = [];
+    const allowed = this.settings.allowedLatenessMicros ?? 0;
     for (const { start, service } of due) {
       const rollups = this.windowsOf(service).close(start);
       for (const rollup of rollups) outputs.push({ type: "rollup", rollup });
+      if (allowed > 0 && start + this.settings.windowSizeMicros + allowed > watermark)
+        this.retained.set(retainedKey(service, start), {
+          service,
+          windowStart: start,
+          revision: 0,
+          rollups: new Map(rollups.map((rollup) => [rollup.model, rollup])),
+          pending: undefined,
+        });
       const total = rollups.find((rollup) => rollup.model === null);
       if (total)
         for (const alert of this.alerts.observe(total)) outputs.push({ type: "alert", alert });
     }
     return outputs;
+  }
+
+  /** Forgets closed windows the watermark has taken past the allowed lateness. */
+  private expireRetained(watermark: number): void {
+    if (this.retained.size === 0) return;
+    const allowed = this.settings.allowedLatenessMicros ?? 0;
+    for (const [key, retained] of this.retained)
+      if (
+        retained.pending === undefined &&
+        retained.windowStart + this.settings.windowSizeMicros + allowed <= watermark
+      )
+        this.retained.delete(key);
   }
 
   /** The state as plain data (JSON-safe). */
@@ -326,8 +533,29 @@ export class PartitionState {
     for (const service of [...this.services.keys()].sort())
       windows.push(...(this.services.get(service)?.openRollups() ?? []));
     const byPartition = (a: number, b: number) => a - b;
+    const retained = [...this.retained.values()]
+      .sort(
+        (a, b) =>
+          a.windowStart - b.windowStart ||
+          (a.service < b.service ? -1 : a.service > b.service ? 1 : 0),
+      )
+      .map((entry): RetainedSnapshot => {
+        const window = {
+          start: entry.windowStart,
+          end: entry.windowStart + this.settings.windowSizeMicros,
+        };
+        return {
+          service: entry.service,
+          windowStart: entry.windowStart,
+          revision: entry.revision,
+          rollups: [...entry.rollups.values()].sort((a, b) => compareModels(a.model, b.model)),
+          pending: [...(entry.pending ?? [])]
+            .sort(([a], [b]) => compareModels(a, b))
+            .map(([model, accumulator]) => accumulator.toRollup(entry.service, model, window)),
+        };
+      });
     return {
-      version: 2,
+      version: 3,
       maxEventTimeMicros: this.maxEventTime,
       windows,
       alerts: this.alerts.snapshot(),
@@ -339,6 +567,8 @@ export class PartitionState {
         const source = this.sources.get(partition) ?? { lastOffset: null, timeMicros: 0 };
         return { partition, ...source };
       }),
+      retained,
+      revisableAfterMicros: this.revisableAfter,
     };
   }
 
@@ -354,4 +584,8 @@ export class PartitionState {
     }
     return windows;
   }
+}
+
+function retainedKey(service: string, windowStart: number): string {
+  return `${service}\u0000${windowStart}`;
 }

@@ -113,6 +113,11 @@ export interface ProcessorOptions {
   readonly windowSizeMs?: number;
   /** Grace period for out-of-order events, ms (default 10 000). */
   readonly graceMs?: number;
+  /**
+   * How long after a window closed its events still revise it (its rollups emitted again,
+   * complete, with a higher revision), ms (default 3 600 000; 0: never, they are late).
+   */
+  readonly allowedLatenessMs?: number;
   /** Live mode: a partition with open windows and no records for this long gets a watermark tick, ms (default 30 000). */
   readonly idleTimeoutMs?: number;
   /** How often a partition's state is checkpointed, at most, ms (default 2000). */
@@ -273,6 +278,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
     this.settings = {
       windowSizeMicros: config.windowSizeMs * MICROS_PER_MILLI,
       graceMicros: config.graceMs * MICROS_PER_MILLI,
+      allowedLatenessMicros: config.allowedLatenessMs * MICROS_PER_MILLI,
       thresholds: rulesAndThresholds.thresholds,
       rules: rulesAndThresholds.rules,
     };
@@ -925,7 +931,9 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
     // A partition that forwarded events ticks too: its home partitions wait for its event time.
     if (
       !owned ||
-      (owned.driver.state.openSeries === 0 && owned.driver.state.forwardedTo.size === 0) ||
+      (owned.driver.state.openSeries === 0 &&
+        !owned.driver.state.revisionsPending &&
+        owned.driver.state.forwardedTo.size === 0) ||
       !this.assignment.has(partition)
     )
       return false;

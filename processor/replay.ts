@@ -65,6 +65,8 @@ export interface ReplayOptions extends EndpointOptions {
   readonly windowSizeMs?: number;
   /** Must equal the live processor's (default 10 000). */
   readonly graceMs?: number;
+  /** Must equal the live processor's (default 3 600 000). */
+  readonly allowedLatenessMs?: number;
   /** Thresholds and rules (as the processor's `metrics`). */
   readonly metrics?: unknown;
   /** Only these services' rollups and alerts are emitted (all partitions are still read). */
@@ -136,6 +138,7 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
   const settings: WindowSettings = {
     windowSizeMicros: config.windowSizeMs * MICROS_PER_MILLI,
     graceMicros: config.graceMs * MICROS_PER_MILLI,
+    allowedLatenessMicros: config.allowedLatenessMs * MICROS_PER_MILLI,
     thresholds: metrics.thresholds,
     rules: metrics.rules,
   };

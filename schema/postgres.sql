@@ -5,3 +5,4 @@
 \set ON_ERROR_STOP on
 \ir migrations/001_initial.sql
 \ir migrations/002_topic_ids.sql
+\ir migrations/003_rollup_revisions.sql

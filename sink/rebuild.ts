@@ -5,7 +5,8 @@
  * - Into the current tables: rebuilt rollups are written to an unlogged staging table first, so
  *   `--verify` can compare them with what is stored before anything changes; then they are
  *   upserted into `metric_rollups` in one statement (idempotent: equal values overwrite equal
- *   values). Alerts are upserted into `alerts` directly (their history merges).
+ *   values; a stored row of a higher revision than the rebuilt one is kept). Alerts are upserted
+ *   into `alerts` directly (their history merges).
  * - Into a new version: `metric_rollups_v<N>` and `alerts_v<N>` (the next free N), created like
  *   the current tables (columns, generated rates, keys, indexes); the current tables are not touched.
  */
@@ -15,6 +16,7 @@ import {
   checkIdentifier,
   DEFAULT_TABLES,
   ROLLUP_KEY_COLUMNS,
+  ROLLUP_TARGET_ALIAS,
   ROLLUP_UPSERT,
   ROLLUP_VALUE_COLUMNS,
   type WriterTables,
@@ -195,7 +197,7 @@ export async function finishRebuild(pool: pg.Pool, target: RebuildTarget): Promi
   const staging = checkIdentifier(target.write.rollups, "staging");
   const columns = [...ROLLUP_KEY_COLUMNS, ...ROLLUP_VALUE_COLUMNS];
   const result = await pool.query(
-    `insert into ${target.stored} (${columns.join(", ")})
+    `insert into ${target.stored} as ${ROLLUP_TARGET_ALIAS} (${columns.join(", ")})
      select ${columns.join(", ")} from ${staging}
      ${ROLLUP_UPSERT}`,
   );

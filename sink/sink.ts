@@ -8,7 +8,7 @@
  */
 import { randomUUID } from "node:crypto";
 
-import pg from "pg";
+import type pg from "pg";
 
 import type { DecodeResult } from "../avro/codec.js";
 import { readControl } from "../avro/control.js";
@@ -43,7 +43,7 @@ import {
 } from "../ops/service.js";
 import { SinkMetrics } from "./metrics.js";
 import { migrate } from "./migrate.js";
-import { PostgresWriter, type SpanRow } from "./writer.js";
+import { openPool, PostgresWriter, type SpanRow } from "./writer.js";
 
 /** Settings of {@link Sink}; each falls back to the environment, then a default. */
 export interface SinkOptions {
@@ -85,6 +85,8 @@ export interface SinkStats {
   readonly spansInserted: number;
   readonly spansDuplicate: number;
   readonly rollupsUpserted: number;
+  /** Rollups left unwritten: a higher revision of their window was stored or in the batch. */
+  readonly rollupsSuperseded: number;
   readonly alertsUpserted: number;
   readonly deadLettered: number;
   readonly retries: number;
@@ -145,6 +147,10 @@ export class Sink extends ConsumerService<SinkStats> {
       spansInserted: new Tally(metrics.rows, { table: "spans", outcome: "inserted" }),
       spansDuplicate: new Tally(metrics.rows, { table: "spans", outcome: "duplicate" }),
       rollupsUpserted: new Tally(metrics.rows, { table: "metric_rollups", outcome: "upserted" }),
+      rollupsSuperseded: new Tally(metrics.rows, {
+        table: "metric_rollups",
+        outcome: "superseded",
+      }),
       alertsUpserted: new Tally(metrics.rows, { table: "alerts", outcome: "upserted" }),
       deadLettered: new Tally(metrics.deadLettered),
       retries: new Tally(metrics.retries),
@@ -167,13 +173,11 @@ export class Sink extends ConsumerService<SinkStats> {
   /** Migrates the schema (unless told not to) and opens the pool the writer uses. */
   protected override async prepare(): Promise<void> {
     if (this.migrateFirst) await migrate(this.databaseUrl);
-    this.pool = new pg.Pool({
-      connectionString: this.databaseUrl,
+    this.pool = openPool(this.databaseUrl, {
       max: 4,
-      connectionTimeoutMillis: 5000,
-    });
-    this.pool.on("error", (error) => {
-      this.logger.warn("postgres connection lost", { error: error.message });
+      onLost: (error) => {
+        this.logger.warn("postgres connection lost", { error: error.message });
+      },
     });
     this.writer = new PostgresWriter(this.pool);
     await this.checkTopicIds();
@@ -390,6 +394,7 @@ export class Sink extends ConsumerService<SinkStats> {
     this.count.spansInserted.inc(result.spansInserted);
     this.count.spansDuplicate.inc(result.spansDuplicate);
     this.count.rollupsUpserted.inc(result.rollupsUpserted);
+    this.count.rollupsSuperseded.inc(result.rollupsSuperseded);
     this.count.alertsUpserted.inc(result.alertsUpserted);
     this.metrics.batchSize.observe(batch.records.length);
     this.metrics.lag.set(

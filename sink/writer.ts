@@ -5,14 +5,16 @@
  * touch a row twice). A batch's rows and the consumed offsets go in one transaction.
  *
  * - Spans insert once: a redelivered event changes nothing.
- * - Rollups upsert by (service, model, window): a replayed rollup overwrites with equal values.
+ * - Rollups upsert by (service, model, window), the highest revision winning: a rollup replaces
+ *   the stored row only when its revision is the same (a replayed rollup: equal values) or
+ *   higher (a window revised by late events); an older revision read again changes nothing.
  * - Alerts upsert by id: the newest transition (by `emitted_at`) sets the state, and `history`
  *   gains each transition once.
  */
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 
-import type pg from "pg";
+import pg from "pg";
 import { from as copyFrom } from "pg-copy-streams";
 
 import type {
@@ -64,6 +66,11 @@ export interface WriteResult {
   readonly spansInserted: number;
   readonly spansDuplicate: number;
   readonly rollupsUpserted: number;
+  /**
+   * Rollups not written because a higher revision of their key is stored or in the same batch
+   * (an older emission of a window read again).
+   */
+  readonly rollupsSuperseded: number;
   readonly alertsUpserted: number;
 }
 
@@ -110,12 +117,20 @@ export const ROLLUP_VALUE_COLUMNS = [
   "latency_p50_ms",
   "latency_p95_ms",
   "latency_p99_ms",
+  "revision",
 ] as const;
 
-/** `on conflict … do update` of a rollup row: equal values overwrite equal values. */
+/** The alias rollup upserts give their target table (see {@link ROLLUP_UPSERT}). */
+export const ROLLUP_TARGET_ALIAS = "stored";
+
+/**
+ * `on conflict … do update` of a rollup row, for an `insert into <table> as stored`: the row
+ * takes the rollup's values when the rollup's revision is at least the stored one (the same
+ * revision again writes equal values); a lower revision leaves the row as it is.
+ */
 export const ROLLUP_UPSERT = `on conflict (${ROLLUP_KEY_COLUMNS.join(", ")}) do update set ${ROLLUP_VALUE_COLUMNS.map(
   (name) => `${name} = excluded.${name}`,
-).join(", ")}, updated_at = now()`;
+).join(", ")}, updated_at = now() where ${ROLLUP_TARGET_ALIAS}.revision <= excluded.revision`;
 
 /** The total's model column value (a primary key cannot hold null). */
 export const TOTAL_MODEL = "*";
@@ -251,6 +266,62 @@ export function checkIdentifier(name: string, key: string): string {
   return name;
 }
 
+/**
+ * A connection pool to `databaseUrl` for the pipeline's writers and readers. A connection that
+ * breaks while idle in the pool (PostgreSQL restarted, the backend terminated) is dropped and
+ * reported through `onLost` instead of crashing the process; the next query opens a new one.
+ */
+export function openPool(
+  databaseUrl: string,
+  options: { readonly max: number; readonly onLost?: (error: Error) => void },
+): pg.Pool {
+  const pool = new pg.Pool({
+    connectionString: databaseUrl,
+    max: options.max,
+    connectionTimeoutMillis: 5000,
+  });
+  pool.on("error", (error) => {
+    options.onLost?.(error);
+  });
+  return pool;
+}
+
+/**
+ * Runs `work` in a transaction on a client of `pool`, committed when it resolves and rolled back
+ * when it throws. A connection that breaks while the client is checked out but between two of its
+ * queries (PostgreSQL restarted, the backend terminated: an `error` event no query receives)
+ * fails the transaction with that error instead of crashing the process; such a client is
+ * discarded, not returned to the pool.
+ */
+export async function inTransaction<T>(
+  pool: pg.Pool,
+  work: (client: pg.PoolClient) => Promise<T>,
+): Promise<T> {
+  const client = await pool.connect();
+  let broken: Error | undefined;
+  const onError = (error: Error): void => {
+    broken ??= error;
+  };
+  client.on("error", onError);
+  try {
+    await client.query("begin");
+    const result = await work(client);
+    if (broken) throw broken;
+    await client.query("commit");
+    return result;
+  } catch (error) {
+    broken ??= await client.query("rollback").then(
+      () => undefined,
+      (rollbackError: unknown) =>
+        rollbackError instanceof Error ? rollbackError : new Error(String(rollbackError)),
+    );
+    throw broken ?? error;
+  } finally {
+    client.off("error", onError);
+    client.release(broken);
+  }
+}
+
 export class PostgresWriter {
   private readonly tables: WriterTables;
 
@@ -267,21 +338,13 @@ export class PostgresWriter {
 
   /** Writes a batch in one transaction. */
   async write(batch: WriteBatch): Promise<WriteResult> {
-    const client = await this.pool.connect();
-    try {
-      await client.query("begin");
+    return inTransaction(this.pool, async (client) => {
       const spans = await this.writeSpans(client, batch.spans ?? []);
-      const rollupsUpserted = await this.writeRollups(client, batch.rollups ?? []);
+      const rollups = await this.writeRollups(client, batch.rollups ?? []);
       const alertsUpserted = await this.writeAlerts(client, batch.alerts ?? []);
       await this.writeOffsets(client, batch.offsets ?? []);
-      await client.query("commit");
-      return { ...spans, rollupsUpserted, alertsUpserted };
-    } catch (error) {
-      await client.query("rollback").catch(() => undefined);
-      throw error;
-    } finally {
-      client.release();
-    }
+      return { ...spans, ...rollups, alertsUpserted };
+    });
   }
 
   /** The stored next offsets of a group, by topic and partition. */
@@ -335,9 +398,7 @@ export class PostgresWriter {
     topicId: string,
     partitions: number,
   ): Promise<number> {
-    const client = await this.pool.connect();
-    try {
-      await client.query("begin");
+    return inTransaction(this.pool, async (client) => {
       const discarded = await client.query(
         "delete from consumed_offsets where consumer_group = $1 and topic = $2",
         [group, topic],
@@ -347,21 +408,16 @@ export class PostgresWriter {
          select $1, $2, partition, 0, $3 from generate_series(0, $4::int - 1) as partition`,
         [group, topic, topicId, partitions],
       );
-      await client.query("commit");
       return discarded.rowCount ?? 0;
-    } catch (error) {
-      await client.query("rollback").catch(() => undefined);
-      throw error;
-    } finally {
-      client.release();
-    }
+    });
   }
 
   /**
    * The rollup rows (every service, total and models) of the windows ending after `sinceMicros`,
-   * read back as rollups: counts, thresholds and the latency sketch as stored, rates derived from
-   * them. For a writer that restarts and continues the windows that may still be open (the
-   * PostgresExporter's direct mode). Ordered by service, window, then model (total first).
+   * read back as rollups: counts, thresholds, the latency sketch and the revision as stored, rates
+   * derived from them. For a writer that restarts and continues the windows that may still be
+   * open (the PostgresExporter's direct mode). Ordered by service, window, then model (total
+   * first).
    */
   async openRollups(sinceMicros: number): Promise<MetricRollup[]> {
     const micros = (column: string): string =>
@@ -372,11 +428,12 @@ export class PostgresWriter {
           low_confidence_threshold: number;
           prompt_diff_threshold: number;
           latency_sketch: LatencySketchRecord;
+          revision: number;
         }
     >(
       `select service, model, ${micros("window_start")}, ${micros("window_end")},
          low_confidence_threshold, prompt_diff_threshold,
-         ${COUNT_COLUMNS.map((name) => `${name}::text`).join(", ")}, latency_sketch
+         ${COUNT_COLUMNS.map((name) => `${name}::text`).join(", ")}, latency_sketch, revision
        from ${this.tables.rollups}
        where window_end > ${ts("$1::bigint")}
        order by service, window_start, window_end, model = '${TOTAL_MODEL}' desc, model`,
@@ -399,6 +456,7 @@ export class PostgresWriter {
         counts,
         latency: latency.toRecord(),
         rates: deriveRates(counts, latency),
+        revision: row.revision,
       };
     });
   }
@@ -508,14 +566,19 @@ export class PostgresWriter {
   private async writeRollups(
     client: pg.PoolClient,
     rollups: readonly MetricRollup[],
-  ): Promise<number> {
-    if (rollups.length === 0) return 0;
+  ): Promise<{ rollupsUpserted: number; rollupsSuperseded: number }> {
+    if (rollups.length === 0) return { rollupsUpserted: 0, rollupsSuperseded: 0 };
+    // One rollup per key: the highest revision, and of equal ones the last (the newest values).
     const unique = new Map<string, MetricRollup>();
-    for (const rollup of rollups)
-      unique.set(
-        `${rollup.service}\u0000${rollup.model ?? TOTAL_MODEL}\u0000${rollup.window_start}\u0000${rollup.window_end}`,
-        rollup,
-      );
+    let superseded = 0;
+    for (const rollup of rollups) {
+      const key = `${rollup.service}\u0000${rollup.model ?? TOTAL_MODEL}\u0000${rollup.window_start}\u0000${rollup.window_end}`;
+      const kept = unique.get(key);
+      if (kept === undefined || kept.revision <= rollup.revision) {
+        if (kept !== undefined && kept.revision < rollup.revision) superseded++;
+        unique.set(key, rollup);
+      } else superseded++;
+    }
     const list = [...unique.values()];
     const base = [
       "service",
@@ -525,7 +588,13 @@ export class PostgresWriter {
       "low_confidence_threshold",
       "prompt_diff_threshold",
     ];
-    const tail = ["latency_sketch", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms"];
+    const tail = [
+      "latency_sketch",
+      "latency_p50_ms",
+      "latency_p95_ms",
+      "latency_p99_ms",
+      "revision",
+    ];
     const names = [...base, ...COUNT_COLUMNS, ...tail];
     const types = [
       "text",
@@ -539,6 +608,7 @@ export class PostgresWriter {
       "float8",
       "float8",
       "float8",
+      "int",
     ];
     const values: unknown[][] = [
       list.map((r) => r.service),
@@ -552,6 +622,7 @@ export class PostgresWriter {
       list.map((r) => r.rates.latency_p50_ms),
       list.map((r) => r.rates.latency_p95_ms),
       list.map((r) => r.rates.latency_p99_ms),
+      list.map((r) => r.revision),
     ];
     const stored = [...ROLLUP_KEY_COLUMNS, ...ROLLUP_VALUE_COLUMNS];
     const selected = stored.map((name) =>
@@ -564,13 +635,15 @@ export class PostgresWriter {
             : name,
     );
     const result = await client.query(
-      `insert into ${this.tables.rollups} (${stored.join(", ")})
+      `insert into ${this.tables.rollups} as ${ROLLUP_TARGET_ALIAS} (${stored.join(", ")})
        select ${selected.join(", ")}
        from unnest(${types.map((type, i) => `$${i + 1}::${type}[]`).join(", ")}) as t(${names.join(", ")})
        ${ROLLUP_UPSERT}`,
       values,
     );
-    return result.rowCount ?? 0;
+    // Rows the upsert's condition skipped hold a higher revision than the rollup.
+    const upserted = result.rowCount ?? 0;
+    return { rollupsUpserted: upserted, rollupsSuperseded: superseded + list.length - upserted };
   }
 
   private async writeAlerts(client: pg.PoolClient, alerts: readonly AlertEvent[]): Promise<number> {

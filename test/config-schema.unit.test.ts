@@ -57,6 +57,7 @@ describe("defaults, stated once in the schemas", () => {
     expect(config).toEqual({
       windowSizeMs: 60_000,
       graceMs: 10_000,
+      allowedLatenessMs: 3_600_000,
       metrics: {},
       groupId: "schema-test-processor",
       idleTimeoutMs: 30_000,
@@ -379,6 +380,7 @@ describe("the CLI, derived from the schemas' keys", () => {
     expect(processor).toEqual({
       windowSizeMs: 5000,
       graceMs: 0,
+      allowedLatenessMs: 3_600_000,
       groupId: "g",
       idleTimeoutMs: 3000,
       checkpointIntervalMs: 2000,

@@ -128,6 +128,29 @@ describe("MetricRollup and AlertEvent validation", () => {
     );
     expect(ALERT_EVENT.check({})?.path).toBe("alert_id");
   });
+
+  it("gives the metrics core's rollups revision 0 and accepts only non-negative int revisions", () => {
+    const [rollup] = rollupEvents([sampleEvent()], 60_000_000);
+    if (!rollup) throw new Error("no rollup");
+    expect(rollup.revision).toBe(0);
+    expect(METRIC_ROLLUP.check({ ...rollup, revision: 3 })).toBeUndefined();
+    for (const [revision, reason] of [
+      [-1, "below minimum 0"],
+      [1.5, "integer"],
+      [2 ** 31, "exact int range"],
+    ] as const) {
+      const issue = METRIC_ROLLUP.check({ ...rollup, revision });
+      expect(issue?.path, String(revision)).toBe("revision");
+      expect(issue?.reason, String(revision)).toContain(reason);
+      expect(METRIC_ROLLUP.checkDecoded({ ...rollup, revision })?.path).toBe("revision");
+    }
+    const withoutRevision: Record<string, unknown> = { ...rollup };
+    delete withoutRevision.revision;
+    expect(METRIC_ROLLUP.check(withoutRevision)).toMatchObject({
+      path: "revision",
+      reason: "missing",
+    });
+  });
 });
 
 describe("edge names and every kind through the contract and Avro", () => {

@@ -3,13 +3,16 @@ import { createServer, type Server } from "node:http";
 import { describe, expect, it } from "vitest";
 
 import { AvroCodec, valueSubject } from "../avro/codec.js";
-import { defineContract, MODEL_CALL_EVENT } from "../avro/contracts.js";
+import { defineContract, METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
 import {
+  METRIC_ROLLUP_SCHEMA,
   MODEL_CALL_EVENT_SCHEMA,
   type AvroSchema,
+  type MetricRollup,
   type ModelCallEvent,
 } from "../avro/generated.js";
 import { getCompatibility, SchemaRegistryError } from "../avro/registry.js";
+import { rollupEvents } from "../metrics/index.js";
 import { sampleEvent } from "./support/events.js";
 import { services, uniqueName } from "./support/isolation.js";
 
@@ -101,6 +104,49 @@ describe("schema evolution against the real registry", () => {
         `ModelCallEvent schema is not FULL_TRANSITIVE compatible with the earlier versions of subject ${subject}`,
       );
     }
+  });
+});
+
+describe("MetricRollup's revision field", () => {
+  /** MetricRollup as registered before revisions: the same record without `revision`. */
+  type MetricRollupV1 = Omit<MetricRollup, "revision">;
+  const BEFORE_REVISIONS = defineContract<MetricRollupV1>({
+    ...METRIC_ROLLUP_SCHEMA,
+    fields: (METRIC_ROLLUP_SCHEMA as { fields: Field[] }).fields.filter(
+      (field) => field.name !== "revision",
+    ),
+  });
+
+  it("is a compatible evolution: registered after the schema without it, old records read as revision 0 and new ones by old readers", async () => {
+    expect(
+      (METRIC_ROLLUP_SCHEMA as { fields: Field[] }).fields.map((field) => field.name),
+    ).toContain("revision");
+    const subject = valueSubject(uniqueName("evo-revision"));
+    // The subject's compatibility is the codec's default, FULL_TRANSITIVE, as the services use.
+    const before = await register(BEFORE_REVISIONS, subject);
+    const now = await register(METRIC_ROLLUP, subject);
+    expect(now.schemaId).not.toBe(before.schemaId);
+    expect(await getCompatibility(services().schemaRegistryUrl, subject)).toBe("FULL_TRANSITIVE");
+
+    const [rollup] = rollupEvents([sampleEvent()], 60_000_000);
+    if (!rollup) throw new Error("no rollup");
+    const { revision: _revision, ...older } = rollup;
+    expect(await now.decode(before.encode(older))).toEqual({
+      ok: true,
+      value: { ...older, revision: 0 },
+      schemaId: before.schemaId,
+    });
+    const revised: MetricRollup = { ...rollup, revision: 2 };
+    expect(await now.decode(now.encode(revised))).toEqual({
+      ok: true,
+      value: revised,
+      schemaId: now.schemaId,
+    });
+    expect(await before.decode(now.encode(revised))).toEqual({
+      ok: true,
+      value: older,
+      schemaId: now.schemaId,
+    });
   });
 });
 

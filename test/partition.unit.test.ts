@@ -112,16 +112,22 @@ const modelCall = (event: ModelCallEvent): boolean =>
 
 /**
  * Lateness by a plain loop: the watermark is the largest event time so far minus the grace; a
- * model call whose window ends at or before it is late, counted in the window the watermark is
- * in, for its service total and its model.
+ * model call whose window ends at or before it revises that window while its end plus the
+ * allowed lateness is after the watermark, and is late otherwise, counted in the window the
+ * watermark is in, for its service total and its model.
  */
-function lateness(inputs: readonly PartitionInput[]): {
+function lateness(
+  inputs: readonly PartitionInput[],
+  allowedLateness = 0,
+): {
   onTime: ModelCallEvent[];
+  revising: ModelCallEvent[];
   late: { event: ModelCallEvent; watermark: number }[];
   lateByKey: Map<string, number>;
 } {
   let max: number | null = null;
   const onTime: ModelCallEvent[] = [];
+  const revising: ModelCallEvent[] = [];
   const late: { event: ModelCallEvent; watermark: number }[] = [];
   const lateByKey = new Map<string, number>();
   for (const input of inputs) {
@@ -130,7 +136,10 @@ function lateness(inputs: readonly PartitionInput[]): {
     if (input.type === "event" && modelCall(input.event)) {
       const event = input.event;
       const watermark = max === null ? null : max - GRACE;
-      if (watermark !== null && floorWindow(event.end_time) + SIZE <= watermark) {
+      const end = floorWindow(event.end_time) + SIZE;
+      if (watermark !== null && end <= watermark && end + allowedLateness > watermark)
+        revising.push(event);
+      else if (watermark !== null && end <= watermark) {
         late.push({ event, watermark });
         const start = floorWindow(watermark);
         for (const model of event.model === null ? [null] : [null, event.model]) {
@@ -141,7 +150,7 @@ function lateness(inputs: readonly PartitionInput[]): {
     }
     max = max === null ? time : Math.max(max, time);
   }
-  return { onTime, late, lateByKey };
+  return { onTime, revising, late, lateByKey };
 }
 
 /** The core's own batch computation with the late counts added: for a bit-for-bit comparison. */
@@ -178,61 +187,91 @@ const byService = <T extends { service: string }>(items: readonly T[]): T[] =>
 
 describe("partition windows against the oracle", () => {
   it(
-    "emit every window once, final, equal to the oracle's counts, rates and late counts (and bit for bit to the core's batch), forward each late event itself with its watermark, and emit the oracle's alert transitions; most logs have late events",
+    "emit every window once on time, equal to the oracle's counts, rates and late counts (and bit for bit to the core's batch); revise it with the events that arrive within the allowed lateness, each revision higher, the last equal to the oracle over every event it holds; forward each event beyond it itself with its watermark; emit the oracle's alert transitions, judged on the first emissions; most logs have late events",
     () => {
       let logs = 0;
       let withLate = 0;
+      let withRevisions = 0;
       let longer = 0;
       fc.assert(
-        fc.property(logArbitrary(20, 1500), (log) => {
-          logs++;
-          const outputs = run([...log, { type: "flush" }]);
-          const emitted = rollupsOf(outputs);
-          const keys = emitted.map(keyOf);
-          expect(new Set(keys).size, "each window once").toBe(keys.length);
-          const { onTime, late, lateByKey } = lateness(log);
-          if (late.length > 0) withLate++;
-          if (log.length > 100) longer++;
-          const expected = oracleRollups(onTime, SIZE, {
-            thresholds: SETTINGS.thresholds,
-            lateByKey,
-          });
-          expectMatchesOracle(
-            emitted.map((r) => ({
+        fc.property(
+          logArbitrary(20, 1500),
+          fc.constantFrom(0, SIZE, 2 * SIZE, 3 * SIZE),
+          (log, allowedLateness) => {
+            logs++;
+            const settings: WindowSettings = {
+              ...SETTINGS,
+              allowedLatenessMicros: allowedLateness,
+            };
+            const outputs = run([...log, { type: "flush" }], new PartitionState(settings));
+            const emitted = rollupsOf(outputs);
+            const { onTime, revising, late, lateByKey } = lateness(log, allowedLateness);
+            if (late.length > 0 || revising.length > 0) withLate++;
+            if (revising.length > 0) withRevisions++;
+            if (log.length > 100) longer++;
+            if (allowedLateness === 0) expect(revising).toEqual([]);
+
+            // First emissions: each window once, with what was on time.
+            const first = emitted.filter((r) => r.revision === 0);
+            const keys = first.map(keyOf);
+            expect(new Set(keys).size, "each window once on time").toBe(keys.length);
+            const expected = oracleRollups(onTime, SIZE, {
+              thresholds: SETTINGS.thresholds,
+              lateByKey,
+            });
+            const shape = (r: MetricRollup) => ({
               service: r.service,
               model: r.model,
               windowStart: r.window_start,
               counts: r.counts,
               rates: r.rates,
-            })),
-            expected,
-            "partition rollups",
-          );
-          expect(new Map(emitted.map((r) => [keyOf(r), r]))).toEqual(
-            coreRollups(onTime, lateByKey),
-          );
-          const forwarded = lateOf(outputs);
-          expect(forwarded.length).toBe(late.length);
-          forwarded.forEach((output, i) => {
-            expect(output.event).toEqual(late[i]?.event);
-            expect(output.watermark).toBe(late[i]?.watermark);
-          });
-          expect(byService(alertsOf(outputs).map(transitionOf))).toEqual(
-            byService(oracleAlerts(expected.values(), RULES)),
-          );
-        }),
+            });
+            expectMatchesOracle(first.map(shape), expected, "first emissions");
+            expect(new Map(first.map((r) => [keyOf(r), r]))).toEqual(
+              coreRollups(onTime, lateByKey),
+            );
+
+            // Revisions: per key ever higher; the last one holds every event of its window.
+            const last = new Map<string, MetricRollup>();
+            for (const rollup of emitted) {
+              const before = last.get(keyOf(rollup));
+              if (before) expect(rollup.revision).toBeGreaterThan(before.revision);
+              last.set(keyOf(rollup), rollup);
+            }
+            const complete = oracleRollups([...onTime, ...revising], SIZE, {
+              thresholds: SETTINGS.thresholds,
+              lateByKey,
+            });
+            expectMatchesOracle([...last.values()].map(shape), complete, "last revisions");
+            expect(new Map([...last].map(([key, r]) => [key, { ...r, revision: 0 }]))).toEqual(
+              coreRollups([...onTime, ...revising], lateByKey),
+            );
+            expect(emitted.length - first.length > 0).toBe(revising.length > 0);
+
+            const forwarded = lateOf(outputs);
+            expect(forwarded.length).toBe(late.length);
+            forwarded.forEach((output, i) => {
+              expect(output.event).toEqual(late[i]?.event);
+              expect(output.watermark).toBe(late[i]?.watermark);
+            });
+            expect(byService(alertsOf(outputs).map(transitionOf))).toEqual(
+              byService(oracleAlerts(expected.values(), RULES)),
+            );
+          },
+        ),
         runs(40),
       );
       // The generator must keep making long logs with late events (fast-check's default size
-      // made 10-event logs, about 1 in 10 with a late event).
+      // made 10-event logs, about 1 in 10 with a late event), and revisions.
       expect(longer / logs, `${longer} of ${logs} logs longer than 100`).toBeGreaterThan(0.5);
       expect(withLate / logs, `${withLate} of ${logs} logs with late events`).toBeGreaterThan(0.5);
+      expect(withRevisions / logs, `${withRevisions} of ${logs} logs revise`).toBeGreaterThan(0.3);
     },
     PROPERTY_TIMEOUT,
   );
 
   it("close a window exactly when the watermark reaches its end", () => {
-    const state = new PartitionState(SETTINGS);
+    const state = new PartitionState({ ...SETTINGS, allowedLatenessMicros: 0 });
     const event = eventAt(ORIGIN + 5_000_000);
     expect(state.apply({ type: "event", event })).toEqual([]);
     // Watermark = end of window − 1 µs: still open.
@@ -250,6 +289,38 @@ describe("partition windows against the oracle", () => {
       [ORIGIN + SIZE, 0, 1],
       [ORIGIN + SIZE, 0, 1],
     ]);
+  });
+});
+
+describe("revisions", () => {
+  it("an event of a closed window within the allowed lateness revises it: one revision for a run of them, emitted before the next other record, complete; beyond the lateness it is late", () => {
+    const state = new PartitionState({ ...SETTINGS, allowedLatenessMicros: 2 * SIZE });
+    state.apply({ type: "event", event: eventAt(ORIGIN + 5_000_000) });
+    const closed = rollupsOf(state.apply({ type: "tick", eventTimeMicros: ORIGIN + SIZE + GRACE }));
+    expect(closed.map((r) => [r.revision, r.counts.calls])).toEqual([
+      [0, 1],
+      [0, 1],
+    ]);
+    // Two events of the closed minute in a row: nothing yet.
+    expect(state.apply({ type: "event", event: eventAt(ORIGIN + 59_000_000) })).toEqual([]);
+    expect(state.apply({ type: "event", event: eventAt(ORIGIN + 30_000_000) })).toEqual([]);
+    expect(state.revisionsPending).toBe(true);
+    // The next record of another kind emits one revision with all three calls first.
+    const revised = rollupsOf(
+      state.apply({ type: "tick", eventTimeMicros: ORIGIN + SIZE + GRACE + 1 }),
+    );
+    expect(
+      revised.map((r) => [r.window_start, r.model, r.revision, r.counts.calls, r.counts.late]),
+    ).toEqual([
+      [ORIGIN, null, 1, 3, 0],
+      [ORIGIN, "gpt-4o", 1, 3, 0],
+    ]);
+    expect(state.revisionsPending).toBe(false);
+    // Past end + allowed lateness, the minute is forgotten: its events are late.
+    state.apply({ type: "tick", eventTimeMicros: ORIGIN + 3 * SIZE + GRACE });
+    expect(state.retainedWindows).toBe(0);
+    const late = state.apply({ type: "event", event: eventAt(ORIGIN + 1_000_000) });
+    expect(late.map((output) => output.type)).toEqual(["late"]);
   });
 });
 
@@ -300,7 +371,9 @@ describe("eventTimeWindows (RxJS)", () => {
     async () => {
       const logs = fc.sample(logArbitrary(300, 600), { numRuns: 4, seed: SEED });
       const inputs = logs.map((log): PartitionInput[] => [...log, { type: "flush" }]);
-      const operator = eventTimeWindows(SETTINGS);
+      // An allowed lateness of one window: the logs revise windows and have late events too.
+      const settings: WindowSettings = { ...SETTINGS, allowedLatenessMicros: SIZE };
+      const operator = eventTimeWindows(settings);
       const subjects = inputs.map(() => new Subject<PartitionInput>());
       const results = subjects.map((subject) =>
         lastValueFrom(
@@ -322,7 +395,7 @@ describe("eventTimeWindows (RxJS)", () => {
       const outputs = await Promise.all(results);
       expect(outputs).toHaveLength(4);
       outputs.forEach((output, p) => {
-        const alone = run(inputs[p] ?? []);
+        const alone = run(inputs[p] ?? [], new PartitionState(settings));
         expect(output.length, `partition ${p} outputs`).toBe(alone.length);
         expect(output).toEqual(alone);
         const rollups = rollupsOf(output);
@@ -330,6 +403,10 @@ describe("eventTimeWindows (RxJS)", () => {
         expect(new Set(rollups.map((r) => r.service)).size, `partition ${p}`).toBeGreaterThan(1);
       });
       expect(outputs.flatMap(lateOf).length, "late events").toBeGreaterThan(0);
+      expect(
+        outputs.flatMap(rollupsOf).filter((r) => r.revision > 0).length,
+        "revisions",
+      ).toBeGreaterThan(0);
       expect(outputs.flatMap(alertsOf).length, "alerts").toBeGreaterThan(0);
     },
     PROPERTY_TIMEOUT,

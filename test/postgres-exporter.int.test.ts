@@ -107,8 +107,9 @@ describe("PostgresExporter", () => {
 /** The processor's state machine fed the same calls and clock: what direct mode must write. */
 function stateMachineOutputs(
   steps: readonly ({ event: ModelCallEvent } | { tickMs: number } | { flush: true })[],
+  settings = DEFAULT_WINDOW_SETTINGS,
 ): { rollups: Map<string, MetricRollup>; alerts: AlertEvent[] } {
-  const state = new PartitionState(DEFAULT_WINDOW_SETTINGS);
+  const state = new PartitionState(settings);
   const rollups = new Map<string, MetricRollup>();
   const alerts: AlertEvent[] = [];
   for (const step of steps) {
@@ -142,9 +143,10 @@ describe("PostgresExporter on the processor's state machine", () => {
     return base - (base % 60_000);
   };
 
-  function direct(service: string, clock: { now: number }) {
+  function direct(service: string, clock: { now: number }, allowedLatenessMs?: number) {
     const exporter = new PostgresExporter({
       databaseUrl: database.current.url,
+      ...(allowedLatenessMs === undefined ? {} : { allowedLatenessMs }),
       logger: silentLogger,
       now: () => clock.now,
     });
@@ -157,10 +159,10 @@ describe("PostgresExporter on the processor's state machine", () => {
     return { exporter, interceptor };
   }
 
-  it("counts a call whose window was already closed and written as late, never re-opening the window's row", async () => {
+  it("without an allowed lateness, counts a call whose window was already closed and written as late, never re-opening the window's row", async () => {
     const start = dayMs(1);
     const clock = { now: start };
-    const { interceptor } = direct("late", clock);
+    const { interceptor } = direct("late", clock, 0);
     const onTime: ModelCallEvent[] = [];
     for (let i = 0; i < 10; i++) {
       clock.now += 1000;
@@ -196,12 +198,15 @@ describe("PostgresExporter on the processor's state machine", () => {
       oracleRollups(onTime, 60_000_000, { lateByKey }),
     );
     // Exactly as the processor's state machine, fed the same calls and clock, emits them.
-    const want = stateMachineOutputs([
-      ...onTime.map((event) => ({ event })),
-      { tickMs: start + 75_000 },
-      ...(late ? [{ event: late }] : []),
-      { flush: true as const },
-    ]);
+    const want = stateMachineOutputs(
+      [
+        ...onTime.map((event) => ({ event })),
+        { tickMs: start + 75_000 },
+        ...(late ? [{ event: late }] : []),
+        { flush: true as const },
+      ],
+      { ...DEFAULT_WINDOW_SETTINGS, allowedLatenessMicros: 0 },
+    );
     const rows = await client.query<{
       model: string;
       start_ms: string;

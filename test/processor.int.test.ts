@@ -213,6 +213,8 @@ describe("stream processor with the real stack", () => {
       partitions: 3,
       windowSizeMs: 60_000,
       graceMs: 10_000,
+      // The late path: every event behind the watermark is late (revisions: revisions.int).
+      allowedLatenessMs: 0,
       idleTimeoutMs: 500,
       checkpointIntervalMs: 200,
       metrics: { rules: RULES },

@@ -192,9 +192,14 @@ describe("PostgresWriter", () => {
       sampleEvent({ model: "gpt-4o-mini", retries: 1, token_source: "estimated" }),
     ];
     const rollups = rollupEvents(events, 60_000_000);
-    expect(await writer.write({ rollups })).toMatchObject({ rollupsUpserted: 3 });
+    expect(await writer.write({ rollups })).toMatchObject({
+      rollupsUpserted: 3,
+      rollupsSuperseded: 0,
+    });
+    // The same revision again (and twice in the batch): rewritten, none superseded.
     expect(await writer.write({ rollups: [...rollups, ...rollups] })).toMatchObject({
       rollupsUpserted: 3,
+      rollupsSuperseded: 0,
     });
     const rows = await rollupRows(pool, "true");
     expect(rows).toHaveLength(3);

@@ -8,7 +8,7 @@
  */
 import { randomUUID } from "node:crypto";
 
-import pg from "pg";
+import type pg from "pg";
 
 import type { AlertEvent } from "../../avro/generated.js";
 import {
@@ -33,6 +33,7 @@ import {
 import { ensurePostgresDatabase } from "../../stack/probes.js";
 import { migrate } from "../../sink/migrate.js";
 import { Sink } from "../../sink/sink.js";
+import { openPool } from "../../sink/writer.js";
 import { CONNECTION, settingOf, type SettingsResolver } from "../config.js";
 import { FLEET_SERVICES, runFleet, type FleetResult } from "../fleet.js";
 import { count, table } from "../output.js";
@@ -304,7 +305,7 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
     if (abort.signal.aborted) return 130;
 
     // 5. Wait until PostgreSQL holds everything the pipeline derived.
-    const pool = new pg.Pool({ connectionString: connection.databaseUrl, max: 2 });
+    const pool = openPool(connection.databaseUrl, { max: 2 });
     cleanups.push(() => pool.end());
     const range = {
       fromMs:

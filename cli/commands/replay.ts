@@ -3,7 +3,6 @@
  * `processor/replay.ts`) and writes them with the sink's writer into the current tables or into a
  * new version; `--verify` compares them with the stored rollups first and lists any difference.
  */
-import pg from "pg";
 
 import type { AlertEvent } from "../../avro/generated.js";
 import { ConfigError, replayConfigSchema } from "../../config/index.js";
@@ -16,7 +15,7 @@ import {
   verifyRollups,
   type VerifyResult,
 } from "../../sink/rebuild.js";
-import { PostgresWriter, type SpanRow } from "../../sink/writer.js";
+import { openPool, PostgresWriter, type SpanRow } from "../../sink/writer.js";
 import type { SettingsResolver } from "../config.js";
 import { count, isoMicros, Progress, table } from "../output.js";
 import { checkKafka, checkPostgres, checkRegistry } from "../preflight.js";
@@ -88,7 +87,7 @@ export async function runReplay(settings: SettingsResolver, flags: ReplayFlags):
   await checkPostgres(connection);
   await migrate(connection.databaseUrl);
 
-  const pool = new pg.Pool({ connectionString: connection.databaseUrl, max: 4 });
+  const pool = openPool(connection.databaseUrl, { max: 4 });
   const target = await prepareRebuild(pool, flags.into);
   const writer = new PostgresWriter(pool, "unnest", target.write);
   const rebuiltAlerts = new Map<string, AlertEvent>();

@@ -1,5 +1,5 @@
 /** `report`: the rates of stored rollups for services and a time range. */
-import pg from "pg";
+import { openPool } from "../../sink/writer.js";
 
 import type { SettingsResolver } from "../config.js";
 import { checkPostgres } from "../preflight.js";
@@ -17,7 +17,7 @@ export interface ReportFlags {
 export async function runReport(settings: SettingsResolver, flags: ReportFlags): Promise<number> {
   const connection = settings.connection();
   await checkPostgres(connection);
-  const pool = new pg.Pool({ connectionString: connection.databaseUrl, max: 2 });
+  const pool = openPool(connection.databaseUrl, { max: 2 });
   try {
     const rows = await queryRates(pool, {
       ...(flags.service ? { services: flags.service } : {}),

@@ -13,7 +13,7 @@
  * The seed's quick start — `new PostgresExporter("postgresql://…")`, no explicit flush — still
  * leaves its rows: before the process exits, anything unwritten is flushed.
  */
-import pg from "pg";
+import type pg from "pg";
 
 import type { AlertEvent, MetricRollup, ModelCallEvent } from "../../avro/generated.js";
 import { loadConnectionConfig, windowConfigSchema } from "../../config/index.js";
@@ -21,7 +21,7 @@ import { countsTowardMetrics, MICROS_PER_MILLI, parseMetricsConfig } from "../..
 import { LocalDriver } from "../../processor/driver.js";
 import type { PartitionOutput, WindowSettings } from "../../processor/partition.js";
 import { migrate } from "../../sink/migrate.js";
-import { PostgresWriter } from "../../sink/writer.js";
+import { openPool, PostgresWriter } from "../../sink/writer.js";
 import { stderrLogger, type Logger } from "../logger.js";
 import { BatchingExporter, positiveInt, type BatchingOptions } from "./batching.js";
 
@@ -33,6 +33,12 @@ export interface PostgresExporterOptions extends BatchingOptions {
   readonly windowSizeMs?: number;
   /** A window is written as final this long after its end, ms (default: the processor's grace, 10 000). */
   readonly graceMs?: number;
+  /**
+   * Calls this long after their window was written revise it (the row is written again,
+   * complete, with a higher revision), ms (default: the processor's, 3 600 000; 0: they are
+   * late). Windows written before the process started are not revised.
+   */
+  readonly allowedLatenessMs?: number;
   /** Thresholds and alert rules (see metrics/README.md). */
   readonly metrics?: unknown;
   /** Apply the schema migrations on first use (default true). */
@@ -93,6 +99,8 @@ export class PostgresExporter extends BatchingExporter {
         positiveInt("windowSizeMs", settings.windowSizeMs, defaults.windowSizeMs) *
         MICROS_PER_MILLI,
       graceMicros: (settings.graceMs ?? defaults.graceMs) * MICROS_PER_MILLI,
+      allowedLatenessMicros:
+        (settings.allowedLatenessMs ?? defaults.allowedLatenessMs) * MICROS_PER_MILLI,
       thresholds: metrics.thresholds,
       rules: metrics.rules,
     };
@@ -175,14 +183,12 @@ export class PostgresExporter extends BatchingExporter {
       this.migrated = true;
     }
     if (!this.pool) {
-      this.pool = new pg.Pool({
-        connectionString: this.databaseUrl,
+      // A connection that breaks must not crash the host.
+      this.pool = openPool(this.databaseUrl, {
         max: 2,
-        connectionTimeoutMillis: 5000,
-      });
-      // An idle client that loses its connection must not crash the host.
-      this.pool.on("error", (error) => {
-        this.logger.warn("postgres connection lost", { error: error.message });
+        onLost: (error) => {
+          this.logger.warn("postgres connection lost", { error: error.message });
+        },
       });
       this.writer = new PostgresWriter(this.pool);
     }

@@ -12,7 +12,7 @@ import type pg from "pg";
 
 import { AvroCodec, valueSubject } from "../../avro/codec.js";
 import { MODEL_CALL_EVENT } from "../../avro/contracts.js";
-import { CONTROL_HEADER } from "../../avro/control.js";
+import { CONTROL_HEADER, readControl } from "../../avro/control.js";
 import type { MetricThresholds, ModelCallEvent } from "../../avro/generated.js";
 import { topicNames } from "../../config/index.js";
 import { services, testKafka, uniqueName } from "./isolation.js";
@@ -224,16 +224,24 @@ export interface LoggedEvent {
 export async function decodeModelCalls(
   topic: string,
   records: readonly TopicRecord[],
-): Promise<{ events: LoggedEvent[]; ticks: number }> {
+): Promise<{ events: LoggedEvent[]; ticks: number; tickTimes: LoggedTick[] }> {
   const codec = await AvroCodec.register(MODEL_CALL_EVENT, {
     registryUrl: services().schemaRegistryUrl,
     subject: valueSubject(topic),
   });
   const events: LoggedEvent[] = [];
+  const tickTimes: LoggedTick[] = [];
   let ticks = 0;
   for (const record of records) {
     if (record.headers[CONTROL_HEADER] !== undefined) {
       ticks++;
+      const control = readControl(record.headers, record.value);
+      if (control.type === "tick")
+        tickTimes.push({
+          partition: record.partition,
+          offset: record.offset,
+          eventTimeMicros: control.eventTimeMicros,
+        });
       continue;
     }
     const decoded = await codec.decode(record.value);
@@ -243,7 +251,14 @@ export async function decodeModelCalls(
       );
     events.push({ partition: record.partition, offset: record.offset, event: decoded.value });
   }
-  return { events, ticks };
+  return { events, ticks, tickTimes };
+}
+
+/** A watermark tick of the log and where it is. */
+export interface LoggedTick {
+  readonly partition: number;
+  readonly offset: bigint;
+  readonly eventTimeMicros: number;
 }
 
 /** What the pipeline's log holds, and the oracle's figures computed from it by brute force. */
@@ -253,7 +268,10 @@ export interface LogOracle {
   readonly ticks: number;
   /** Events the processor forwarded to the late-events topic (in no count but `late`). */
   readonly late: readonly { readonly event: ModelCallEvent; readonly watermarkMicros: number }[];
-  /** The events counted in windows: every event but the late ones. */
+  /**
+   * The events counted in windows: every event but the late ones (those that revised a closed
+   * window within the allowed lateness included: the stored rows are the last revisions).
+   */
   readonly onTime: readonly ModelCallEvent[];
   /** Late counts by {@link oracleKey}: the window where the watermark was, service total and model. */
   readonly lateByKey: ReadonlyMap<string, number>;
@@ -265,16 +283,20 @@ export interface LogOracle {
 /**
  * Reads a prefix's model-calls and late-events topics and computes, with test/support/oracle.ts,
  * every rollup and alert transition the pipeline must have derived: late events count only in the
- * `late` of the window where the watermark was (their `mcpo-late-watermark-micros` header).
+ * `late` of the window where the watermark was (their `mcpo-late-watermark-micros` header); every
+ * other event counts in its window (the last revision of it). Alerts are judged on each window's
+ * first emission: without the events that arrived after it closed (found by following each
+ * partition's watermark, events and ticks, less `graceMs`; the log's services at home).
  */
 export async function oracleFromLog(
   prefix: string,
   windowMs: number,
   rules: readonly OracleRule[],
   thresholds: MetricThresholds = ORACLE_DEFAULT_THRESHOLDS,
+  graceMs = 1000,
 ): Promise<LogOracle> {
   const topics = topicNames(prefix);
-  const { events, ticks } = await decodeModelCalls(
+  const { events, ticks, tickTimes } = await decodeModelCalls(
     topics.modelCalls,
     await readWholeTopic(topics.modelCalls),
   );
@@ -298,6 +320,25 @@ export async function oracleFromLog(
   }
   const onTime = events.filter((e) => !lateIds.has(e.event.event_id)).map((e) => e.event);
   const rollups = oracleRollups(onTime, windowMicros, { thresholds, lateByKey });
+  // Each window's first emission: what arrived while it was open.
+  const inOrder = [
+    ...events.map((e) => ({ ...e, time: e.event.end_time })),
+    ...tickTimes.map((t) => ({ ...t, event: undefined, time: t.eventTimeMicros })),
+  ].sort((a, b) => a.partition - b.partition || (a.offset < b.offset ? -1 : 1));
+  const firstEmitted: ModelCallEvent[] = [];
+  let partition = -1;
+  let max: number | null = null;
+  for (const entry of inOrder) {
+    if (entry.partition !== partition) [partition, max] = [entry.partition, null];
+    const event = entry.event;
+    if (event && !lateIds.has(event.event_id)) {
+      const start =
+        event.end_time - (((event.end_time % windowMicros) + windowMicros) % windowMicros);
+      if (max === null || start + windowMicros > max - graceMs * 1000) firstEmitted.push(event);
+    }
+    max = max === null ? entry.time : Math.max(max, entry.time);
+  }
+  const first = oracleRollups(firstEmitted, windowMicros, { thresholds, lateByKey });
   return {
     events,
     ticks,
@@ -305,7 +346,7 @@ export async function oracleFromLog(
     onTime,
     lateByKey,
     rollups,
-    alerts: oracleAlerts(rollups.values(), rules),
+    alerts: oracleAlerts(first.values(), rules),
   };
 }
 
