@@ -267,12 +267,10 @@ export class PartitionState {
   }
 
   apply(input: PartitionInput): PartitionOutput[] {
-    // Revisions are emitted together: events of closed windows in a row (a replica's buffer
-    // delivered after an outage) make one revision of each window they touch, emitted before
-    // the next record of any other kind. A function of the log, so replays emit the same.
-    if (this.dirty.size === 0 || this.revises(input)) return this.applyInput(input);
-    const outputs = this.emitRevisions();
-    for (const output of this.applyInput(input)) outputs.push(output);
+    const outputs = this.applyInput(input);
+    // Revisions wait for the next windows that close (see closeThrough), or a tick.
+    if (this.dirty.size > 0 && (input.type === "tick" || input.type === "flush"))
+      for (const output of this.emitRevisions()) outputs.push(output);
     return outputs;
   }
 
@@ -366,16 +364,6 @@ export class PartitionState {
     const outputs = this.count(event);
     outputs.push(...this.advance(event.end_time));
     return outputs;
-  }
-
-  /** Whether an input is an event (or copy) counted here in a closed window it revises. */
-  private revises(input: PartitionInput): boolean {
-    if (input.type !== "event" && input.type !== "copy") return false;
-    if (input.type === "event") {
-      const home = this.routing?.homeOf(input.event.service);
-      if (home !== undefined && home !== this.routing?.partition) return false;
-    }
-    return this.revisable(input.event);
   }
 
   /** Whether the event falls in a closed window still within the allowed lateness. */
@@ -486,7 +474,6 @@ export class PartitionState {
    * order; emits each window's rollups and the alert transitions of its service total.
    */
   private closeThrough(watermark: number): PartitionOutput[] {
-    this.expireRetained(watermark);
     const due: { start: number; service: string }[] = [];
     for (const [service, windows] of this.services)
       for (const start of windows.windowStarts())
@@ -495,7 +482,12 @@ export class PartitionState {
     due.sort(
       (a, b) => a.start - b.start || (a.service < b.service ? -1 : a.service > b.service ? 1 : 0),
     );
-    const outputs: PartitionOutput[] = [];
+    // Revisions go out with the windows that close next: the events of closed windows read since
+    // the last ones (a replica's buffer delivered after an outage, interleaved with the others'
+    // calls) make one revision of each window they touched. A function of the log, so a replay
+    // emits the same revisions at the same places.
+    const outputs = this.dirty.size > 0 ? this.emitRevisions() : [];
+    this.expireRetained(watermark);
     const allowed = this.settings.allowedLatenessMicros ?? 0;
     for (const { start, service } of due) {
       const rollups = this.windowsOf(service).close(start);

@@ -1,7 +1,8 @@
 import type { Admin } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { createTopics, testKafka, uniqueName } from "./support/isolation.js";
+import { createRecordProducer } from "../kafka/index.js";
+import { createTopics, services, testKafka, uniqueName } from "./support/isolation.js";
 
 /** Consumes until `count` messages arrived (or fails after `timeoutMs`). */
 async function consume(
@@ -59,6 +60,50 @@ describe("Kafka (real broker)", () => {
   afterAll(async () => {
     await admin.deleteTopics({ topics: [topic] }).catch(() => undefined);
     await admin.disconnect();
+  });
+
+  it("sendMany writes more records per topic than one request carries, every one, in order per partition, with explicit partitions kept", async () => {
+    const many = uniqueName("many");
+    const other = uniqueName("many-other");
+    await createTopics(admin, [
+      { topic: many, numPartitions: 3 },
+      { topic: other, numPartitions: 1 },
+    ]);
+    const producer = createRecordProducer({
+      brokers: services().kafkaBrokers.split(","),
+      clientId: uniqueName("send-many"),
+    });
+    await producer.connect();
+    try {
+      const records = Array.from({ length: 1234 }, (_, i) => ({
+        key: `k${i % 7}`,
+        value: Buffer.from(String(i)),
+        ...(i % 5 === 0 ? { partition: 2 } : {}),
+      }));
+      await producer.sendMany(
+        [
+          { topic: many, records },
+          { topic: other, records: records.slice(1, 4) },
+        ],
+        "gzip",
+      );
+    } finally {
+      await producer.disconnect();
+    }
+    const received = await consume(uniqueName("many-reader"), many, 1234);
+    expect(received).toHaveLength(1234);
+    expect(new Set(received.map((r) => r.value)).size).toBe(1234);
+    for (const record of received)
+      if (Number(record.value) % 5 === 0) expect(record.partition).toBe(2);
+    for (const partition of [0, 1, 2]) {
+      const values = received
+        .filter((r) => r.partition === partition)
+        .sort((a, b) => Number(a.offset) - Number(b.offset))
+        .map((r) => Number(r.value));
+      expect(values).toEqual([...values].sort((a, b) => a - b));
+    }
+    expect(await consume(uniqueName("other-reader"), other, 3)).toHaveLength(3);
+    await admin.deleteTopics({ topics: [many, other] }).catch(() => undefined);
   });
 
   it("creates a topic with the partitions asked for", async () => {

@@ -293,7 +293,7 @@ describe("partition windows against the oracle", () => {
 });
 
 describe("revisions", () => {
-  it("an event of a closed window within the allowed lateness revises it: one revision for a run of them, emitted before the next other record, complete; beyond the lateness it is late", () => {
+  it("an event of a closed window within the allowed lateness revises it: one revision for the events read until the next windows close (or a tick), complete; beyond the lateness it is late", () => {
     const state = new PartitionState({ ...SETTINGS, allowedLatenessMicros: 2 * SIZE });
     state.apply({ type: "event", event: eventAt(ORIGIN + 5_000_000) });
     const closed = rollupsOf(state.apply({ type: "tick", eventTimeMicros: ORIGIN + SIZE + GRACE }));
@@ -301,24 +301,36 @@ describe("revisions", () => {
       [0, 1],
       [0, 1],
     ]);
-    // Two events of the closed minute in a row: nothing yet.
+    // Two events of the closed minute, with an on-time one between them: nothing yet.
     expect(state.apply({ type: "event", event: eventAt(ORIGIN + 59_000_000) })).toEqual([]);
+    expect(state.apply({ type: "event", event: eventAt(ORIGIN + SIZE + 20_000_000) })).toEqual([]);
     expect(state.apply({ type: "event", event: eventAt(ORIGIN + 30_000_000) })).toEqual([]);
     expect(state.revisionsPending).toBe(true);
-    // The next record of another kind emits one revision with all three calls first.
-    const revised = rollupsOf(
-      state.apply({ type: "tick", eventTimeMicros: ORIGIN + SIZE + GRACE + 1 }),
+    // The next windows to close bring one revision with all three calls of minute 0, first.
+    const next = rollupsOf(
+      state.apply({ type: "event", event: eventAt(ORIGIN + 2 * SIZE + GRACE + 1) }),
     );
     expect(
-      revised.map((r) => [r.window_start, r.model, r.revision, r.counts.calls, r.counts.late]),
+      next.map((r) => [r.window_start, r.model, r.revision, r.counts.calls, r.counts.late]),
     ).toEqual([
       [ORIGIN, null, 1, 3, 0],
       [ORIGIN, "gpt-4o", 1, 3, 0],
+      [ORIGIN + SIZE, null, 0, 1, 0],
+      [ORIGIN + SIZE, "gpt-4o", 0, 1, 0],
     ]);
     expect(state.revisionsPending).toBe(false);
+    // A tick emits what is pending too.
+    state.apply({ type: "event", event: eventAt(ORIGIN + 45_000_000) });
+    const ticked = rollupsOf(
+      state.apply({ type: "tick", eventTimeMicros: ORIGIN + 2 * SIZE + GRACE + 2 }),
+    );
+    expect(ticked.map((r) => [r.window_start, r.revision, r.counts.calls])).toEqual([
+      [ORIGIN, 2, 4],
+      [ORIGIN, 2, 4],
+    ]);
     // Past end + allowed lateness, the minute is forgotten: its events are late.
     state.apply({ type: "tick", eventTimeMicros: ORIGIN + 3 * SIZE + GRACE });
-    expect(state.retainedWindows).toBe(0);
+    expect(state.retainedWindows).toBe(2); // minutes 1 and 2 are still revisable
     const late = state.apply({ type: "event", event: eventAt(ORIGIN + 1_000_000) });
     expect(late.map((output) => output.type)).toEqual(["late"]);
   });
