@@ -12,7 +12,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { AvroCodec, valueSubject } from "../avro/codec.js";
-import { METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
+import { MODEL_CALL_EVENT } from "../avro/contracts.js";
 import type { MetricRollup, ModelCallEvent } from "../avro/generated.js";
 import { rollupKey } from "../metrics/index.js";
 import { StreamProcessor } from "../processor/processor.js";
@@ -29,7 +29,7 @@ import {
 } from "./support/isolation.js";
 import { expectMatchesOracle, oracleRollups } from "./support/oracle.js";
 import { storedRollups } from "./support/stored-rollups.js";
-import { readBetween, topicEnds } from "./support/topic-records.js";
+import { readAllRollups } from "./support/topic-records.js";
 import { waitFor } from "./support/wait.js";
 
 const SECOND = 1_000_000;
@@ -158,24 +158,14 @@ describe("revisions for late data", () => {
     expect(processor.stats().alerts).toBe(0); // minute 0 breaches only in its revision
 
     // The rollups topic: minute 0 and 1 emitted at revision 0, then 1, with every call.
-    const rollupCodec = await AvroCodec.register(METRIC_ROLLUP, {
-      registryUrl: services().schemaRegistryUrl,
-      subject: valueSubject(`${prefix}metric-rollups`),
-    });
-    const output = `${prefix}metric-rollups`;
-    const records = await readBetween(
-      services().kafkaBrokers,
-      output,
-      new Map(),
-      await topicEnds(admin, output),
-    );
     const versions = new Map<string, MetricRollup[]>();
-    for (const record of records) {
-      const decoded = await rollupCodec.decode(record.value ?? Buffer.alloc(0));
-      if (!decoded.ok) throw new Error(decoded.error.message);
-      const key = rollupKey(decoded.value);
-      versions.set(key, [...(versions.get(key) ?? []), decoded.value]);
-    }
+    for (const rollup of await readAllRollups(
+      admin,
+      services().kafkaBrokers,
+      services().schemaRegistryUrl,
+      prefix,
+    ))
+      versions.set(rollupKey(rollup), [...(versions.get(rollupKey(rollup)) ?? []), rollup]);
     const minute = (start: number) =>
       (
         versions.get(

@@ -31,6 +31,7 @@ import {
   useFreshDatabase,
   type FreshDatabase,
 } from "./support/isolation.js";
+import { useFreshWriter } from "./support/fresh-writer.js";
 import { expectMatchesOracle, oracleRollups } from "./support/oracle.js";
 import { waitForStoredPositions } from "./support/sink-positions.js";
 import { storedRollups } from "./support/stored-rollups.js";
@@ -95,17 +96,12 @@ async function revisions(pool: pg.Pool, service: string): Promise<Record<string,
 const where = (service: string): string => `service = '${service}'`;
 
 describe("stored rollup revisions", () => {
-  const database = useFreshDatabase("mcpo_revs");
+  const fresh = useFreshWriter("mcpo_revs");
   let pool: pg.Pool;
   let writer: PostgresWriter;
 
-  beforeAll(async () => {
-    await migrate(database.current.url);
-    pool = new pg.Pool({ connectionString: database.current.url, max: 2 });
-    writer = new PostgresWriter(pool);
-  });
-  afterAll(async () => {
-    await pool.end();
+  beforeAll(() => {
+    ({ pool, writer } = fresh);
   });
 
   it("revision 1 of a key replaces revision 0's row with its counts", async () => {

@@ -6,15 +6,14 @@
  * schema/migrations/*.sql fails here even when the core and the SQL agree with each other.
  */
 import fc from "fast-check";
-import pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type pg from "pg";
+import { beforeAll, describe, expect, it } from "vitest";
 
 import type { MetricRollup, ModelCallEvent } from "../avro/generated.js";
 import { LatencySketch, rollupEvents } from "../metrics/index.js";
-import { migrate } from "../sink/migrate.js";
-import { PostgresWriter } from "../sink/writer.js";
+import type { PostgresWriter } from "../sink/writer.js";
 import { eventArbitrary } from "./support/events.js";
-import { useFreshDatabase } from "./support/isolation.js";
+import { useFreshWriter } from "./support/fresh-writer.js";
 import {
   expectMatchesOracle,
   oracleKey,
@@ -86,17 +85,12 @@ interface MergeCase {
 }
 
 describe("rates in PostgreSQL against the oracle", () => {
-  const database = useFreshDatabase("mcpo_sqlrates");
+  const fresh = useFreshWriter("mcpo_sqlrates");
   let pool: pg.Pool;
   let writer: PostgresWriter;
 
-  beforeAll(async () => {
-    await migrate(database.current.url);
-    pool = new pg.Pool({ connectionString: database.current.url, max: 2 });
-    writer = new PostgresWriter(pool);
-  });
-  afterAll(async () => {
-    await pool.end();
+  beforeAll(() => {
+    ({ pool, writer } = fresh);
   });
 
   /** Writes the core's rollups of `events`, with `late` counts added to some of them. */

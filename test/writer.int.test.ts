@@ -11,12 +11,8 @@ import { listMigrations, migrate } from "../sink/migrate.js";
 import { PostgresWriter } from "../sink/writer.js";
 import { REPO_ROOT } from "./support/cli.js";
 import { sampleEvent } from "./support/events.js";
-import {
-  createDatabase,
-  dropDatabase,
-  useFreshDatabase,
-  type FreshDatabase,
-} from "./support/isolation.js";
+import { createDatabase, dropDatabase, type FreshDatabase } from "./support/isolation.js";
+import { useFreshWriter } from "./support/fresh-writer.js";
 import {
   expectMatchesOracle,
   oracleAlerts,
@@ -72,17 +68,12 @@ describe("schema/postgres.sql and migrations", () => {
 });
 
 describe("PostgresWriter", () => {
-  const database = useFreshDatabase("mcpo_writer");
+  const fresh = useFreshWriter("mcpo_writer");
   let pool: pg.Pool;
   let writer: PostgresWriter;
 
-  beforeAll(async () => {
-    await migrate(database.current.url);
-    pool = new pg.Pool({ connectionString: database.current.url, max: 2 });
-    writer = new PostgresWriter(pool);
-  });
-  afterAll(async () => {
-    await pool.end();
+  beforeAll(() => {
+    ({ pool, writer } = fresh);
   });
 
   it("inserts spans once, verbatim, whatever their text", async () => {

@@ -43,10 +43,9 @@ import { topicNames } from "../../config/index.js";
 import { KafkaExporter } from "../../producer/exporters/kafka.js";
 import { silentLogger } from "../../producer/logger.js";
 import { CliWorker, metricByLabel } from "../support/crash.js";
-import type { PrivateKafka } from "../support/private-kafka.js";
 import { startThrowawayPostgres, type ThrowawayPostgres } from "../support/throwaway-postgres.js";
 import { pause } from "../support/wait.js";
-import { startChaosBroker } from "./broker.js";
+import { startPrivateKafka, type PrivateKafka } from "../support/private-kafka.js";
 import { verify, type VerifyResult } from "./verify.js";
 
 const WINDOW_MS = 5000;
@@ -396,7 +395,7 @@ async function main(): Promise<number> {
     // 1. The private broker, the throwaway PostgreSQL, the input topic.
     say("chaos: starting a private Kafka broker and a throwaway PostgreSQL …");
     [broker, postgres] = await Promise.all([
-      startChaosBroker(stableDatabaseUrl),
+      startPrivateKafka(stableDatabaseUrl),
       startThrowawayPostgres(),
     ]);
     const brokers = broker.brokers;

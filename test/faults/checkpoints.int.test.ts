@@ -11,7 +11,7 @@ import type { Admin, Producer } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from "vitest";
 
 import { AvroCodec, valueSubject } from "../../avro/codec.js";
-import { METRIC_ROLLUP, MODEL_CALL_EVENT } from "../../avro/contracts.js";
+import { MODEL_CALL_EVENT } from "../../avro/contracts.js";
 import type { MetricRollup } from "../../avro/generated.js";
 import { fetchTopicIds, TopicReplacedError } from "../../kafka/index.js";
 import { rollupKey } from "../../metrics/index.js";
@@ -25,7 +25,7 @@ import {
   testKafka,
   uniqueName,
 } from "../support/isolation.js";
-import { readBetween, topicEnds } from "../support/topic-records.js";
+import { readAllRollups } from "../support/topic-records.js";
 import { waitFor } from "../support/wait.js";
 
 const SECOND = 1_000_000;
@@ -38,6 +38,8 @@ interface Setup {
   produce(fromSecond: number, toSecond: number): Promise<void>;
   /** Every rollup written so far, the newest version of each key (what compaction keeps). */
   rollups(): Promise<Map<string, MetricRollup>>;
+  /** A processor with 60 s windows, run until it read `events` events, then stopped. */
+  runThrough(events: number): Promise<void>;
   processor(options: {
     windowSizeMs: number;
     logger: OpsLogger;
@@ -73,10 +75,25 @@ describe("faults to the processor's checkpoints", () => {
       registryUrl: services().schemaRegistryUrl,
       subject: valueSubject(topic),
     });
-    const rollupCodec = await AvroCodec.register(METRIC_ROLLUP, {
-      registryUrl: services().schemaRegistryUrl,
-      subject: valueSubject(`${prefix}metric-rollups`),
-    });
+    const processor: Setup["processor"] = ({ windowSizeMs, logger, resetState, idleTimeoutMs }) => {
+      const instance = new StreamProcessor({
+        brokers: services().kafkaBrokers,
+        schemaRegistryUrl: services().schemaRegistryUrl,
+        topicPrefix: prefix,
+        groupId: group,
+        partitions: 1,
+        windowSizeMs,
+        graceMs: 10_000,
+        // No idle ticks while the test watches: windows close by event time only.
+        idleTimeoutMs: idleTimeoutMs ?? 600_000,
+        checkpointIntervalMs: 100,
+        metricsPort: 0,
+        ...(resetState === undefined ? {} : { resetState }),
+        logger,
+      });
+      running.push(instance);
+      return instance;
+    };
     return {
       prefix,
       group,
@@ -97,40 +114,26 @@ describe("faults to the processor's checkpoints", () => {
         });
       },
       async rollups() {
-        const output = `${prefix}metric-rollups`;
-        const records = await readBetween(
-          services().kafkaBrokers,
-          output,
-          new Map(),
-          await topicEnds(admin, output),
-        );
         const newest = new Map<string, MetricRollup>();
-        for (const record of records) {
-          if (!record.value) continue;
-          const decoded = await rollupCodec.decode(record.value);
-          if (!decoded.ok) throw new Error(decoded.error.message);
-          newest.set(rollupKey(decoded.value), decoded.value);
-        }
+        for (const rollup of await readAllRollups(
+          admin,
+          services().kafkaBrokers,
+          services().schemaRegistryUrl,
+          prefix,
+        ))
+          newest.set(rollupKey(rollup), rollup);
         return newest;
       },
-      processor({ windowSizeMs, logger, resetState, idleTimeoutMs }) {
-        const instance = new StreamProcessor({
-          brokers: services().kafkaBrokers,
-          schemaRegistryUrl: services().schemaRegistryUrl,
-          topicPrefix: prefix,
-          groupId: group,
-          partitions: 1,
-          windowSizeMs,
-          graceMs: 10_000,
-          // No idle ticks while the test watches: windows close by event time only.
-          idleTimeoutMs: idleTimeoutMs ?? 600_000,
-          checkpointIntervalMs: 100,
-          metricsPort: 0,
-          ...(resetState === undefined ? {} : { resetState }),
-          logger,
-        });
-        running.push(instance);
-        return instance;
+      processor,
+      async runThrough(events) {
+        const first = processor({ windowSizeMs: 60_000, logger: recordingLogger() });
+        await first.start();
+        await waitFor(
+          `the first processor to read ${events} events`,
+          () => first.stats().events,
+          (n) => n === events,
+        );
+        await first.stop();
       },
     };
   }
@@ -152,14 +155,7 @@ describe("faults to the processor's checkpoints", () => {
     // 150 events, one a second: minutes 0 and 1 close (the watermark reaches 139 s), minute 2
     // stays open holding 30 events.
     await s.produce(0, 150);
-    const first = s.processor({ windowSizeMs: 60_000, logger: recordingLogger() });
-    await first.start();
-    await waitFor(
-      "the first processor to read 150 events",
-      () => first.stats().events,
-      (n) => n === 150,
-    );
-    await first.stop();
+    await s.runThrough(150);
     expect(counts(await s.rollups())).toEqual({ "0+60": 60, "60+60": 60 });
 
     // The checkpoints are lost; the group's committed offset (150) stays.
@@ -196,14 +192,7 @@ describe("faults to the processor's checkpoints", () => {
   it("--reset-state: another window size rebuilds every window from the log with it, and a restart continues from the new checkpoints", async () => {
     const s = await setup("faults-reset-state");
     await s.produce(0, 150);
-    const first = s.processor({ windowSizeMs: 60_000, logger: recordingLogger() });
-    await first.start();
-    await waitFor(
-      "the first processor to read 150 events",
-      () => first.stats().events,
-      (n) => n === 150,
-    );
-    await first.stop();
+    await s.runThrough(150);
 
     const log = recordingLogger();
     onTestFailed(() => {
@@ -259,14 +248,7 @@ describe("faults to the processor's checkpoints", () => {
     const topic = `${s.prefix}model-calls`;
     const kafka = { brokers: services().kafkaBrokers.split(","), clientId: "mcpo-test" };
     await s.produce(0, 150);
-    const first = s.processor({ windowSizeMs: 60_000, logger: recordingLogger() });
-    await first.start();
-    await waitFor(
-      "the first processor to read 150 events",
-      () => first.stats().events,
-      (n) => n === 150,
-    );
-    await first.stop();
+    await s.runThrough(150);
     const oldId = (await fetchTopicIds(kafka, [topic])).get(topic);
 
     await admin.deleteTopics({ topics: [topic] });

@@ -27,7 +27,14 @@ export interface PrivateKafka {
   dispose(): Promise<void>;
 }
 
-export async function startPrivateKafka(): Promise<PrivateKafka> {
+/**
+ * Starts a broker of the caller's own. `databaseUrl` is only what the stack checks at each start
+ * (`select 1`): a server that stays up (by default the tests' shared one; a script outside the
+ * test runner passes its own).
+ */
+export async function startPrivateKafka(
+  databaseUrl: string = services().databaseUrl,
+): Promise<PrivateKafka> {
   const dir = mkdtempSync(join(tmpdir(), "mcpo-private-kafka-"));
   let config: StackConfig | undefined;
   let ports: number[] = [];
@@ -50,7 +57,7 @@ export async function startPrivateKafka(): Promise<PrivateKafka> {
       STACK_KAFKA_CONTROLLER_PORT: controller,
       STACK_REGISTRY_PORT: registry,
       STACK_REGISTRY_MANAGEMENT_PORT: management,
-      DATABASE_URL: services().databaseUrl,
+      DATABASE_URL: databaseUrl,
     });
     try {
       await start();

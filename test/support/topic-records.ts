@@ -5,6 +5,9 @@
  */
 import type { Admin } from "kafkajs";
 
+import { AvroCodec, valueSubject } from "../../avro/codec.js";
+import { METRIC_ROLLUP } from "../../avro/contracts.js";
+import type { MetricRollup } from "../../avro/generated.js";
 import { streamTopicRanges, type ConsumedRecord } from "../../kafka/index.js";
 import { waitFor } from "./wait.js";
 
@@ -69,4 +72,34 @@ export async function readBetween(
     },
   );
   return records;
+}
+
+/**
+ * Every rollup a prefix's metric-rollups topic holds now, decoded, per partition in offset order
+ * (every version of a key: revisions too).
+ */
+export async function readAllRollups(
+  admin: Admin,
+  brokers: string,
+  registryUrl: string,
+  prefix: string,
+): Promise<MetricRollup[]> {
+  const topic = `${prefix}metric-rollups`;
+  const codec = await AvroCodec.register(METRIC_ROLLUP, {
+    registryUrl,
+    subject: valueSubject(topic),
+  });
+  const rollups: MetricRollup[] = [];
+  for (const record of await readBetween(
+    brokers,
+    topic,
+    new Map(),
+    await topicEnds(admin, topic),
+  )) {
+    const decoded = await codec.decode(record.value ?? Buffer.alloc(0));
+    if (!decoded.ok)
+      throw new Error(`${topic}[${record.partition}]@${record.offset}: ${decoded.error.message}`);
+    rollups.push(decoded.value);
+  }
+  return rollups;
 }
