@@ -3,19 +3,27 @@
  * kinds of records into the topic, so that what it decided is in the log itself and a replay
  * decides the same:
  *
- * - **watermark tick** (`mcpo-control: watermark`, value = event time, µs, as a decimal string):
- *   "event time reached T" in an idle partition, so idle windows close where the live run closed
- *   them;
+ * - **watermark tick** (`mcpo-control: watermark`, null value, event time in
+ *   `mcpo-watermark-time`, µs): "event time reached T" in an idle partition, so idle windows close
+ *   where the live run closed them;
  * - **copy** (`mcpo-control: copy`, value = the original record's bytes): an event that arrived on
  *   a partition other than its service's home partition, forwarded to the home partition, with
  *   where it came from (`mcpo-copy-source-partition`, `mcpo-copy-source-offset`), the previous
  *   copy from that partition to this one (`mcpo-copy-previous-offset`, absent for the first) and
  *   the source partition's event time when it was forwarded (`mcpo-copy-source-time`, µs);
- * - **progress** (`mcpo-control: progress`, value = event time, µs): "source partition
- *   `mcpo-progress-source-partition` reached this event time, and its last copy to this partition
- *   was `mcpo-progress-last-offset`" (absent: none yet), so the home partition knows when a window
- *   can have no more copies coming. Time 0 registers a source that has not reported yet (a
- *   partition added to the topic): the home partition waits for it.
+ * - **progress** (`mcpo-control: progress`, null value, event time in
+ *   `mcpo-progress-source-time`, µs): "source partition `mcpo-progress-source-partition` reached
+ *   this event time, and its last copy to this partition was `mcpo-progress-last-offset`" (absent:
+ *   none yet), so the home partition knows when a window can have no more copies coming. Time 0
+ *   registers a source that has not reported yet (a partition added to the topic): the home
+ *   partition waits for it.
+ *
+ * Every value on the topic is one a Confluent-wire-format Avro consumer reads (Kafka Connect's
+ * AvroConverter, ksqlDB, Flink): an event's or a copy's Avro bytes, or null (ticks and progress
+ * records: a null value converts to null, and nothing on model-calls compacts it away — the topic
+ * is never compacted). Versions before wrote a tick's and a progress record's time as decimal text
+ * in the value, which such consumers cannot read; {@link readControl} still reads that form, so
+ * their logs replay.
  *
  * Every other consumer of the topic skips records with a `mcpo-control` header (a copy's original
  * is still in the log where it arrived).
@@ -24,6 +32,10 @@ export const CONTROL_HEADER = "mcpo-control";
 export const WATERMARK_TICK = "watermark";
 export const COPY = "copy";
 export const PROGRESS = "progress";
+/** A watermark tick's event time, µs (decimal). */
+export const WATERMARK_TIME_HEADER = "mcpo-watermark-time";
+/** A progress record's source event time, µs (decimal). */
+export const PROGRESS_TIME_HEADER = "mcpo-progress-source-time";
 
 const COPY_SOURCE_PARTITION = "mcpo-copy-source-partition";
 const COPY_SOURCE_OFFSET = "mcpo-copy-source-offset";
@@ -51,14 +63,17 @@ export interface SourceProgress {
   readonly sourceTimeMicros: number;
 }
 
-/** The headers and value of a watermark tick at `eventTimeMicros`. */
+/**
+ * The headers and value of a watermark tick at `eventTimeMicros` (a null value: the time is in a
+ * header).
+ */
 export function watermarkTick(eventTimeMicros: number): {
   headers: Record<string, string>;
-  value: Buffer;
+  value: null;
 } {
   return {
-    headers: { [CONTROL_HEADER]: WATERMARK_TICK },
-    value: Buffer.from(String(eventTimeMicros)),
+    headers: { [CONTROL_HEADER]: WATERMARK_TICK, [WATERMARK_TIME_HEADER]: String(eventTimeMicros) },
+    value: null,
   };
 }
 
@@ -73,18 +88,19 @@ export function copyHeaders(origin: CopyOrigin): Record<string, string> {
   };
 }
 
-/** The headers and value of a progress record. */
+/** The headers and value of a progress record (a null value: every field is in a header). */
 export function progressRecord(progress: SourceProgress): {
   headers: Record<string, string>;
-  value: Buffer;
+  value: null;
 } {
   return {
     headers: {
       [CONTROL_HEADER]: PROGRESS,
       [PROGRESS_SOURCE_PARTITION]: String(progress.sourcePartition),
       ...(progress.lastOffset === null ? {} : { [PROGRESS_LAST_OFFSET]: progress.lastOffset }),
+      [PROGRESS_TIME_HEADER]: String(progress.sourceTimeMicros),
     },
-    value: Buffer.from(String(progress.sourceTimeMicros)),
+    value: null,
   };
 }
 
@@ -104,6 +120,14 @@ function micros(text: string | undefined): number | undefined {
     : undefined;
 }
 
+/**
+ * A tick's or a progress record's time: its header, or (the form versions before wrote, whose
+ * value is the time as decimal text) its value. A header that is present decides.
+ */
+function controlTime(header: string | undefined, value: Buffer | null): number | undefined {
+  return micros(header ?? value?.toString("utf8"));
+}
+
 function partitionNumber(text: string | undefined): number | undefined {
   const value = Number(text);
   return text !== undefined && /^\d{1,9}$/.test(text) ? value : undefined;
@@ -113,7 +137,11 @@ function offset(text: string | undefined): string | undefined {
   return text !== undefined && /^\d{1,19}$/.test(text) ? text : undefined;
 }
 
-/** Reads a record's control header: not a control record, one of the three kinds, or unknown. */
+/**
+ * Reads a record's control header: not a control record, one of the three kinds, or unknown.
+ * Ticks and progress records are read in both forms: the time in its header (null value), or, as
+ * versions before wrote them, as decimal text in the value.
+ */
 export function readControl(
   headers: Readonly<Record<string, string>>,
   value: Buffer | null,
@@ -122,9 +150,12 @@ export function readControl(
   if (control === undefined) return { type: "data" };
   switch (control) {
     case WATERMARK_TICK: {
-      const time = micros(value?.toString("utf8"));
+      const time = controlTime(headers[WATERMARK_TIME_HEADER], value);
       return time === undefined
-        ? { type: "unknown", reason: "watermark tick without a valid time" }
+        ? {
+            type: "unknown",
+            reason: `watermark tick without a valid time (${WATERMARK_TIME_HEADER} header, or a decimal value)`,
+          }
         : { type: "tick", eventTimeMicros: time };
     }
     case COPY: {
@@ -152,7 +183,7 @@ export function readControl(
       const sourcePartition = partitionNumber(headers[PROGRESS_SOURCE_PARTITION]);
       const last = headers[PROGRESS_LAST_OFFSET];
       const lastOffset = last === undefined ? null : offset(last);
-      const sourceTimeMicros = micros(value?.toString("utf8"));
+      const sourceTimeMicros = controlTime(headers[PROGRESS_TIME_HEADER], value);
       if (
         sourcePartition === undefined ||
         lastOffset === undefined ||
@@ -160,7 +191,7 @@ export function readControl(
       )
         return {
           type: "unknown",
-          reason: `progress record without a valid ${PROGRESS_SOURCE_PARTITION} or ${PROGRESS_LAST_OFFSET} header or time`,
+          reason: `progress record without a valid ${PROGRESS_SOURCE_PARTITION} or ${PROGRESS_LAST_OFFSET} header or time (${PROGRESS_TIME_HEADER} header, or a decimal value)`,
         };
       return { type: "progress", progress: { sourcePartition, lastOffset, sourceTimeMicros } };
     }

@@ -832,7 +832,7 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
   );
   const rollupWindows = await scalar(
     pool,
-    "select count(*) as value from metric_rollups where model = '*'",
+    "select count(*) as value from metric_rollups where scope = 'service'",
   );
   const processorStats = await scrape(processor.log.metricsUrl);
   const cpuEnd = snapshot(pids);
@@ -873,7 +873,7 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
   // ---- figures: latency
   const rows = await pool.query<{ service: string; end_ms: string; at_ms: string }>(
     `select service, extract(epoch from window_end) * 1000 as end_ms, extract(epoch from updated_at) * 1000 as at_ms
-     from metric_rollups where model = '*' order by service, window_end`,
+     from metric_rollups where scope = 'service' order by service, window_end`,
   );
   const emitted = await rollupRecordTimes(prefix).catch((error: unknown) => {
     process.stderr.write(`reading the rollups topic failed: ${String(error)}\n`);
@@ -933,7 +933,7 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
             percentile_cont(0.99) within group (order by ms) as p99
      from (select extract(epoch from r.updated_at - s.end_time) * 1000 as ms
            from spans s join metric_rollups r
-             on r.service = s.service and r.model = '*'
+             on r.service = s.service and r.scope = 'service'
             and r.window_start = date_bin($1::interval, s.end_time, timestamptz 'epoch')) x`,
     [windowInterval],
   );
@@ -944,7 +944,7 @@ async function live(stamp: string, cleanup: Cleanup): Promise<LiveOutcome> {
   );
   const late = await scalar(
     pool,
-    "select coalesce(sum(late), 0) as value from metric_rollups where model = '*'",
+    "select coalesce(sum(late), 0) as value from metric_rollups where scope = 'service'",
   );
   const alerts = await scalar(pool, "select count(*) as value from alerts");
   print(

@@ -67,13 +67,63 @@ export function failureOf(error: unknown, verbose: boolean): { line: string; exi
   };
 }
 
-/** Renders rows as an aligned text table; numbers right-aligned, null as `-`. */
+/**
+ * Characters that a terminal acts on instead of showing: C0 controls (ESC starts the sequences
+ * that move the cursor, recolour, retitle the window or write the clipboard), DEL, C1 controls
+ * (U+009B is a one-character CSI for some terminals), the bidirectional overrides and isolates
+ * that reorder what follows them, and the Unicode line and paragraph separators.
+ */
+const TERMINAL_CONTROLS =
+  // eslint-disable-next-line no-control-regex -- finding control characters is the point
+  /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/gu;
+/** The same, except the line feed: for whole lines of output the CLI itself broke. */
+const TERMINAL_CONTROLS_BUT_NEWLINE =
+  // eslint-disable-next-line no-control-regex -- finding control characters is the point
+  /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/gu;
+
+function escapeControl(char: string): string {
+  const code = char.charCodeAt(0);
+  return code <= 0xff
+    ? `\\x${code.toString(16).padStart(2, "0")}`
+    : `\\u${code.toString(16).padStart(4, "0")}`;
+}
+
+/**
+ * A value for the terminal: every control character (see above), the line feed included, shown
+ * as a visible escape (`\x1b`, `\u202e`), so a service, model or rule name a client chose can
+ * neither drive the terminal nor forge lines of output.
+ */
+export function terminalText(value: string): string {
+  return value.replace(TERMINAL_CONTROLS, escapeControl);
+}
+
+/** {@link terminalText} for output the CLI broke into lines itself: line feeds stay. */
+export function terminalLines(text: string): string {
+  return text.replace(TERMINAL_CONTROLS_BUT_NEWLINE, escapeControl);
+}
+
+/**
+ * One line of JSON output: `JSON.stringify`, which escapes C0 controls but leaves C1 controls,
+ * bidirectional controls and U+2028/U+2029 as they are, with those escaped too (`\u009b`): the
+ * same value for a JSON reader, nothing a terminal acts on.
+ */
+export function jsonLine(value: unknown): string {
+  return JSON.stringify(value).replace(
+    /[\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/gu,
+    (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
+}
+
+/**
+ * Renders rows as an aligned text table; numbers right-aligned, null as `-`. Cells pass through
+ * {@link terminalText}.
+ */
 export function table(
   headers: readonly string[],
   rows: readonly (readonly (string | number | null | undefined)[])[],
 ): string {
   const cells = rows.map((row) =>
-    row.map((cell) => (cell === null || cell === undefined ? "-" : String(cell))),
+    row.map((cell) => (cell === null || cell === undefined ? "-" : terminalText(String(cell)))),
   );
   const numeric = headers.map((_, column) =>
     rows.every((row) => {

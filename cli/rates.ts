@@ -6,13 +6,14 @@ import type pg from "pg";
 
 import type { LatencySketch as LatencySketchRecord } from "../avro/generated.js";
 import { LatencySketch } from "../metrics/index.js";
-import { TOTAL_MODEL } from "../sink/writer.js";
-import { count, percent, table } from "./output.js";
+import { modelOfRow, rollupScope, storedModel } from "../sink/writer.js";
+import { count, percent, table, terminalText } from "./output.js";
 
 /** One row of the rates table. */
 export interface RatesRow {
   readonly service: string;
-  readonly model: string;
+  /** The model, or null for the service's totals over all models. */
+  readonly model: string | null;
   /** ISO time. */
   readonly windowStart: string;
   /** Stored windows merged into this row (1 without a bucket). */
@@ -54,6 +55,7 @@ const RATE_COLUMNS = `fallback_rate, retry_rate, low_confidence_rate, confidence
 
 interface DbRow {
   service: string;
+  scope: string;
   model: string;
   window_start: Date;
   windows: string;
@@ -79,23 +81,24 @@ interface DbRow {
 
 /** Rates of the stored rollups in a time range, oldest window first per service. */
 export async function queryRates(pool: pg.Pool, query: RatesQuery): Promise<RatesRow[]> {
-  const model = query.model ?? TOTAL_MODEL;
+  const scope = rollupScope(query.model ?? null);
+  const model = storedModel(query.model ?? null);
   const services = query.services && query.services.length > 0 ? query.services : null;
   const from = new Date(query.fromMs);
   const to = new Date(query.toMs);
   const sql =
     query.bucketMs === undefined
-      ? `select service, model, window_start, 1 as windows, calls::text, cost_usd::text, late::text,
+      ? `select service, scope, model, window_start, 1 as windows, calls::text, cost_usd::text, late::text,
                 ${RATE_COLUMNS}, latency_p50_ms, latency_p95_ms, latency_p99_ms, null as latency_sketches
          from metric_rollups
-         where window_start >= $1 and window_start < $2 and model = $3
+         where window_start >= $1 and window_start < $2 and scope = $5 and model = $3
            and ($4::text[] is null or service = any($4::text[]))`
-      : `select service, model, window_start, windows::text, calls::text, cost_usd::text, late::text,
+      : `select service, scope, model, window_start, windows::text, calls::text, cost_usd::text, late::text,
                 ${RATE_COLUMNS}, null as latency_p50_ms, null as latency_p95_ms, null as latency_p99_ms,
                 latency_sketches
-         from merge_rollups($5 * interval '1 millisecond', $1, $2)
-         where model = $3 and ($4::text[] is null or service = any($4::text[]))`;
-  const params: unknown[] = [from, to, model, services];
+         from merge_rollups($6 * interval '1 millisecond', $1, $2)
+         where scope = $5 and model = $3 and ($4::text[] is null or service = any($4::text[]))`;
+  const params: unknown[] = [from, to, model, services, scope];
   if (query.bucketMs !== undefined) params.push(query.bucketMs);
   const { rows } = await pool.query<DbRow>(`${sql} order by service, window_start`, params);
   const result = rows.map((row): RatesRow => {
@@ -112,7 +115,7 @@ export async function queryRates(pool: pg.Pool, query: RatesQuery): Promise<Rate
     }
     return {
       service: row.service,
-      model: row.model,
+      model: modelOfRow(row),
       windowStart: row.window_start.toISOString(),
       windows: Number(row.windows),
       calls: Number(row.calls),
@@ -149,8 +152,9 @@ export function renderRates(rows: readonly RatesRow[]): string {
   return services
     .map((service) => {
       const list = rows.filter((row) => row.service === service);
-      const model = list[0]?.model === TOTAL_MODEL ? "all models" : `model ${list[0]?.model ?? ""}`;
-      return `${service} (${model})\n${table(
+      const first = list[0]?.model ?? null;
+      const model = first === null ? "all models" : `model ${first}`;
+      return `${terminalText(service)} (${terminalText(model)})\n${table(
         [
           "window (UTC)",
           "calls",

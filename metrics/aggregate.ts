@@ -138,13 +138,21 @@ function compareModels(a: string | null, b: string | null): number {
 }
 
 /**
- * The compacted-topic key of a rollup: service, model (`*` for the total), window start and size
- * (µs). Unique per (service, model, window).
+ * The compacted-topic key of a rollup: a JSON array of the service, the model (null for the
+ * service total), the window start and the window size (µs), e.g.
+ * `["payments-mcp",null,1733390400000000,60000000]`. Unique per (service, model, window): JSON's
+ * quoting keeps every name apart, so no service or model name, not even "*" or one holding `|`
+ * or `"`, can address the total or another series.
  */
 export function rollupKey(
   rollup: Pick<MetricRollup, "service" | "model" | "window_start" | "window_end">,
 ): string {
-  return `${rollup.service}|${rollup.model ?? "*"}|${rollup.window_start}|${rollup.window_end - rollup.window_start}`;
+  return JSON.stringify([
+    rollup.service,
+    rollup.model,
+    rollup.window_start,
+    rollup.window_end - rollup.window_start,
+  ]);
 }
 
 /**

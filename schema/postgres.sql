@@ -6,3 +6,4 @@
 \ir migrations/001_initial.sql
 \ir migrations/002_topic_ids.sql
 \ir migrations/003_rollup_revisions.sql
+\ir migrations/004_rollup_scope.sql

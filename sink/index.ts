@@ -8,8 +8,11 @@ export { listMigrations, migrate, MIGRATIONS_DIR, type Migration } from "./migra
 export { Sink, type SinkOptions, type SinkStats } from "./sink.js";
 export {
   PostgresWriter,
-  TOTAL_MODEL,
+  modelOfRow,
+  rollupScope,
+  storedModel,
   type OffsetRow,
+  type RollupScope,
   type SpanRow,
   type WriteBatch,
   type WriteResult,

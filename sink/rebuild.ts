@@ -15,6 +15,7 @@ import type pg from "pg";
 import {
   checkIdentifier,
   DEFAULT_TABLES,
+  modelOfRow,
   ROLLUP_KEY_COLUMNS,
   ROLLUP_TARGET_ALIAS,
   ROLLUP_UPSERT,
@@ -79,7 +80,8 @@ export interface VerifyScope {
 /** One rollup row that differs. */
 export interface RollupDifference {
   readonly service: string;
-  readonly model: string;
+  /** The model, or null for the service total. */
+  readonly model: string | null;
   readonly windowStart: string;
   readonly windowEnd: string;
   readonly kind: "missing-from-stored" | "missing-from-rebuilt" | "different";
@@ -142,6 +144,7 @@ export async function verifyRollups(
   ).join(", ");
   const { rows } = await pool.query<{
     service: string | null;
+    scope: string;
     model: string;
     window_start: string;
     window_end: string;
@@ -154,7 +157,8 @@ export async function verifyRollups(
     `with r as (select * from ${rebuilt} as t ${where}),
           s as (select * from ${stored} as t ${where}),
           joined as (
-            select coalesce(r.service, s.service) as service, coalesce(r.model, s.model) as model,
+            select coalesce(r.service, s.service) as service, coalesce(r.scope, s.scope) as scope,
+                   coalesce(r.model, s.model) as model,
                    coalesce(r.window_start, s.window_start) as window_start,
                    coalesce(r.window_end, s.window_end) as window_end,
                    case when s.service is null then 'missing-from-stored'
@@ -162,15 +166,15 @@ export async function verifyRollups(
                         else 'different' end as kind,
                    array_remove(array[${differs}]::text[], null) as columns,
                    r.service is null or s.service is null as one_sided
-            from r full join s using (service, model, window_start)
+            from r full join s using (service, scope, model, window_start)
           ),
           found as (select * from joined where one_sided or cardinality(columns) > 0)
-     select service, model, window_start::text, window_end::text, kind, columns,
+     select service, scope, model, window_start::text, window_end::text, kind, columns,
             (select count(*) from found)::text as total,
             (select count(*) from r)::text as rebuilt_rows,
             (select count(*) from s)::text as stored_rows
      from (select 1) as one
-     left join lateral (select * from found order by window_start, service, model limit ${Math.max(0, Math.floor(limit))}) f on true`,
+     left join lateral (select * from found order by window_start, service, scope desc, model limit ${Math.max(0, Math.floor(limit))}) f on true`,
     params,
   );
   const first = rows[0];
@@ -182,7 +186,7 @@ export async function verifyRollups(
       .flatMap((row) => (row.service === null ? [] : [{ ...row, service: row.service }]))
       .map((row) => ({
         service: row.service,
-        model: row.model,
+        model: modelOfRow(row),
         windowStart: row.window_start,
         windowEnd: row.window_end,
         kind: row.kind,

@@ -106,7 +106,13 @@ export const COUNT_COLUMNS = [
 ] as const;
 
 /** The key of a rollup row. */
-export const ROLLUP_KEY_COLUMNS = ["service", "model", "window_start", "window_end"] as const;
+export const ROLLUP_KEY_COLUMNS = [
+  "service",
+  "scope",
+  "model",
+  "window_start",
+  "window_end",
+] as const;
 
 /** Every stored (not generated) column of a rollup row after its key. */
 export const ROLLUP_VALUE_COLUMNS = [
@@ -132,8 +138,27 @@ export const ROLLUP_UPSERT = `on conflict (${ROLLUP_KEY_COLUMNS.join(", ")}) do 
   (name) => `${name} = excluded.${name}`,
 ).join(", ")}, updated_at = now() where ${ROLLUP_TARGET_ALIAS}.revision <= excluded.revision`;
 
-/** The total's model column value (a primary key cannot hold null). */
-export const TOTAL_MODEL = "*";
+/**
+ * What a rollup row covers: `service`, the total over all of the service's calls (its `model`
+ * column is ''), or `model`, one model's calls (`model` is the model's name, whatever it is). The
+ * scope is part of the row's key, so no model name, not even "*" or "", can address the total.
+ */
+export type RollupScope = "service" | "model";
+
+/** The scope of a rollup of `model` (null: the service total). */
+export function rollupScope(model: string | null): RollupScope {
+  return model === null ? "service" : "model";
+}
+
+/** A row's model column: the model's name, or '' for the service total (a key cannot be null). */
+export function storedModel(model: string | null): string {
+  return model ?? "";
+}
+
+/** A rollup's model from a row's scope and model columns (null: the service total). */
+export function modelOfRow(row: { readonly scope: string; readonly model: string }): string | null {
+  return row.scope === "service" ? null : row.model;
+}
 
 /**
  * How spans reach their table: `unnest` (one `INSERT … SELECT FROM unnest(…)`), or `copy` (COPY
@@ -423,7 +448,7 @@ export class PostgresWriter {
     const micros = (column: string): string =>
       `(extract(epoch from ${column}) * 1000000)::bigint::text as ${column}`;
     const { rows } = await this.pool.query<
-      Record<"service" | "model" | "window_start" | "window_end", string> &
+      Record<"service" | "scope" | "model" | "window_start" | "window_end", string> &
         Record<(typeof COUNT_COLUMNS)[number], string> & {
           low_confidence_threshold: number;
           prompt_diff_threshold: number;
@@ -431,12 +456,12 @@ export class PostgresWriter {
           revision: number;
         }
     >(
-      `select service, model, ${micros("window_start")}, ${micros("window_end")},
+      `select service, scope, model, ${micros("window_start")}, ${micros("window_end")},
          low_confidence_threshold, prompt_diff_threshold,
          ${COUNT_COLUMNS.map((name) => `${name}::text`).join(", ")}, latency_sketch, revision
        from ${this.tables.rollups}
        where window_end > ${ts("$1::bigint")}
-       order by service, window_start, window_end, model = '${TOTAL_MODEL}' desc, model`,
+       order by service, window_start, window_end, scope = 'service' desc, model`,
       [sinceMicros],
     );
     return rows.map((row) => {
@@ -446,7 +471,7 @@ export class PostgresWriter {
       const latency = LatencySketch.fromRecord(row.latency_sketch);
       return {
         service: row.service,
-        model: row.model === TOTAL_MODEL ? null : row.model,
+        model: modelOfRow(row),
         window_start: Number(row.window_start),
         window_end: Number(row.window_end),
         thresholds: {
@@ -572,7 +597,12 @@ export class PostgresWriter {
     const unique = new Map<string, MetricRollup>();
     let superseded = 0;
     for (const rollup of rollups) {
-      const key = `${rollup.service}\u0000${rollup.model ?? TOTAL_MODEL}\u0000${rollup.window_start}\u0000${rollup.window_end}`;
+      const key = JSON.stringify([
+        rollup.service,
+        rollup.model,
+        rollup.window_start,
+        rollup.window_end,
+      ]);
       const kept = unique.get(key);
       if (kept === undefined || kept.revision <= rollup.revision) {
         if (kept !== undefined && kept.revision < rollup.revision) superseded++;
@@ -582,6 +612,7 @@ export class PostgresWriter {
     const list = [...unique.values()];
     const base = [
       "service",
+      "scope",
       "model",
       "start_us",
       "end_us",
@@ -599,6 +630,7 @@ export class PostgresWriter {
     const types = [
       "text",
       "text",
+      "text",
       "bigint",
       "bigint",
       "float8",
@@ -612,7 +644,8 @@ export class PostgresWriter {
     ];
     const values: unknown[][] = [
       list.map((r) => r.service),
-      list.map((r) => r.model ?? TOTAL_MODEL),
+      list.map((r) => rollupScope(r.model)),
+      list.map((r) => storedModel(r.model)),
       list.map((r) => r.window_start),
       list.map((r) => r.window_end),
       list.map((r) => r.thresholds.low_confidence),

@@ -87,7 +87,7 @@ describe("mcp-observatory migrate", () => {
     const first = await runCli(["migrate", "--database-url", database.url], env);
     expect(first.code, first.stderr).toBe(0);
     expect(first.stdout).toBe(
-      `created database ${database.url}\napplied migrations 1, 2, 3 to ${database.url}\n`,
+      `created database ${database.url}\napplied migrations 1, 2, 3, 4 to ${database.url}\n`,
     );
     client = new pg.Client({ connectionString: database.url });
     await client.connect();

@@ -386,12 +386,12 @@ describe("the mcp-observatory CLI, as the README runs it", () => {
 
   it("replay --verify lists a tampered rollup, and a replay into the same tables repairs it", async () => {
     await client.query(
-      "update metric_rollups set calls = calls + 1 where (service, model, window_start) = (select service, model, window_start from metric_rollups where model = '*' order by window_start, service limit 1)",
+      "update metric_rollups set calls = calls + 1 where (service, scope, model, window_start) = (select service, scope, model, window_start from metric_rollups where scope = 'service' order by window_start, service limit 1)",
     );
     const tampered = await npmRun("cli", ["replay", "--verify", "--dry-run", ...WINDOW]);
     expect(tampered.code).toBe(1);
     expect(tampered.stdout).toMatch(/verify: 1 rollup rows differ/);
-    expect(tampered.stdout).toMatch(/payments-mcp\s+\*\s+\S+ \S+\s+different\s+calls/);
+    expect(tampered.stdout).toMatch(/payments-mcp\s+\(all models\)\s+\S+ \S+\s+different\s+calls/);
     const repair = await npmRun("cli", ["replay", ...WINDOW]);
     expect(repair.code, repair.stderr).toBe(0);
     const again = await npmRun("cli", ["replay", "--verify", "--dry-run", ...WINDOW]);
@@ -614,7 +614,7 @@ describe("the mcp-observatory CLI, as the README runs it", () => {
         [...log.rollups.values()].some((w) => w.model === null && w.windowStart >= until),
       ).toBe(true);
       expect(expected.size).toBe(4);
-      expect(rows.every((r) => r.windows === 1 && r.model === "*")).toBe(true);
+      expect(rows.every((r) => r.windows === 1 && r.model === null)).toBe(true);
       expectMatchesOracle(rows.map(ratesRowAsComparable), expected, "report --json");
     });
 

@@ -160,7 +160,7 @@ describe("edge names and every kind through the contract and Avro", () => {
 
   it("round-trip generated events (every kind, edge and unicode names) through Avro unchanged and valid", () => {
     fc.assert(
-      fc.property(eventArbitrary({ reservedModelNames: true }), (event) => {
+      fc.property(eventArbitrary(), (event) => {
         const decoded = eventType.fromBuffer(eventType.toBuffer(event)) as unknown;
         expect(decoded).toEqual(event);
         expect(MODEL_CALL_EVENT.checkDecoded(decoded)).toBeUndefined();

@@ -124,12 +124,12 @@ describe("package", () => {
           "select service, model, confidence from spans",
         );
         expect(spans.rows).toEqual([{ service: "example-mcp", model: "gpt-4o", confidence: 0.64 }]);
-        const rollups = await client.query<{ model: string; calls: string }>(
-          "select model, calls::text from metric_rollups order by model",
+        const rollups = await client.query<{ scope: string; model: string; calls: string }>(
+          "select scope, model, calls::text from metric_rollups order by scope desc, model",
         );
         expect(rollups.rows).toEqual([
-          { model: "*", calls: "1" },
-          { model: "gpt-4o", calls: "1" },
+          { scope: "service", model: "", calls: "1" },
+          { scope: "model", model: "gpt-4o", calls: "1" },
         ]);
       } finally {
         await client.end();

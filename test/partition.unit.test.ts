@@ -64,7 +64,7 @@ function logArbitrary(minLength: number, maxLength: number): fc.Arbitrary<Partit
   return fc
     .array(
       fc.record({
-        event: eventArbitrary({ reservedModelNames: true }),
+        event: eventArbitrary(),
         step: fc.oneof(
           { weight: 10, arbitrary: fc.integer({ min: 0, max: 3_000_000 }) },
           { weight: 3, arbitrary: fc.constant(0) },

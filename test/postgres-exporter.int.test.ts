@@ -78,10 +78,10 @@ describe("PostgresExporter", () => {
     );
     expect(spans.rows[0]?.count).toBe("300");
     const partial = await client.query<{ model: string; calls: string; error_rate: number }>(
-      "select model, calls::text, error_rate from metric_rollups order by model",
+      "select model, calls::text, error_rate from metric_rollups order by scope desc, model",
     );
     expect(partial.rows).toEqual([
-      { model: "*", calls: "300", error_rate: 0.1 },
+      { model: "", calls: "300", error_rate: 0.1 },
       { model: "gpt-4o", calls: "150", error_rate: 0.2 },
       { model: "gpt-4o-mini", calls: "150", error_rate: 0 },
     ]);
@@ -97,7 +97,7 @@ describe("PostgresExporter", () => {
     // Every count (retries and token sources included) and rate of every row: the oracle's.
     expectMatchesOracle(await storedRollups(client), oracleRollups(events, 60_000_000));
     const windows = await client.query<{ calls: string }>(
-      "select calls::text from metric_rollups where model = '*' order by window_start",
+      "select calls::text from metric_rollups where scope = 'service' order by window_start",
     );
     expect(windows.rows).toEqual([{ calls: "300" }, { calls: "1" }]);
     expect(exporter.stats()).toMatchObject({ sent: 301, dropped: 0, buffered: 0 });
@@ -174,7 +174,7 @@ describe("PostgresExporter on the processor's state machine", () => {
     clock.now = start + 75_000;
     expect(await interceptor.flush()).toEqual({ complete: true, remaining: 0 });
     const closed = await client.query<{ calls: string }>(
-      "select calls::text from metric_rollups where service = 'late' and model = '*'",
+      "select calls::text from metric_rollups where service = 'late' and scope = 'service'",
     );
     expect(closed.rows).toEqual([{ calls: "10" }]);
     // A call that ended inside the closed window arrives now.
@@ -215,16 +215,17 @@ describe("PostgresExporter on the processor's state machine", () => {
     }>(
       `select model, (extract(epoch from window_start) * 1000)::bigint::text as start_ms,
               calls::text, late::text
-         from metric_rollups where service = 'late' order by window_start, model`,
+         from metric_rollups where service = 'late' order by window_start, scope desc, model`,
     );
     expect(rows.rows).toEqual(
       [...want.rollups.values()]
         .sort(
           (a, b) =>
-            a.window_start - b.window_start || (a.model ?? "*").localeCompare(b.model ?? "*"),
+            a.window_start - b.window_start ||
+            (a.model === null ? -1 : b.model === null ? 1 : a.model < b.model ? -1 : 1),
         )
         .map((rollup) => ({
-          model: rollup.model ?? "*",
+          model: rollup.model ?? "",
           start_ms: String(rollup.window_start / 1000),
           calls: String(rollup.counts.calls),
           late: String(rollup.counts.late),
@@ -278,7 +279,7 @@ describe("PostgresExporter on the processor's state machine", () => {
       oracleRollups(events, 60_000_000),
     );
     const windows = await client.query<{ calls: string }>(
-      "select calls::text from metric_rollups where service = 'restart' and model = '*' order by window_start",
+      "select calls::text from metric_rollups where service = 'restart' and scope = 'service' order by window_start",
     );
     expect(windows.rows).toEqual([{ calls: "31" }, { calls: "21" }]);
   });

@@ -313,7 +313,12 @@ describe("stream processor with the real stack", () => {
     const rollups = await decodeAll(records["metric-rollups"], rollupCodec);
     for (const rollup of rollups)
       expect(rollup.key, `${where}: a rollup's Kafka key`).toBe(
-        `${rollup.value.service}|${rollup.value.model ?? "*"}|${rollup.value.window_start}|${MINUTE}`,
+        JSON.stringify([
+          rollup.value.service,
+          rollup.value.model,
+          rollup.value.window_start,
+          MINUTE,
+        ]),
       );
     expectMatchesOracle(
       rollups.map((rollup) => comparable(rollup.value)),

@@ -200,7 +200,7 @@ describe("revisions for late data", () => {
       async () =>
         (
           await pool.query<{ calls: string }>(
-            "select calls::text from metric_rollups where model = '*' and window_start = to_timestamp($1)",
+            "select calls::text from metric_rollups where scope = 'service' and window_start = to_timestamp($1)",
             [ORIGIN / SECOND],
           )
         ).rows[0]?.calls,

@@ -84,10 +84,11 @@ async function rawRows(pool: pg.Pool, table: string, service: string): Promise<u
   return rows.map((row) => row.row);
 }
 
-/** The stored revision of each of the service's rows, by `model`. */
+/** The stored revision of each of the service's rows, by `model` ("(total)": the service total). */
 async function revisions(pool: pg.Pool, service: string): Promise<Record<string, number>> {
   const { rows } = await pool.query<{ model: string; revision: number }>(
-    "select model, revision from metric_rollups where service = $1 order by model",
+    `select case when scope = 'service' then '(total)' else model end as model, revision
+       from metric_rollups where service = $1 order by scope desc, model`,
     [service],
   );
   return Object.fromEntries(rows.map((row) => [row.model, row.revision]));
@@ -116,7 +117,11 @@ describe("stored rollup revisions", () => {
       oracleRollups(window.onTime, MINUTE),
       "revision 0",
     );
-    expect(await revisions(pool, "svc-replace")).toEqual({ "*": 0, "gpt-4o": 0, "gpt-4o-mini": 0 });
+    expect(await revisions(pool, "svc-replace")).toEqual({
+      "(total)": 0,
+      "gpt-4o": 0,
+      "gpt-4o-mini": 0,
+    });
 
     expect(await writer.write({ rollups: window.revised })).toMatchObject({
       rollupsUpserted: 3,
@@ -129,7 +134,11 @@ describe("stored rollup revisions", () => {
       calls: "23",
       errors: "3",
     });
-    expect(await revisions(pool, "svc-replace")).toEqual({ "*": 1, "gpt-4o": 1, "gpt-4o-mini": 1 });
+    expect(await revisions(pool, "svc-replace")).toEqual({
+      "(total)": 1,
+      "gpt-4o": 1,
+      "gpt-4o-mini": 1,
+    });
   });
 
   it("revision 0 written after revision 1 leaves the revision-1 row exactly as it was", async () => {
@@ -161,7 +170,11 @@ describe("stored rollup revisions", () => {
     const twice = await storedRollups(pool, "metric_rollups", where("svc-again"));
     expect(twice).toEqual(once);
     expectMatchesOracle(twice, oracleRollups(window.all, MINUTE), "written twice");
-    expect(await revisions(pool, "svc-again")).toEqual({ "*": 1, "gpt-4o": 1, "gpt-4o-mini": 1 });
+    expect(await revisions(pool, "svc-again")).toEqual({
+      "(total)": 1,
+      "gpt-4o": 1,
+      "gpt-4o-mini": 1,
+    });
   });
 
   it("keeps the highest revision of a key within one batch, in either order", async () => {
@@ -178,7 +191,7 @@ describe("stored rollup revisions", () => {
         rollupsSuperseded: 3,
       });
       expect(await revisions(pool, service), order).toEqual({
-        "*": 2,
+        "(total)": 2,
         "gpt-4o": 2,
         "gpt-4o-mini": 2,
       });
@@ -222,7 +235,7 @@ describe("stored rollup revisions", () => {
     expect(await finishRebuild(pool, target)).toBe(3);
     expect(await rawRows(pool, "metric_rollups", "svc-rebuild-kept")).toEqual(keptBefore);
     expect(await revisions(pool, "svc-rebuild-raised")).toEqual({
-      "*": 1,
+      "(total)": 1,
       "gpt-4o": 1,
       "gpt-4o-mini": 1,
     });
@@ -240,7 +253,7 @@ describe("migration 3 (rollup revisions)", () => {
     if (scratch) await dropDatabase(scratch);
   });
 
-  it("upgrades a database written before revisions: its rows become revision 0, later revisions replace them", async () => {
+  it("upgrades a database written before revisions and scopes: its rows become revision 0, its model '*' rows the service totals, later revisions replace them", async () => {
     scratch = await createDatabase("mcpo_revmig");
     const before = listMigrations().filter((migration) => migration.version < 3);
     expect(await migrate(scratch.url, before)).toEqual([1, 2]);
@@ -249,7 +262,8 @@ describe("migration 3 (rollup revisions)", () => {
       const window = revisedWindow("svc-upgraded");
       const total = window.first.find((rollup) => rollup.model === null);
       if (!total) throw new Error("no total");
-      // A row as the writer stored it before revisions (no revision column yet).
+      // A row as the writer stored it before revisions (no revision column yet) and before
+      // scopes (the total as model '*').
       await pool.query(
         `insert into metric_rollups (service, model, window_start, window_end,
            low_confidence_threshold, prompt_diff_threshold, ${COUNT_COLUMNS.join(", ")}, latency_sketch)
@@ -266,7 +280,7 @@ describe("migration 3 (rollup revisions)", () => {
           JSON.stringify(total.latency),
         ],
       );
-      expect(await migrate(scratch.url)).toEqual([3]);
+      expect(await migrate(scratch.url)).toEqual([3, 4]);
       const { rows } = await pool.query<{ version: number; name: string }>(
         "select version, name from schema_migrations order by version",
       );
@@ -274,8 +288,9 @@ describe("migration 3 (rollup revisions)", () => {
         { version: 1, name: "initial" },
         { version: 2, name: "topic_ids" },
         { version: 3, name: "rollup_revisions" },
+        { version: 4, name: "rollup_scope" },
       ]);
-      expect(await revisions(pool, "svc-upgraded")).toEqual({ "*": 0 });
+      expect(await revisions(pool, "svc-upgraded")).toEqual({ "(total)": 0 });
       await expect(
         pool.query("update metric_rollups set revision = -1 where service = 'svc-upgraded'"),
       ).rejects.toThrow(/check constraint/);
@@ -363,7 +378,11 @@ describe("the sink and revisions on the compacted topic", () => {
       });
       await sink.start();
       await waitForStoredPositions(admin, pool, group, inputs);
-      expect(await revisions(pool, "svc-sink")).toEqual({ "*": 1, "gpt-4o": 1, "gpt-4o-mini": 1 });
+      expect(await revisions(pool, "svc-sink")).toEqual({
+        "(total)": 1,
+        "gpt-4o": 1,
+        "gpt-4o-mini": 1,
+      });
       const before = await rawRows(pool, "metric_rollups", "svc-sink");
       await send(window.first);
       await waitForStoredPositions(admin, pool, group, inputs);

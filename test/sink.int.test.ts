@@ -281,7 +281,7 @@ describe("sink", () => {
       `select (select count(*) from spans)::text as spans,
               (select coalesce(sum(prompt_tokens), 0) from spans)::text as tokens,
               (select count(*) from metric_rollups)::text as rollups,
-              (select coalesce(sum(calls), 0) from metric_rollups where model = '*')::text as calls,
+              (select coalesce(sum(calls), 0) from metric_rollups where scope = 'service')::text as calls,
               (select count(*) from alerts)::text as alerts`,
     );
     return rows[0] ?? {};

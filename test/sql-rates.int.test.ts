@@ -44,6 +44,7 @@ const COUNT_NAMES = ROLLUP_COUNT_COLUMNS;
 /** Every column merge_rollups returns, each checked below. */
 const MERGE_COLUMNS = [
   "service",
+  "scope",
   "model",
   "window_start",
   "windows",
@@ -117,7 +118,7 @@ describe("rates in PostgreSQL against the oracle", () => {
     costText: Map<string, string>;
   }> {
     const { rows } = await pool.query<Record<string, string | number | null>>(
-      `select service, model, ((extract(epoch from window_start) * 1000000)::bigint)::text as start_us,
+      `select service, scope, model, ((extract(epoch from window_start) * 1000000)::bigint)::text as start_us,
               ((extract(epoch from window_end) * 1000000)::bigint)::text as end_us,
               ${COUNT_NAMES.map((name) => `${name}::text`).join(", ")},
               cost_usd::text, ${GENERATED_RATES.join(", ")}, ${STORED_QUANTILES.join(", ")}
@@ -125,7 +126,7 @@ describe("rates in PostgreSQL against the oracle", () => {
     );
     const costText = new Map<string, string>();
     const comparable = rows.map((row): ComparableRollup => {
-      const model = row.model === "*" ? null : String(row.model);
+      const model = row.scope === "service" ? null : String(row.model);
       const windowStart = Number(row.start_us);
       costText.set(oracleKey(String(row.service), model, windowStart), String(row.cost_usd));
       return {
@@ -227,11 +228,11 @@ describe("rates in PostgreSQL against the oracle", () => {
     expect(rows.length, `${where}: rows`).toBe(expected.size);
     const comparable: ComparableRollup[] = [];
     for (const row of rows) {
-      const model = row.model === "*" ? null : String(row.model);
+      const model = row.scope === "service" ? null : String(row.model);
       const windowStart = Number(row.start_us);
       const key = oracleKey(String(row.service), model, windowStart);
       const want = expected.get(key);
-      const label = `${where} ${String(row.service)}/${model ?? "*"}@${new Date(windowStart / 1000).toISOString()}`;
+      const label = `${where} ${String(row.service)}/${model ?? "(total)"}@${new Date(windowStart / 1000).toISOString()}`;
       if (!want) expect(want, `${label}: not in the oracle`).toBeDefined();
       if (!want) continue;
       same(Number(row.windows_text), want.windows, `${label} windows`);

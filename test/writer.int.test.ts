@@ -243,7 +243,7 @@ describe("PostgresWriter", () => {
       sketches: number;
     }>(
       `select window_start, calls::text, errors::text, error_rate, jsonb_array_length(latency_sketches) as sketches
-       from merge_rollups(interval '1 hour', timestamptz 'epoch', timestamptz '3000-01-01') where service = 'merge' and model = '*'
+       from merge_rollups(interval '1 hour', timestamptz 'epoch', timestamptz '3000-01-01') where service = 'merge' and scope = 'service'
        order by window_start`,
     );
     expect(hourly.length).toBeGreaterThan(1);

@@ -7,7 +7,7 @@ import { connectAdmin } from "../../kafka/index.js";
 import { MissingTopicError } from "../../processor/replay.js";
 import { subscribeAlerts } from "../../processor/subscribe.js";
 import type { SettingsResolver } from "../config.js";
-import { isoMicros } from "../output.js";
+import { isoMicros, jsonLine, terminalText } from "../output.js";
 import { checkKafka, checkRegistry } from "../preflight.js";
 
 export interface TailFlags {
@@ -49,7 +49,7 @@ function formatValue(metric: string, value: number): string {
 
 function row(values: readonly string[]): string {
   return values
-    .map((value, i) => value.padEnd(COLUMNS[i]?.width ?? 0))
+    .map((value, i) => terminalText(value).padEnd(COLUMNS[i]?.width ?? 0))
     .join(" ")
     .trimEnd();
 }
@@ -103,7 +103,7 @@ export async function runAlertsTail(settings: SettingsResolver, flags: TailFlags
       if (services && !services.has(alert.service)) return;
       if (flags.maxMessages !== undefined && printed >= flags.maxMessages) return;
       out.write(
-        flags.json ? `${JSON.stringify(alert)}\n` : `${row(COLUMNS.map((c) => c.value(alert)))}\n`,
+        flags.json ? `${jsonLine(alert)}\n` : `${row(COLUMNS.map((c) => c.value(alert)))}\n`,
       );
       printed++;
       armIdle();

@@ -36,7 +36,7 @@ import { Sink } from "../../sink/sink.js";
 import { openPool } from "../../sink/writer.js";
 import { CONNECTION, settingOf, type SettingsResolver } from "../config.js";
 import { FLEET_SERVICES, runFleet, type FleetResult } from "../fleet.js";
-import { count, table } from "../output.js";
+import { count, jsonLine, table, terminalLines } from "../output.js";
 import { checkKafka, checkPostgres, checkRegistry } from "../preflight.js";
 import { queryRates, renderRates, type RatesRow } from "../rates.js";
 import { processorSettings, sinkSettings } from "./run.js";
@@ -115,7 +115,7 @@ function quietLogger(verbose: boolean, component: string): OpsLogger {
     context?: Readonly<Record<string, unknown>>,
   ): void => {
     process.stderr.write(
-      `${component} ${level}: ${message}${context ? ` ${JSON.stringify(context)}` : ""}\n`,
+      `${component} ${level}: ${terminalLines(message)}${context ? ` ${jsonLine(context)}` : ""}\n`,
     );
   };
   return {
@@ -150,8 +150,8 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
     );
   const settings = base.withDefaults(DEMO_DEFAULTS);
   const say = (line: string): void => {
-    if (!flags.json) process.stdout.write(`${line}\n`);
-    else process.stderr.write(`${line}\n`);
+    if (!flags.json) process.stdout.write(`${terminalLines(line)}\n`);
+    else process.stderr.write(`${terminalLines(line)}\n`);
   };
   // Kafka and the registry as configured; when neither is, the local stack's (its ports may be
   // moved with STACK_KAFKA_PORT and STACK_REGISTRY_PORT).
@@ -342,7 +342,7 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
         ...(sink.metricsUrl ? { sink: sink.metricsUrl } : {}),
       },
     });
-    if (flags.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
+    if (flags.json) process.stdout.write(`${jsonLine(summary)}\n`);
     else printSummary(summary);
     return 0;
   } finally {
@@ -419,7 +419,7 @@ async function rollupsCaughtUp(
        select distinct s.service, r.window_start
        from spans s
        left join metric_rollups r
-         on r.service = s.service and r.model = '*' and s.end_time >= r.window_start and s.end_time < r.window_end
+         on r.service = s.service and r.scope = 'service' and s.end_time >= r.window_start and s.end_time < r.window_end
        where s.service = any($1) and s.end_time >= $2 and s.end_time < $3 and r.service is null
      ) as m`,
     [services, new Date(range.fromMs), new Date(range.toMs)],
@@ -453,7 +453,7 @@ async function summarize(
     `select s.service,
             (select count(*) from spans where service = s.service and end_time >= $2 and end_time < $3)::text as spans,
             (select count(*) from metric_rollups where service = s.service and window_start >= $2 and window_start < $3)::text as rollup_rows,
-            (select count(*) from metric_rollups where service = s.service and model = '*' and window_start >= $2 and window_start < $3)::text as windows
+            (select count(*) from metric_rollups where service = s.service and scope = 'service' and window_start >= $2 and window_start < $3)::text as windows
      from unnest($1::text[]) as s(service)`,
     [input.services, from, to],
   );
@@ -522,7 +522,7 @@ async function summarize(
 
 function printSummary(summary: DemoSummary): void {
   const out = (line = ""): void => {
-    process.stdout.write(`${line}\n`);
+    process.stdout.write(`${terminalLines(line)}\n`);
   };
   out();
   out(

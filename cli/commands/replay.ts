@@ -17,7 +17,7 @@ import {
 } from "../../sink/rebuild.js";
 import { openPool, PostgresWriter, type SpanRow } from "../../sink/writer.js";
 import type { SettingsResolver } from "../config.js";
-import { count, isoMicros, Progress, table } from "../output.js";
+import { count, isoMicros, jsonLine, Progress, table } from "../output.js";
 import { checkKafka, checkPostgres, checkRegistry } from "../preflight.js";
 
 export interface ReplayFlags {
@@ -187,7 +187,7 @@ export async function runReplay(settings: SettingsResolver, flags: ReplayFlags):
     },
     ...(verify ? { verify } : {}),
   };
-  if (flags.json) process.stdout.write(`${JSON.stringify(report)}\n`);
+  if (flags.json) process.stdout.write(`${jsonLine(report)}\n`);
   else printReport(report);
   const differences =
     (verify?.differenceCount ?? 0) +
@@ -267,7 +267,13 @@ function printReport(report: ReplayReport): void {
     out(
       table(
         ["service", "model", "window start", "difference", "columns"],
-        v.differences.map((d) => [d.service, d.model, d.windowStart, d.kind, d.columns.join(", ")]),
+        v.differences.map((d) => [
+          d.service,
+          d.model ?? "(all models)",
+          d.windowStart,
+          d.kind,
+          d.columns.join(", "),
+        ]),
       ),
     );
   if (v.differenceCount > v.differences.length)

@@ -2,6 +2,7 @@
 import { openPool } from "../../sink/writer.js";
 
 import type { SettingsResolver } from "../config.js";
+import { jsonLine } from "../output.js";
 import { checkPostgres } from "../preflight.js";
 import { queryRates, renderRates } from "../rates.js";
 
@@ -27,7 +28,7 @@ export async function runReport(settings: SettingsResolver, flags: ReportFlags):
       ...(flags.model === undefined ? {} : { model: flags.model }),
     });
     if (flags.json) {
-      for (const row of rows) process.stdout.write(`${JSON.stringify(row)}\n`);
+      for (const row of rows) process.stdout.write(`${jsonLine(row)}\n`);
       return 0;
     }
     if (rows.length === 0) {

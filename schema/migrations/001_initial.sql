@@ -146,7 +146,10 @@ create table if not exists consumed_offsets (
 
 -- Rollups merged into coarser windows (hour, day, …) by adding counts. Latency sketches are
 -- merged by the library (metrics/LatencySketch) from `latency_sketches`, the list of sketches.
-create or replace function merge_rollups(bucket interval, from_time timestamptz, to_time timestamptz)
+-- (Migration 4 replaces it with one that also returns the scope; dropped first, so running this
+-- file again over a newer database works, and the later migrations put the newer one back.)
+drop function if exists merge_rollups(interval, timestamptz, timestamptz);
+create function merge_rollups(bucket interval, from_time timestamptz, to_time timestamptz)
 returns table (
   service text, model text, window_start timestamptz, windows bigint, calls bigint, calls_with_cost bigint,
   cost_usd numeric, errors bigint, late bigint, fallback_rate double precision, retry_rate double precision,

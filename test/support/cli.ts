@@ -423,7 +423,7 @@ export async function storedIncidents(
 /** The camel-case rates of a `report --json` / demo summary row, as the oracle names them. */
 export function ratesRowAsComparable(row: {
   service: string;
-  model: string;
+  model: string | null;
   windowStart: string;
   calls: number;
   costUsd: string;
@@ -446,7 +446,7 @@ export function ratesRowAsComparable(row: {
   const [units = "0", fraction = ""] = row.costUsd.split(".");
   return {
     service: row.service,
-    model: row.model === "*" ? null : row.model,
+    model: row.model,
     windowStart: Date.parse(row.windowStart) * 1000,
     counts: {
       calls: row.calls,

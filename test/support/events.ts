@@ -70,9 +70,9 @@ const unitDouble = fc.oneof(
  * Names at the edges that every part of the pipeline must carry unchanged: separators the
  * product uses in keys and formats (`|`, `:`, `*` as a service), spaces, quotes and a backslash,
  * astral-plane emoji, combining marks (precomposed and decomposed forms of the same word are two
- * names), right-to-left text, and a name of 200 characters (800 UTF-8 bytes). The contract sets
- * no maximum length (avro/ModelCallEvent.avsc has only `mcpo.minLength`); 200 stays well under
- * PostgreSQL's btree key limit (about 2.7 kB), which longer names would hit.
+ * names), right-to-left text, and a name of exactly the contract's maximum length: 256 UTF-16
+ * code units (`mcpo.maxLength` in the `.avsc` files), here 128 astral emoji of 4 UTF-8 bytes
+ * each (512 bytes), well under PostgreSQL's btree key limit (about 2.7 kB).
  */
 export const EDGE_NAMES: readonly string[] = Object.freeze([
   "*",
@@ -86,17 +86,16 @@ export const EDGE_NAMES: readonly string[] = Object.freeze([
   "\u00e9clair",
   "e\u0301clair",
   "خدمة-الدفع",
-  "🧪".repeat(200),
+  "🧪".repeat(128),
 ]);
 
 /**
- * Names the product reserves today as a model (issue 13): `*` is the service total's model in
- * PostgreSQL (sink/writer.ts TOTAL_MODEL) and in the rollups topic's key, and `|` separates that
- * key's parts (metrics/aggregate.ts rollupKey), so a model named `*` or with a `|` collides with
- * another series there. Generated only with `reservedModelNames`, by tests of the metrics core,
- * which keys series by value and must carry these names too.
+ * Model names that once addressed other series: `*` was the service total's model (in PostgreSQL
+ * and in the rollups topic's key) and `|` separated the key's parts, so they collided with the
+ * total or another model; '' is what the total's row holds in its model column. Every test
+ * generates them as models now: the total is a scope of its own.
  */
-export const RESERVED_MODEL_NAMES: readonly string[] = Object.freeze(["*", "|", "b|c"]);
+export const RESERVED_MODEL_NAMES: readonly string[] = Object.freeze(["*", "|", "b|c", ""]);
 
 const PLAIN_SERVICES = ["svc-a", "svc-b", "svc-c"] as const;
 const PLAIN_MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4"] as const;
@@ -123,11 +122,6 @@ export interface EventArbitraryOptions {
   readonly originMicros?: number;
   /** …and end within this many µs after it (default 5 min: a handful of windows). */
   readonly spanMicros?: number;
-  /**
-   * Also generate models named `*` or containing `|` ({@link RESERVED_MODEL_NAMES}), which the
-   * product's keys do not yet keep apart (default false; see issue 13).
-   */
-  readonly reservedModelNames?: boolean;
 }
 
 /**
@@ -138,7 +132,6 @@ export interface EventArbitraryOptions {
 export function eventArbitrary(options: EventArbitraryOptions = {}): fc.Arbitrary<ModelCallEvent> {
   const origin = options.originMicros ?? 1_764_000_000_000_000;
   const span = options.spanMicros ?? 5 * 60_000_000;
-  const reserved = options.reservedModelNames ?? false;
   interface Tokens {
     source: TokenSource;
     prompt: number | null;
@@ -152,15 +145,9 @@ export function eventArbitrary(options: EventArbitraryOptions = {}): fc.Arbitrar
           .filter(([prompt, completion]) => prompt !== null || completion !== null)
           .map(([prompt, completion]): Tokens => ({ source, prompt, completion })),
   );
-  const modelEdges = reserved
-    ? [...EDGE_NAMES, ...RESERVED_MODEL_NAMES]
-    : EDGE_NAMES.filter((name) => name !== "*" && !name.includes("|"));
+  const modelEdges = [...EDGE_NAMES, ...RESERVED_MODEL_NAMES];
   const service = nameArbitrary(PLAIN_SERVICES, EDGE_NAMES, () => true);
-  const model = nameArbitrary(
-    PLAIN_MODELS,
-    modelEdges,
-    (name) => reserved || (name !== "*" && !name.includes("|")),
-  );
+  const model = nameArbitrary(PLAIN_MODELS, modelEdges, () => true);
   // Every kind of the contract; model calls (which the metrics count) most often.
   const kind = fc.oneof(
     { weight: 6, arbitrary: fc.constant("model_call" as const) },

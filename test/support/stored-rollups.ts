@@ -69,8 +69,8 @@ export type StoredRollup = ComparableRollup & {
 };
 
 /**
- * The rows of `table` matching the SQL condition `where` (model `*` is the service total), in
- * (service, model, window) order.
+ * The rows of `table` matching the SQL condition `where` (scope 'service' is the service total,
+ * model null here), in (service, total first, model, window) order.
  */
 export async function storedRollups(
   client: pg.Client | pg.Pool,
@@ -79,17 +79,17 @@ export async function storedRollups(
 ): Promise<StoredRollup[]> {
   if (!/^[a-z_][a-z0-9_]*$/.test(table)) throw new Error(`not a table name: ${table}`);
   const { rows } = await client.query<Record<string, string | number | null>>(
-    `select service, model,
+    `select service, scope, model,
             (extract(epoch from window_start) * 1000000)::bigint::text as window_start_us,
             (extract(epoch from window_end) * 1000000)::bigint::text as window_end_us,
             low_confidence_threshold, prompt_diff_threshold,
             ${ROLLUP_COUNT_COLUMNS.map((c) => `${c}::text`).join(", ")},
             ${ROLLUP_RATE_COLUMNS.join(", ")}
-       from ${table} where ${where} order by service, model, window_start`,
+       from ${table} where ${where} order by service, scope desc, model, window_start`,
   );
   return rows.map((row) => ({
     service: String(row.service),
-    model: row.model === "*" ? null : String(row.model),
+    model: row.scope === "service" ? null : String(row.model),
     windowStart: Number(row.window_start_us),
     windowEnd: Number(row.window_end_us),
     thresholds: {
