@@ -3,8 +3,12 @@
  * into plain closures (paths and patterns are fixed at compile time, so a valid value costs no
  * allocation). Checks the Avro types (so a JSON or hand-built value is caught before encoding),
  * finite numbers, exact integers, and the contract's own field constraints, which the `.avsc`
- * files carry as attributes: `mcpo.min`, `mcpo.max`, `mcpo.minLength`, and `mcpo.format`
- * (`uuid`, or `hex` with `mcpo.length` and optionally `mcpo.nonZero`).
+ * files carry as attributes: `mcpo.min`, `mcpo.max`, `mcpo.minLength`, `mcpo.maxLength`,
+ * `mcpo.format` (`uuid`, or `hex` with `mcpo.length` and optionally `mcpo.nonZero`), and on maps
+ * `mcpo.maxEntries`, `mcpo.maxKeyLength` and `mcpo.maxValueLength`. Lengths count UTF-16 code
+ * units (JavaScript's `length`; at most 3 UTF-8 bytes each). One rule needs no attribute: no
+ * string and no map key of the contract contains U+0000 (NUL), which PostgreSQL's `text` cannot
+ * hold and `jsonb` refuses.
  *
  * Records compile to generated code (as avsc does for its codecs), so each field is read by a
  * fixed property name and checked inline on the valid path; a closure builds the issue only when
@@ -34,6 +38,10 @@ interface FieldSchema {
   "mcpo.min"?: number;
   "mcpo.max"?: number;
   "mcpo.minLength"?: number;
+  "mcpo.maxLength"?: number;
+  "mcpo.maxEntries"?: number;
+  "mcpo.maxKeyLength"?: number;
+  "mcpo.maxValueLength"?: number;
   "mcpo.format"?: "uuid" | "hex";
   "mcpo.length"?: number;
   "mcpo.nonZero"?: boolean;
@@ -64,6 +72,51 @@ export function compileValidator(schema: AvroSchema, options: ValidatorOptions =
 
 function issue(path: string, reason: string, value: unknown): FieldIssue {
   return { path, reason, value };
+}
+
+/** At most this many characters of an offending string go into its issue. */
+const PREVIEW_LENGTH = 64;
+
+/** A long string's start, marked as cut (an issue's value ends up in dead-letter headers). */
+function preview(text: string): string {
+  return text.length <= PREVIEW_LENGTH ? text : `${text.slice(0, PREVIEW_LENGTH - 3)}...`;
+}
+
+const NUL = "\u0000";
+
+/** Why a string with a NUL at `index` is refused. */
+function nulReason(index: number): string {
+  return `contains a NUL character (U+0000) at index ${index}, which PostgreSQL text cannot hold`;
+}
+
+/** The length limits a field of a record schema carries (as its `.avsc` attributes say). */
+export interface FieldLimits {
+  /** Most UTF-16 code units of a string field (`mcpo.maxLength`). */
+  readonly maxLength?: number;
+  /** Most entries of a map field (`mcpo.maxEntries`). */
+  readonly maxEntries?: number;
+  /** Most UTF-16 code units of a map field's keys (`mcpo.maxKeyLength`). */
+  readonly maxKeyLength?: number;
+  /** Most UTF-16 code units of a map field's values (`mcpo.maxValueLength`). */
+  readonly maxValueLength?: number;
+}
+
+/**
+ * The length limits of the top-level field `name` of a record schema, read from its attributes
+ * (so code that keeps values within the contract, like the interceptor, never restates them).
+ *
+ * @throws {Error} when the record has no such field.
+ */
+export function fieldLimits(schema: AvroSchema, name: string): FieldLimits {
+  const field = (schema.fields as FieldSchema[]).find((candidate) => candidate.name === name);
+  if (!field) throw new Error(`${String(schema.name)} has no field ${name}`);
+  const limits: { -readonly [K in keyof FieldLimits]: FieldLimits[K] } = {};
+  if (field["mcpo.maxLength"] !== undefined) limits.maxLength = field["mcpo.maxLength"];
+  if (field["mcpo.maxEntries"] !== undefined) limits.maxEntries = field["mcpo.maxEntries"];
+  if (field["mcpo.maxKeyLength"] !== undefined) limits.maxKeyLength = field["mcpo.maxKeyLength"];
+  if (field["mcpo.maxValueLength"] !== undefined)
+    limits.maxValueLength = field["mcpo.maxValueLength"];
+  return limits;
 }
 
 function join(path: string, name: string): string {
@@ -102,14 +155,34 @@ function compileType(
     }
     case "map": {
       // Entries are checked at a placeholder path; a failure is reported at the entry's own path.
-      const values = compileType(object.values, undefined, "\u0000", named);
+      // A key's failure is reported at the map's path (a key too long to name is not repeated).
+      const maxEntries = field?.["mcpo.maxEntries"];
+      const maxKeyLength = field?.["mcpo.maxKeyLength"];
+      const maxValueLength = field?.["mcpo.maxValueLength"];
+      const values = compileType(
+        object.values,
+        maxValueLength === undefined
+          ? undefined
+          : { name: "", type: object.values, "mcpo.maxLength": maxValueLength },
+        "\u0000",
+        named,
+      );
+      const keyTooLong = `has a key longer than ${maxKeyLength} characters (UTF-16 code units)`;
       return (value) => {
         if (typeof value !== "object" || value === null || Array.isArray(value))
           return issue(path, "expected a map (object)", value);
+        let entries = 0;
         for (const key in value) {
+          entries++;
+          const nul = key.indexOf(NUL);
+          if (nul !== -1) return issue(path, `has a key that ${nulReason(nul)}`, preview(key));
+          if (maxKeyLength !== undefined && key.length > maxKeyLength)
+            return issue(path, `${keyTooLong}: ${key.length}`, preview(key));
           const found = values((value as Record<string, unknown>)[key]);
           if (found) return relocate(found, `${path}[${JSON.stringify(key)}]`);
         }
+        if (maxEntries !== undefined && entries > maxEntries)
+          return issue(path, `has more than ${maxEntries} entries (${entries})`, entries);
         return undefined;
       };
     }
@@ -201,14 +274,11 @@ function typeSaysItAll(type: unknown, field: FieldSchema, named: NamedTypes): bo
     case "long":
       return !bounded;
     case "string":
-      return field["mcpo.format"] === undefined && field["mcpo.minLength"] === undefined;
     case "map":
-    case "array": {
-      const inner =
-        (resolved as { values?: unknown; items?: unknown }).values ??
-        (resolved as { items?: unknown }).items;
-      return typeSaysItAll(inner, {} as FieldSchema, named);
-    }
+      // Avro strings (and map keys) may hold a NUL, which the contract refuses.
+      return false;
+    case "array":
+      return typeSaysItAll((resolved as { items?: unknown }).items, {} as FieldSchema, named);
     default:
       // Doubles can be NaN; records have fields of their own.
       return false;
@@ -247,11 +317,17 @@ function fastTest(type: unknown, field: FieldSchema, named: NamedTypes): string 
       return bounds === ""
         ? "typeof v === 'number' && Number.isFinite(v)"
         : `typeof v === 'number'${bounds}`;
-    case "string":
+    case "string": {
       if (field["mcpo.format"] !== undefined) return undefined;
-      return field["mcpo.minLength"] === undefined
-        ? "typeof v === 'string'"
-        : `typeof v === 'string' && v.length >= ${field["mcpo.minLength"]}`;
+      const minLength = field["mcpo.minLength"];
+      const maxLength = field["mcpo.maxLength"];
+      return (
+        "typeof v === 'string'" +
+        (minLength === undefined ? "" : ` && v.length >= ${minLength}`) +
+        (maxLength === undefined ? "" : ` && v.length <= ${maxLength}`) +
+        " && v.indexOf('\\u0000') === -1"
+      );
+    }
     default:
       return undefined;
   }
@@ -320,6 +396,8 @@ function compilePrimitive(name: string, field: FieldSchema | undefined, path: st
     case "string": {
       const minLength = field?.["mcpo.minLength"];
       const tooShort = `shorter than ${minLength} character(s)`;
+      const maxLength = field?.["mcpo.maxLength"];
+      const tooLong = `longer than ${maxLength} characters (UTF-16 code units)`;
       const format = field?.["mcpo.format"];
       const length = field?.["mcpo.length"] ?? 0;
       const nonZero = field?.["mcpo.nonZero"] === true;
@@ -329,8 +407,12 @@ function compilePrimitive(name: string, field: FieldSchema | undefined, path: st
           : `is not ${length} lower-case hex digits${nonZero ? ", not all zero" : ""}`;
       return (value) => {
         if (typeof value !== "string") return issue(path, "expected a string", value);
+        const nul = value.indexOf(NUL);
+        if (nul !== -1) return issue(path, nulReason(nul), preview(value));
         if (minLength !== undefined && value.length < minLength)
           return issue(path, tooShort, value);
+        if (maxLength !== undefined && value.length > maxLength)
+          return issue(path, `${tooLong}: ${value.length}`, preview(value));
         if (format === "uuid" && !isUuid(value)) return issue(path, badFormat, value);
         if (format === "hex" && !isLowerHex(value, length, nonZero))
           return issue(path, badFormat, value);

@@ -173,6 +173,25 @@ const partitions = {
 /** Kafka's `retention.ms` for "keep for ever": model-calls is the source of truth. */
 export const UNLIMITED_RETENTION_MS = -1;
 
+/** The topic setting that says whose clock a record's timestamp is. */
+export const TIMESTAMP_TYPE_CONFIG = "message.timestamp.type";
+/** Its value for the broker's clock at append (the other is `CreateTime`: the producer's). */
+export const LOG_APPEND_TIME = "LogAppendTime";
+
+/**
+ * The settings model-calls is created with, by every component that creates it: its retention
+ * (`retentionMs`, -1: for ever), and the broker's clock as every record's timestamp
+ * (`message.timestamp.type=LogAppendTime`). The processor judges each event's time against its
+ * record's timestamp (`maxClockSkewMs`, `maxEventAgeMs`): the broker's clock is one clock, not the
+ * producers', and it is in the log, so a replay judges every record as the live run did.
+ */
+export function modelCallsTopicConfig(retentionMs: number): Readonly<Record<string, string>> {
+  return Object.freeze({
+    "retention.ms": String(retentionMs),
+    [TIMESTAMP_TYPE_CONFIG]: LOG_APPEND_TIME,
+  });
+}
+
 const modelCallsRetentionMs = {
   schema: z
     .number("expected -1 or a positive integer")
@@ -209,6 +228,18 @@ const windowShape = section("processor", {
     schema: nonNegativeInt().default(3_600_000),
     description:
       "how long after a window closed its events still revise it (a new revision of its rollups; 0: never, they are late)",
+    cli: {},
+  },
+  maxClockSkewMs: {
+    schema: positiveInt().default(300_000),
+    description:
+      "events ending more than this after their record's log time (the broker's append time) are dead-lettered (CLOCK_SKEW), watermark ticks and progress records that far ahead ignored",
+    cli: {},
+  },
+  maxEventAgeMs: {
+    schema: nonNegativeInt().default(0),
+    description:
+      "events ending more than this before their record's log time are dead-lettered (TOO_OLD); 0: no limit (replicas deliver what they buffered through outages)",
     cli: {},
   },
   metrics: {

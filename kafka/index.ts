@@ -15,7 +15,8 @@ import { ObservatoryError, type ErrorContext } from "../config/errors.js";
 
 // kafkajs is CommonJS: Node's ESM loader sees only some of its named exports, so take them from
 // the default export.
-const { CompressionCodecs, CompressionTypes, Kafka, logLevel, Partitioners } = kafkajs;
+const { CompressionCodecs, CompressionTypes, ConfigResourceTypes, Kafka, logLevel, Partitioners } =
+  kafkajs;
 type Kafka = InstanceType<typeof Kafka>;
 type CompressionTypes = (typeof CompressionTypes)[keyof typeof CompressionTypes];
 
@@ -88,20 +89,87 @@ export class KafkaError extends ObservatoryError {
   }
 }
 
+/**
+ * A record the broker refuses as too large even alone (the broker's `message.max.bytes` or the
+ * topic's `max.message.bytes` is smaller than its batch): sending it again can never succeed.
+ * Carries where it was, never its content.
+ */
+export class RecordTooLargeError extends KafkaError {
+  /**
+   * @param topic where it was to go.
+   * @param index its position in the records given for that topic (the send's `records`, or the
+   *   topic's `records` in `sendMany`).
+   * @param bytes its size as counted for requests: key, value, headers and per-record overhead.
+   * @param key its key, when it is text (the context names it).
+   */
+  constructor(
+    readonly topic: string,
+    readonly index: number,
+    readonly bytes: number,
+    key: string | undefined,
+    cause: unknown,
+  ) {
+    super(
+      `producing to ${topic}: the broker refuses record ${index} (${bytes} bytes) as too large ` +
+        "even alone; the topic's max.message.bytes (or the broker's message.max.bytes) is smaller",
+      "RECORD_TOO_LARGE",
+      false,
+      {
+        cause,
+        context: { topic, ...(key === undefined ? {} : { key }) },
+        ...(brokerErrorType(cause) === undefined ? {} : { type: brokerErrorType(cause) }),
+      },
+    );
+    this.name = "RecordTooLargeError";
+  }
+}
+
+/** How a send goes on when the broker refuses a record as too large. */
+export interface SendOptions {
+  /**
+   * Called with each record the broker refuses as too large even alone; the send leaves it out
+   * and goes on with the records after it. Without it, such a record ends the send with that
+   * {@link RecordTooLargeError}.
+   */
+  readonly onTooLarge?: (error: RecordTooLargeError) => void;
+  /**
+   * Called after each produce request with how many of the topic's records (a prefix of them)
+   * are settled now: acknowledged, or refused and passed to `onTooLarge`. A caller that retries
+   * a failed send can start after them.
+   */
+  readonly onProgress?: (topic: string, settled: number) => void;
+}
+
 /** An idempotent producer of record batches. */
 export interface RecordProducer {
   connect(): Promise<void>;
   /**
-   * Sends one batch and resolves once every broker acknowledged it (acks = all).
+   * Sends one batch and resolves once every broker acknowledged it (acks = all), in produce
+   * requests of at most 500 records and about {@link ProducerSettings.maxRequestBytes} bytes,
+   * one after another, in order. A request the broker refuses as too large is sent again split
+   * by partition and then in halves; a record refused even alone is a
+   * {@link RecordTooLargeError} (see {@link SendOptions.onTooLarge}).
    *
    * @throws {KafkaError}
    */
-  send(topic: string, records: readonly OutgoingRecord[], compression: Compression): Promise<void>;
+  send(
+    topic: string,
+    records: readonly OutgoingRecord[],
+    compression: Compression,
+    options?: SendOptions,
+  ): Promise<void>;
   /**
-   * Sends records for several topics, one request per broker for up to 500 records of each
-   * topic (more go in further requests, in order); resolves once all are acknowledged.
+   * Sends records for several topics as {@link send} does, one request carrying up to 500
+   * records of each topic and about `maxRequestBytes` in all (more go in further requests, in
+   * order); resolves once all are acknowledged.
+   *
+   * @throws {KafkaError}
    */
-  sendMany(batches: readonly TopicRecords[], compression: Compression): Promise<void>;
+  sendMany(
+    batches: readonly TopicRecords[],
+    compression: Compression,
+    options?: SendOptions,
+  ): Promise<void>;
   disconnect(): Promise<void>;
 }
 
@@ -157,22 +225,227 @@ function client(settings: KafkaSettings): Kafka {
   });
 }
 
-/**
- * An idempotent producer (one request in flight per connection, so the broker drops duplicates
- * of its own retries and keeps order).
- */
 /** The most records of one topic in one produce request (see `sendMany`). */
 const SEND_CHUNK = 500;
 
-export function createRecordProducer(settings: KafkaSettings): RecordProducer {
+/**
+ * The default of {@link ProducerSettings.maxRequestBytes}: half of the broker's default message
+ * size limit (`message.max.bytes`, 1 MiB), so no partition's record batch in a request comes near
+ * it even uncompressed.
+ */
+export const DEFAULT_MAX_REQUEST_BYTES = 512 * 1024;
+
+/** What a record adds to a request besides its key, value and headers, at most (varints, attributes). */
+const RECORD_OVERHEAD_BYTES = 32;
+
+/** The broker's error types for a record batch larger than it or the topic accepts. */
+const TOO_LARGE_TYPES = new Set(["MESSAGE_TOO_LARGE", "RECORD_LIST_TOO_LARGE"]);
+
+/** Settings of {@link createRecordProducer}. */
+export interface ProducerSettings extends KafkaSettings {
+  /**
+   * The most bytes of records (keys, values, headers and a per-record overhead, before
+   * compression) one produce request carries, over all its topics and partitions, so also each
+   * partition's batch in it (default {@link DEFAULT_MAX_REQUEST_BYTES}). A larger record goes in
+   * a request of its own.
+   */
+  readonly maxRequestBytes?: number;
+}
+
+/** The broker's error type (e.g. `MESSAGE_TOO_LARGE`) of a kafkajs error or of one it wraps. */
+function brokerErrorType(error: unknown): string | undefined {
+  let current = error;
+  for (let depth = 0; depth < 6 && current instanceof Error; depth++) {
+    const type = (current as { type?: unknown }).type;
+    if (typeof type === "string") return type;
+    if (current.cause === current) return undefined;
+    current = current.cause;
+  }
+  return undefined;
+}
+
+/** One record on its way: where it goes, its place among its topic's records, and its size. */
+interface Pending {
+  readonly topic: string;
+  readonly index: number;
+  readonly record: OutgoingRecord;
+  readonly message: Message;
+  readonly bytes: number;
+}
+
+function recordBytes(record: OutgoingRecord): number {
+  let bytes = RECORD_OVERHEAD_BYTES + (record.value?.length ?? 0);
+  if (typeof record.key === "string") bytes += Buffer.byteLength(record.key, "utf8");
+  else if (record.key !== null) bytes += record.key.length;
+  for (const name in record.headers) {
+    const value = record.headers[name] ?? "";
+    bytes +=
+      Buffer.byteLength(name, "utf8") +
+      (typeof value === "string" ? Buffer.byteLength(value, "utf8") : value.length);
+  }
+  return bytes;
+}
+
+/**
+ * An idempotent producer (one request in flight per connection, so the broker drops duplicates
+ * of its own retries and keeps order).
+ *
+ * A request the broker refuses as too large (`MESSAGE_TOO_LARGE`, `RECORD_LIST_TOO_LARGE`): kafkajs
+ * then takes back the sequence numbers of every partition in it, also of those whose batch the
+ * broker wrote. So the request's records are sent again partition by partition first, each
+ * partition's batch as it was (the broker recognises a batch it wrote by its sequence numbers and
+ * acknowledges it without writing it twice; with several brokers, the batches of the other
+ * brokers' partitions were acknowledged already and may be written twice), and only a batch
+ * refused on its own is split into halves, down to single records.
+ */
+export function createRecordProducer(settings: ProducerSettings): RecordProducer {
+  const maxRequestBytes = settings.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES;
+  if (!Number.isInteger(maxRequestBytes) || maxRequestBytes <= 0)
+    throw new RangeError(
+      `maxRequestBytes must be a positive integer (got ${String(settings.maxRequestBytes)})`,
+    );
+  // The partition kafkajs gave each message last (read when a request is refused as too large).
+  const assigned = new WeakMap<Message, number>();
   const producer: Producer = client(settings).producer({
     idempotent: true,
     maxInFlightRequests: 1,
     allowAutoTopicCreation: false,
+    createPartitioner: () => {
+      const partitioner = Partitioners.DefaultPartitioner();
+      return (args) => {
+        const partition = partitioner(args);
+        assigned.set(args.message, partition);
+        return partition;
+      };
+    },
     ...(settings.metadataMaxAgeMs === undefined
       ? {}
       : { metadataMaxAge: settings.metadataMaxAgeMs }),
   });
+
+  /** Sends one request; `ok: false` with the broker's error when it refused it as too large. */
+  const produce = async (
+    items: readonly Pending[],
+    compression: Compression,
+  ): Promise<{ ok: true } | { ok: false; error: unknown }> => {
+    const topicMessages: { topic: string; messages: Message[] }[] = [];
+    for (const item of items) {
+      const last = topicMessages.at(-1);
+      if (last?.topic === item.topic) last.messages.push(item.message);
+      else topicMessages.push({ topic: item.topic, messages: [item.message] });
+    }
+    try {
+      await producer.sendBatch({ acks: -1, compression: COMPRESSION[compression], topicMessages });
+      return { ok: true };
+    } catch (error) {
+      if (TOO_LARGE_TYPES.has(brokerErrorType(error) ?? "")) return { ok: false, error };
+      const topics = [...new Set(items.map((item) => item.topic))].join(", ");
+      throw toKafkaError(error, `producing ${items.length} record(s) to ${topics}`);
+    }
+  };
+
+  const refuse = (item: Pending, cause: unknown, options: SendOptions | undefined): void => {
+    const key = typeof item.record.key === "string" ? item.record.key : undefined;
+    const error = new RecordTooLargeError(item.topic, item.index, item.bytes, key, cause);
+    if (!options?.onTooLarge) throw error;
+    options.onTooLarge(error);
+  };
+
+  /** Sends one partition's records, in halves while the broker refuses them as too large. */
+  const sendSplitting = async (
+    items: readonly Pending[],
+    compression: Compression,
+    options: SendOptions | undefined,
+  ): Promise<void> => {
+    const result = await produce(items, compression);
+    if (result.ok) return;
+    await splitHalves(items, result.error, compression, options);
+  };
+
+  /** Sends a refused partition's records again in two halves (a single record is refused). */
+  const splitHalves = async (
+    items: readonly Pending[],
+    cause: unknown,
+    compression: Compression,
+    options: SendOptions | undefined,
+  ): Promise<void> => {
+    const [only] = items;
+    if (items.length === 1 && only) {
+      refuse(only, cause, options);
+      return;
+    }
+    const middle = Math.ceil(items.length / 2);
+    await sendSplitting(items.slice(0, middle), compression, options);
+    await sendSplitting(items.slice(middle), compression, options);
+  };
+
+  /** Sends one request's records; a refusal as too large goes on partition by partition. */
+  const sendRequest = async (
+    items: readonly Pending[],
+    compression: Compression,
+    options: SendOptions | undefined,
+  ): Promise<void> => {
+    const result = await produce(items, compression);
+    if (result.ok) return;
+    const byPartition = new Map<string, Pending[]>();
+    for (const item of items) {
+      const partition = item.record.partition ?? assigned.get(item.message);
+      const slot = `${item.topic}\u0000${partition ?? "?"}`;
+      // Pinned to the partition it went to, so a keyless record's batch is the same again.
+      const pinned: Pending =
+        partition === undefined || item.message.partition !== undefined
+          ? item
+          : { ...item, message: { ...item.message, partition } };
+      const group = byPartition.get(slot);
+      if (group) group.push(pinned);
+      else byPartition.set(slot, [pinned]);
+    }
+    const [only] = byPartition.values();
+    // One partition: that batch was refused, so it is split right away.
+    if (byPartition.size === 1 && only) await splitHalves(only, result.error, compression, options);
+    else for (const group of byPartition.values()) await sendSplitting(group, compression, options);
+  };
+
+  const sendMany = async (
+    batches: readonly TopicRecords[],
+    compression: Compression,
+    options: SendOptions | undefined,
+  ): Promise<void> => {
+    // kafkajs groups a topic's messages by partition in time quadratic in their number (it
+    // copies the partition's list for every message): 150 000 late records of one catch-up
+    // went at 2 300 records/s. Each request carries at most SEND_CHUNK records per topic and
+    // about maxRequestBytes in all; requests go one after another, so every partition's records
+    // keep their order.
+    const pending = batches.filter((batch) => batch.records.length > 0);
+    const next = pending.map(() => 0);
+    while (pending.some((batch, i) => (next[i] ?? 0) < batch.records.length)) {
+      const items: Pending[] = [];
+      let bytes = 0;
+      pending.forEach((batch, i) => {
+        const from = next[i] ?? 0;
+        let at = from;
+        while (at < batch.records.length && at - from < SEND_CHUNK) {
+          const record = batch.records[at] as OutgoingRecord;
+          const size = recordBytes(record);
+          if (items.length > 0 && bytes + size > maxRequestBytes) break;
+          items.push({
+            topic: batch.topic,
+            index: at,
+            record,
+            message: toMessage(record),
+            bytes: size,
+          });
+          bytes += size;
+          at++;
+        }
+        next[i] = at;
+      });
+      await sendRequest(items, compression, options);
+      if (options?.onProgress)
+        pending.forEach((batch, i) => options.onProgress?.(batch.topic, next[i] ?? 0));
+    }
+  };
+
   return {
     async connect() {
       try {
@@ -181,46 +454,10 @@ export function createRecordProducer(settings: KafkaSettings): RecordProducer {
         throw toKafkaError(error, "connecting the producer");
       }
     },
-    async send(topic, records, compression) {
-      for (let from = 0; from < records.length; from += SEND_CHUNK)
-        try {
-          await producer.send({
-            topic,
-            acks: -1,
-            compression: COMPRESSION[compression],
-            messages: records.slice(from, from + SEND_CHUNK).map(toMessage),
-          });
-        } catch (error) {
-          throw toKafkaError(error, `producing ${records.length} record(s) to ${topic}`);
-        }
+    send(topic, records, compression, options) {
+      return sendMany([{ topic, records }], compression, options);
     },
-    async sendMany(batches, compression) {
-      // kafkajs groups a topic's messages by partition in time quadratic in their number (it
-      // copies the partition's list for every message): 150 000 late records of one catch-up
-      // went at 2 300 records/s. Each request carries at most SEND_CHUNK records per topic;
-      // requests go one after another, so every partition's records keep their order.
-      const pending = batches.filter((batch) => batch.records.length > 0);
-      for (let from = 0; pending.some((batch) => batch.records.length > from); from += SEND_CHUNK) {
-        const topicMessages = pending
-          .filter((batch) => batch.records.length > from)
-          .map((batch) => ({
-            topic: batch.topic,
-            messages: batch.records.slice(from, from + SEND_CHUNK).map(toMessage),
-          }));
-        try {
-          await producer.sendBatch({
-            acks: -1,
-            compression: COMPRESSION[compression],
-            topicMessages,
-          });
-        } catch (error) {
-          throw toKafkaError(
-            error,
-            `producing to ${topicMessages.map((batch) => batch.topic).join(", ")}`,
-          );
-        }
-      }
-    },
+    sendMany,
     async disconnect() {
       await producer.disconnect();
     },
@@ -268,6 +505,13 @@ export interface ConsumedRecord {
   readonly key: Buffer | null;
   readonly value: Buffer | null;
   readonly headers: Readonly<Record<string, string>>;
+  /**
+   * The record's timestamp, ms since the epoch, as the log holds it: on a topic with
+   * `message.timestamp.type=LogAppendTime` the broker's clock when it appended the record's batch
+   * (every record of a batch carries the batch's time), otherwise the producer's (CreateTime); -1
+   * when the record has none (the old message format).
+   */
+  readonly timestamp: number;
 }
 
 /** The records of one partition fetched together, in offset order. */
@@ -381,6 +625,7 @@ export function createGroupConsumer(
             key: message.key,
             value: message.value,
             headers: decodeHeaders(message.headers),
+            timestamp: recordTimestamp(message.timestamp),
           }));
           await options.onBatch(
             {
@@ -432,6 +677,15 @@ export function createGroupConsumer(
       await consumer.disconnect();
     },
   };
+}
+
+/**
+ * A fetched record's timestamp as a number (kafkajs gives a decimal string: under LogAppendTime
+ * its record batch's max timestamp, the broker's append time); -1 when it has none.
+ */
+function recordTimestamp(timestamp: string | undefined): number {
+  const ms = Number(timestamp);
+  return timestamp !== undefined && timestamp !== "" && Number.isSafeInteger(ms) ? ms : -1;
 }
 
 function decodeHeaders(headers: IHeaders | undefined): Record<string, string> {
@@ -546,6 +800,7 @@ export async function streamTopicRanges(
                 key: message.key,
                 value: message.value,
                 headers: decodeHeaders(message.headers),
+                timestamp: recordTimestamp(message.timestamp),
               });
             }
             const last = records.at(-1);
@@ -670,6 +925,8 @@ export interface TopicAdmin {
   offsetsAtTime(topic: string, timestampMs: number): Promise<Map<number, string>>;
   /** The offsets `group` committed for each partition of `topic` (partitions without one left out). */
   committedOffsets(group: string, topic: string): Promise<Map<number, string>>;
+  /** The current values of `names` among `topic`'s settings (names the broker does not report are left out). */
+  topicConfig(topic: string, names: readonly string[]): Promise<Map<string, string>>;
   close(): Promise<void>;
 }
 
@@ -744,6 +1001,22 @@ export async function connectAdmin(settings: KafkaSettings): Promise<TopicAdmin>
       return new Map(
         (await admin.fetchTopicOffsets(topic)).map((entry) => [entry.partition, entry.low]),
       );
+    },
+    async topicConfig(topic, names) {
+      try {
+        const described = await admin.describeConfigs({
+          includeSynonyms: false,
+          resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configNames: [...names] }],
+        });
+        return new Map(
+          (described.resources[0]?.configEntries ?? []).map((entry) => [
+            entry.configName,
+            entry.configValue,
+          ]),
+        );
+      } catch (error) {
+        throw toKafkaError(error, `reading the settings of ${topic}`);
+      }
     },
     async offsetsAtTime(topic, timestampMs) {
       const [ends, found] = await Promise.all([

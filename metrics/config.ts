@@ -19,7 +19,11 @@ export interface MetricsConfig {
 const unit = z.number().min(0).max(1);
 
 const ruleSchema = z.strictObject({
-  key: z.string().regex(/^[a-z0-9_.-]+$/, "lower-case letters, digits, '_', '.', '-'"),
+  // An alert's `rule` is at most 256 characters in the contract (AlertEvent.rule).
+  key: z
+    .string()
+    .max(256)
+    .regex(/^[a-z0-9_.-]+$/, "lower-case letters, digits, '_', '.', '-'"),
   metric: z.enum(METRIC_NAMES as [string, ...string[]]),
   comparator: z.enum(["gt", "gte", "lt", "lte"]),
   threshold: z.number(),

@@ -11,7 +11,7 @@ import { AvroCodec, valueSubject } from "../avro/codec.js";
 import { ALERT_EVENT, METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
 import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
 import { ObservatoryError } from "../config/errors.js";
-import type { TopicNames } from "../config/index.js";
+import { modelCallsTopicConfig, type TopicNames } from "../config/index.js";
 import {
   connectAdmin,
   createGroupConsumer,
@@ -66,8 +66,9 @@ export class Tally {
 }
 
 /**
- * The topics every consumer service of the pipeline needs: model-calls (with its retention), the
- * compacted rollups, alerts and dead letters, with `partitions` partitions when it creates them.
+ * The topics every consumer service of the pipeline needs: model-calls (its retention, and the
+ * broker's clock as its timestamps: {@link modelCallsTopicConfig}), the compacted rollups, alerts
+ * and dead letters, with `partitions` partitions when it creates them.
  */
 export function pipelineTopics(
   topics: TopicNames,
@@ -79,7 +80,7 @@ export function pipelineTopics(
     {
       name: topics.modelCalls,
       partitions,
-      config: { "retention.ms": String(modelCallsRetentionMs) },
+      config: modelCallsTopicConfig(modelCallsRetentionMs),
     },
     { name: topics.metricRollups, partitions, config: { "cleanup.policy": "compact" } },
     { name: topics.alerts, partitions },
@@ -118,25 +119,70 @@ export function sourceHeaders(
 }
 
 /**
+ * The most bytes a dead-letter record's key, value and headers take together. The broker refuses
+ * a record batch over the topic's `max.message.bytes` — 1 048 588 bytes by default, which the
+ * dead-letter topic keeps (the services create it without that setting, and no setting of the
+ * project changes it) — so a record must fit with room for the batch's framing. A source topic
+ * may take bigger records than that; their dead letters are truncated to fit.
+ */
+export const DEAD_LETTER_MAX_BYTES = 1_000_000;
+
+/** Bytes of a record's key, value and header names and values (what the broker counts, less framing). */
+export function recordBytes(record: OutgoingRecord): number {
+  const size = (data: string | Buffer | null | undefined): number =>
+    data === null || data === undefined
+      ? 0
+      : typeof data === "string"
+        ? Buffer.byteLength(data)
+        : data.length;
+  let total = size(record.key) + size(record.value);
+  for (const [name, value] of Object.entries(record.headers ?? {}))
+    total += size(name) + size(value);
+  return total;
+}
+
+/**
  * The dead-letter record of `record`: its original key and bytes, where it came from, and why
- * (`mcpo-dlq-code`, `mcpo-dlq-reason` up to 1000 characters, `mcpo-dlq-schema-id` when known).
+ * (`mcpo-dlq-code`, `mcpo-dlq-reason` up to 1000 characters, `mcpo-dlq-schema-id` when known, and
+ * any `headers` given, e.g. `mcpo-dlq-sqlstate`). A record that would take more than
+ * {@link DEAD_LETTER_MAX_BYTES} keeps only the first bytes of its value that fit, and says so:
+ * `mcpo-dlq-truncated` holds the original value's size in bytes (and `mcpo-dlq-key-truncated` the
+ * key's, for a key too big to fit beside the headers).
  */
 export function deadLetterRecord(
   record: ConsumedRecord,
   code: string,
   reason: string,
-  options: { schemaId?: number; source?: Record<string, string> } = {},
+  options: {
+    schemaId?: number;
+    source?: Record<string, string>;
+    headers?: Readonly<Record<string, string>>;
+  } = {},
 ): OutgoingRecord {
-  return {
-    key: record.key,
-    value: record.value ?? Buffer.alloc(0),
-    headers: {
-      ...(options.source ?? sourceHeaders(record)),
-      "mcpo-dlq-code": code,
-      "mcpo-dlq-reason": reason.slice(0, 1000),
-      ...(options.schemaId === undefined ? {} : { "mcpo-dlq-schema-id": String(options.schemaId) }),
-    },
+  const headers: Record<string, string> = {
+    ...(options.source ?? sourceHeaders(record)),
+    "mcpo-dlq-code": code,
+    "mcpo-dlq-reason": reason.slice(0, 1000),
+    ...(options.schemaId === undefined ? {} : { "mcpo-dlq-schema-id": String(options.schemaId) }),
+    ...options.headers,
   };
+  const key = record.key;
+  const value = record.value ?? Buffer.alloc(0);
+  const letter = { key, value, headers };
+  if (recordBytes(letter) <= DEAD_LETTER_MAX_BYTES) return letter;
+  // The value's first bytes that fit (and the key's, for a key too big to fit beside the headers).
+  const cut: Record<string, string> = { ...headers, "mcpo-dlq-truncated": String(value.length) };
+  let kept = key;
+  let room = DEAD_LETTER_MAX_BYTES - recordBytes({ key, value: null, headers: cut });
+  if (key !== null && room < 0) {
+    cut["mcpo-dlq-key-truncated"] = String(key.length);
+    const keyRoom = DEAD_LETTER_MAX_BYTES - recordBytes({ key: null, value: null, headers: cut });
+    kept = key.subarray(0, Math.max(0, keyRoom));
+    room = keyRoom - kept.length;
+  }
+  const valueBytes = Math.min(value.length, Math.max(0, room));
+  if (valueBytes === value.length) delete cut["mcpo-dlq-truncated"];
+  return { key: kept, value: value.subarray(0, valueBytes), headers: cut };
 }
 
 /** Waits up to `ms` in steps of at most a second, heartbeating, until the batch stops running. */

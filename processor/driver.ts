@@ -5,6 +5,12 @@
  * (Kafka topics and checkpoints, the PostgreSQL writer, a callback). The driver owns what they
  * share: which records are already in the state, what a record means to the state machine, and
  * where to go back to when outputs could not be written.
+ *
+ * A record's time is judged against its log time (its timestamp: on model-calls the broker's
+ * clock when it appended the record) before the state sees it ({@link judgeTime}): an event whose
+ * clock is ahead (or, when set, too old) is not applied, and a tick or progress record ahead is
+ * ignored, so one host whose clock is wrong cannot move the watermark of the partition it writes
+ * to. The log time is in the log, so every reader decides the same.
  */
 import { defer, map, type OperatorFunction } from "rxjs";
 
@@ -13,7 +19,16 @@ import type { ModelCallEvent } from "../avro/generated.js";
 import { windowOf } from "../metrics/index.js";
 import type { ConsumedRecord } from "../kafka/index.js";
 import { healPosition, type PositionDecision } from "../ops/service.js";
-import { readLogRecord, readLogRecordIfKnown, type LogRecord } from "./log-record.js";
+import {
+  DEFAULT_TIME_BOUNDS,
+  judgeTime,
+  readLogRecord,
+  readLogRecordIfKnown,
+  type LogInput,
+  type LogRecord,
+  type TimeBounds,
+  type TimeRejection,
+} from "./log-record.js";
 import {
   DEFAULT_WINDOW_SETTINGS,
   PartitionState,
@@ -23,6 +38,13 @@ import {
   type PartitionSnapshot,
   type WindowSettings,
 } from "./partition.js";
+
+export {
+  DEFAULT_TIME_BOUNDS,
+  judgeTime,
+  type TimeBounds,
+  type TimeRejection,
+} from "./log-record.js";
 
 /** Where a driver starts: a checkpoint's state and next offset, or nothing (the log's start). */
 export interface DriverStart {
@@ -38,6 +60,17 @@ export type Fed =
   | { readonly type: "retry"; readonly message: string }
   /** Neither an event nor a control record: dead-letter it (live) or count it (replays). */
   | { readonly type: "invalid"; readonly read: LogRecord & { type: "invalid" } }
+  /**
+   * Its time is out of bounds of its log time (see {@link judgeTime}), and the state did not see
+   * it. An event or a copy: dead-letter it with `code` (live) or count it (replays); a tick or a
+   * progress record: ignore and count it.
+   */
+  | {
+      readonly type: "rejected";
+      readonly input: LogInput;
+      readonly code: TimeRejection["code"];
+      readonly message: string;
+    }
   | {
       readonly type: "applied";
       readonly input: (LogRecord & { type: "input" })["input"];
@@ -68,6 +101,8 @@ export class PartitionDriver {
     private readonly routing: PartitionRouting,
     private readonly codec: AvroCodec<ModelCallEvent>,
     start: DriverStart = { nextOffset: null },
+    /** How far a record's time may be from its log time (the reader's `maxClockSkewMs` etc.). */
+    private readonly bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
   ) {
     this.state = new PartitionState(settings, start.state, routing);
     this.nextOffset = start.nextOffset;
@@ -131,6 +166,8 @@ export class PartitionDriver {
     if (read.type === "retry") return { type: "retry", message: read.message };
     this.nextOffset = offset + 1n;
     if (read.type === "invalid") return { type: "invalid", read };
+    const rejection = judgeTime(read.input, record.timestamp, this.bounds);
+    if (rejection) return { type: "rejected", input: read.input, ...rejection };
     const outputs = this.state.apply(read.input);
     if (this.floorAwaitsEvent && read.input.type === "event") {
       this.floorAwaitsEvent = false;
@@ -215,6 +252,8 @@ export class LocalDriver {
     readonly settings: WindowSettings = DEFAULT_WINDOW_SETTINGS,
     restored: readonly OpenRollup[] = [],
     startMicros: number | null = null,
+    /** How far a call's time may be from the wall clock when it is recorded (see {@link judgeTime}). */
+    private readonly bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
   ) {
     this.state = new PartitionState(settings, {
       version: 3,
@@ -226,9 +265,20 @@ export class LocalDriver {
     });
   }
 
-  /** Counts a call (or marks it late) and closes what its time passes. */
-  record(event: ModelCallEvent): PartitionOutput[] {
-    return this.state.apply({ type: "event", event });
+  /**
+   * Counts a call (or marks it late) and closes what its time passes. `nowMs` is the wall clock
+   * when the call was recorded, its "log time": a call that ends more than the skew bound after
+   * it (a host clock that is wrong, a call dated 2100) is refused by the same rule as the
+   * processor's ({@link judgeTime}) and changes nothing — it would close every open window and
+   * make every later call late — and `rejected` says why.
+   */
+  record(
+    event: ModelCallEvent,
+    nowMs: number,
+  ): { readonly outputs: PartitionOutput[]; readonly rejected?: TimeRejection } {
+    const rejected = judgeTime({ type: "event", event }, nowMs, this.bounds);
+    if (rejected) return { outputs: [], rejected };
+    return { outputs: this.state.apply({ type: "event", event }) };
   }
 
   /** The wall clock says `nowMicros`: closes every window the watermark passes. */

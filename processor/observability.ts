@@ -47,6 +47,18 @@ export class ProcessorMetrics {
     labelNames: ["partition"],
     registers: [this.registry],
   });
+  readonly rejectedEvents = new Counter({
+    name: "mcpo_processor_rejected_events_total",
+    help: "Events and copies not applied: their time is out of bounds of their record's log time (dead-lettered)",
+    labelNames: ["code"],
+    registers: [this.registry],
+  });
+  readonly ignoredTicks = new Counter({
+    name: "mcpo_processor_ignored_ticks_total",
+    help: "Watermark ticks and progress records ignored: their time is ahead of their record's log time",
+    labelNames: ["kind"],
+    registers: [this.registry],
+  });
   readonly checkpoints = new Counter({
     name: "mcpo_processor_checkpoints_total",
     help: "Partition checkpoints written",

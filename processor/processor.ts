@@ -28,8 +28,10 @@ import {
 import { copyHeaders, progressRecord, readControl, watermarkTick } from "../avro/control.js";
 import {
   backoffCeiling,
+  LOG_APPEND_TIME,
   parseProcessorConfig,
   retry,
+  TIMESTAMP_TYPE_CONFIG,
   topicNames,
   type TopicNames,
 } from "../config/index.js";
@@ -66,7 +68,7 @@ import {
   STARTUP_RETRY,
   type Checkpoint,
 } from "./checkpoints.js";
-import { PartitionDriver } from "./driver.js";
+import { PartitionDriver, type Fed, type TimeBounds } from "./driver.js";
 import { due, Lanes, tickIdlePartitions } from "./pipeline.js";
 import { ProcessorMetrics } from "./observability.js";
 import type { PartitionOutput, PartitionRouting, WindowSettings } from "./partition.js";
@@ -118,6 +120,19 @@ export interface ProcessorOptions {
    * complete, with a higher revision), ms (default 3 600 000; 0: never, they are late).
    */
   readonly allowedLatenessMs?: number;
+  /**
+   * An event that ends more than this after its record's log time (the broker's clock when it
+   * appended the record) is dead-lettered (CLOCK_SKEW), never applied; a watermark tick or
+   * progress record that far ahead is ignored and counted, ms (default 300 000). A replay must use
+   * the processor's.
+   */
+  readonly maxClockSkewMs?: number;
+  /**
+   * An event that ended more than this before its record's log time is dead-lettered (TOO_OLD),
+   * ms (default 0: no limit, since replicas deliver what they buffered through an outage and old
+   * logs are replayed). A replay must use the processor's.
+   */
+  readonly maxEventAgeMs?: number;
   /** Live mode: a partition with open windows and no records for this long gets a watermark tick, ms (default 30 000). */
   readonly idleTimeoutMs?: number;
   /** How often a partition's state is checkpointed, at most, ms (default 2000). */
@@ -163,6 +178,13 @@ export interface ProcessorStats {
   readonly checkpoints: number;
   /** Events copied to their service's home partition (they arrived elsewhere). */
   readonly forwarded: number;
+  /**
+   * Events and copies not applied because their time is out of bounds of their record's log time
+   * (dead-lettered as CLOCK_SKEW or TOO_OLD; also counted in `deadLettered`).
+   */
+  readonly rejectedEvents: number;
+  /** Watermark ticks and progress records ignored: their time is ahead of their log time. */
+  readonly ignoredTicks: number;
   readonly openSeries: number;
   readonly assignedPartitions: number;
 }
@@ -181,6 +203,8 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
   readonly topics: TopicNames & { readonly checkpoints: string };
   readonly groupId: string;
   private readonly settings: WindowSettings;
+  /** How far a record's time may be from its log time. */
+  private readonly bounds: TimeBounds;
   private readonly kafka: KafkaSettings;
   private readonly idleTimeoutMs: number;
   private readonly checkpointIntervalMs: number;
@@ -215,7 +239,9 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
     | "late"
     | "deadLettered"
     | "checkpoints"
-    | "forwarded",
+    | "forwarded"
+    | "rejectedEvents"
+    | "ignoredTicks",
     Tally
   >;
   /** Partitions of model-calls when it started. */
@@ -229,6 +255,8 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
   private readonly failures = new Map<number, number>();
   /** Partitions that forwarded an event (each is logged once). */
   private readonly forwardingFrom = new Set<number>();
+  /** Partitions that had a tick or progress record ignored (each is logged once). */
+  private readonly ignoringTicksIn = new Set<number>();
   private assignment = new Set<number>();
   private checkpointLoad: Promise<Map<number, Checkpoint>> | undefined;
   /** The group's committed offsets, read once per assignment when a partition has no checkpoint. */
@@ -271,6 +299,8 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       deadLettered: new Tally(metrics.deadLettered),
       checkpoints: new Tally(metrics.checkpoints),
       forwarded: new Tally(metrics.forwarded),
+      rejectedEvents: new Tally(metrics.rejectedEvents),
+      ignoredTicks: new Tally(metrics.ignoredTicks),
     };
     this.topics = { ...names, checkpoints: checkpointTopic(config.connection.topicPrefix) };
     this.groupId = config.groupId;
@@ -281,6 +311,10 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       allowedLatenessMicros: config.allowedLatenessMs * MICROS_PER_MILLI,
       thresholds: rulesAndThresholds.thresholds,
       rules: rulesAndThresholds.rules,
+    };
+    this.bounds = {
+      maxClockSkewMicros: config.maxClockSkewMs * MICROS_PER_MILLI,
+      maxEventAgeMicros: config.maxEventAgeMs * MICROS_PER_MILLI,
     };
     this.idleTimeoutMs = config.idleTimeoutMs;
     this.checkpointIntervalMs = config.checkpointIntervalMs;
@@ -306,6 +340,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
 
   protected override async inspect(admin: TopicAdmin): Promise<void> {
     this.partitionsAtStart = await admin.partitionCount(this.topics.modelCalls);
+    await warnUnlessLogAppendTime(admin, this.topics.modelCalls, this.kafka.brokers, this.logger);
   }
 
   /** Fixes the services' home partitions, then watches for idle and added partitions. */
@@ -492,6 +527,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
         checkpoint
           ? { state: checkpoint.state, nextOffset: BigInt(checkpoint.nextOffset) }
           : { nextOffset: 0n },
+        this.bounds,
       ),
       lastCheckpointAt: this.clock.now(),
       lastCheckpointOffset: checkpoint ? BigInt(checkpoint.nextOffset) : -1n,
@@ -628,6 +664,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
         outputs.dead.push(
           this.deadLetter(record, fed.read.code, fed.read.message, fed.read.schemaId),
         );
+      else if (fed.type === "rejected") this.rejected(record, fed, outputs);
       else {
         if (fed.input.type === "tick") {
           this.count.ticks.inc();
@@ -641,6 +678,35 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       this.count.records.inc();
     }
     return lastOffset;
+  }
+
+  /**
+   * A record whose time is out of bounds of its log time: an event or a copy is dead-lettered, a
+   * tick or a progress record ignored (the first of a partition logged); each counted. Neither is
+   * activity: a partition that receives only these still gets idle ticks.
+   */
+  private rejected(
+    record: ConsumedRecord,
+    fed: Extract<Fed, { type: "rejected" }>,
+    outputs: BatchOutputs,
+  ): void {
+    if (fed.input.type === "event" || fed.input.type === "copy") {
+      this.count.rejectedEvents.inc(1, { code: fed.code });
+      outputs.dead.push(this.deadLetter(record, fed.code, fed.message, undefined));
+      return;
+    }
+    this.count.ignoredTicks.inc(1, { kind: fed.input.type });
+    if (this.ignoringTicksIn.has(record.partition)) return;
+    this.ignoringTicksIn.add(record.partition);
+    this.logger.warn(
+      "ignored a control record whose time is ahead of its log time (a processor whose clock is ahead of the broker's, or a record not written by a processor); such records are counted, not logged again for this partition",
+      {
+        partition: record.partition,
+        offset: record.offset,
+        kind: fed.input.type,
+        reason: fed.message,
+      },
+    );
   }
 
   /** Waits 0.2 s, doubling per consecutive failure of the partition up to 5 s, heartbeating. */
@@ -956,4 +1022,57 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       return !this.isStopping;
     }
   }
+}
+
+/** Reads topic settings: what `TopicAdmin.topicConfig` gives (see {@link warnUnlessLogAppendTime}). */
+export interface TopicConfigReader {
+  /** The current values of `names` among `topic`'s settings (names the broker does not report are left out). */
+  topicConfig(topic: string, names: readonly string[]): Promise<ReadonlyMap<string, string>>;
+}
+
+/**
+ * What to say at start about model-calls' timestamps, given its `message.timestamp.type`: nothing
+ * when it is `LogAppendTime` (or unknown), else one warning naming the topic, what it means and
+ * the command that changes it.
+ */
+export function timestampTypeWarning(
+  topic: string,
+  timestampType: string | undefined,
+  brokers: readonly string[],
+): { readonly message: string; readonly fields: Record<string, unknown> } | undefined {
+  if (timestampType === undefined || timestampType === LOG_APPEND_TIME) return undefined;
+  return {
+    message: `${topic} keeps its producers' timestamps (${TIMESTAMP_TYPE_CONFIG}=${timestampType}), not the broker's: the clock-skew check (maxClockSkewMs, maxEventAgeMs) then trusts each producer's clock, and a host whose clock is wrong stamps its events with that same wrong clock and passes it. Have the broker stamp them (records appended from then on; a replay judges every record by the timestamp it has): kafka-configs --bootstrap-server ${brokers.join(",")} --alter --entity-type topics --entity-name ${topic} --add-config ${TIMESTAMP_TYPE_CONFIG}=${LOG_APPEND_TIME}`,
+    fields: { topic, [TIMESTAMP_TYPE_CONFIG]: timestampType },
+  };
+}
+
+/**
+ * Warns once, at start, when model-calls was created without `LogAppendTime` (before the services
+ * created it so, or by hand). It does not refuse to start: the records already in the log keep
+ * the timestamps they have whatever the setting, so refusing would not make them judged by the
+ * broker's clock, and would stop every rollup and alert of a running deployment at an upgrade;
+ * the check still catches an event time wrong against its producer's own send time (a wrong
+ * field, the wrong units). Warns that it could not check when the settings cannot be read.
+ */
+export async function warnUnlessLogAppendTime(
+  reader: TopicConfigReader,
+  topic: string,
+  brokers: readonly string[],
+  logger: OpsLogger,
+): Promise<void> {
+  let timestampType: string | undefined;
+  try {
+    timestampType = (await reader.topicConfig(topic, [TIMESTAMP_TYPE_CONFIG])).get(
+      TIMESTAMP_TYPE_CONFIG,
+    );
+  } catch (error) {
+    logger.warn(`could not read the settings of ${topic}; its timestamp type is not checked`, {
+      topic,
+      error: error instanceof Error ? error.message : String(error),
+    });
+    return;
+  }
+  const warning = timestampTypeWarning(topic, timestampType, brokers);
+  if (warning) logger.warn(warning.message, warning.fields);
 }

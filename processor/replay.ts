@@ -30,7 +30,7 @@ import {
 } from "../kafka/index.js";
 import { MICROS_PER_MILLI, parseMetricsConfig, windowOf } from "../metrics/index.js";
 import { checkpointTopic, homeOf, readLayout } from "./checkpoints.js";
-import { PartitionDriver } from "./driver.js";
+import { PartitionDriver, type TimeBounds } from "./driver.js";
 import type { WindowSettings } from "./partition.js";
 
 /** Where a replay starts. */
@@ -67,6 +67,10 @@ export interface ReplayOptions extends EndpointOptions {
   readonly graceMs?: number;
   /** Must equal the live processor's (default 3 600 000). */
   readonly allowedLatenessMs?: number;
+  /** Must equal the live processor's (default 300 000): see `ProcessorOptions.maxClockSkewMs`. */
+  readonly maxClockSkewMs?: number;
+  /** Must equal the live processor's (default 0: no limit): see `ProcessorOptions.maxEventAgeMs`. */
+  readonly maxEventAgeMs?: number;
   /** Thresholds and rules (as the processor's `metrics`). */
   readonly metrics?: unknown;
   /** Only these services' rollups and alerts are emitted (all partitions are still read). */
@@ -92,8 +96,13 @@ export interface ReplaySummary {
   readonly ticks: number;
   /** Progress records of source partitions. */
   readonly progress: number;
-  /** Records that did not decode or validate (the live processor dead-lettered them), by code. */
+  /**
+   * Records the live processor dead-lettered, by code: those that did not decode or validate, and
+   * events whose time is out of bounds of their log time (CLOCK_SKEW, TOO_OLD).
+   */
   readonly invalid: Readonly<Record<string, number>>;
+  /** Watermark ticks and progress records ignored: their time is ahead of their log time. */
+  readonly ignoredTicks: number;
   /** Events beyond the grace period (counted in `late` of their service's rollups). */
   readonly late: number;
   /** Closed (service, window) pairs emitted: service-total rollups. */
@@ -142,6 +151,10 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
     thresholds: metrics.thresholds,
     rules: metrics.rules,
   };
+  const bounds: TimeBounds = {
+    maxClockSkewMicros: config.maxClockSkewMs * MICROS_PER_MILLI,
+    maxEventAgeMicros: config.maxEventAgeMs * MICROS_PER_MILLI,
+  };
   const kafka: KafkaSettings = { brokers: connection.kafkaBrokers, clientId: config.clientId };
   const from = options.from ?? { kind: "beginning" };
   const services = config.services ? new Set(config.services) : undefined;
@@ -175,6 +188,7 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
     copies: 0,
     ticks: 0,
     progress: 0,
+    ignoredTicks: 0,
     late: 0,
     windows: 0,
     rollups: 0,
@@ -188,7 +202,13 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
   await streamTopicRanges(kafka, topic, ranges, async (partition, records) => {
     let driver = drivers.get(partition);
     if (!driver) {
-      driver = new PartitionDriver(settings, { partition, homePartitions, homeOf: home }, codec);
+      driver = new PartitionDriver(
+        settings,
+        { partition, homePartitions, homeOf: home },
+        codec,
+        undefined,
+        bounds,
+      );
       if (from.kind === "time")
         driver.withholdPartialWindows(roundUp(from.timestampMs * MICROS_PER_MILLI));
       else if (from.kind === "offset" || trimmed.has(partition)) driver.withholdPartialWindows();
@@ -203,6 +223,13 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
       if (fed.type === "skipped") continue;
       if (fed.type === "invalid") {
         invalid[fed.read.code] = (invalid[fed.read.code] ?? 0) + 1;
+        continue;
+      }
+      if (fed.type === "rejected") {
+        // As the live processor: events dead-lettered, ticks and progress records ignored.
+        if (fed.input.type === "event" || fed.input.type === "copy")
+          invalid[fed.code] = (invalid[fed.code] ?? 0) + 1;
+        else counters.ignoredTicks++;
         continue;
       }
       if (fed.type === "retry") throw new Error(`${fed.message} at ${where(record)}`);

@@ -8,7 +8,11 @@
 export type { ModelCallEvent, CallKind, CallStatus, TokenSource } from "../avro/generated.js";
 export { ConfigError, ObservatoryError, RetryExhaustedError } from "../config/index.js";
 export type { ErrorContext, ErrorDescription } from "../config/index.js";
-export { KafkaExporter, type KafkaExporterOptions } from "./exporters/kafka.js";
+export {
+  KafkaExporter,
+  type KafkaExporterOptions,
+  type KafkaExporterStats,
+} from "./exporters/kafka.js";
 export { InMemoryExporter } from "./exporters/memory.js";
 export type {
   EventExporter,
@@ -16,7 +20,7 @@ export type {
   FlushResult,
   OverflowPolicy,
 } from "./exporters/types.js";
-export { instrument, MCPInterceptor } from "./interceptor.js";
+export { instrument, MCPInterceptor, TRUNCATION_MARKER } from "./interceptor.js";
 export { silentLogger, stderrLogger, type Logger } from "./logger.js";
 export { instrumentMcpServer, type McpInstrumentation } from "./mcp.js";
 export type { AlertEvent } from "../avro/generated.js";

@@ -10,7 +10,12 @@ import { hostname } from "node:os";
 import { performance } from "node:perf_hooks";
 
 import { MODEL_CALL_EVENT } from "../avro/contracts.js";
-import type { ModelCallEvent, TokenSource } from "../avro/generated.js";
+import {
+  MODEL_CALL_EVENT_SCHEMA,
+  type ModelCallEvent,
+  type TokenSource,
+} from "../avro/generated.js";
+import { fieldLimits } from "../avro/validate.js";
 import { ConfigError } from "../config/index.js";
 import { MICROS_PER_MILLI, parseMetricsConfig } from "../metrics/index.js";
 import type { EventExporter, FlushResult } from "./exporters/types.js";
@@ -35,6 +40,124 @@ interface Tokens {
 
 const INT_MAX = 2 ** 31 - 1;
 
+/** What a value cut to a limit ends with (within the limit). */
+export const TRUNCATION_MARKER = "…[truncated]";
+const MARKER_BYTES = Buffer.byteLength(TRUNCATION_MARKER, "utf8");
+const NUL = "\u0000";
+/** What a NUL character in a string becomes: PostgreSQL's text cannot hold U+0000. */
+const NUL_REPLACEMENT = "\uFFFD";
+
+/** A limit the contract's ModelCallEvent schema sets (its `.avsc` attributes). */
+function limit(
+  field: string,
+  which: "maxLength" | "maxEntries" | "maxKeyLength" | "maxValueLength",
+): number {
+  const value = fieldLimits(MODEL_CALL_EVENT_SCHEMA, field)[which];
+  if (value === undefined) throw new Error(`ModelCallEvent.${field} has no ${which}`);
+  return value;
+}
+
+/** Most UTF-16 code units of a name (service, model, tool name …): the contract's. */
+const NAME_MAX = {
+  service: limit("service", "maxLength"),
+  serviceInstance: limit("service_instance", "maxLength"),
+  provider: limit("provider", "maxLength"),
+  model: limit("model", "maxLength"),
+  toolName: limit("tool_name", "maxLength"),
+  mcpMethod: limit("mcp_method", "maxLength"),
+  errorType: limit("error_type", "maxLength"),
+} as const;
+const ATTRIBUTES_MAX = {
+  entries: limit("attributes", "maxEntries"),
+  key: limit("attributes", "maxKeyLength"),
+  value: limit("attributes", "maxValueLength"),
+} as const;
+
+/** Default {@link InstrumentOptions.maxEventBytes}: below Kafka's default 1 MB message limit. */
+const DEFAULT_MAX_EVENT_BYTES = 900_000;
+const MIN_MAX_EVENT_BYTES = 4096;
+/**
+ * Bytes an encoded event takes besides its strings' UTF-8, at most: the wire header (5), numbers
+ * (varints of at most 10 bytes), doubles, flags, enum and union indexes, the two digests and
+ * the map's block counts come to about 210. Each string adds its length prefix ({@link
+ * STRING_PREFIX_BYTES}).
+ */
+const FIXED_EVENT_BYTES = 256;
+const STRING_PREFIX_BYTES = 5;
+
+/**
+ * `text` within `max` UTF-16 code units: when longer, cut to end with {@link TRUNCATION_MARKER}
+ * at exactly `max` units or one less (a surrogate pair is never split).
+ */
+export function truncateText(text: string, max: number): string {
+  if (text.length <= max) return text;
+  if (max < TRUNCATION_MARKER.length) return TRUNCATION_MARKER.slice(0, max);
+  let end = max - TRUNCATION_MARKER.length;
+  const last = text.charCodeAt(end - 1);
+  if (last >= 0xd800 && last <= 0xdbff) end--;
+  return text.slice(0, end) + TRUNCATION_MARKER;
+}
+
+/**
+ * `text` within `maxBytes` bytes of UTF-8 (its UTF-8 size given as `bytes`): when larger, cut at
+ * a character boundary to end with {@link TRUNCATION_MARKER} (empty when not even that fits).
+ */
+function truncateUtf8(text: string, bytes: number, maxBytes: number): string {
+  if (bytes <= maxBytes) return text;
+  if (maxBytes < MARKER_BYTES) return "";
+  const encoded = Buffer.from(text, "utf8");
+  let end = maxBytes - MARKER_BYTES;
+  // encoded[end] is the first byte left out: a continuation byte means a character is cut.
+  while (end > 0 && ((encoded[end] ?? 0) & 0xc0) === 0x80) end--;
+  return encoded.toString("utf8", 0, end) + TRUNCATION_MARKER;
+}
+
+/** UTF-8 bytes of a nullable string, at most: 3 per UTF-16 code unit. */
+function maxUtf8(text: string | null): number {
+  return text === null ? 0 : text.length * 3;
+}
+
+function utf8(text: string | null): number {
+  return text === null ? 0 : Buffer.byteLength(text, "utf8");
+}
+
+/**
+ * An upper bound of an event's encoded size with `bytesOf` as the size of each string: the
+ * fixed allowance, then every string with its length prefix. `content` false leaves the prompt
+ * and response text out.
+ */
+function eventBytes(
+  event: ModelCallEvent,
+  bytesOf: (text: string | null) => number,
+  content: boolean,
+): number {
+  let total =
+    FIXED_EVENT_BYTES +
+    bytesOf(event.event_id) +
+    bytesOf(event.trace_id) +
+    bytesOf(event.span_id) +
+    bytesOf(event.parent_span_id) +
+    bytesOf(event.service) +
+    bytesOf(event.service_instance) +
+    bytesOf(event.provider) +
+    bytesOf(event.model) +
+    bytesOf(event.tool_name) +
+    bytesOf(event.mcp_method) +
+    bytesOf(event.error_type) +
+    13 * STRING_PREFIX_BYTES;
+  if (content) total += bytesOf(event.prompt_text) + bytesOf(event.response_text);
+  for (const key in event.attributes)
+    total += bytesOf(key) + bytesOf(event.attributes[key] ?? "") + 2 * STRING_PREFIX_BYTES;
+  return total;
+}
+
+/** How many NUL characters `text` holds. */
+function countNuls(text: string): number {
+  let count = 0;
+  for (let at = text.indexOf(NUL); at !== -1; at = text.indexOf(NUL, at + 1)) count++;
+  return count;
+}
+
 /** Formats integer nano-USD as a decimal string of USD with 9 decimals. */
 function nanoToUsd(nano: number): string {
   const whole = Math.floor(nano / 1e9);
@@ -44,6 +167,21 @@ function nanoToUsd(nano: number): string {
 function toMs(value: Date | number | undefined): number | undefined {
   if (value === undefined) return undefined;
   return value instanceof Date ? value.getTime() : value;
+}
+
+/**
+ * A name from the options, within the contract: no NUL, at most `max` characters.
+ *
+ * @throws {ConfigError} naming the option.
+ */
+function checkedName(key: string, value: string, max: number): string {
+  if (value.includes(NUL)) throw new ConfigError(key, "must not contain a NUL character (U+0000)");
+  if (value.length > max)
+    throw new ConfigError(
+      key,
+      `at most ${max} characters (UTF-16 code units) are allowed (got ${value.length})`,
+    );
+  return value;
 }
 
 function errorTypeOf(error: unknown): string {
@@ -75,6 +213,7 @@ export class MCPInterceptor {
   private readonly redact: ((text: string, part: "prompt" | "response") => string) | undefined;
   private readonly logger: Logger;
   private readonly now: () => number;
+  private readonly maxEventBytes: number;
   private shutdownPromise: Promise<FlushResult> | undefined;
   private readonly pending = new Set<Promise<unknown>>();
   private counters = {
@@ -82,6 +221,8 @@ export class MCPInterceptor {
     tokensEstimated: 0,
     unpriced: 0,
     invalidInputs: 0,
+    contentTruncated: 0,
+    oversized: 0,
     internalErrors: 0,
   };
 
@@ -89,9 +230,20 @@ export class MCPInterceptor {
   constructor(options: InstrumentOptions) {
     if (typeof options.serviceName !== "string" || options.serviceName.trim() === "")
       throw new ConfigError("serviceName", "a non-empty service name is required");
-    this.serviceName = options.serviceName;
-    this.serviceInstance = options.serviceInstance ?? `${hostname()}-${process.pid}`;
+    this.serviceName = checkedName("serviceName", options.serviceName, NAME_MAX.service);
+    const pid = `-${process.pid}`;
+    this.serviceInstance =
+      options.serviceInstance === undefined
+        ? `${hostname().slice(0, NAME_MAX.serviceInstance - pid.length)}${pid}`
+        : checkedName("serviceInstance", options.serviceInstance, NAME_MAX.serviceInstance);
     if (this.serviceInstance === "") throw new ConfigError("serviceInstance", "must not be empty");
+    const maxEventBytes = options.maxEventBytes ?? DEFAULT_MAX_EVENT_BYTES;
+    if (!Number.isInteger(maxEventBytes) || maxEventBytes < MIN_MAX_EVENT_BYTES)
+      throw new ConfigError(
+        "maxEventBytes",
+        `expected an integer of at least ${MIN_MAX_EVENT_BYTES} bytes (got ${maxEventBytes})`,
+      );
+    this.maxEventBytes = maxEventBytes;
     const rollingWindowMs = options.rollingWindowMs ?? 300_000;
     const bucketMs = options.bucketMs ?? 10_000;
     if (!Number.isInteger(rollingWindowMs) || rollingWindowMs <= 0)
@@ -230,10 +382,10 @@ export class MCPInterceptor {
     return this.local.activeAlerts(Math.round(this.now() * MICROS_PER_MILLI));
   }
 
-  /** The interceptor's counters and its exporter's (sent, dropped, retried, buffered). */
+  /** The interceptor's counters and its exporter's (sent, dropped, retried, buffered, tooLarge). */
   getCounters(): InterceptorCounters {
     const exporter = this.exporter?.stats() ?? { sent: 0, dropped: 0, retried: 0, buffered: 0 };
-    return { ...this.counters, ...exporter };
+    return { ...this.counters, ...exporter, tooLarge: exporter.tooLarge ?? 0 };
   }
 
   /** Finishes spans still being recorded, then delivers what the exporter buffers. */
@@ -291,7 +443,7 @@ export class MCPInterceptor {
     }
     this.local.record(event);
     this.counters.recorded++;
-    if (this.exporter) {
+    if (this.exporter && this.fits(event)) {
       try {
         const pending = this.exporter.export(event);
         if (pending) await pending;
@@ -300,6 +452,52 @@ export class MCPInterceptor {
       }
     }
     return event;
+  }
+
+  /**
+   * Whether the event fits {@link maxEventBytes}; one that does not (even without its text, which
+   * {@link fitContent} cut already) is counted and reported, not exported.
+   */
+  private fits(event: ModelCallEvent): boolean {
+    if (eventBytes(event, maxUtf8, true) <= this.maxEventBytes) return true;
+    const bytes = eventBytes(event, utf8, true);
+    if (bytes <= this.maxEventBytes) return true;
+    this.counters.oversized++;
+    try {
+      this.logger.warn("event over the maximum event size even without its text; not exported", {
+        service: this.serviceName,
+        bytes,
+        maxEventBytes: this.maxEventBytes,
+      });
+    } catch {
+      // The logger itself failed; the count stays.
+    }
+    return false;
+  }
+
+  /**
+   * Cuts the prompt and response text (with the marker) so the event fits {@link maxEventBytes},
+   * sharing the room: a text that needs less than half keeps all of it, the other gets the rest.
+   * Leaves the text alone when the event does not fit even without it ({@link fits} says so).
+   */
+  private fitContent(event: {
+    -readonly [K in keyof ModelCallEvent]: ModelCallEvent[K];
+  }): void {
+    if (event.prompt_text === null && event.response_text === null) return;
+    if (eventBytes(event, maxUtf8, true) <= this.maxEventBytes) return;
+    const room = this.maxEventBytes - eventBytes(event, utf8, false);
+    if (room < 0) return;
+    const prompt = utf8(event.prompt_text);
+    const response = utf8(event.response_text);
+    if (prompt + response <= room) return;
+    const half = Math.floor(room / 2);
+    const promptRoom = response <= half ? room - response : prompt <= half ? prompt : half;
+    const responseRoom = room - Math.min(prompt, promptRoom);
+    if (event.prompt_text !== null)
+      event.prompt_text = truncateUtf8(event.prompt_text, prompt, promptRoom);
+    if (event.response_text !== null)
+      event.response_text = truncateUtf8(event.response_text, response, responseRoom);
+    this.counters.contentTruncated++;
   }
 
   private reportedTokens(input: SpanInput): Tokens | undefined {
@@ -329,12 +527,39 @@ export class MCPInterceptor {
   }
 
   private buildEvent(input: SpanInput, context: TraceContext, tokens: Tokens): ModelCallEvent {
-    const attributes: Record<string, string> = { ...input.attributes };
-    const invalid = (field: string, value: unknown): null => {
+    const notes: Record<string, string> = {};
+    /** Records what was wrong with an input, bounded like any attribute value; counted. */
+    const note = (field: string, text: string): void => {
       this.counters.invalidInputs++;
-      attributes[`mcpo.invalid.${field}`] = String(value);
+      notes[`mcpo.invalid.${field}`] = truncateText(
+        text.includes(NUL) ? text.split(NUL).join(NUL_REPLACEMENT) : text,
+        ATTRIBUTES_MAX.value,
+      );
+    };
+    const invalid = (field: string, value: unknown): null => {
+      note(field, String(value));
       return null;
     };
+    /** The text within the contract: NULs replaced, cut to `max` with the marker; counted. */
+    const clean = (field: string, text: string, max: number): string => {
+      const tooLong = text.length > max;
+      if (!tooLong && !text.includes(NUL)) return text;
+      const what: string[] = [];
+      let result = text;
+      const nuls = countNuls(result);
+      if (nuls > 0) {
+        result = result.split(NUL).join(NUL_REPLACEMENT);
+        what.push(`${nuls} NUL character(s) replaced by U+FFFD`);
+      }
+      if (tooLong) {
+        what.push(`truncated from ${text.length} to ${max} characters (UTF-16 code units)`);
+        result = truncateText(result, max);
+      }
+      note(field, what.join("; "));
+      return result;
+    };
+    const name = (value: string | undefined, field: keyof typeof NAME_MAX): string | null =>
+      value === undefined ? null : clean(field, value, NAME_MAX[field]);
     const unit = (value: number | null | undefined, field: string): number | null => {
       if (value === undefined || value === null) return null;
       return typeof value === "number" && value >= 0 && value <= 1 ? value : invalid(field, value);
@@ -344,6 +569,8 @@ export class MCPInterceptor {
       if (value === undefined || value === null) return null;
       return typeof value === "boolean" ? value : invalid(field, value);
     };
+
+    const attributes = this.cleanAttributes(input.attributes);
 
     const nowMs = this.now();
     let endMs = toMs(input.endTime) ?? nowMs;
@@ -364,7 +591,8 @@ export class MCPInterceptor {
 
     const hasError = input.error !== undefined || input.errorType !== undefined;
     const status = input.status ?? (hasError ? "error" : "ok");
-    const model = input.model ?? null;
+    const model = name(input.model, "model");
+    const provider = name(input.provider, "provider");
     const cost =
       model === null || tokens.prompt === null || tokens.completion === null
         ? null
@@ -374,7 +602,13 @@ export class MCPInterceptor {
 
     const prompt = input.prompt;
     const response = input.response;
-    const event: ModelCallEvent = {
+    const text = (value: string | undefined, part: "prompt" | "response"): string | null => {
+      if (!this.captureContent || value === undefined) return null;
+      const redacted = this.redacted(value, part);
+      // Content has no length limit of its own (the event's size bounds it): only NULs go.
+      return redacted === null ? null : clean(part, redacted, Number.POSITIVE_INFINITY);
+    };
+    const event: { -readonly [K in keyof ModelCallEvent]: ModelCallEvent[K] } = {
       event_id: randomUUID(),
       trace_id: context.traceId,
       span_id: context.spanId,
@@ -382,10 +616,10 @@ export class MCPInterceptor {
       kind: input.kind ?? "model_call",
       service: this.serviceName,
       service_instance: this.serviceInstance,
-      provider: input.provider ?? null,
+      provider,
       model,
-      tool_name: input.toolName ?? null,
-      mcp_method: attributes["mcp.method.name"] ?? null,
+      tool_name: name(input.toolName, "toolName"),
+      mcp_method: name(attributes.get("mcp.method.name"), "mcpMethod"),
       start_time: Math.round(startMs * MICROS_PER_MILLI),
       end_time: Math.round(endMs * MICROS_PER_MILLI),
       prompt_tokens: tokens.prompt,
@@ -403,18 +637,86 @@ export class MCPInterceptor {
       is_golden_financial_scenario: input.isGoldenFinancialScenario === true,
       golden_scenario_passed: flag(input.goldenScenarioPassed, "goldenScenarioPassed"),
       status,
-      error_type: status === "error" ? (input.errorType ?? errorTypeOf(input.error)) : null,
+      error_type:
+        status === "error" ? name(input.errorType ?? errorTypeOf(input.error), "errorType") : null,
       prompt_size_bytes: prompt === undefined ? null : Buffer.byteLength(prompt, "utf8"),
       response_size_bytes: response === undefined ? null : Buffer.byteLength(response, "utf8"),
       prompt_sha256: prompt === undefined ? null : hash("sha256", prompt, "buffer"),
       response_sha256: response === undefined ? null : hash("sha256", response, "buffer"),
-      prompt_text:
-        this.captureContent && prompt !== undefined ? this.redacted(prompt, "prompt") : null,
-      response_text:
-        this.captureContent && response !== undefined ? this.redacted(response, "response") : null,
-      attributes: Object.freeze(attributes),
+      prompt_text: text(prompt, "prompt"),
+      response_text: text(response, "response"),
+      attributes: Object.freeze(this.withNotes(attributes, notes)),
     };
+    this.fitContent(event);
     return Object.freeze(event);
+  }
+
+  /**
+   * The host's attributes within the contract's limits: keys and values cut to their maximum
+   * length with the marker, NULs replaced, values that are not strings (JavaScript callers)
+   * turned into strings. Each such attribute counts as an invalid input; `summary` says what was
+   * done (for the `mcpo.invalid.attributes` note).
+   */
+  private cleanAttributes(
+    input: Readonly<Record<string, unknown>> | undefined,
+  ): Map<string, string> & { summary?: string } {
+    const attributes: Map<string, string> & { summary?: string } = new Map();
+    let keys = 0;
+    let values = 0;
+    for (const [rawKey, rawValue] of Object.entries(input ?? {})) {
+      let key = rawKey;
+      if (key.length > ATTRIBUTES_MAX.key || key.includes(NUL)) {
+        key = truncateText(key.split(NUL).join(NUL_REPLACEMENT), ATTRIBUTES_MAX.key);
+        keys++;
+      }
+      let value = typeof rawValue === "string" ? rawValue : String(rawValue);
+      if (value !== rawValue || value.length > ATTRIBUTES_MAX.value || value.includes(NUL)) {
+        value = truncateText(value.split(NUL).join(NUL_REPLACEMENT), ATTRIBUTES_MAX.value);
+        values++;
+      }
+      attributes.set(key, value);
+    }
+    this.counters.invalidInputs += keys + values;
+    const what: string[] = [];
+    if (keys > 0)
+      what.push(`${keys} key(s) cut to ${ATTRIBUTES_MAX.key} characters or with NULs replaced`);
+    if (values > 0)
+      what.push(
+        `${values} value(s) made strings, cut to ${ATTRIBUTES_MAX.value} characters or with NULs replaced`,
+      );
+    if (what.length > 0) attributes.summary = what.join("; ");
+    return attributes;
+  }
+
+  /**
+   * The event's attributes: the host's, then the notes on invalid inputs (`mcpo.invalid.*`),
+   * within the contract's number of entries: the host's last attributes are left out to make
+   * room (counted, and said in `mcpo.invalid.attributes`).
+   */
+  private withNotes(
+    attributes: Map<string, string> & { summary?: string },
+    notes: Readonly<Record<string, string>>,
+  ): Record<string, string> {
+    const noteCount = Object.keys(notes).length;
+    let summary = attributes.summary;
+    let room = ATTRIBUTES_MAX.entries - noteCount - (summary === undefined ? 0 : 1);
+    if (attributes.size > room && summary === undefined) room--;
+    const leftOut = Math.max(0, attributes.size - room);
+    if (leftOut > 0) {
+      this.counters.invalidInputs++;
+      const said = `${leftOut} attribute(s) over the limit of ${ATTRIBUTES_MAX.entries} left out`;
+      summary = summary === undefined ? said : `${summary}; ${said}`;
+    }
+    const result: Record<string, string> = {};
+    let kept = 0;
+    for (const [key, value] of attributes) {
+      if (kept++ >= room) break;
+      result[key] = value;
+    }
+    Object.assign(result, notes);
+    if (summary !== undefined)
+      result["mcpo.invalid.attributes"] = truncateText(summary, ATTRIBUTES_MAX.value);
+    return result;
   }
 
   /** A reported token count, or null (counted as invalid) when it is not a non-negative integer. */

@@ -41,9 +41,10 @@ export class LocalMetrics {
     this.driver = new LocalDriver({ ...DEFAULT_WINDOW_SETTINGS, thresholds, rules });
   }
 
-  record(event: ModelCallEvent): void {
+  /** Adds a call recorded at `nowMs` (wall clock); one the skew rule refuses changes nothing. */
+  record(event: ModelCallEvent, nowMs: number = Date.now()): void {
+    if (this.driver.record(event, nowMs).rejected) return;
     this.windows.add(event);
-    this.driver.record(event);
   }
 
   /** A rollup of the rolling window ending at `nowMicros` (its window is the covered span). */

@@ -80,11 +80,24 @@ export interface InstrumentOptions {
   readonly prices?: Readonly<Record<string, ModelPrice>>;
   /** Estimate tokens with the tokenizer when no usage is reported (default true). */
   readonly estimateTokens?: boolean;
-  /** Ship prompt and response text (default false); they pass `redact` first. */
+  /**
+   * Ship prompt and response text (default false); they pass `redact` first. An event whose text
+   * would take it over {@link InstrumentOptions.maxEventBytes} ships the text cut to fit, ending
+   * with `…[truncated]` (the event's `prompt_size_bytes` and `prompt_sha256` stay the whole
+   * prompt's, likewise for the response).
+   */
   readonly captureContent?: boolean;
   /** Applied to prompt and response text before it is shipped. */
   readonly redact?: (text: string, part: "prompt" | "response") => string;
   readonly logger?: Logger;
+  /**
+   * The most bytes one event may take encoded (Confluent wire format, counted as an upper bound:
+   * the UTF-8 size of its text plus an allowance for the rest). Default 900 000, below Kafka's
+   * default 1 MB message limit; at least 4096. Prompt and response text are cut to fit first;
+   * an event that does not fit even without them is not exported (counted in `oversized`). With
+   * the contract's limits on names and attributes that only happens below about 500 000 bytes.
+   */
+  readonly maxEventBytes?: number;
   /** Wall clock in ms (injectable for tests). */
   readonly now?: () => number;
 }
@@ -128,14 +141,28 @@ export interface InterceptorCounters {
   readonly tokensEstimated: number;
   /** Calls whose model had no known price. */
   readonly unpriced: number;
-  /** Input values that were out of range and replaced by null (see the event's attributes). */
+  /**
+   * Input values the contract refuses, made valid: out of range and replaced by null, longer than
+   * the contract's limit and truncated (ending with `…[truncated]`), NUL characters replaced by
+   * U+FFFD, attributes over the limit left out. One per field; the event's `mcpo.invalid.<field>`
+   * attributes say what was done.
+   */
   readonly invalidInputs: number;
+  /** Events whose prompt or response text was cut to fit `maxEventBytes`. */
+  readonly contentTruncated: number;
+  /** Events over `maxEventBytes` even without their text: counted locally, not exported. */
+  readonly oversized: number;
   /** Failures inside the interceptor, reported to the logger, never to the host. */
   readonly internalErrors: number;
   readonly sent: number;
   readonly dropped: number;
   readonly retried: number;
   readonly buffered: number;
+  /**
+   * Of `dropped`: events the destination refused as too large even alone (KafkaExporter: larger
+   * than the broker's or topic's message size limit); 0 for exporters without such a limit.
+   */
+  readonly tooLarge: number;
 }
 
 export type { AlertRule };

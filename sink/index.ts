@@ -7,6 +7,15 @@
 export { listMigrations, migrate, MIGRATIONS_DIR, type Migration } from "./migrate.js";
 export { Sink, type SinkOptions, type SinkStats } from "./sink.js";
 export {
+  classifyPgError,
+  isTransientPgError,
+  recordRejection,
+  sqlstateOf,
+  type PgErrorKind,
+  type RecordRejection,
+} from "./pg-errors.js";
+export { writeIsolating, type IsolationSteps, type Rejected } from "./isolate.js";
+export {
   PostgresWriter,
   modelOfRow,
   rollupScope,

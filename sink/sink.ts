@@ -5,6 +5,10 @@
  * (not the group's), so a crash between the write and the Kafka commit neither duplicates nor
  * loses anything. Undecodable records go to the dead-letter topic; PostgreSQL being down pauses
  * the partition (the batch is retried with backoff and jitter, heartbeats continue) until it is back.
+ * A record PostgreSQL refuses for what it holds (see sink/pg-errors.ts) is isolated by bisecting
+ * the batch and dead-lettered (`DB_REJECTED`, with its SQLSTATE), the rest of the batch written
+ * and the position stored past it: it never stalls its partition. Dead letters go out in sends the
+ * broker takes, each truncated to fit when its record is bigger than that.
  */
 import { randomUUID } from "node:crypto";
 
@@ -26,6 +30,7 @@ import {
   TopicReplacedError,
   type BatchControl,
   type ConsumedBatch,
+  type ConsumedRecord,
   type GroupConsumerOptions,
   type KafkaSettings,
   type OutgoingRecord,
@@ -34,16 +39,28 @@ import {
 import { pinoLogger, type OpsLogger } from "../ops/index.js";
 import {
   ConsumerService,
+  DEAD_LETTER_MAX_BYTES,
   deadLetterRecord,
   healPosition,
   pauseWithHeartbeats,
   pipelineTopics,
+  recordBytes,
   Tally,
   type TopicSpec,
 } from "../ops/service.js";
+import { writeIsolating } from "./isolate.js";
 import { SinkMetrics } from "./metrics.js";
 import { migrate } from "./migrate.js";
-import { openPool, PostgresWriter, type SpanRow } from "./writer.js";
+import { classifyPgError, sqlstateOf, type RecordRejection } from "./pg-errors.js";
+import { openPool, PostgresWriter, type OffsetRow, type SpanRow } from "./writer.js";
+
+/** A decoded record of a batch and the row it becomes (one of the three, by its topic). */
+interface BatchRow {
+  readonly record: ConsumedRecord;
+  readonly span?: SpanRow;
+  readonly rollup?: MetricRollup;
+  readonly alert?: AlertEvent;
+}
 
 /** Settings of {@link Sink}; each falls back to the environment, then a default. */
 export interface SinkOptions {
@@ -322,9 +339,7 @@ export class Sink extends ConsumerService<SinkStats> {
     }
     this.sought.delete(where);
     const codecs = this.pipelineCodecs;
-    const spans: SpanRow[] = [];
-    const rollups: MetricRollup[] = [];
-    const alerts: AlertEvent[] = [];
+    const rows: BatchRow[] = [];
     const dead: OutgoingRecord[] = [];
     for (const record of batch.records) {
       if (stored !== undefined && BigInt(record.offset) < stored) continue; // already written
@@ -350,18 +365,19 @@ export class Sink extends ConsumerService<SinkStats> {
         continue;
       }
       if (batch.topic === this.topics.modelCalls)
-        spans.push({
-          event: decoded.value as ModelCallEvent,
-          source: { topic: record.topic, partition: record.partition, offset: record.offset },
+        rows.push({
+          record,
+          span: {
+            event: decoded.value as ModelCallEvent,
+            source: { topic: record.topic, partition: record.partition, offset: record.offset },
+          },
         });
       else if (batch.topic === this.topics.metricRollups)
-        rollups.push(decoded.value as MetricRollup);
-      else alerts.push(decoded.value as AlertEvent);
+        rows.push({ record, rollup: decoded.value as MetricRollup });
+      else rows.push({ record, alert: decoded.value as AlertEvent });
     }
     if (dead.length > 0) {
-      await this.withRetry(control, () =>
-        this.startedProducer.send(this.topics.deadLetter, dead, "gzip"),
-      );
+      await this.sendDeadLetters(control, dead);
       for (const record of dead)
         this.count.deadLettered.inc(1, {
           code: record.headers?.["mcpo-dlq-code"]?.toString() ?? "unknown",
@@ -373,22 +389,46 @@ export class Sink extends ConsumerService<SinkStats> {
       });
     }
     const nextOffset = (BigInt(last.offset) + 1n).toString();
-    const result = await this.withRetry(control, () =>
-      (this.writer as PostgresWriter).write({
-        spans,
-        rollups,
-        alerts,
-        offsets: [
-          {
-            group: this.groupId,
-            topic: batch.topic,
-            partition: batch.partition,
-            nextOffset,
-            ...this.topicIdOf(batch.topic),
-          },
-        ],
-      }),
-    );
+    const writer = this.writer as PostgresWriter;
+    const positionAt = (offset: string): OffsetRow => ({
+      group: this.groupId,
+      topic: batch.topic,
+      partition: batch.partition,
+      nextOffset: offset,
+      ...this.topicIdOf(batch.topic),
+    });
+    const result = {
+      spansInserted: 0,
+      spansDuplicate: 0,
+      rollupsUpserted: 0,
+      rollupsSuperseded: 0,
+      alertsUpserted: 0,
+    };
+    let position: string | undefined;
+    // The rows and the position in one transaction; rows PostgreSQL refuses for what they hold
+    // are isolated and dead-lettered, each before the position moves past it.
+    await writeIsolating(rows, {
+      write: async (chunk, _from, to) => {
+        // Every record before the chunk is written or dead-lettered: the position may move to
+        // the first record after it.
+        const at = rows[to]?.record.offset ?? nextOffset;
+        const written = await this.withRetry(control, () =>
+          writer.write({
+            spans: chunk.flatMap((row) => (row.span ? [row.span] : [])),
+            rollups: chunk.flatMap((row) => (row.rollup ? [row.rollup] : [])),
+            alerts: chunk.flatMap((row) => (row.alert ? [row.alert] : [])),
+            offsets: [positionAt(at)],
+          }),
+        );
+        for (const name of Object.keys(result) as (keyof typeof result)[])
+          result[name] += written[name];
+        position = at;
+      },
+      reject: (row, _index, rejection) => this.refused(control, row.record, rejection),
+    });
+    // The batch ended with refused records: the position moves past them too.
+    if (position !== nextOffset)
+      await this.withRetry(control, () => writer.write({ offsets: [positionAt(nextOffset)] }));
     this.stored?.set(`${batch.topic}|${batch.partition}`, BigInt(nextOffset));
     this.count.batches.inc();
     this.count.spansInserted.inc(result.spansInserted);
@@ -419,19 +459,77 @@ export class Sink extends ConsumerService<SinkStats> {
       maxAttempts: Number.POSITIVE_INFINITY,
       baseDelayMs: this.retryInitialMs,
       maxDelayMs: this.retryMaxMs,
-      shouldRetry: () => control.isRunning(),
+      // Rows PostgreSQL refuses for what they hold fail the same way every time: they are
+      // isolated (see writeIsolating), not retried. Anything else is retried while running.
+      shouldRetry: (error: unknown) => control.isRunning() && classifyPgError(error) !== "record",
     };
     return retry(() => work(), policy, {
       sleep: (ms) => pauseWithHeartbeats(control, ms),
       onRetry: (error, attempt, waitMs) => {
         this.count.retries.inc();
+        const sqlstate = sqlstateOf(error);
         this.logger.warn("write failed; retrying", {
           error: error.message,
+          ...(sqlstate === undefined ? {} : { sqlstate }),
           // The backoff (doubling up to the cap); the wait is a random part of it.
           delayMs: backoffCeiling(policy, attempt - 1),
           waitMs: Math.round(waitMs),
         });
       },
+    });
+  }
+
+  /**
+   * Sends dead letters, in sends of at most {@link DEAD_LETTER_MAX_BYTES} (each record is at most
+   * that, see `deadLetterRecord`), so that no send is bigger than the broker takes; each retried
+   * until it succeeds or the consumer stops.
+   */
+  private async sendDeadLetters(
+    control: BatchControl,
+    letters: readonly OutgoingRecord[],
+  ): Promise<void> {
+    let group: OutgoingRecord[] = [];
+    let bytes = 0;
+    const send = async (): Promise<void> => {
+      const records = group;
+      group = [];
+      bytes = 0;
+      if (records.length > 0)
+        await this.withRetry(control, () =>
+          this.startedProducer.send(this.topics.deadLetter, records, "gzip"),
+        );
+    };
+    for (const letter of letters) {
+      const size = recordBytes(letter);
+      if (bytes + size > DEAD_LETTER_MAX_BYTES) await send();
+      group.push(letter);
+      bytes += size;
+    }
+    await send();
+  }
+
+  /**
+   * A record PostgreSQL refused for what it holds: dead-lettered (`DB_REJECTED`, its SQLSTATE in
+   * `mcpo-dlq-sqlstate` and the reason) before the partition's position moves past it.
+   */
+  private async refused(
+    control: BatchControl,
+    record: ConsumedRecord,
+    rejection: RecordRejection,
+  ): Promise<void> {
+    const reason = `SQLSTATE ${rejection.sqlstate}: ${rejection.message}`;
+    await this.sendDeadLetters(control, [
+      deadLetterRecord(record, "DB_REJECTED", reason, {
+        headers: { "mcpo-dlq-sqlstate": rejection.sqlstate },
+      }),
+    ]);
+    this.count.deadLettered.inc(1, { code: "DB_REJECTED" });
+    this.logger.warn("PostgreSQL refused a record; dead-lettered it", {
+      topic: record.topic,
+      partition: record.partition,
+      offset: record.offset,
+      sqlstate: rejection.sqlstate,
+      reason: rejection.message,
     });
   }
 

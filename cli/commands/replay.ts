@@ -216,6 +216,9 @@ function printReport(report: ReplayReport): void {
         ["events", count(s.events)],
         ["events/s", count(Math.round(s.events / Math.max(seconds, 0.001)))],
         ["watermark ticks", count(s.ticks)],
+        ...(s.ignoredTicks === 0
+          ? []
+          : [["ticks ignored (ahead of their log time)", count(s.ignoredTicks)]]),
         ...(s.copies + s.progress === 0
           ? []
           : [

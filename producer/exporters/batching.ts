@@ -5,7 +5,9 @@
  * (config's `retry`, with no limit on attempts: only the shutdown ends them), so a destination
  * that is down at start or goes down mid-stream only delays delivery. A full buffer follows the
  * overflow policy and counts its drops (one warning per overflow episode).
- * Timers are unref'd: a pending linger or backoff never keeps the process alive.
+ * Timers are unref'd: a pending linger or backoff never keeps the process alive. A flush and the
+ * shutdown do, until they settle (at the latest after their timeout): a process that awaits them
+ * with nothing else to do gets their result rather than exiting with the await unsettled.
  *
  * Subclasses say how to deliver a batch ({@link BatchingExporter.deliver}) and how to let go of
  * their connections ({@link BatchingExporter.release}).
@@ -164,13 +166,14 @@ export abstract class BatchingExporter implements EventExporter {
       return Promise.resolve({ complete: true, remaining: 0 });
     return new Promise((resolve) => {
       let settled = false;
+      // Not unref'd: the flush keeps the process alive until it settles (the timer is cleared
+      // as soon as it does).
       const timer = setTimeout(() => {
         if (settled) return;
         settled = true;
         this.flushWaiters = this.flushWaiters.filter((waiter) => waiter !== done);
         resolve({ complete: false, remaining: this.bufferedEvents() });
       }, timeoutMs);
-      timer.unref();
       const done = (): void => {
         if (settled) return;
         settled = true;
@@ -201,6 +204,17 @@ export abstract class BatchingExporter implements EventExporter {
   }
 
   private async close(timeoutMs: number): Promise<FlushResult> {
+    // The buffer's own timers are unref'd, and releasing connections may wait on promises alone:
+    // this interval keeps the process alive until the shutdown settles.
+    const keepAlive = setInterval(() => undefined, 1000);
+    try {
+      return await this.closeBuffer(timeoutMs);
+    } finally {
+      clearInterval(keepAlive);
+    }
+  }
+
+  private async closeBuffer(timeoutMs: number): Promise<FlushResult> {
     this.state = "closing";
     for (const blocked of this.blocked.splice(0)) {
       clearTimeout(blocked.timer);

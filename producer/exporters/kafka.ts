@@ -3,6 +3,12 @@
  * the model-calls topic, key = service, so one service's events share a partition. Batches go out
  * through an idempotent producer with compression; buffering, batching, retries and overflow are
  * the shared {@link BatchingExporter}'s.
+ *
+ * One event never blocks the others: an event the broker refuses as too large even alone (after
+ * the request that carried it was split, see `createRecordProducer`), or one larger than
+ * `maxRecordBytes` encoded, is dropped, counted (`tooLarge`, part of `dropped`) and reported
+ * with a warning that names its size and service, never its content; the events after it are
+ * sent.
  */
 import { AvroCodec, valueSubject } from "../../avro/codec.js";
 import { MODEL_CALL_EVENT } from "../../avro/contracts.js";
@@ -10,19 +16,35 @@ import type { ModelCallEvent } from "../../avro/generated.js";
 import {
   ConfigError,
   connectionFromOptions,
+  modelCallsTopicConfig,
   topicNames,
   UNLIMITED_RETENTION_MS,
 } from "../../config/index.js";
 import {
   connectAdmin,
   createRecordProducer,
+  DEFAULT_MAX_REQUEST_BYTES,
   KafkaError,
   type Compression,
   type OutgoingRecord,
   type RecordProducer,
+  type RecordTooLargeError,
 } from "../../kafka/index.js";
 import { stderrLogger, type Logger } from "../logger.js";
 import { BatchingExporter, positiveInt, type BatchingOptions } from "./batching.js";
+import type { ExporterStats } from "./types.js";
+
+/** Counters of a {@link KafkaExporter}. */
+export interface KafkaExporterStats extends ExporterStats {
+  /**
+   * Of `dropped`: events too large to send, refused by the broker even alone (larger than the
+   * topic's `max.message.bytes` after compression) or larger than `maxRecordBytes` encoded.
+   */
+  readonly tooLarge: number;
+}
+
+/** Default {@link KafkaExporterOptions.maxRecordBytes}. */
+const DEFAULT_MAX_RECORD_BYTES = 8 * 1024 * 1024;
 
 /** Options of {@link KafkaExporter}; each falls back to the environment, then a default. */
 export interface KafkaExporterOptions extends BatchingOptions {
@@ -37,6 +59,18 @@ export interface KafkaExporterOptions extends BatchingOptions {
   readonly clientId?: string;
   /** Default `gzip`. */
   readonly compression?: Compression;
+  /**
+   * Encoded events larger than this are dropped without being sent (counted in `tooLarge`),
+   * bytes; default 8 MiB. The broker refuses records over its message size limit (1 MiB by
+   * default, after compression) anyway; this keeps far larger ones (which a broker answers by
+   * closing the connection) off the wire.
+   */
+  readonly maxRecordBytes?: number;
+  /**
+   * The most bytes of events in one produce request, before compression (default 512 KiB): each
+   * partition's record batch stays well under the broker's limit.
+   */
+  readonly maxRequestBytes?: number;
   readonly logger?: Logger;
 }
 
@@ -47,13 +81,26 @@ export class KafkaExporter extends BatchingExporter {
   private readonly topicPartitions: number;
   private readonly clientId: string;
   private readonly compression: Compression;
+  private readonly maxRecordBytes: number;
+  private readonly maxRequestBytes: number;
   private producer: RecordProducer | undefined;
   private connected = false;
   private topicReady = false;
   private codec: AvroCodec<ModelCallEvent> | undefined;
-  /** The encoded form of the batch in flight, kept across retries. */
+  private tooLarge = 0;
+  /**
+   * The encoded form of the batch in flight, kept across retries: how many of its records are
+   * settled (acknowledged or refused), and which ones the broker refused as too large.
+   */
   private encoded:
-    { batch: readonly ModelCallEvent[]; records: OutgoingRecord[]; dropped: number } | undefined;
+    | {
+        readonly batch: readonly ModelCallEvent[];
+        readonly records: OutgoingRecord[];
+        readonly dropped: number;
+        settled: number;
+        readonly refused: Set<number>;
+      }
+    | undefined;
 
   /** @throws {ConfigError} naming the option or variable that is invalid. */
   constructor(options: KafkaExporterOptions = {}) {
@@ -72,6 +119,20 @@ export class KafkaExporter extends BatchingExporter {
         `expected none, gzip or snappy (got ${JSON.stringify(compression)})`,
       );
     this.compression = compression;
+    this.maxRecordBytes = positiveInt(
+      "maxRecordBytes",
+      options.maxRecordBytes,
+      DEFAULT_MAX_RECORD_BYTES,
+    );
+    this.maxRequestBytes = positiveInt(
+      "maxRequestBytes",
+      options.maxRequestBytes,
+      DEFAULT_MAX_REQUEST_BYTES,
+    );
+  }
+
+  override stats(): KafkaExporterStats {
+    return { ...super.stats(), tooLarge: this.tooLarge };
   }
 
   /**
@@ -90,29 +151,65 @@ export class KafkaExporter extends BatchingExporter {
       const records: OutgoingRecord[] = [];
       let dropped = 0;
       for (const event of batch) {
+        let value: Buffer;
         try {
-          records.push({
-            key: event.service,
-            value: (this.codec as AvroCodec<ModelCallEvent>).encode(event),
-          });
+          value = (this.codec as AvroCodec<ModelCallEvent>).encode(event);
         } catch (error) {
           dropped++;
           this.logger.error("event cannot be encoded; dropped", {
             error: (error as Error).message,
           });
+          continue;
         }
+        if (value.length > this.maxRecordBytes) {
+          dropped++;
+          this.tooLarge++;
+          this.logger.warn("event too large to send; dropped", {
+            topic: this.topic,
+            service: event.service,
+            eventId: event.event_id,
+            bytes: value.length,
+            maxRecordBytes: this.maxRecordBytes,
+          });
+          continue;
+        }
+        records.push({ key: event.service, value });
       }
-      this.encoded = { batch, records, dropped };
+      this.encoded = { batch, records, dropped, settled: 0, refused: new Set() };
     }
-    if (this.encoded.records.length > 0)
+    const pending = this.encoded;
+    if (pending.settled < pending.records.length) {
+      // After a failure, the records acknowledged already are not sent again.
+      const base = pending.settled;
       await (this.producer as RecordProducer).send(
         this.topic,
-        this.encoded.records,
+        pending.records.slice(base),
         this.compression,
+        {
+          onTooLarge: (error) => {
+            this.refused(pending.refused, base + error.index, error);
+          },
+          onProgress: (_topic, settled) => {
+            pending.settled = base + settled;
+          },
+        },
       );
-    const dropped = this.encoded.dropped;
+    }
     this.encoded = undefined;
-    return dropped;
+    return pending.dropped + pending.refused.size;
+  }
+
+  /** A record the broker refused as too large even alone: counted and reported once. */
+  private refused(refused: Set<number>, index: number, error: RecordTooLargeError): void {
+    if (refused.has(index)) return;
+    refused.add(index);
+    this.tooLarge++;
+    this.logger.warn("event too large for the broker even alone; dropped", {
+      topic: this.topic,
+      service: error.context?.key,
+      bytes: error.bytes,
+      error: error.message,
+    });
   }
 
   protected override onFailure(error: unknown): void {
@@ -133,7 +230,11 @@ export class KafkaExporter extends BatchingExporter {
 
   private async ensureReady(): Promise<void> {
     if (!this.producer) {
-      this.producer = createRecordProducer({ brokers: this.brokers, clientId: this.clientId });
+      this.producer = createRecordProducer({
+        brokers: this.brokers,
+        clientId: this.clientId,
+        maxRequestBytes: this.maxRequestBytes,
+      });
       this.connected = false;
     }
     if (!this.connected) {
@@ -143,12 +244,12 @@ export class KafkaExporter extends BatchingExporter {
     if (!this.topicReady) {
       const admin = await connectAdmin({ brokers: this.brokers, clientId: this.clientId });
       try {
-        // As the processor and the sink create it: the log is kept for ever.
+        // As the processor and the sink create it: kept for ever, stamped with the broker's clock.
         await admin.ensureTopics([
           {
             name: this.topic,
             partitions: this.topicPartitions,
-            config: { "retention.ms": String(UNLIMITED_RETENTION_MS) },
+            config: modelCallsTopicConfig(UNLIMITED_RETENTION_MS),
           },
         ]);
       } finally {

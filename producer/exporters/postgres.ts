@@ -8,7 +8,11 @@
  * that was written. On first connecting, the rows of the windows that may still be open are
  * read back and restored, so a restart mid-window adds to its row instead of overwriting it.
  * Buffering, batching, retries and overflow are the shared {@link BatchingExporter}'s: the host
- * never waits on the database.
+ * never waits on the database. A row PostgreSQL refuses for what it holds (SQLSTATE classes 21,
+ * 22, 23, 54: a NUL, a character the database's encoding lacks, a name over the index limit) is
+ * isolated by bisecting the batch and dropped — a call's span counted in `dropped`, a rollup or
+ * alert row in {@link PostgresExporter.refusedRows} — and logged once per table and SQLSTATE;
+ * the rest of the batch is written, and nothing is retried for ever at the head of the buffer.
  *
  * The seed's quick start — `new PostgresExporter("postgresql://…")`, no explicit flush — still
  * leaves its rows: before the process exits, anything unwritten is flushed.
@@ -19,11 +23,19 @@ import type { AlertEvent, MetricRollup, ModelCallEvent } from "../../avro/genera
 import { loadConnectionConfig, windowConfigSchema } from "../../config/index.js";
 import { countsTowardMetrics, MICROS_PER_MILLI, parseMetricsConfig } from "../../metrics/index.js";
 import { LocalDriver } from "../../processor/driver.js";
+import type { TimeBounds } from "../../processor/log-record.js";
 import type { PartitionOutput, WindowSettings } from "../../processor/partition.js";
 import { migrate } from "../../sink/migrate.js";
+import { writeIsolating } from "../../sink/isolate.js";
 import { openPool, PostgresWriter } from "../../sink/writer.js";
 import { stderrLogger, type Logger } from "../logger.js";
 import { BatchingExporter, positiveInt, type BatchingOptions } from "./batching.js";
+
+/** A row of a direct write: a call's span, a rollup or an alert transition. */
+type DirectRow =
+  | { readonly table: "spans"; readonly event: ModelCallEvent }
+  | { readonly table: "metric_rollups"; readonly rollup: MetricRollup }
+  | { readonly table: "alerts"; readonly alert: AlertEvent };
 
 /** Options of {@link PostgresExporter}. */
 export interface PostgresExporterOptions extends BatchingOptions {
@@ -39,6 +51,12 @@ export interface PostgresExporterOptions extends BatchingOptions {
    * late). Windows written before the process started are not revised.
    */
   readonly allowedLatenessMs?: number;
+  /**
+   * A call that ends more than this after the wall clock when it is recorded (a host clock that
+   * is wrong) is not counted in the rollups, ms (default: the processor's, 300 000). Its span is
+   * written.
+   */
+  readonly maxClockSkewMs?: number;
   /** Thresholds and alert rules (see metrics/README.md). */
   readonly metrics?: unknown;
   /** Apply the schema migrations on first use (default true). */
@@ -51,6 +69,7 @@ export interface PostgresExporterOptions extends BatchingOptions {
 export class PostgresExporter extends BatchingExporter {
   private readonly databaseUrl: string;
   private readonly settings: WindowSettings;
+  private readonly bounds: TimeBounds;
   private readonly migrateFirst: boolean;
   private readonly now: () => number;
   /** The wall clock at construction, µs: where the restored state's event time starts. */
@@ -67,6 +86,10 @@ export class PostgresExporter extends BatchingExporter {
   /** Changes to open windows: `written` is the count their partial rows were last written at. */
   private changes = 0;
   private written = 0;
+  /** Rows PostgreSQL refused, by table (spans are counted as dropped events). */
+  private readonly refused = { rollups: 0, alerts: 0, clockSkew: 0 };
+  /** `table|SQLSTATE` of the refusals logged already (each kind once). */
+  private readonly refusedKinds = new Set<string>();
   private readonly closeTimer: NodeJS.Timeout;
   private readonly beforeExit = (): void => {
     if (
@@ -104,6 +127,12 @@ export class PostgresExporter extends BatchingExporter {
       thresholds: metrics.thresholds,
       rules: metrics.rules,
     };
+    this.bounds = {
+      maxClockSkewMicros:
+        positiveInt("maxClockSkewMs", settings.maxClockSkewMs, defaults.maxClockSkewMs) *
+        MICROS_PER_MILLI,
+      maxEventAgeMicros: 0,
+    };
     this.migrateFirst = settings.migrate ?? true;
     this.now = settings.now ?? Date.now;
     this.startedMicros = Math.round(this.now() * MICROS_PER_MILLI);
@@ -126,7 +155,20 @@ export class PostgresExporter extends BatchingExporter {
       if (this.unrestored.length > this.maxQueueSize) this.unrestored.shift();
       return;
     }
-    this.take(this.driver.record(event));
+    const { outputs, rejected } = this.driver.record(event, this.now());
+    if (rejected) {
+      // The span is written (it is what happened, as the host saw it); the windows skip it.
+      this.refused.clockSkew++;
+      if (!this.refusedKinds.has(rejected.code)) {
+        this.refusedKinds.add(rejected.code);
+        this.logger.warn(
+          `a call's time is out of bounds of the wall clock (${rejected.code}): not counted in the rollups (further ones counted in refusedRows().clockSkew, not logged)`,
+          { service: event.service, reason: rejected.message },
+        );
+      }
+      return;
+    }
+    this.take(outputs);
     if (countsTowardMetrics(event)) this.changes++;
   }
 
@@ -147,8 +189,8 @@ export class PostgresExporter extends BatchingExporter {
     const partial = this.flushing && snapshotAt !== this.written ? driver.openRollups() : [];
     const rollups = this.pendingRollups.length;
     const alerts = this.pendingAlerts.length;
-    await writer.write({
-      spans: batch.map((event) => ({ event })),
+    const refusedSpans = await this.writeIsolated(writer, {
+      spans: batch,
       rollups: [...this.pendingRollups, ...partial],
       alerts: [...this.pendingAlerts],
     });
@@ -156,7 +198,70 @@ export class PostgresExporter extends BatchingExporter {
     this.pendingRollups.splice(0, rollups);
     this.pendingAlerts.splice(0, alerts);
     if (this.flushing) this.written = snapshotAt;
-    return 0;
+    return refusedSpans;
+  }
+
+  /**
+   * Rollup and alert rows PostgreSQL refused, since start (their calls' spans count in
+   * `dropped`), and calls the windows refused because they end more than the processor's
+   * `maxClockSkewMs` after the wall clock when they were recorded (their spans are written).
+   */
+  refusedRows(): { readonly rollups: number; readonly alerts: number; readonly clockSkew: number } {
+    return { ...this.refused };
+  }
+
+  /**
+   * Writes spans, rollups and alerts in one transaction; rows PostgreSQL refuses for what they
+   * hold (a NUL, a character the database's encoding lacks, a name over the index limit…) are
+   * isolated by bisecting and dropped, the rest written: a refused row never holds up the buffer.
+   * Each kind of refusal (SQLSTATE) is logged once, without the row's content. Any other failure
+   * is thrown, for the batch to be retried.
+   *
+   * @returns how many spans were refused (dropped).
+   */
+  private async writeIsolated(
+    writer: PostgresWriter,
+    batch: {
+      readonly spans: readonly ModelCallEvent[];
+      readonly rollups: readonly MetricRollup[];
+      readonly alerts: readonly AlertEvent[];
+    },
+  ): Promise<number> {
+    const rows: DirectRow[] = [
+      ...batch.spans.map((event): DirectRow => ({ table: "spans", event })),
+      ...batch.rollups.map((rollup): DirectRow => ({ table: "metric_rollups", rollup })),
+      ...batch.alerts.map((alert): DirectRow => ({ table: "alerts", alert })),
+    ];
+    const rejected = await writeIsolating(rows, {
+      write: async (chunk) => {
+        await writer.write({
+          spans: chunk.flatMap((row) => (row.table === "spans" ? [{ event: row.event }] : [])),
+          rollups: chunk.flatMap((row) => (row.table === "metric_rollups" ? [row.rollup] : [])),
+          alerts: chunk.flatMap((row) => (row.table === "alerts" ? [row.alert] : [])),
+        });
+      },
+      reject: (row, _index, rejection) => {
+        const kind = `${row.table}|${rejection.sqlstate}`;
+        if (!this.refusedKinds.has(kind)) {
+          this.refusedKinds.add(kind);
+          this.logger.warn(
+            "PostgreSQL refused a row; dropping it (logged once per table and SQLSTATE)",
+            {
+              table: row.table,
+              sqlstate: rejection.sqlstate,
+              reason: rejection.message.slice(0, 300),
+            },
+          );
+        }
+        return Promise.resolve();
+      },
+    });
+    let spans = 0;
+    for (const { item } of rejected)
+      if (item.table === "spans") spans++;
+      else if (item.table === "metric_rollups") this.refused.rollups++;
+      else this.refused.alerts++;
+    return spans;
   }
 
   protected async release(): Promise<void> {
@@ -165,7 +270,11 @@ export class PostgresExporter extends BatchingExporter {
     // Whatever is still open is final now.
     if (this.driver) this.take(this.driver.flush());
     if ((this.pendingRollups.length > 0 || this.pendingAlerts.length > 0) && this.writer) {
-      await this.writer.write({ rollups: this.pendingRollups, alerts: this.pendingAlerts });
+      await this.writeIsolated(this.writer, {
+        spans: [],
+        rollups: this.pendingRollups,
+        alerts: this.pendingAlerts,
+      });
       this.pendingRollups.length = 0;
       this.pendingAlerts.length = 0;
     }
@@ -198,7 +307,7 @@ export class PostgresExporter extends BatchingExporter {
       const rows = await writer.openRollups(this.startedMicros - graceMicros - windowSizeMicros);
       // Rows of another window size (written with other settings) are other windows.
       const restored = rows.filter((row) => row.window_end - row.window_start === windowSizeMicros);
-      const driver = new LocalDriver(this.settings, restored, this.startedMicros);
+      const driver = new LocalDriver(this.settings, restored, this.startedMicros, this.bounds);
       this.driver = driver;
       for (const event of this.unrestored.splice(0)) this.accepted(event);
     }

@@ -10,6 +10,11 @@ export interface ExporterStats {
   readonly retried: number;
   /** Events waiting in the buffer (including a batch in flight). */
   readonly buffered: number;
+  /**
+   * Of `dropped`, events the destination refused as too large on their own (the broker's record
+   * size limit); exporters without such a limit leave it out.
+   */
+  readonly tooLarge?: number;
 }
 
 /** What the buffer does when it is full. */

@@ -39,7 +39,7 @@ import { Kafka, logLevel, type Admin } from "kafkajs";
 import pg from "pg";
 
 import { FLEET_SERVICES, runFleet, seededRandom, type FleetResult } from "../../cli/fleet.js";
-import { topicNames } from "../../config/index.js";
+import { modelCallsTopicConfig, topicNames } from "../../config/index.js";
 import { KafkaExporter } from "../../producer/exporters/kafka.js";
 import { silentLogger } from "../../producer/logger.js";
 import { CliWorker, metricByLabel } from "../support/crash.js";
@@ -407,7 +407,10 @@ async function main(): Promise<number> {
           {
             topic: topics.modelCalls,
             numPartitions: PARTITIONS,
-            configEntries: [{ name: "retention.ms", value: "-1" }],
+            configEntries: Object.entries(modelCallsTopicConfig(-1)).map(([name, value]) => ({
+              name,
+              value,
+            })),
           },
         ],
       });
