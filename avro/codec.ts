@@ -5,12 +5,15 @@
  *
  * Encoding validates first and throws {@link EncodeError} for a value that breaks the contract
  * (a bug in the caller). Decoding never throws for bad input: it returns a {@link DecodeResult}
- * whose error says what was wrong and where, for the consumers' dead-letter topic.
+ * whose error says what was wrong and where, for the consumers' dead-letter topic. It is bounded
+ * in time and memory: before avsc decodes, the body is walked against the writer's schema and
+ * counts and lengths that cannot fit in the bytes left are refused (see bounded.ts).
  */
 import { COMPATIBILITY, SchemaRegistry, SchemaType } from "@kafkajs/confluent-schema-registry";
 import avro from "avsc";
 
 import { ObservatoryError } from "../config/errors.js";
+import { compileBodyCheck, type BodyCheck } from "./bounded.js";
 import type { EventContract } from "./contracts.js";
 import {
   SchemaRegistryError,
@@ -35,7 +38,10 @@ export type DecodeErrorCode =
   | "REGISTRY_UNAVAILABLE"
   /** The writer's schema cannot be read as this contract's record (another record, an incompatible version). */
   | "INCOMPATIBLE_WRITER_SCHEMA"
-  /** The Avro body does not decode (bad union or enum index, trailing bytes, …). */
+  /**
+   * The Avro body does not decode: a bad union or enum index, a count or length that cannot fit
+   * in the bytes left, an overlong varint, trailing bytes, …
+   */
   | "MALFORMED_BODY"
   /** The body decodes but a field breaks the contract (out of range, NaN, bad id, …). */
   | "INVALID_FIELD";
@@ -46,7 +52,10 @@ export interface DecodeError {
   readonly message: string;
   /** The schema id from the header, when the header was readable. */
   readonly schemaId: number | undefined;
-  /** For `INVALID_FIELD`: the field's path. */
+  /**
+   * For `INVALID_FIELD`: the field's path. (A body refused by the walk names its field, in the
+   * writer's record, at the start of `message`: `latency.keys: array block count …`.)
+   */
   readonly path: string | undefined;
   /** Whether the same bytes may decode later (only `REGISTRY_UNAVAILABLE`). */
   readonly retriable: boolean;
@@ -94,6 +103,28 @@ export interface CodecOptions {
    * `UNKNOWN_SCHEMA_ID`. The processor and the sink pass their `unknownSchemaIdGraceMs`.
    */
   readonly unknownIdGraceMs?: number;
+  /**
+   * Whether bodies are walked against the writer's schema before avsc decodes them (default
+   * true), so a count or length that cannot fit in the bytes left is refused instead of looping
+   * or allocating for it. false only to measure the walk's cost (bench:core): never for bytes
+   * from Kafka.
+   */
+  readonly boundedDecoding?: boolean;
+}
+
+/** What a codec asks the registry after it is made: writer schemas by id. */
+export type SchemaLookup = Pick<SchemaRegistry, "getSchema">;
+
+/** Options of {@link AvroCodec.forRegisteredSchema}. */
+export interface RegisteredSchemaOptions {
+  /** The subject the schema is registered under. */
+  readonly subject: string;
+  /** Where writer schemas of other ids are fetched (a registry client, {@link createRegistryClient}). */
+  readonly registry: SchemaLookup;
+  /** As in {@link CodecOptions.unknownIdGraceMs}. */
+  readonly unknownIdGraceMs?: number;
+  /** As in {@link CodecOptions.boundedDecoding}. */
+  readonly boundedDecoding?: boolean;
 }
 
 /** Once past its grace, an id still unknown is not asked for again for this long, ms. */
@@ -116,6 +147,8 @@ export function createRegistryClient(registryUrl: string): SchemaRegistry {
 interface WriterEntry {
   /** undefined: the writer is the reader's own schema; no resolution needed. */
   readonly resolver: avro.Resolver | undefined;
+  /** The bounds check of bodies written with this schema (undefined with `error`). */
+  readonly check: BodyCheck | undefined;
   readonly error: DecodeError | undefined;
 }
 
@@ -142,11 +175,16 @@ export class AvroCodec<T> {
     /** The id under which this codec's (writer) schema is registered. */
     readonly schemaId: number,
     readonly subject: string,
-    private readonly registry: SchemaRegistry,
+    private readonly registry: SchemaLookup,
     private readonly unknownIdGraceMs: number = 0,
+    private readonly boundedDecoding: boolean = true,
   ) {
     this.readerType = avro.Type.forSchema(contract.schema as avro.Schema);
-    this.writers.set(schemaId, { resolver: undefined, error: undefined });
+    this.writers.set(schemaId, {
+      resolver: undefined,
+      check: compileBodyCheck(this.readerType),
+      error: undefined,
+    });
   }
 
   /**
@@ -174,7 +212,35 @@ export class AvroCodec<T> {
     } catch (error) {
       throw toRegistryError(error, contract.name, options.subject, compatibility);
     }
-    return new AvroCodec(contract, id, options.subject, registry, options.unknownIdGraceMs ?? 0);
+    return new AvroCodec(
+      contract,
+      id,
+      options.subject,
+      registry,
+      options.unknownIdGraceMs ?? 0,
+      options.boundedDecoding ?? true,
+    );
+  }
+
+  /**
+   * A codec for a schema already registered under `schemaId` (by {@link register} elsewhere, or a
+   * deploy step): no registry call is made here, and `registry` is asked only for the writer
+   * schemas of other ids met while decoding. Nothing checks that `schemaId` is the contract's
+   * schema: records this codec encodes carry that id.
+   */
+  static forRegisteredSchema<T>(
+    contract: EventContract<T>,
+    schemaId: number,
+    options: RegisteredSchemaOptions,
+  ): AvroCodec<T> {
+    return new AvroCodec(
+      contract,
+      schemaId,
+      options.subject,
+      options.registry,
+      options.unknownIdGraceMs ?? 0,
+      options.boundedDecoding ?? true,
+    );
   }
 
   /**
@@ -235,6 +301,20 @@ export class AvroCodec<T> {
   private decodeBody(buffer: Buffer, schemaId: number): DecodeResult<T> {
     const writer = this.writers.get(schemaId);
     if (writer?.error) return { ok: false, error: writer.error };
+    // Untrusted bytes: counts and lengths are checked against the bytes left before avsc loops
+    // over or allocates for them.
+    const defect = this.boundedDecoding ? writer?.check?.(buffer, WIRE_HEADER_BYTES) : undefined;
+    if (defect)
+      return {
+        ok: false,
+        error: {
+          code: defect.code,
+          message: defect.message,
+          schemaId,
+          path: undefined,
+          retriable: false,
+        },
+      };
     let decoded: { value: unknown; offset: number };
     try {
       decoded = this.readerType.decode(buffer, WIRE_HEADER_BYTES, writer?.resolver);
@@ -312,11 +392,14 @@ export class AvroCodec<T> {
     try {
       this.writers.set(schemaId, {
         resolver: this.readerType.createResolver(writerType),
+        // Compiled once per writer schema: the bounds are the writer's (its fields, counts, …).
+        check: compileBodyCheck(writerType),
         error: undefined,
       });
     } catch (error) {
       this.writers.set(schemaId, {
         resolver: undefined,
+        check: undefined,
         error: failure(
           "INCOMPATIBLE_WRITER_SCHEMA",
           `schema ${schemaId} (${String(writerType.name)}) cannot be read as ${this.contract.name}: ${(error as Error).message}`,

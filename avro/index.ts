@@ -16,7 +16,10 @@ export {
   type DecodeError,
   type DecodeErrorCode,
   type DecodeResult,
+  type RegisteredSchemaOptions,
+  type SchemaLookup,
 } from "./codec.js";
+export { compileBodyCheck, type BodyCheck, type BodyDefect } from "./bounded.js";
 export {
   ALERT_EVENT,
   defineContract,

@@ -1,15 +1,16 @@
 /**
- * Micro-benchmarks of the event contract and the metrics core: `npm run bench:core`.
+ * Micro-benchmarks of the event contract and the metrics core: `npm run bench:core`
+ * (`npm run bench:core -- bounded`: only the cost of bounded decoding).
  * Needs a schema registry (the local stack, or SCHEMA_REGISTRY_URL) for the codec's schema id;
  * the timed loops themselves do no I/O. Prints figures and their ratio to the targets.
  */
 import { createHash, randomUUID } from "node:crypto";
 
 import { AvroCodec, valueSubject } from "../avro/codec.js";
-import { MODEL_CALL_EVENT } from "../avro/contracts.js";
+import { METRIC_ROLLUP, MODEL_CALL_EVENT, type EventContract } from "../avro/contracts.js";
 import type { ModelCallEvent } from "../avro/generated.js";
 import { loadConnectionConfig } from "../config/index.js";
-import { merge, ServiceWindows, WindowAccumulator } from "../metrics/index.js";
+import { merge, rollupEvents, ServiceWindows, WindowAccumulator } from "../metrics/index.js";
 
 const TARGETS = { encode: 500_000, decode: 500_000, accumulate: 2_000_000 };
 
@@ -88,8 +89,62 @@ function line(name: string, value: string, target?: number, rate?: number): void
   process.stdout.write(`${name.padEnd(40)} ${value.padStart(18)}${ratio}\n`);
 }
 
+/**
+ * Decode throughput with the bounds walk (avro/bounded.ts) on and off, in the same run: two codecs
+ * of the same schema, one with `boundedDecoding: false`, timed in alternating rounds.
+ */
+async function boundedDecoding(registryUrl: string, subjectPrefix: string): Promise<void> {
+  const events = Array.from({ length: 4_096 }, (_, i) => typicalEvent(i));
+  // Rollups of many calls (sketches of many bins): 4 services × (total + 2 models) × 2 windows.
+  const rollups = rollupEvents(
+    events.map((event, i) => ({ ...event, end_time: event.end_time + (i % 2) * 60_000_000 })),
+    60_000_000,
+  );
+  process.stdout.write("\nbounded decoding (walk of the writer schema before avsc), sync:\n");
+  const cases: [string, EventContract<unknown>, readonly unknown[], number][] = [
+    ["ModelCallEvent", MODEL_CALL_EVENT, events, 200_000],
+    ["MetricRollup", METRIC_ROLLUP, rollups, 100_000],
+  ];
+  for (const [name, contract, values, n] of cases) {
+    const subject = valueSubject(`${subjectPrefix}-${name}`);
+    const on = await AvroCodec.register(contract, { registryUrl, subject });
+    const off = await AvroCodec.register(contract, {
+      registryUrl,
+      subject,
+      boundedDecoding: false,
+    });
+    const encoded = values.map((value) => on.encode(value));
+    const decodeAll = (codec: AvroCodec<unknown>) => () => {
+      for (let i = 0; i < n; i++)
+        if (!codec.decodeIfKnown(encoded[i % encoded.length] as Buffer)?.ok)
+          throw new Error(`${name} ${i % encoded.length} did not decode`);
+    };
+    // Alternating rounds, so both see the same machine; the best of each.
+    let bestOn = 0;
+    let bestOff = 0;
+    for (let round = 0; round < 3; round++) {
+      bestOff = Math.max(bestOff, measure("off", n, decodeAll(off), 2));
+      bestOn = Math.max(bestOn, measure("on", n, decodeAll(on), 2));
+    }
+    const bytes = encoded.reduce((sum, buffer) => sum + buffer.length, 0) / encoded.length;
+    line(
+      `${name} (${bytes.toFixed(0)} B), walk off`,
+      `${Math.round(bestOff).toLocaleString("en")}/s`,
+    );
+    line(
+      `${name} (${bytes.toFixed(0)} B), walk on`,
+      `${Math.round(bestOn).toLocaleString("en")}/s`,
+    );
+    line(`${name}: on / off`, (bestOn / bestOff).toFixed(3));
+  }
+}
+
 async function main(): Promise<void> {
   const config = loadConnectionConfig();
+  if (process.argv[2] === "bounded") {
+    await boundedDecoding(config.schemaRegistryUrl, `${config.topicPrefix}bench-${Date.now()}`);
+    return;
+  }
   const codec = await AvroCodec.register(MODEL_CALL_EVENT, {
     registryUrl: config.schemaRegistryUrl,
     // A subject per run: the bench measures the schema of this checkout, whatever ran before.
@@ -196,6 +251,7 @@ async function main(): Promise<void> {
   const bins =
     parts[0]?.toRollup("svc", null, { start: 0, end: 60_000_000 }).latency.keys.length ?? 0;
   line("latency sketch bins in one such rollup", String(bins));
+  await boundedDecoding(config.schemaRegistryUrl, `${config.topicPrefix}bench-${Date.now()}`);
 }
 
 main().catch((error: unknown) => {
