@@ -6,15 +6,16 @@
  */
 import { randomUUID } from "node:crypto";
 
-import { COMPATIBILITY, SchemaRegistry, SchemaType } from "@kafkajs/confluent-schema-registry";
-import { Kafka, logLevel } from "kafkajs";
 import pg from "pg";
 
-import { setSubjectCompatibility } from "../avro/registry.js";
+import { AvroCodec } from "../avro/codec.js";
+import { defineContract } from "../avro/contracts.js";
+import type { AvroSchema } from "../avro/generated.js";
 import { ConfigError, ENV_NAMES, loadConnectionConfig } from "../config/index.js";
+import { connectAdmin, createRecordProducer, readTopicToEnd } from "../kafka/index.js";
 import { loadStackConfig, StackError, stackUp } from "../stack/index.js";
 
-const SMOKE_SCHEMA = {
+const SMOKE_SCHEMA: AvroSchema = {
   type: "record",
   name: "SmokeModelCall",
   namespace: "io.mcpobservatory.smoke",
@@ -51,52 +52,51 @@ async function main(): Promise<void> {
   const subject = `${topic}-value`;
   const runId = randomUUID();
 
-  const kafka = new Kafka({
-    clientId: "mcpo-smoke",
-    brokers: [...config.kafkaBrokers],
-    logLevel: logLevel.ERROR,
-  });
-  const admin = kafka.admin();
-  await admin.connect();
+  const kafka = { brokers: [...config.kafkaBrokers], clientId: "mcpo-smoke" };
+  const admin = await connectAdmin(kafka);
   try {
-    if (!(await admin.listTopics()).includes(topic))
-      await admin.createTopics({ waitForLeaders: true, topics: [{ topic, numPartitions: 1 }] });
+    await admin.ensureTopics([{ name: topic, partitions: 1 }]);
   } finally {
-    await admin.disconnect();
+    await admin.close();
   }
 
-  const registry = new SchemaRegistry({ host: config.schemaRegistryUrl });
-  await setSubjectCompatibility(config.schemaRegistryUrl, subject, "BACKWARD");
-  const { id } = await registry.register(
-    { type: SchemaType.AVRO, schema: JSON.stringify(SMOKE_SCHEMA) },
-    { subject, compatibility: COMPATIBILITY.BACKWARD },
-  );
-  print(`registry  ${subject} → schema id ${id}`);
+  const codec = await AvroCodec.register(defineContract<SmokeEvent>(SMOKE_SCHEMA), {
+    registryUrl: config.schemaRegistryUrl,
+    subject,
+    compatibility: "BACKWARD",
+  });
+  print(`registry  ${subject} → schema id ${codec.schemaId}`);
 
   const events: SmokeEvent[] = [
     { run_id: runId, service: "example-mcp", model: "gpt-4o", cost_nano_usd: 2_750_000 },
     { run_id: runId, service: "example-mcp", model: "gpt-4o-mini", cost_nano_usd: 165_000 },
     { run_id: runId, service: "example-mcp", model: "unknown-model", cost_nano_usd: null },
   ];
-  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  const producer = createRecordProducer(kafka);
   await producer.connect();
   try {
-    await producer.send({
+    await producer.send(
       topic,
-      acks: -1,
-      messages: await Promise.all(
-        events.map(async (event) => ({
-          key: event.service,
-          value: await registry.encode(id, event),
-        })),
-      ),
-    });
+      events.map((event) => ({
+        key: event.service,
+        value: codec.encode(event),
+      })),
+      "none",
+    );
   } finally {
     await producer.disconnect();
   }
   print(`kafka     produced ${events.length} Avro events to ${topic}`);
 
-  const received = await consumeRun(kafka, topic, runId, registry, events.length);
+  // The whole topic as it is now (earlier runs' events too), decoded; this run's kept.
+  const received: SmokeEvent[] = [];
+  for (const record of await readTopicToEnd(kafka, topic)) {
+    const decoded = await codec.decode(record.value ?? Buffer.alloc(0));
+    if (!decoded.ok) throw new Error(`${topic}@${record.offset}: ${decoded.error.message}`);
+    if (decoded.value.run_id === runId) received.push(decoded.value);
+  }
+  if (received.length !== events.length)
+    throw new Error(`only ${received.length} of ${events.length} smoke events came back`);
   print(`kafka     consumed and decoded ${received.length} events back`);
 
   const client = new pg.Client({ connectionString: config.databaseUrl });
@@ -121,46 +121,6 @@ async function main(): Promise<void> {
     await client.end();
   }
   print(`smoke ok in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-}
-
-async function consumeRun(
-  kafka: Kafka,
-  topic: string,
-  runId: string,
-  registry: SchemaRegistry,
-  expected: number,
-): Promise<SmokeEvent[]> {
-  const groupId = `mcpo-smoke-${runId}`;
-  const consumer = kafka.consumer({ groupId });
-  const received: SmokeEvent[] = [];
-  await consumer.connect();
-  try {
-    await consumer.subscribe({ topic, fromBeginning: true });
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        reject(new Error(`only ${received.length} of ${expected} smoke events came back in 30 s`));
-      }, 30_000);
-      void consumer.run({
-        eachMessage: async ({ message }) => {
-          if (!message.value) return;
-          const decoded = (await registry.decode(message.value)) as SmokeEvent;
-          if (decoded.run_id !== runId) return;
-          received.push(decoded);
-          if (received.length === expected) {
-            clearTimeout(timer);
-            resolve();
-          }
-        },
-      });
-    });
-  } finally {
-    await consumer.disconnect();
-    const admin = kafka.admin();
-    await admin.connect();
-    await admin.deleteGroups([groupId]).catch(() => undefined);
-    await admin.disconnect();
-  }
-  return received;
 }
 
 main().catch((error: unknown) => {
