@@ -103,7 +103,7 @@ describe("mcp-observatory migrate", () => {
       alerts: "alerts",
       offsets: "consumed_offsets",
       merge: "merge_rollups(interval,timestamp with time zone,timestamp with time zone)",
-      migrations: "1:initial,2:topic_ids,3:rollup_revisions",
+      migrations: "1:initial,2:topic_ids,3:rollup_revisions,4:rollup_scope",
     });
     const catalog = `select (select string_agg(table_name || '.' || column_name || ':' || data_type, ',' order by table_name, column_name)
                              from information_schema.columns where table_schema = current_schema()) as columns,
@@ -116,6 +116,7 @@ describe("mcp-observatory migrate", () => {
     const before = (await client.query<Record<string, string>>(catalog)).rows[0];
     expect(before?.offsets).toBe("marker:42");
     expect(before?.columns).toContain("metric_rollups.revision:integer");
+    expect(before?.columns).toContain("metric_rollups.scope:text");
 
     const second = await runCli(["migrate"], { ...env, DATABASE_URL: database.url });
     expect(second.code, second.stderr).toBe(0);
