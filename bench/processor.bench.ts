@@ -13,7 +13,13 @@
  *    allowed lateness) and without (every such event late, to the late topic); the ratios to the
  *    on-time rate.
  *
- * `BENCH_SECTIONS=late` (comma-separated: memory, latency, throughput, late) runs only those.
+ * 5. Cardinality: a steady stream (event time moving forward with every event, windows closing
+ *    in turn) through one partition's state machine while 200 000 distinct services pass through
+ *    it (each calls twice, then never again), against the same stream from 50 services; events/s
+ *    of each (a run stops after 30 s and reports the rate so far).
+ *
+ * `BENCH_SECTIONS=late` (comma-separated: memory, latency, throughput, late, cardinality) runs
+ * only those.
  */
 import { performance } from "node:perf_hooks";
 
@@ -233,11 +239,60 @@ async function lateFloods(count: number): Promise<void> {
   );
 }
 
+/** Events/s of one partition's state machine over `count` events from `services(j)`. */
+function partitionRate(
+  count: number,
+  serviceOf: (j: number) => string,
+): {
+  rate: number;
+  processed: number;
+  rollups: number;
+} {
+  const template = sampleEvent();
+  const origin = 1_764_000_000_000_000;
+  const events: ModelCallEvent[] = [];
+  for (let j = 0; j < count; j++) {
+    const end = origin + Math.floor((j * 60 * MINUTE) / count);
+    events.push({
+      ...template,
+      service: serviceOf(j),
+      model: j % 3 === 0 ? "gpt-4o-mini" : "gpt-4o",
+      start_time: end - 200_000,
+      end_time: end,
+    });
+  }
+  const state = new PartitionState();
+  const deadline = performance.now() + 30_000;
+  const started = performance.now();
+  let processed = 0;
+  let rollups = 0;
+  for (const event of events) {
+    for (const output of state.apply({ type: "event", event }))
+      if (output.type === "rollup") rollups++;
+    processed++;
+    if (processed % 1_000 === 0 && performance.now() > deadline) break;
+  }
+  const seconds = (performance.now() - started) / 1000;
+  return { rate: processed / seconds, processed, rollups };
+}
+
+function cardinality(): void {
+  const count = 400_000;
+  const few = partitionRate(count, (j) => `svc-${j % 50}`);
+  const many = partitionRate(count, (j) => `svc-${Math.floor(j / 2)}`);
+  const show = (run: { rate: number; processed: number; rollups: number }) =>
+    `${Math.round(run.rate).toLocaleString("en")} events/s (${run.processed.toLocaleString("en")} events, ${run.rollups.toLocaleString("en")} rollups)`;
+  print(
+    `cardinality, one partition, ${count.toLocaleString("en")} events over 60 min of event time: 50 services ${show(few)}; 200,000 services passing through ${show(many)} (${(many.rate / few.rate).toFixed(2)}×)`,
+  );
+}
+
 async function main(): Promise<void> {
   print(`node ${process.version}\n`);
   const sections = new Set(
-    (process.env.BENCH_SECTIONS ?? "memory,latency,throughput,late").split(","),
+    (process.env.BENCH_SECTIONS ?? "memory,latency,throughput,late,cardinality").split(","),
   );
+  if (sections.has("cardinality")) cardinality();
   if (sections.has("memory")) memory();
   if (sections.has("latency")) await latency();
   const count = Number(process.env.BENCH_EVENTS ?? 1_000_000);

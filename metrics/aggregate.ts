@@ -64,6 +64,11 @@ export class ServiceWindows {
       .map(([model, accumulator]) => accumulator.toRollup(this.service, model, window));
   }
 
+  /** How many windows are open. */
+  get openWindows(): number {
+    return this.windows.size;
+  }
+
   /** How many (window, model) accumulators are open, the service totals included. */
   openCount(): number {
     let count = 0;

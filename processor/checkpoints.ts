@@ -3,10 +3,23 @@
  * is a partition's state after it processed every record before `nextOffset`: a pure function of
  * that prefix of the log, so any checkpoint is a valid place to restart, whoever wrote it.
  *
+ * A checkpoint is written gzipped (JSON inside). One too large for a record (over
+ * {@link MAX_CHECKPOINT_RECORD_BYTES} gzipped) is split: its parts go first, each under a key of
+ * its own that names the checkpoint's generation (`group|topic|partition|part|<generation>|<i>`),
+ * then a small manifest under the partition's key names the generation and how many parts it has.
+ * A reader combines only the parts a manifest names, and only when every one of them was read
+ * before it, so parts of two generations are never mixed and a writer that crashed while writing
+ * parts leaves the previous checkpoint in force (its parts are kept until a newer manifest is
+ * acknowledged, then tombstoned). Checkpoints written as plain JSON by earlier versions are read.
+ *
  * The same topic holds each input topic's layout (key `layout|<topic>`): how many home partitions
  * its services are spread over. It is fixed when a processor first meets the topic, for every
  * group and every replay, so partitions added later do not move a service's home.
  */
+import { randomBytes } from "node:crypto";
+import { promisify } from "node:util";
+import { gunzipSync, gzip } from "node:zlib";
+
 import {
   connectAdmin,
   partitionForKey,
@@ -18,6 +31,14 @@ import {
 } from "../kafka/index.js";
 import { ObservatoryError, retry, type RetryPolicy } from "../config/index.js";
 import type { PartitionSnapshot } from "./partition.js";
+
+const gzipAsync = promisify(gzip);
+
+/**
+ * The most bytes of a checkpoint record's value: under the broker's default message limit
+ * (`message.max.bytes`, 1 048 588 bytes) with room for the key and the record batch's overhead.
+ */
+export const MAX_CHECKPOINT_RECORD_BYTES = 900_000;
 
 /** Writes at start-up, to topics that may have just been created: up to 8 tries, 0.1 s to 2 s. */
 export const STARTUP_RETRY: RetryPolicy = { maxAttempts: 8, baseDelayMs: 100, maxDelayMs: 2000 };
@@ -54,10 +75,10 @@ function isLayout(value: unknown, topic: string): value is Layout {
   );
 }
 
-function parseJson(record: ConsumedRecord): unknown {
-  if (!record.value) return undefined;
+function parseJson(value: Buffer | null): unknown {
+  if (!value) return undefined;
   try {
-    return JSON.parse(record.value.toString("utf8"));
+    return JSON.parse(value.toString("utf8"));
   } catch {
     return undefined; // not ours, or damaged: a checkpoint is an optimisation, the log is the truth
   }
@@ -69,7 +90,7 @@ export function layoutIn(records: readonly ConsumedRecord[], topic: string): Lay
   let layout: Layout | undefined;
   for (const record of records) {
     if (record.key?.toString() !== key) continue;
-    const parsed = parseJson(record);
+    const parsed = parseJson(record.value);
     if (isLayout(parsed, topic)) layout = parsed;
   }
   return layout;
@@ -213,35 +234,181 @@ function isCheckpoint(value: unknown): value is Checkpoint {
   );
 }
 
+/** The record under a partition's key when its checkpoint is written in parts. */
+interface CheckpointManifest {
+  readonly version: 1;
+  readonly kind: "manifest";
+  readonly group: string;
+  readonly topic: string;
+  readonly partition: number;
+  readonly nextOffset: string;
+  /** Names the parts' keys: unique per checkpoint written. */
+  readonly generation: string;
+  readonly parts: number;
+  /** The gzipped checkpoint's length: the parts' lengths add up to it. */
+  readonly bytes: number;
+}
+
+function isManifest(value: unknown): value is CheckpointManifest {
+  if (typeof value !== "object" || value === null) return false;
+  const candidate = value as Partial<CheckpointManifest>;
+  return (
+    candidate.version === 1 &&
+    candidate.kind === "manifest" &&
+    typeof candidate.group === "string" &&
+    typeof candidate.topic === "string" &&
+    typeof candidate.partition === "number" &&
+    typeof candidate.nextOffset === "string" &&
+    typeof candidate.generation === "string" &&
+    GENERATION.test(candidate.generation) &&
+    typeof candidate.parts === "number" &&
+    Number.isInteger(candidate.parts) &&
+    candidate.parts > 0 &&
+    typeof candidate.bytes === "number"
+  );
+}
+
+const GENERATION = /^[0-9a-z-]+$/;
+/** After `group|topic|`: a partition's key, or one of its checkpoints' parts. */
+const PARTITION_SUFFIX = /^(\d+)$/;
+const PART_SUFFIX = /^(\d+)\|part\|([0-9a-z-]+)\|(\d+)$/;
+
+/** The key of part `index` of a checkpoint of generation `generation`. */
+export function checkpointPartKey(
+  group: string,
+  topic: string,
+  partition: number,
+  generation: string,
+  index: number,
+): string {
+  return `${checkpointKey(group, topic, partition)}|part|${generation}|${index}`;
+}
+
+function isGzip(value: Buffer): boolean {
+  return value.length >= 2 && value[0] === 0x1f && value[1] === 0x8b;
+}
+
+/** A gzipped JSON value, or undefined when it is damaged. */
+function gunzipJson(value: Buffer): unknown {
+  try {
+    return JSON.parse(gunzipSync(value).toString("utf8"));
+  } catch {
+    return undefined;
+  }
+}
+
+/** What one read of the checkpoint topic found for a group and topic. */
+interface Scan {
+  /** Each partition's newest checkpoint, with the part keys it was read from. */
+  readonly best: Map<number, { checkpoint: Checkpoint; partKeys: readonly string[] }>;
+  /** Every part key holding a value at the end of the read. */
+  readonly partKeys: Set<string>;
+}
+
 export class CheckpointStore {
+  /**
+   * By partition key: part keys no newer record names (the parts of the checkpoint in force when
+   * a newer one was written, or of one written in force now), tombstoned once a newer checkpoint
+   * is acknowledged.
+   */
+  private readonly superseded = new Map<string, Set<string>>();
+  /** By partition key: the parts of the checkpoint in force (read or written by this store). */
+  private readonly inForce = new Map<string, readonly string[]>();
+
+  /**
+   * @param maxRecordBytes the most bytes of a checkpoint record's value (default
+   *   {@link MAX_CHECKPOINT_RECORD_BYTES}); a larger gzipped checkpoint is written in parts.
+   */
   constructor(
     private readonly settings: KafkaSettings,
     readonly topic: string,
     private readonly producer: RecordProducer,
-  ) {}
+    private readonly maxRecordBytes: number = MAX_CHECKPOINT_RECORD_BYTES,
+  ) {
+    if (!Number.isInteger(maxRecordBytes) || maxRecordBytes < 1024)
+      throw new RangeError(
+        `a checkpoint record's size bound must be an integer of at least 1024 bytes (got ${maxRecordBytes})`,
+      );
+  }
 
   /**
    * The newest checkpoint of each partition of `topic` for `group`: the one with the highest
    * `nextOffset` (a late write from an old owner cannot move a partition back).
    */
   async loadAll(group: string, topic: string): Promise<Map<number, Checkpoint>> {
-    const best = new Map<number, Checkpoint>();
+    const { best } = await this.scan(group, topic);
+    for (const [partition, entry] of best)
+      this.inForce.set(checkpointKey(group, topic, partition), entry.partKeys);
+    return new Map([...best].map(([partition, entry]) => [partition, entry.checkpoint]));
+  }
+
+  private async scan(group: string, topic: string): Promise<Scan> {
+    const best = new Map<number, { checkpoint: Checkpoint; partKeys: readonly string[] }>();
+    const parts = new Map<string, Buffer>();
     const prefix = `${group}|${topic}|`;
     for (const record of await readTopicToEnd(this.settings, this.topic)) {
-      if (!record.key?.toString().startsWith(prefix)) continue;
-      if (record.value === null) {
-        // A tombstone (--reset-state): what was written for the partition before it is gone.
-        const partition = Number(record.key.toString().slice(prefix.length));
-        if (Number.isInteger(partition)) best.delete(partition);
+      const key = record.key?.toString();
+      if (key === undefined || !key.startsWith(prefix)) continue;
+      const suffix = key.slice(prefix.length);
+      if (PART_SUFFIX.test(suffix)) {
+        if (record.value === null) parts.delete(key);
+        else parts.set(key, record.value);
         continue;
       }
-      const parsed = parseJson(record);
-      if (!isCheckpoint(parsed) || parsed.group !== group || parsed.topic !== topic) continue;
+      const partitionMatch = PARTITION_SUFFIX.exec(suffix);
+      if (!partitionMatch) continue;
+      if (record.value === null) {
+        // A tombstone (--reset-state): what was written for the partition before it is gone.
+        best.delete(Number(partitionMatch[1]));
+        continue;
+      }
+      const read = this.decode(record.value, group, topic, parts);
+      if (!read) continue;
+      const parsed = read.checkpoint;
+      if (parsed.group !== group || parsed.topic !== topic || suffix !== String(parsed.partition))
+        continue;
       const current = best.get(parsed.partition);
-      if (!current || BigInt(parsed.nextOffset) >= BigInt(current.nextOffset))
-        best.set(parsed.partition, parsed);
+      if (!current || BigInt(parsed.nextOffset) >= BigInt(current.checkpoint.nextOffset))
+        best.set(parsed.partition, read);
     }
-    return best;
+    return { best, partKeys: new Set(parts.keys()) };
+  }
+
+  /**
+   * A partition key's record: a gzipped checkpoint, a manifest whose parts were all read before
+   * it (`parts`, by key), or a plain JSON checkpoint (earlier versions); undefined for anything
+   * else (damaged, or parts missing: a checkpoint is an optimisation, the log is the truth).
+   */
+  private decode(
+    value: Buffer,
+    group: string,
+    topic: string,
+    parts: ReadonlyMap<string, Buffer>,
+  ): { checkpoint: Checkpoint; partKeys: readonly string[] } | undefined {
+    if (isGzip(value)) {
+      const parsed = gunzipJson(value);
+      return isCheckpoint(parsed) ? { checkpoint: parsed, partKeys: [] } : undefined;
+    }
+    const parsed = parseJson(value);
+    if (isCheckpoint(parsed)) return { checkpoint: parsed, partKeys: [] };
+    if (!isManifest(parsed) || parsed.group !== group || parsed.topic !== topic) return undefined;
+    const partKeys = Array.from({ length: parsed.parts }, (_, index) =>
+      checkpointPartKey(group, topic, parsed.partition, parsed.generation, index),
+    );
+    const buffers: Buffer[] = [];
+    for (const key of partKeys) {
+      const part = parts.get(key);
+      if (!part) return undefined;
+      buffers.push(part);
+    }
+    const whole = Buffer.concat(buffers);
+    if (whole.length !== parsed.bytes) return undefined;
+    const checkpoint = gunzipJson(whole);
+    return isCheckpoint(checkpoint) &&
+      checkpoint.partition === parsed.partition &&
+      checkpoint.nextOffset === parsed.nextOffset
+      ? { checkpoint, partKeys }
+      : undefined;
   }
 
   /**
@@ -267,33 +434,85 @@ export class CheckpointStore {
 
   /**
    * Discards every checkpoint of `group` for `topic` (tombstones, which compaction keeps until
-   * the older records are gone); how many partitions had one.
+   * the older records are gone), their parts included; how many partitions had one.
    */
   async discard(group: string, topic: string): Promise<number> {
-    const partitions = [...(await this.loadAll(group, topic)).keys()];
-    if (partitions.length > 0)
+    const { best, partKeys } = await this.scan(group, topic);
+    const partitions = [...best.keys()];
+    const keys = [
+      ...partKeys,
+      ...partitions.map((partition) => checkpointKey(group, topic, partition)),
+    ];
+    if (keys.length > 0)
       await this.producer.send(
         this.topic,
-        partitions.map((partition) => ({
-          key: checkpointKey(group, topic, partition),
-          value: null,
-        })),
+        keys.map((key) => ({ key, value: null })),
         "none",
       );
+    for (const partition of partitions) this.inForce.delete(checkpointKey(group, topic, partition));
     return partitions.length;
   }
 
-  /** Writes a checkpoint and resolves once the broker acknowledged it. */
+  /**
+   * Writes a checkpoint and resolves once the broker acknowledged it: gzipped in one record, or
+   * in parts and then their manifest when it is larger than the bound. The parts of the
+   * checkpoint it replaces are tombstoned afterwards (a failure there only leaves them for the
+   * next write to tombstone: nothing names them).
+   */
   async save(checkpoint: Checkpoint): Promise<void> {
-    await this.producer.send(
-      this.topic,
-      [
-        {
-          key: checkpointKey(checkpoint.group, checkpoint.topic, checkpoint.partition),
-          value: Buffer.from(JSON.stringify(checkpoint)),
-        },
-      ],
-      "gzip",
-    );
+    const key = checkpointKey(checkpoint.group, checkpoint.topic, checkpoint.partition);
+    const gzipped = await gzipAsync(Buffer.from(JSON.stringify(checkpoint)));
+    let partKeys: string[] = [];
+    if (gzipped.length <= this.maxRecordBytes) {
+      await this.producer.send(this.topic, [{ key, value: gzipped }], "none");
+    } else {
+      const generation = `${checkpoint.nextOffset}-${randomBytes(6).toString("hex")}`;
+      const parts: { key: string; value: Buffer }[] = [];
+      for (let at = 0; at < gzipped.length; at += this.maxRecordBytes)
+        parts.push({
+          key: checkpointPartKey(
+            checkpoint.group,
+            checkpoint.topic,
+            checkpoint.partition,
+            generation,
+            parts.length,
+          ),
+          value: gzipped.subarray(at, at + this.maxRecordBytes),
+        });
+      partKeys = parts.map((part) => part.key);
+      // The parts first: the manifest names only parts already acknowledged.
+      await this.producer.send(this.topic, parts, "none");
+      const manifest: CheckpointManifest = {
+        version: 1,
+        kind: "manifest",
+        group: checkpoint.group,
+        topic: checkpoint.topic,
+        partition: checkpoint.partition,
+        nextOffset: checkpoint.nextOffset,
+        generation,
+        parts: parts.length,
+        bytes: gzipped.length,
+      };
+      await this.producer.send(
+        this.topic,
+        [{ key, value: Buffer.from(JSON.stringify(manifest)) }],
+        "none",
+      );
+    }
+    const stale = this.superseded.get(key) ?? new Set<string>();
+    for (const part of this.inForce.get(key) ?? []) stale.add(part);
+    this.inForce.set(key, partKeys);
+    this.superseded.set(key, stale);
+    if (stale.size === 0) return;
+    try {
+      await this.producer.send(
+        this.topic,
+        [...stale].map((part) => ({ key: part, value: null })),
+        "none",
+      );
+      this.superseded.delete(key);
+    } catch {
+      // Kept for the next write: stale parts are never read (no manifest names them).
+    }
   }
 }

@@ -163,8 +163,18 @@ function compareModels(a: string | null, b: string | null): number {
   return a < b ? -1 : 1;
 }
 
+/** Locale-independent name order, so every machine sorts alike. */
+function byCodeUnits(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
 export class PartitionState {
+  /** Services with an open window (a service whose windows all closed is evicted). */
   private readonly services = new Map<string, ServiceWindows>();
+  /** Open windows: by start, the services with that window open. */
+  private readonly openByStart = new Map<number, Set<string>>();
+  /** The keys of `openByStart`, ascending: closing walks only the windows due. */
+  private readonly openStarts: number[] = [];
   private readonly alerts: AlertTracker;
   private maxEventTime: number | null = null;
   private readonly forwarded = new Map<number, string | null>();
@@ -183,7 +193,10 @@ export class PartitionState {
     this.alerts = new AlertTracker(settings.rules, snapshot?.alerts);
     if (snapshot) {
       this.maxEventTime = snapshot.maxEventTimeMicros;
-      for (const rollup of snapshot.windows) this.windowsOf(rollup.service).restore(rollup);
+      for (const rollup of snapshot.windows) {
+        this.windowsOf(rollup.service).restore(rollup);
+        this.trackOpen(rollup.service, rollup.window_start);
+      }
       for (const entry of snapshot.forwarded ?? [])
         this.forwarded.set(entry.partition, entry.lastOffset);
       for (const entry of snapshot.sources ?? [])
@@ -453,9 +466,11 @@ export class PartitionState {
       } else if (watermark !== null && window.end <= watermark) {
         const current = windowOf(watermark, this.settings.windowSizeMicros);
         this.windowsOf(event.service).addLate(current.start, event.model);
+        this.trackOpen(event.service, current.start);
         outputs.push({ type: "late", event, watermarkMicros: watermark });
       } else {
         this.windowsOf(event.service).add(event);
+        this.trackOpen(event.service, window.start);
       }
     }
     return outputs;
@@ -474,14 +489,19 @@ export class PartitionState {
    * order; emits each window's rollups and the alert transitions of its service total.
    */
   private closeThrough(watermark: number): PartitionOutput[] {
+    // Only the windows due are visited (the open starts are kept in order), and only their
+    // services sorted: not every service the partition has seen.
     const due: { start: number; service: string }[] = [];
-    for (const [service, windows] of this.services)
-      for (const start of windows.windowStarts())
-        if (start + this.settings.windowSizeMicros <= watermark) due.push({ start, service });
-    if (due.length === 0) return [];
-    due.sort(
-      (a, b) => a.start - b.start || (a.service < b.service ? -1 : a.service > b.service ? 1 : 0),
-    );
+    let closing = 0;
+    for (const start of this.openStarts) {
+      if (start + this.settings.windowSizeMicros > watermark) break;
+      for (const service of [...(this.openByStart.get(start) ?? [])].sort(byCodeUnits))
+        due.push({ start, service });
+      this.openByStart.delete(start);
+      closing++;
+    }
+    if (closing === 0) return [];
+    this.openStarts.splice(0, closing);
     // Revisions go out with the windows that close next: the events of closed windows read since
     // the last ones (a replica's buffer delivered after an outage, interleaved with the others'
     // calls) make one revision of each window they touched. A function of the log, so a replay
@@ -490,7 +510,11 @@ export class PartitionState {
     this.expireRetained(watermark);
     const allowed = this.settings.allowedLatenessMicros ?? 0;
     for (const { start, service } of due) {
-      const rollups = this.windowsOf(service).close(start);
+      const windows = this.services.get(service);
+      const rollups = windows?.close(start) ?? [];
+      // A service with nothing open is evicted; its retained windows and firing alerts are kept
+      // apart (`retained`, the alert tracker).
+      if (windows?.openWindows === 0) this.services.delete(service);
       for (const rollup of rollups) outputs.push({ type: "rollup", rollup });
       if (allowed > 0 && start + this.settings.windowSizeMicros + allowed > watermark)
         this.retained.set(retainedKey(service, start), {
@@ -562,6 +586,25 @@ export class PartitionState {
       retained,
       revisableAfterMicros: this.revisableAfter,
     };
+  }
+
+  /** Records that `service` has the window at `start` open. */
+  private trackOpen(service: string, start: number): void {
+    let services = this.openByStart.get(start);
+    if (!services) {
+      services = new Set();
+      this.openByStart.set(start, services);
+      // Binary insertion: a new start is rare (about one per window size of event time).
+      let low = 0;
+      let high = this.openStarts.length;
+      while (low < high) {
+        const middle = (low + high) >>> 1;
+        if ((this.openStarts[middle] as number) < start) low = middle + 1;
+        else high = middle;
+      }
+      this.openStarts.splice(low, 0, start);
+    }
+    services.add(service);
   }
 
   private windowsOf(service: string): ServiceWindows {

@@ -18,7 +18,7 @@ import {
   type PartitionOutput,
   type WindowSettings,
 } from "../processor/partition.js";
-import { eventArbitrary } from "./support/events.js";
+import { eventArbitrary, sampleEvent } from "./support/events.js";
 import {
   expectMatchesOracle,
   oracleAlerts,
@@ -375,6 +375,38 @@ describe("partition snapshots", () => {
     },
     PROPERTY_TIMEOUT,
   );
+});
+
+describe("services passing through", () => {
+  it("a service whose windows all closed is evicted (none retained, no alert firing in the state's per-service structures); it comes back as new, with the same outputs", () => {
+    const state = new PartitionState({ ...SETTINGS, allowedLatenessMicros: 0 });
+    const held = (): number =>
+      (Reflect.get(state, "services") as ReadonlyMap<unknown, unknown>).size;
+    const call = (service: string, at: number): PartitionInput => ({
+      type: "event",
+      event: { ...sampleEvent({ service }), start_time: at - 1_000, end_time: at },
+    });
+    const inputs: PartitionInput[] = [];
+    // 2 000 services in minute 0, then one in minute 2: minute 0 closes for all of them.
+    for (let i = 0; i < 2_000; i++) inputs.push(call(`svc-${i}`, ORIGIN + (i % 50) * 1_000_000));
+    inputs.push(call("svc-0", ORIGIN + 2 * SIZE + 20_000_000));
+    const outputs = run(inputs, state);
+    expect(rollupsOf(outputs)).toHaveLength(4_000);
+    // Before: 2 000 (every service ever seen stayed, and each watermark advance walked them all).
+    expect(held()).toBe(1);
+    expect(state.openSeries).toBe(2);
+    // A service evicted comes back as new: its next window is counted from nothing.
+    const again = run([call("svc-7", ORIGIN + 2 * SIZE + 30_000_000), { type: "flush" }], state);
+    expect(
+      rollupsOf(again)
+        .filter((rollup) => rollup.service === "svc-7")
+        .map((rollup) => [rollup.model, rollup.counts.calls]),
+    ).toEqual([
+      [null, 1],
+      ["gpt-4o", 1],
+    ]);
+    expect(held()).toBe(0);
+  });
 });
 
 describe("eventTimeWindows (RxJS)", () => {
