@@ -11,6 +11,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { gunzipSync } from "node:zlib";
 
 import type { Admin, Producer } from "kafkajs";
 import { afterAll, describe, expect, it } from "vitest";
@@ -260,11 +261,16 @@ describe("processor CLI: SIGTERM mid-stream and a config file's thresholds and r
           new Map(),
           await topicEnds(admin as Admin, checkpointTopic),
         )) {
-          const checkpoint = JSON.parse(record.value?.toString() ?? "{}") as {
-            group?: string;
-            partition?: number;
-            nextOffset?: string;
-          };
+          // Checkpoints are gzipped JSON (the layout record is plain JSON); skip what is neither.
+          const raw = record.value ?? Buffer.from("{}");
+          let checkpoint: { group?: string; partition?: number; nextOffset?: string };
+          try {
+            checkpoint = JSON.parse(
+              (raw[0] === 0x1f && raw[1] === 0x8b ? gunzipSync(raw) : raw).toString("utf8"),
+            ) as typeof checkpoint;
+          } catch {
+            continue;
+          }
           if (checkpoint.group !== group || checkpoint.partition === undefined) continue;
           best.set(
             checkpoint.partition,
