@@ -255,6 +255,7 @@ function partitionRate(
     const end = origin + Math.floor((j * 60 * MINUTE) / count);
     events.push({
       ...template,
+      event_id: `00000000-0000-4000-8000-${String(j).padStart(12, "0")}`,
       service: serviceOf(j),
       model: j % 3 === 0 ? "gpt-4o-mini" : "gpt-4o",
       start_time: end - 200_000,

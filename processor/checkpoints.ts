@@ -230,7 +230,7 @@ function isCheckpoint(value: unknown): value is Checkpoint {
     /^\d+$/.test(candidate.nextOffset) &&
     (candidate.topicId === undefined || typeof candidate.topicId === "string") &&
     typeof candidate.state === "object" &&
-    [1, 2, 3].includes((candidate.state as { version?: unknown }).version as number)
+    [1, 2, 3, 4].includes((candidate.state as { version?: unknown }).version as number)
   );
 }
 

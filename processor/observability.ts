@@ -35,6 +35,11 @@ export class ProcessorMetrics {
     help: "Late events forwarded to the late-events topic",
     registers: [this.registry],
   });
+  readonly duplicates = new Counter({
+    name: "mcpo_processor_duplicate_events_total",
+    help: "Events not counted because their window already counted their event_id (delivered twice)",
+    registers: [this.registry],
+  });
   readonly deadLettered = new Counter({
     name: "mcpo_processor_dead_lettered_total",
     help: "Records sent to the dead-letter topic",

@@ -13,6 +13,10 @@
  *   the late-events topic; it is in no other count.
  * - A watermark tick (a control record in the log, written when a partition was idle) advances
  *   event time without an event, so idle windows close in replays exactly as they did live.
+ * - Each (service, window) has a series of its own for at most `maxModelsPerWindow` models: the
+ *   first seen in the window, in log order (late events and revisions of the window included).
+ *   The calls of further models count in the window's overflow series (`other_models`), and in
+ *   the service total like every call.
  * - With a routing, every service has one home partition. An event that arrives elsewhere is not
  *   counted where it arrived: it is forwarded (a `forward` output; the processor writes a copy into
  *   the home partition's log) and only advances this partition's event time. At the home
@@ -22,6 +26,10 @@
  *   reports its event time (on each copy, and in progress records); the home partition's event
  *   time is its own, held back to the slowest source's, so no window closes while a source may
  *   still forward an on-time event of it.
+ * - An event counts once: a window keeps the ids of the events it counted while it is open or
+ *   revisable, and an event whose id it already holds (the same event delivered twice) is not
+ *   counted again but emitted as a `duplicate`. Late events (in no window's counts but `late`)
+ *   are not deduplicated.
  */
 import type {
   AlertEvent,
@@ -31,17 +39,25 @@ import type {
 } from "../avro/generated.js";
 import type { CopyOrigin, SourceProgress } from "../avro/control.js";
 import { windowConfigSchema } from "../config/index.js";
+import { EventIdSet } from "./event-ids.js";
 import {
   AlertTracker,
+  compareSeries,
   countsTowardMetrics,
   WindowAccumulator,
   DEFAULT_ALERT_RULES,
   DEFAULT_THRESHOLDS,
   MICROS_PER_MILLI,
+  modelSeriesCount,
+  OTHER_MODELS,
+  seriesForModel,
+  seriesOf,
+  seriesRollup,
   ServiceWindows,
   windowOf,
   type AlertRule,
   type AlertTrackerState,
+  type SeriesKey,
 } from "../metrics/index.js";
 
 /** Window settings, in microseconds. */
@@ -54,6 +70,12 @@ export interface WindowSettings {
    * events are late.
    */
   readonly allowedLatenessMicros?: number;
+  /**
+   * How many models of a service have a series of their own in one window: the first seen in the
+   * window, in log order; the calls of further models count in the window's overflow series.
+   * Absent: config/'s default (200).
+   */
+  readonly maxModelsPerWindow?: number;
   readonly thresholds: MetricThresholds;
   readonly rules: readonly AlertRule[];
 }
@@ -65,6 +87,7 @@ export const DEFAULT_WINDOW_SETTINGS: WindowSettings = Object.freeze({
   windowSizeMicros: WINDOW_DEFAULTS.windowSizeMs * MICROS_PER_MILLI,
   graceMicros: WINDOW_DEFAULTS.graceMs * MICROS_PER_MILLI,
   allowedLatenessMicros: WINDOW_DEFAULTS.allowedLatenessMs * MICROS_PER_MILLI,
+  maxModelsPerWindow: WINDOW_DEFAULTS.maxModelsPerWindow,
   thresholds: DEFAULT_THRESHOLDS,
   rules: DEFAULT_ALERT_RULES,
 });
@@ -91,6 +114,8 @@ export type PartitionOutput =
   | { readonly type: "rollup"; readonly rollup: MetricRollup }
   | { readonly type: "alert"; readonly alert: AlertEvent }
   | { readonly type: "late"; readonly event: ModelCallEvent; readonly watermarkMicros: number }
+  /** An event whose id its window already counted: not counted again. */
+  | { readonly type: "duplicate"; readonly event: ModelCallEvent }
   /** Write the event's record into `partition`, its service's home, as a copy from `origin`. */
   | {
       readonly type: "forward";
@@ -103,9 +128,9 @@ export type PartitionOutput =
 export interface PartitionSnapshot {
   /**
    * 1: written before routing (no `forwarded` or `sources`); 2: before revisions (no
-   * `retained`); 3: now.
+   * `retained`); 3: before deduplication (no `seen`); 4: now.
    */
-  readonly version: 1 | 2 | 3;
+  readonly version: 1 | 2 | 3 | 4;
   /** The largest event time read in this partition itself (its own events, copies, ticks). */
   readonly maxEventTimeMicros: number | null;
   /** Open windows, as rollups of what they hold so far. */
@@ -132,6 +157,15 @@ export interface PartitionSnapshot {
    * of version 1 or 2): they are not revised. Null: every closed window is known.
    */
   readonly revisableAfterMicros?: number | null;
+  /**
+   * The ids of the events each open or revisable window counted (base64 of 16 bytes per id, in
+   * the order they were counted), by service and window start.
+   */
+  readonly seen?: readonly {
+    readonly service: string;
+    readonly windowStart: number;
+    readonly ids: string;
+  }[];
 }
 
 /** A closed window kept for revisions, as plain data. */
@@ -149,18 +183,23 @@ interface Retained {
   readonly windowStart: number;
   /** The revision last emitted (0: its first emission; -1 for none, a window that closed empty). */
   revision: number;
-  /** By model (null: the service total): the rollup last emitted. */
-  readonly rollups: Map<string | null, MetricRollup>;
-  /** By model: the window's content with the events that arrived since, until emitted. */
-  pending: Map<string | null, WindowAccumulator> | undefined;
+  /** By series (null: the service total): the rollup last emitted. */
+  readonly rollups: Map<SeriesKey, MetricRollup>;
+  /** By series: the window's content with the events that arrived since, until emitted. */
+  pending: Map<SeriesKey, WindowAccumulator> | undefined;
+  /** How many models have a series of their own (emitted or pending). */
+  models: number;
 }
 
-/** The service total (null) first, then models in code-unit order. */
-function compareModels(a: string | null, b: string | null): number {
-  if (a === b) return 0;
-  if (a === null) return -1;
-  if (b === null) return 1;
-  return a < b ? -1 : 1;
+/** How many models have a series of their own in a retained window. */
+function retainedModels(
+  rollups: ReadonlyMap<SeriesKey, MetricRollup>,
+  pending: ReadonlyMap<SeriesKey, WindowAccumulator> | undefined,
+): number {
+  let models = modelSeriesCount(rollups);
+  for (const series of pending?.keys() ?? [])
+    if (typeof series === "string" && !rollups.has(series)) models++;
+  return models;
 }
 
 /** Locale-independent name order, so every machine sorts alike. */
@@ -184,6 +223,10 @@ export class PartitionState {
   /** Retained windows with events not yet emitted, in the order they were first revised. */
   private readonly dirty = new Set<Retained>();
   private revisableAfter: number | null = null;
+  /** Calls counted in overflow series (see {@link foldedEvents}). */
+  private folded = 0;
+  /** By service, then window start: the ids of the events the window counted. */
+  private readonly seen = new Map<string, Map<number, EventIdSet>>();
 
   constructor(
     readonly settings: WindowSettings = DEFAULT_WINDOW_SETTINGS,
@@ -205,27 +248,40 @@ export class PartitionState {
           timeMicros: entry.timeMicros,
         });
       for (const entry of snapshot.retained ?? []) {
+        const rollups = new Map<SeriesKey, MetricRollup>(
+          entry.rollups.map((rollup) => [seriesOf(rollup), rollup]),
+        );
+        const pending =
+          entry.pending.length === 0
+            ? undefined
+            : new Map<SeriesKey, WindowAccumulator>(
+                entry.pending.map((rollup) => [
+                  seriesOf(rollup),
+                  WindowAccumulator.fromRollup(rollup),
+                ]),
+              );
         const retained: Retained = {
           service: entry.service,
           windowStart: entry.windowStart,
           revision: entry.revision,
-          rollups: new Map(entry.rollups.map((rollup) => [rollup.model, rollup])),
-          pending:
-            entry.pending.length === 0
-              ? undefined
-              : new Map(
-                  entry.pending.map((rollup) => [
-                    rollup.model,
-                    WindowAccumulator.fromRollup(rollup),
-                  ]),
-                ),
+          rollups,
+          pending,
+          models: retainedModels(rollups, pending),
         };
         this.retained.set(retainedKey(entry.service, entry.windowStart), retained);
         if (retained.pending) this.dirty.add(retained);
       }
       // Closed windows of an older snapshot are not known: only later ones are revised.
       this.revisableAfter =
-        snapshot.version === 3 ? (snapshot.revisableAfterMicros ?? null) : this.watermarkMicros;
+        snapshot.version >= 3 ? (snapshot.revisableAfterMicros ?? null) : this.watermarkMicros;
+      for (const entry of snapshot.seen ?? []) {
+        let byStart = this.seen.get(entry.service);
+        if (!byStart) {
+          byStart = new Map();
+          this.seen.set(entry.service, byStart);
+        }
+        byStart.set(entry.windowStart, EventIdSet.fromBase64(entry.ids));
+      }
     }
     // A partition beyond the homes (added to the topic later) holds only other homes' events:
     // every home waits for its progress, so it reports to every home from the start.
@@ -260,6 +316,14 @@ export class PartitionState {
   /** The home partitions this one reports to, with the offset of the last event forwarded there. */
   get forwardedTo(): ReadonlyMap<number, string | null> {
     return this.forwarded;
+  }
+
+  /**
+   * How many calls (late ones included) this state counted in overflow series since it was
+   * created or restored: calls of models beyond their window's first `maxModelsPerWindow`.
+   */
+  get foldedEvents(): number {
+    return this.folded;
   }
 
   /** How many (service, model, window) accumulators are open. */
@@ -405,23 +469,32 @@ export class PartitionState {
         revision: -1,
         rollups: new Map(),
         pending: undefined,
+        models: 0,
       };
       this.retained.set(key, retained);
     }
-    const pending = (retained.pending ??= new Map<string | null, WindowAccumulator>());
-    const accumulatorOf = (model: string | null): WindowAccumulator => {
-      let accumulator = pending.get(model);
+    const pending = (retained.pending ??= new Map<SeriesKey, WindowAccumulator>());
+    const accumulatorOf = (series: SeriesKey): WindowAccumulator => {
+      let accumulator = pending.get(series);
       if (!accumulator) {
-        const emitted = retained.rollups.get(model);
+        const emitted = retained.rollups.get(series);
         accumulator = emitted
           ? WindowAccumulator.fromRollup(emitted)
           : new WindowAccumulator(this.settings.thresholds);
-        pending.set(model, accumulator);
+        pending.set(series, accumulator);
       }
       return accumulator;
     };
     accumulatorOf(null).add(event);
-    if (event.model !== null) accumulatorOf(event.model).add(event);
+    if (event.model !== null) {
+      // The same rule as the window had while open: the model's series, if it has one or the
+      // window has room for another, else the overflow.
+      const hasSeries = pending.has(event.model) || retained.rollups.has(event.model);
+      const series = seriesForModel(event.model, hasSeries, retained.models, this.maxModels);
+      if (series === OTHER_MODELS) this.folded++;
+      else if (!hasSeries) retained.models++;
+      accumulatorOf(series).add(event);
+    }
     this.dirty.add(retained);
   }
 
@@ -443,12 +516,12 @@ export class PartitionState {
         start: retained.windowStart,
         end: retained.windowStart + this.settings.windowSizeMicros,
       };
-      for (const [model, accumulator] of [...pending].sort(([a], [b]) => compareModels(a, b))) {
+      for (const [series, accumulator] of [...pending].sort(([a], [b]) => compareSeries(a, b))) {
         const rollup: MetricRollup = {
-          ...accumulator.toRollup(retained.service, model, window),
+          ...seriesRollup(accumulator, retained.service, series, window),
           revision: retained.revision,
         };
-        retained.rollups.set(model, rollup);
+        retained.rollups.set(series, rollup);
         outputs.push({ type: "rollup", rollup });
       }
     }
@@ -462,18 +535,50 @@ export class PartitionState {
     if (countsTowardMetrics(event)) {
       const window = windowOf(event.end_time, this.settings.windowSizeMicros);
       if (this.revisable(event)) {
-        this.revise(event);
+        if (!this.firstTime(event, window.start)) outputs.push({ type: "duplicate", event });
+        else this.revise(event);
       } else if (watermark !== null && window.end <= watermark) {
         const current = windowOf(watermark, this.settings.windowSizeMicros);
-        this.windowsOf(event.service).addLate(current.start, event.model);
+        const windows = this.windowsOf(event.service);
+        const folded = windows.foldedEvents;
+        windows.addLate(current.start, event.model);
+        this.folded += windows.foldedEvents - folded;
         this.trackOpen(event.service, current.start);
         outputs.push({ type: "late", event, watermarkMicros: watermark });
+      } else if (!this.firstTime(event, window.start)) {
+        outputs.push({ type: "duplicate", event });
       } else {
-        this.windowsOf(event.service).add(event);
+        const windows = this.windowsOf(event.service);
+        const folded = windows.foldedEvents;
+        windows.add(event);
+        this.folded += windows.foldedEvents - folded;
         this.trackOpen(event.service, window.start);
       }
     }
     return outputs;
+  }
+
+  /** Records that the window at `windowStart` counts `event`; false when it already did. */
+  private firstTime(event: ModelCallEvent, windowStart: number): boolean {
+    let byStart = this.seen.get(event.service);
+    if (!byStart) {
+      byStart = new Map();
+      this.seen.set(event.service, byStart);
+    }
+    let ids = byStart.get(windowStart);
+    if (!ids) {
+      ids = new EventIdSet();
+      byStart.set(windowStart, ids);
+    }
+    return ids.add(event.event_id);
+  }
+
+  /** Forgets the ids a window counted (it is closed and no longer revisable). */
+  private forgetSeen(service: string, windowStart: number): void {
+    const byStart = this.seen.get(service);
+    if (!byStart) return;
+    byStart.delete(windowStart);
+    if (byStart.size === 0) this.seen.delete(service);
   }
 
   /** Moves this partition's event time forward (never back) and closes what the watermark passes. */
@@ -521,9 +626,11 @@ export class PartitionState {
           service,
           windowStart: start,
           revision: 0,
-          rollups: new Map(rollups.map((rollup) => [rollup.model, rollup])),
+          rollups: new Map(rollups.map((rollup) => [seriesOf(rollup), rollup])),
           pending: undefined,
+          models: rollups.filter((rollup) => typeof seriesOf(rollup) === "string").length,
         });
+      else this.forgetSeen(service, start);
       const total = rollups.find((rollup) => rollup.model === null);
       if (total)
         for (const alert of this.alerts.observe(total)) outputs.push({ type: "alert", alert });
@@ -539,8 +646,10 @@ export class PartitionState {
       if (
         retained.pending === undefined &&
         retained.windowStart + this.settings.windowSizeMicros + allowed <= watermark
-      )
+      ) {
         this.retained.delete(key);
+        this.forgetSeen(retained.service, retained.windowStart);
+      }
   }
 
   /** The state as plain data (JSON-safe). */
@@ -564,14 +673,18 @@ export class PartitionState {
           service: entry.service,
           windowStart: entry.windowStart,
           revision: entry.revision,
-          rollups: [...entry.rollups.values()].sort((a, b) => compareModels(a.model, b.model)),
+          rollups: [...entry.rollups.values()].sort((a, b) =>
+            compareSeries(seriesOf(a), seriesOf(b)),
+          ),
           pending: [...(entry.pending ?? [])]
-            .sort(([a], [b]) => compareModels(a, b))
-            .map(([model, accumulator]) => accumulator.toRollup(entry.service, model, window)),
+            .sort(([a], [b]) => compareSeries(a, b))
+            .map(([series, accumulator]) =>
+              seriesRollup(accumulator, entry.service, series, window),
+            ),
         };
       });
     return {
-      version: 3,
+      version: 4,
       maxEventTimeMicros: this.maxEventTime,
       windows,
       alerts: this.alerts.snapshot(),
@@ -585,6 +698,13 @@ export class PartitionState {
       }),
       retained,
       revisableAfterMicros: this.revisableAfter,
+      seen: [...this.seen.keys()]
+        .sort(byCodeUnits)
+        .flatMap((service) =>
+          [...(this.seen.get(service) ?? [])]
+            .sort(([a], [b]) => a - b)
+            .map(([windowStart, ids]) => ({ service, windowStart, ids: ids.toBase64() })),
+        ),
     };
   }
 
@@ -614,10 +734,15 @@ export class PartitionState {
         service,
         this.settings.windowSizeMicros,
         this.settings.thresholds,
+        this.maxModels,
       );
       this.services.set(service, windows);
     }
     return windows;
+  }
+
+  private get maxModels(): number {
+    return this.settings.maxModelsPerWindow ?? WINDOW_DEFAULTS.maxModelsPerWindow;
   }
 }
 

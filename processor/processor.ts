@@ -121,6 +121,13 @@ export interface ProcessorOptions {
    */
   readonly allowedLatenessMs?: number;
   /**
+   * How many models of a service have a series of their own in one window (default 200): the
+   * first seen in the window, in log order (late events and revisions included); the calls of
+   * further models are counted in the window's overflow series (`other_models`, scope 'other' in
+   * PostgreSQL) and in `mcpo_processor_models_folded_total`. A replay must use the processor's.
+   */
+  readonly maxModelsPerWindow?: number;
+  /**
    * An event that ends more than this after its record's log time (the broker's clock when it
    * appended the record) is dead-lettered (CLOCK_SKEW), never applied; a watermark tick or
    * progress record that far ahead is ignored and counted, ms (default 300 000). A replay must use
@@ -174,6 +181,8 @@ export interface ProcessorStats {
   readonly rollups: number;
   readonly alerts: number;
   readonly late: number;
+  /** Events whose window already counted their `event_id` (delivered twice): not counted again. */
+  readonly duplicates: number;
   readonly deadLettered: number;
   readonly checkpoints: number;
   /** Events copied to their service's home partition (they arrived elsewhere). */
@@ -237,6 +246,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
     | "rollups"
     | "alerts"
     | "late"
+    | "duplicates"
     | "deadLettered"
     | "checkpoints"
     | "forwarded"
@@ -296,6 +306,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       rollups: new Tally(metrics.rollups),
       alerts: new Tally(metrics.alerts),
       late: new Tally(metrics.late),
+      duplicates: new Tally(metrics.duplicates),
       deadLettered: new Tally(metrics.deadLettered),
       checkpoints: new Tally(metrics.checkpoints),
       forwarded: new Tally(metrics.forwarded),
@@ -309,6 +320,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       windowSizeMicros: config.windowSizeMs * MICROS_PER_MILLI,
       graceMicros: config.graceMs * MICROS_PER_MILLI,
       allowedLatenessMicros: config.allowedLatenessMs * MICROS_PER_MILLI,
+      maxModelsPerWindow: config.maxModelsPerWindow,
       thresholds: rulesAndThresholds.thresholds,
       rules: rulesAndThresholds.rules,
     };
@@ -813,6 +825,10 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
               "mcpo-late-watermark-micros": String(output.watermarkMicros),
             },
           });
+          break;
+        case "duplicate":
+          // The sink stores the span once (by event_id); the rollups counted it once.
+          this.count.duplicates.inc();
           break;
       }
     }

@@ -67,6 +67,8 @@ export interface ReplayOptions extends EndpointOptions {
   readonly graceMs?: number;
   /** Must equal the live processor's (default 3 600 000). */
   readonly allowedLatenessMs?: number;
+  /** Must equal the live processor's (default 200): see `ProcessorOptions.maxModelsPerWindow`. */
+  readonly maxModelsPerWindow?: number;
   /** Must equal the live processor's (default 300 000): see `ProcessorOptions.maxClockSkewMs`. */
   readonly maxClockSkewMs?: number;
   /** Must equal the live processor's (default 0: no limit): see `ProcessorOptions.maxEventAgeMs`. */
@@ -105,6 +107,8 @@ export interface ReplaySummary {
   readonly ignoredTicks: number;
   /** Events beyond the grace period (counted in `late` of their service's rollups). */
   readonly late: number;
+  /** Events whose id their window had already counted (delivered twice): counted once. */
+  readonly duplicates: number;
   /** Closed (service, window) pairs emitted: service-total rollups. */
   readonly windows: number;
   /** Rollup rows emitted (service totals and per model). */
@@ -148,6 +152,7 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
     windowSizeMicros: config.windowSizeMs * MICROS_PER_MILLI,
     graceMicros: config.graceMs * MICROS_PER_MILLI,
     allowedLatenessMicros: config.allowedLatenessMs * MICROS_PER_MILLI,
+    maxModelsPerWindow: config.maxModelsPerWindow,
     thresholds: metrics.thresholds,
     rules: metrics.rules,
   };
@@ -190,6 +195,7 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
     progress: 0,
     ignoredTicks: 0,
     late: 0,
+    duplicates: 0,
     windows: 0,
     rollups: 0,
   };
@@ -250,6 +256,10 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
         if (output.type === "forward") continue;
         if (output.type === "late") {
           if (!services || services.has(output.event.service)) counters.late++;
+          continue;
+        }
+        if (output.type === "duplicate") {
+          if (!services || services.has(output.event.service)) counters.duplicates++;
           continue;
         }
         const item = output.type === "rollup" ? output.rollup : output.alert;

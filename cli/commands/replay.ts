@@ -230,6 +230,7 @@ function printReport(report: ReplayReport): void {
           invalid.length === 0 ? "0" : invalid.map(([code, n]) => `${code} ${n}`).join(", "),
         ],
         ["late events", count(s.late)],
+        ["duplicates (counted once)", count(s.duplicates)],
         ["windows closed", count(s.windows)],
         ["rollup rows", count(s.rollups)],
         ["alerts fired", count(s.alertsFired)],

@@ -207,6 +207,10 @@ describe("the hostile corpus, end to end", () => {
         );
         expect(Number(rows[0]?.n), `${where}: spans`).toBe(outcome.spans.count);
       }
+      if (outcome.duplicates !== undefined)
+        expect(processor.stats().duplicates, `${where}: duplicates`).toBeGreaterThanOrEqual(
+          outcome.duplicates,
+        );
     }
   });
 });

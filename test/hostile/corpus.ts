@@ -35,6 +35,8 @@ export interface HostileOutcome {
   readonly rollups?: { readonly service: string; readonly events: readonly ModelCallEvent[] };
   /** The stored spans of `service`: this many. */
   readonly spans?: { readonly service: string; readonly count: number };
+  /** The processor counted at least this many duplicates (`mcpo_processor_duplicate_events_total`). */
+  readonly duplicates?: number;
 }
 
 /** How an entry builds its records: the model-calls codec and the time it is produced at. */
@@ -171,6 +173,31 @@ export const CORPUS: readonly HostileEntry[] = [
       return {
         records: events.map((event) => ({ key: event.service, value: encode(event) })),
         outcome: { rollups: { service: "star-mcp", events } },
+      };
+    },
+  },
+  {
+    name: "duplicates",
+    what: "item 6: the same record bytes produced twice, and one three times (an exporter's resend)",
+    build: ({ encode, nowMicros }) => {
+      const events = [
+        goodCall("dup-mcp", nowMicros, { model: "gpt-4o", cost_nano_usd: 1_000 }),
+        goodCall("dup-mcp", nowMicros, { model: "gpt-4o", cost_nano_usd: 2_000 }),
+        goodCall("dup-mcp", nowMicros, { model: "claude", cost_nano_usd: 4_000 }),
+      ];
+      const [first, , third] = events.map((event) => ({
+        key: event.service,
+        value: encode(event),
+      }));
+      const records = events.map((event) => ({ key: event.service, value: encode(event) }));
+      if (first && third) records.push(first, third, third);
+      return {
+        records,
+        outcome: {
+          rollups: { service: "dup-mcp", events },
+          spans: { service: "dup-mcp", count: events.length },
+          duplicates: 3,
+        },
       };
     },
   },
