@@ -416,6 +416,14 @@ interface TypeParts {
   readonly underlyingType?: Type;
 }
 
+/**
+ * An avsc type's name, a long read as a bigint (`abstract:long`, see bigint.ts) as `long`: the
+ * same bytes on the wire.
+ */
+function typeNameOf(type: Type): string {
+  return type.typeName === "abstract:long" ? "long" : type.typeName;
+}
+
 /** One part of an avsc type, which its type name says it has. */
 function part<K extends Exclude<keyof TypeParts, "typeName" | "name">>(
   type: Type,
@@ -507,7 +515,7 @@ class Compiler {
    * (records have no framing); one met again inside itself becomes a call of its walker.
    */
   private ops(type: Type, path: string, program: Op[], flattening: Set<Type>): void {
-    const name = type.typeName;
+    const name = typeNameOf(type);
     if (name.startsWith("logical:")) {
       this.ops(part(type, "underlyingType"), path, program, flattening);
       return;
@@ -594,7 +602,7 @@ class Compiler {
     const itemMin = (isMap ? 1 : 0) + this.minSize(itemType);
     const items = isMap
       ? mapEntries(this.walker(itemType))
-      : itemsOf(itemType.typeName, itemMin, this.walker(itemType));
+      : itemsOf(typeNameOf(itemType), itemMin, this.walker(itemType));
     return (cursor) => {
       let index = 0;
       for (;;) {

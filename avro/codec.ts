@@ -10,9 +10,10 @@
  * counts and lengths that cannot fit in the bytes left are refused (see bounded.ts).
  */
 import { COMPATIBILITY, SchemaRegistry, SchemaType } from "@kafkajs/confluent-schema-registry";
-import avro from "avsc";
+import type avro from "avsc";
 
 import { ObservatoryError } from "../config/errors.js";
+import { contractType } from "./bigint.js";
 import { compileBodyCheck, type BodyCheck } from "./bounded.js";
 import type { EventContract } from "./contracts.js";
 import {
@@ -179,7 +180,8 @@ export class AvroCodec<T> {
     private readonly unknownIdGraceMs: number = 0,
     private readonly boundedDecoding: boolean = true,
   ) {
-    this.readerType = avro.Type.forSchema(contract.schema as avro.Schema);
+    // Longs the schema marks `mcpo.bigint` (a rollup's sums) read and write bigints.
+    this.readerType = contractType(contract.schema);
     this.writers.set(schemaId, {
       resolver: undefined,
       check: compileBodyCheck(this.readerType),
@@ -446,6 +448,7 @@ function failure(
 function describe(value: unknown): string {
   if (
     typeof value === "number" ||
+    typeof value === "bigint" ||
     typeof value === "boolean" ||
     value === null ||
     value === undefined

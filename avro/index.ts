@@ -19,6 +19,15 @@ export {
   type RegisteredSchemaOptions,
   type SchemaLookup,
 } from "./codec.js";
+export {
+  BIGINT_ATTRIBUTE,
+  bigintFrom,
+  bigintReplacer,
+  contractType,
+  INT64_MAX,
+  INT64_MIN,
+  isBigintLong,
+} from "./bigint.js";
 export { compileBodyCheck, type BodyCheck, type BodyDefect } from "./bounded.js";
 export {
   ALERT_EVENT,

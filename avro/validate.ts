@@ -2,18 +2,20 @@
  * Validation of `unknown` values against the contract's Avro schemas, compiled once per schema
  * into plain closures (paths and patterns are fixed at compile time, so a valid value costs no
  * allocation). Checks the Avro types (so a JSON or hand-built value is caught before encoding),
- * finite numbers, exact integers, and the contract's own field constraints, which the `.avsc`
- * files carry as attributes: `mcpo.min`, `mcpo.max`, `mcpo.minLength`, `mcpo.maxLength`,
- * `mcpo.format` (`uuid`, or `hex` with `mcpo.length` and optionally `mcpo.nonZero`), and on maps
- * `mcpo.maxEntries`, `mcpo.maxKeyLength` and `mcpo.maxValueLength`. Lengths count UTF-16 code
- * units (JavaScript's `length`; at most 3 UTF-8 bytes each). One rule needs no attribute: no
- * string and no map key of the contract contains U+0000 (NUL), which PostgreSQL's `text` cannot
- * hold and `jsonb` refuses.
+ * finite numbers, exact integers (a long is a number within ±(2^53 − 2), or a bigint within 64
+ * bits where the schema marks it `mcpo.bigint`: bigint.ts), and the contract's own field
+ * constraints, which the `.avsc` files carry as attributes: `mcpo.min`, `mcpo.max`,
+ * `mcpo.minLength`, `mcpo.maxLength`, `mcpo.format` (`uuid`, or `hex` with `mcpo.length` and
+ * optionally `mcpo.nonZero`), and on maps `mcpo.maxEntries`, `mcpo.maxKeyLength` and
+ * `mcpo.maxValueLength`. Lengths count UTF-16 code units (JavaScript's `length`; at most 3 UTF-8
+ * bytes each). One rule needs no attribute: no string and no map key of the contract contains
+ * U+0000 (NUL), which PostgreSQL's `text` cannot hold and `jsonb` refuses.
  *
  * Records compile to generated code (as avsc does for its codecs), so each field is read by a
  * fixed property name and checked inline on the valid path; a closure builds the issue only when
  * a value fails.
  */
+import { INT64_MAX, INT64_MIN, isBigintLong } from "./bigint.js";
 import type { AvroSchema } from "./generated.js";
 
 /** What is wrong with a value, and where. */
@@ -49,6 +51,11 @@ interface FieldSchema {
 
 const INT_MIN = -(2 ** 31);
 const INT_MAX = 2 ** 31 - 1;
+/**
+ * The largest long as a number: what avsc reads and writes exactly (2^53 − 2; it refuses 2^53 − 1
+ * as a possible precision loss). A long marked `mcpo.bigint` is a bigint instead (bigint.ts).
+ */
+const LONG_MAX = Number.MAX_SAFE_INTEGER - 1;
 
 /** Options of {@link compileValidator}. */
 export interface ValidatorOptions {
@@ -205,8 +212,23 @@ function compileType(
       };
     }
     default:
+      if (isBigintLong(object)) return compileBigint(field, path);
       return compilePrimitive(object.type as string, field, path);
   }
+}
+
+/** A long marked `mcpo.bigint`: a bigint within int64, and the field's bounds. */
+function compileBigint(field: FieldSchema | undefined, path: string): Check {
+  const min = field?.["mcpo.min"];
+  const max = field?.["mcpo.max"];
+  return (value) => {
+    if (typeof value !== "bigint") return issue(path, "expected a bigint (long)", value);
+    if (value < INT64_MIN || value > INT64_MAX)
+      return issue(path, "outside the 64-bit long range", value);
+    if (min !== undefined && value < min) return issue(path, `below minimum ${min}`, value);
+    if (max !== undefined && value > max) return issue(path, `above maximum ${max}`, value);
+    return undefined;
+  };
 }
 
 function relocate(found: FieldIssue, at: string): FieldIssue {
@@ -310,7 +332,9 @@ function fastTest(type: unknown, field: FieldSchema, named: NamedTypes): string 
     case "int":
       return `typeof v === 'number' && (v | 0) === v${bounds}`;
     case "long":
-      return `typeof v === 'number' && Number.isSafeInteger(v)${bounds}`;
+      return isBigintLong(type)
+        ? `typeof v === 'bigint' && v >= ${INT64_MIN}n && v <= ${INT64_MAX}n${bounds}`
+        : `typeof v === 'number' && Number.isSafeInteger(v) && v >= ${-LONG_MAX} && v <= ${LONG_MAX}${bounds}`;
     case "float":
     case "double":
       // NaN fails every comparison, so the slow path reports it.
@@ -371,8 +395,7 @@ function compilePrimitive(name: string, field: FieldSchema | undefined, path: st
         typeof value === "boolean" ? undefined : issue(path, "expected a boolean", value);
     case "int":
     case "long": {
-      const [low, high] =
-        name === "int" ? [INT_MIN, INT_MAX] : [Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER];
+      const [low, high] = name === "int" ? [INT_MIN, INT_MAX] : [-LONG_MAX, LONG_MAX];
       const notInteger = `expected an integer (${name})`;
       const outside = `outside the exact ${name} range`;
       return (value) => {

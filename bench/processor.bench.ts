@@ -18,8 +18,13 @@
  *    it (each calls twice, then never again), against the same stream from 50 services; events/s
  *    of each (a run stops after 30 s and reports the rate so far).
  *
- * `BENCH_SECTIONS=late` (comma-separated: memory, latency, throughput, late, cardinality) runs
- * only those.
+ * 6. Models: one client sends 100 000 distinct model names within one window, through one
+ *    partition's state machine: open series, checkpoint size (the snapshot's JSON) and events/s at
+ *    the default `maxModelsPerWindow` (200: the others fold into one overflow series) and with the
+ *    cap lifted (1 000 000: a series per name).
+ *
+ * `BENCH_SECTIONS=late` (comma-separated: memory, latency, throughput, late, cardinality, models)
+ * runs only those.
  */
 import { performance } from "node:perf_hooks";
 
@@ -29,7 +34,7 @@ import { AvroCodec, valueSubject } from "../avro/codec.js";
 import { METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
 import type { ModelCallEvent } from "../avro/generated.js";
 import { loadConnectionConfig } from "../config/index.js";
-import { PartitionState } from "../processor/partition.js";
+import { DEFAULT_WINDOW_SETTINGS, PartitionState } from "../processor/partition.js";
 import { StreamProcessor, type ProcessorLogger } from "../processor/processor.js";
 import { sampleEvent } from "../test/support/events.js";
 import { runBench } from "./run.js";
@@ -288,12 +293,43 @@ function cardinality(): void {
   );
 }
 
+/** 100 000 distinct model names in one window, with the cap and without. */
+function models(): void {
+  const count = 100_000;
+  const template = sampleEvent();
+  const origin = 1_764_000_000_000_000 - (1_764_000_000_000_000 % MINUTE);
+  const events: ModelCallEvent[] = [];
+  for (let j = 0; j < count; j++) {
+    const end = origin + Math.floor((j * MINUTE) / (count + 1));
+    events.push({
+      ...template,
+      event_id: `00000000-0000-4000-8000-${String(j).padStart(12, "0")}`,
+      service: "svc-hostile",
+      model: `model-${j}`,
+      start_time: end - 200_000,
+      end_time: end,
+    });
+  }
+  const run = (maxModelsPerWindow: number): string => {
+    const state = new PartitionState({ ...DEFAULT_WINDOW_SETTINGS, maxModelsPerWindow });
+    const started = performance.now();
+    for (const event of events) state.apply({ type: "event", event });
+    const seconds = (performance.now() - started) / 1000;
+    const bytes = Buffer.byteLength(JSON.stringify(state.snapshot()));
+    return `${state.openSeries.toLocaleString("en")} open series, checkpoint ${(bytes / 1e6).toFixed(1)} MB, ${Math.round(count / seconds).toLocaleString("en")} events/s, ${state.foldedEvents.toLocaleString("en")} folded`;
+  };
+  print(
+    `models, one window, ${count.toLocaleString("en")} distinct model names: maxModelsPerWindow 200 (default): ${run(200)}; 1,000,000 (no cap): ${run(1_000_000)}`,
+  );
+}
+
 async function main(): Promise<void> {
   print(`node ${process.version}\n`);
   const sections = new Set(
-    (process.env.BENCH_SECTIONS ?? "memory,latency,throughput,late,cardinality").split(","),
+    (process.env.BENCH_SECTIONS ?? "memory,latency,throughput,late,cardinality,models").split(","),
   );
   if (sections.has("cardinality")) cardinality();
+  if (sections.has("models")) models();
   if (sections.has("memory")) memory();
   if (sections.has("latency")) await latency();
   const count = Number(process.env.BENCH_EVENTS ?? 1_000_000);

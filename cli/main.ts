@@ -241,6 +241,10 @@ Examples:
       duration("--bucket"),
     )
     .option("--model <name>", "one model instead of the service totals")
+    .option(
+      "--other-models",
+      "the overflow series instead of the service totals: the calls of the models beyond each window's first maxModelsPerWindow",
+    )
     .option("--json", "one JSON object per row")
     .option("--database-url <value>", settingHelp(CONNECTION.databaseUrl))
     .action(async (options: Record<string, unknown>, command: Command) => {
@@ -254,6 +258,8 @@ Examples:
           "--until",
           `expected an ISO time (got ${JSON.stringify(options.until)})`,
         );
+      if (options.otherModels === true && typeof options.model === "string")
+        throw new ConfigError("--other-models", "give either --model or --other-models, not both");
       setExitCode(
         await runReport(settingsOf(command), {
           ...(Array.isArray(options.service) ? { service: options.service as string[] } : {}),
@@ -261,6 +267,7 @@ Examples:
           toMs: until,
           ...(typeof options.bucket === "number" ? { bucketMs: options.bucket } : {}),
           ...(typeof options.model === "string" ? { model: options.model } : {}),
+          ...(options.otherModels === true ? { otherModels: true } : {}),
           json: options.json === true,
         }),
       );

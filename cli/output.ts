@@ -1,4 +1,5 @@
 /** Terminal output of the CLI: aligned tables, numbers, a progress line, and how errors end it. */
+import { bigintReplacer } from "../avro/bigint.js";
 import { ObservatoryError } from "../config/index.js";
 import type { StackErrorCode } from "../stack/process.js";
 
@@ -105,10 +106,11 @@ export function terminalLines(text: string): string {
 /**
  * One line of JSON output: `JSON.stringify`, which escapes C0 controls but leaves C1 controls,
  * bidirectional controls and U+2028/U+2029 as they are, with those escaped too (`\u009b`): the
- * same value for a JSON reader, nothing a terminal acts on.
+ * same value for a JSON reader, nothing a terminal acts on. Bigints (a rollup's sums) are
+ * decimal strings, exact whatever their size.
  */
 export function jsonLine(value: unknown): string {
-  return JSON.stringify(value).replace(
+  return JSON.stringify(value, bigintReplacer).replace(
     /[\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/gu,
     (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`,
   );

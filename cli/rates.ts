@@ -6,13 +6,22 @@ import type pg from "pg";
 
 import type { LatencySketch as LatencySketchRecord } from "../avro/generated.js";
 import { LatencySketch } from "../metrics/index.js";
-import { modelOfRow, rollupScope, storedModel } from "../sink/writer.js";
+import { modelOfRow, rollupScope, storedModel, type RollupScope } from "../sink/writer.js";
 import { count, percent, table, terminalText } from "./output.js";
 
 /** One row of the rates table. */
 export interface RatesRow {
   readonly service: string;
-  /** The model, or null for the service's totals over all models. */
+  /**
+   * What the row covers: `service`, the service's totals over all models; `model`, one model's
+   * calls; `other`, the window's overflow series (the calls of the models beyond its first
+   * `maxModelsPerWindow`).
+   */
+  readonly scope: RollupScope;
+  /**
+   * The model; null for the service's totals over all models, "(other models)" for the overflow
+   * series (tell it from a model of that name by `scope`).
+   */
   readonly model: string | null;
   /** ISO time. */
   readonly windowStart: string;
@@ -45,6 +54,11 @@ export interface RatesQuery {
   readonly bucketMs?: number;
   /** A model, or the service totals (default). */
   readonly model?: string;
+  /**
+   * The overflow series instead (scope 'other': the calls of the models beyond each window's
+   * first `maxModelsPerWindow`); `model` is then ignored.
+   */
+  readonly otherModels?: boolean;
   /** Only the newest N rows per service. */
   readonly lastPerService?: number;
 }
@@ -55,7 +69,7 @@ const RATE_COLUMNS = `fallback_rate, retry_rate, low_confidence_rate, confidence
 
 interface DbRow {
   service: string;
-  scope: string;
+  scope: RollupScope;
   model: string;
   window_start: Date;
   windows: string;
@@ -81,8 +95,9 @@ interface DbRow {
 
 /** Rates of the stored rollups in a time range, oldest window first per service. */
 export async function queryRates(pool: pg.Pool, query: RatesQuery): Promise<RatesRow[]> {
-  const scope = rollupScope(query.model ?? null);
-  const model = storedModel(query.model ?? null);
+  const otherModels = query.otherModels === true;
+  const scope = rollupScope(query.model ?? null, otherModels);
+  const model = storedModel(query.model ?? null, otherModels);
   const services = query.services && query.services.length > 0 ? query.services : null;
   const from = new Date(query.fromMs);
   const to = new Date(query.toMs);
@@ -115,6 +130,7 @@ export async function queryRates(pool: pg.Pool, query: RatesQuery): Promise<Rate
     }
     return {
       service: row.service,
+      scope: row.scope,
       model: modelOfRow(row),
       windowStart: row.window_start.toISOString(),
       windows: Number(row.windows),
@@ -152,8 +168,13 @@ export function renderRates(rows: readonly RatesRow[]): string {
   return services
     .map((service) => {
       const list = rows.filter((row) => row.service === service);
-      const first = list[0]?.model ?? null;
-      const model = first === null ? "all models" : `model ${first}`;
+      const first = list[0];
+      const model =
+        first === undefined || first.scope === "service"
+          ? "all models"
+          : first.scope === "other"
+            ? "other models"
+            : `model ${first.model ?? ""}`;
       return `${terminalText(service)} (${terminalText(model)})\n${table(
         [
           "window (UTC)",

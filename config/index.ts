@@ -153,7 +153,7 @@ export function loadConnectionConfig(
 export interface TopicNames {
   /** ModelCallEvent records, key = service: the source of truth. */
   readonly modelCalls: string;
-  /** MetricRollup records, compacted, key = service|model|window. */
+  /** MetricRollup records, compacted, key = a JSON array (see `rollupKey`). */
   readonly metricRollups: string;
   /** AlertEvent records, key = service. */
   readonly alerts: string;

@@ -230,6 +230,12 @@ const windowShape = section("processor", {
       "how long after a window closed its events still revise it (a new revision of its rollups; 0: never, they are late)",
     cli: {},
   },
+  maxModelsPerWindow: {
+    schema: positiveInt(1_000_000).default(200),
+    description:
+      "distinct models with a series of their own per service and window (the first seen, in log order); the calls of further models go to the window's overflow series (scope 'other')",
+    cli: {},
+  },
   maxClockSkewMs: {
     schema: positiveInt().default(300_000),
     description:

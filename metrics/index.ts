@@ -5,8 +5,28 @@
  *
  * @module
  */
-export { DEFAULT_THRESHOLDS, merge, WindowAccumulator } from "./accumulator.js";
-export { countsTowardMetrics, rollupEvents, rollupKey, ServiceWindows } from "./aggregate.js";
+export {
+  countsFrom,
+  DEFAULT_THRESHOLDS,
+  merge,
+  SUM_NAMES,
+  WindowAccumulator,
+} from "./accumulator.js";
+export {
+  compareSeries,
+  countsTowardMetrics,
+  DEFAULT_MAX_MODELS_PER_WINDOW,
+  modelSeriesCount,
+  OTHER_MODELS,
+  OTHER_MODELS_NAME,
+  rollupEvents,
+  rollupKey,
+  seriesForModel,
+  seriesOf,
+  seriesRollup,
+  ServiceWindows,
+  type SeriesKey,
+} from "./aggregate.js";
 export { parseMetricsConfig, type MetricsConfig } from "./config.js";
 export {
   deriveRates,
@@ -20,6 +40,8 @@ export {
   type MetricName,
   type RatioDefinition,
   type RatioMetric,
+  type SumName,
+  type TallyName,
 } from "./rates.js";
 export {
   AlertTracker,

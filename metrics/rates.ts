@@ -7,6 +7,12 @@ import type { LatencySketch } from "./sketch.js";
 
 /** A count in {@link WindowCounts}. */
 export type CountName = keyof WindowCounts;
+/** A sum of {@link WindowCounts} (cost, tokens, retries): an exact 64-bit integer, a bigint. */
+export type SumName = {
+  [K in CountName]: WindowCounts[K] extends bigint ? K : never;
+}[CountName];
+/** A count of calls in {@link WindowCounts}: a number (a window never holds 2^53 calls). */
+export type TallyName = Exclude<CountName, SumName>;
 
 /** A metric derived as numerator / denominator. */
 export type RatioMetric = Exclude<keyof DerivedRates, LatencyMetric>;
@@ -18,7 +24,7 @@ export type MetricName = keyof DerivedRates;
 /** How a ratio metric is computed. */
 export interface RatioDefinition {
   readonly numerator: CountName;
-  readonly denominator: CountName;
+  readonly denominator: TallyName;
   /** Multiplies the ratio (avg_cost_usd: nano-USD to USD). */
   readonly scale: number;
 }
@@ -90,7 +96,8 @@ export function deriveRates(counts: WindowCounts, latency: LatencySketch): Deriv
   const ratio = (metric: RatioMetric): number | null => {
     const { numerator, denominator, scale } = RATIO_METRICS[metric];
     const n = counts[denominator];
-    return n === 0 ? null : (counts[numerator] / n) * scale;
+    // A sum (a bigint) becomes a number only for the division: the ratio is a double anyway.
+    return n === 0 ? null : (Number(counts[numerator]) / n) * scale;
   };
   return {
     avg_cost_usd: ratio("avg_cost_usd"),

@@ -29,7 +29,10 @@ import {
   type KafkaSettings,
   type RecordProducer,
 } from "../kafka/index.js";
+import { bigintReplacer } from "../avro/bigint.js";
+import type { MetricRollup } from "../avro/generated.js";
 import { ObservatoryError, retry, type RetryPolicy } from "../config/index.js";
+import { countsFrom } from "../metrics/index.js";
 import type { PartitionSnapshot } from "./partition.js";
 
 const gzipAsync = promisify(gzip);
@@ -234,6 +237,53 @@ function isCheckpoint(value: unknown): value is Checkpoint {
   );
 }
 
+/**
+ * A checkpoint as JSON. The window sums of its rollups (bigints) are decimal strings: JSON
+ * numbers past 2^53 would not read back exact.
+ */
+export function serializeCheckpoint(checkpoint: Checkpoint): string {
+  return JSON.stringify(checkpoint, bigintReplacer);
+}
+
+/**
+ * A checkpoint from its parsed JSON, its rollups' sums as bigints again (decimal strings, or the
+ * numbers earlier versions wrote); undefined when the value is not a checkpoint.
+ */
+export function parseCheckpoint(value: unknown): Checkpoint | undefined {
+  if (!isCheckpoint(value)) return undefined;
+  try {
+    return { ...value, state: snapshotFromJson(value.state) };
+  } catch {
+    return undefined; // damaged: the log is the truth
+  }
+}
+
+/**
+ * A partition snapshot from its parsed JSON (as {@link serializeCheckpoint} writes it): its
+ * rollups' sums as bigints again.
+ *
+ * @throws {RangeError} when a count is not an integer, or a sum not a 64-bit integer.
+ */
+export function snapshotFromJson(state: PartitionSnapshot): PartitionSnapshot {
+  const exact = (rollup: MetricRollup): MetricRollup => ({
+    ...rollup,
+    counts: countsFrom(rollup.counts),
+  });
+  return {
+    ...state,
+    windows: state.windows.map(exact),
+    ...(state.retained === undefined
+      ? {}
+      : {
+          retained: state.retained.map((entry) => ({
+            ...entry,
+            rollups: entry.rollups.map(exact),
+            pending: entry.pending.map(exact),
+          })),
+        }),
+  };
+}
+
 /** The record under a partition's key when its checkpoint is written in parts. */
 interface CheckpointManifest {
   readonly version: 1;
@@ -386,11 +436,12 @@ export class CheckpointStore {
     parts: ReadonlyMap<string, Buffer>,
   ): { checkpoint: Checkpoint; partKeys: readonly string[] } | undefined {
     if (isGzip(value)) {
-      const parsed = gunzipJson(value);
-      return isCheckpoint(parsed) ? { checkpoint: parsed, partKeys: [] } : undefined;
+      const checkpoint = parseCheckpoint(gunzipJson(value));
+      return checkpoint ? { checkpoint, partKeys: [] } : undefined;
     }
     const parsed = parseJson(value);
-    if (isCheckpoint(parsed)) return { checkpoint: parsed, partKeys: [] };
+    const plain = parseCheckpoint(parsed);
+    if (plain) return { checkpoint: plain, partKeys: [] };
     if (!isManifest(parsed) || parsed.group !== group || parsed.topic !== topic) return undefined;
     const partKeys = Array.from({ length: parsed.parts }, (_, index) =>
       checkpointPartKey(group, topic, parsed.partition, parsed.generation, index),
@@ -403,8 +454,8 @@ export class CheckpointStore {
     }
     const whole = Buffer.concat(buffers);
     if (whole.length !== parsed.bytes) return undefined;
-    const checkpoint = gunzipJson(whole);
-    return isCheckpoint(checkpoint) &&
+    const checkpoint = parseCheckpoint(gunzipJson(whole));
+    return checkpoint !== undefined &&
       checkpoint.partition === parsed.partition &&
       checkpoint.nextOffset === parsed.nextOffset
       ? { checkpoint, partKeys }
@@ -461,7 +512,7 @@ export class CheckpointStore {
    */
   async save(checkpoint: Checkpoint): Promise<void> {
     const key = checkpointKey(checkpoint.group, checkpoint.topic, checkpoint.partition);
-    const gzipped = await gzipAsync(Buffer.from(JSON.stringify(checkpoint)));
+    const gzipped = await gzipAsync(Buffer.from(serializeCheckpoint(checkpoint)));
     let partKeys: string[] = [];
     if (gzipped.length <= this.maxRecordBytes) {
       await this.producer.send(this.topic, [{ key, value: gzipped }], "none");

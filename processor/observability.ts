@@ -40,6 +40,11 @@ export class ProcessorMetrics {
     help: "Events not counted because their window already counted their event_id (delivered twice)",
     registers: [this.registry],
   });
+  readonly modelsFolded = new Counter({
+    name: "mcpo_processor_models_folded_total",
+    help: "Model calls counted in their window's overflow series (scope 'other'): their model came after the window's first maxModelsPerWindow models",
+    registers: [this.registry],
+  });
   readonly deadLettered = new Counter({
     name: "mcpo_processor_dead_lettered_total",
     help: "Records sent to the dead-letter topic",

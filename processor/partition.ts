@@ -26,6 +26,9 @@
  *   reports its event time (on each copy, and in progress records); the home partition's event
  *   time is its own, held back to the slowest source's, so no window closes while a source may
  *   still forward an on-time event of it.
+ * - A window's sums (cost, tokens, retries) are exact 64-bit integers: an event that would take
+ *   one past 2^63 − 1 is not counted, and nothing but event time changes; it is emitted as an
+ *   `overflow` (the processor dead-letters it, SUM_OVERFLOW).
  * - An event counts once: a window keeps the ids of the events it counted while it is open or
  *   revisable, and an event whose id it already holds (the same event delivered twice) is not
  *   counted again but emitted as a `duplicate`. Late events (in no window's counts but `late`)
@@ -58,6 +61,7 @@ import {
   type AlertRule,
   type AlertTrackerState,
   type SeriesKey,
+  type TimeWindow,
 } from "../metrics/index.js";
 
 /** Window settings, in microseconds. */
@@ -109,6 +113,9 @@ export type PartitionInput =
   | { readonly type: "tick"; readonly eventTimeMicros: number }
   | { readonly type: "flush" };
 
+/** The dead-letter code of an event refused because a window's sum would pass 2^63 − 1. */
+export const SUM_OVERFLOW = "SUM_OVERFLOW";
+
 /** What it emits. */
 export type PartitionOutput =
   | { readonly type: "rollup"; readonly rollup: MetricRollup }
@@ -116,6 +123,11 @@ export type PartitionOutput =
   | { readonly type: "late"; readonly event: ModelCallEvent; readonly watermarkMicros: number }
   /** An event whose id its window already counted: not counted again. */
   | { readonly type: "duplicate"; readonly event: ModelCallEvent }
+  /**
+   * An event not counted: one of its window's sums (cost, tokens, retries) would pass 2^63 − 1,
+   * the largest Avro long. `reason` names the sum. The processor dead-letters it (SUM_OVERFLOW).
+   */
+  | { readonly type: "overflow"; readonly event: ModelCallEvent; readonly reason: string }
   /** Write the event's record into `partition`, its service's home, as a copy from `origin`. */
   | {
       readonly type: "forward";
@@ -534,7 +546,12 @@ export class PartitionState {
     const watermark = this.watermarkMicros;
     if (countsTowardMetrics(event)) {
       const window = windowOf(event.end_time, this.settings.windowSizeMicros);
-      if (this.revisable(event)) {
+      const revisable = this.revisable(event);
+      const refused = this.overflow(event, window, watermark, revisable);
+      if (refused !== undefined) {
+        // Refused before anything changes; a function of the log, so every replay refuses it.
+        outputs.push({ type: "overflow", event, reason: refused });
+      } else if (revisable) {
         if (!this.firstTime(event, window.start)) outputs.push({ type: "duplicate", event });
         else this.revise(event);
       } else if (watermark !== null && window.end <= watermark) {
@@ -556,6 +573,28 @@ export class PartitionState {
       }
     }
     return outputs;
+  }
+
+  /**
+   * Why `event` cannot be counted: a sum of its window (open, or closed and revisable) would pass
+   * 2^63 − 1 (the window's total holds the largest sums); undefined when it can. A late event
+   * adds only to `late`.
+   */
+  private overflow(
+    event: ModelCallEvent,
+    window: TimeWindow,
+    watermark: number | null,
+    revisable: boolean,
+  ): string | undefined {
+    if (revisable) {
+      const retained = this.retained.get(retainedKey(event.service, window.start));
+      const pending = retained?.pending?.get(null);
+      if (pending) return pending.overflow(event);
+      const emitted = retained?.rollups.get(null);
+      return emitted ? WindowAccumulator.fromRollup(emitted).overflow(event) : undefined;
+    }
+    if (watermark !== null && window.end <= watermark) return undefined;
+    return this.services.get(event.service)?.overflow(event);
   }
 
   /** Records that the window at `windowStart` counts `event`; false when it already did. */

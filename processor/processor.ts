@@ -71,7 +71,12 @@ import {
 import { PartitionDriver, type Fed, type TimeBounds } from "./driver.js";
 import { due, Lanes, tickIdlePartitions } from "./pipeline.js";
 import { ProcessorMetrics } from "./observability.js";
-import type { PartitionOutput, PartitionRouting, WindowSettings } from "./partition.js";
+import {
+  SUM_OVERFLOW,
+  type PartitionOutput,
+  type PartitionRouting,
+  type WindowSettings,
+} from "./partition.js";
 
 /** What one batch emits, by destination; produced together once the batch is applied. */
 interface BatchOutputs {
@@ -183,6 +188,11 @@ export interface ProcessorStats {
   readonly late: number;
   /** Events whose window already counted their `event_id` (delivered twice): not counted again. */
   readonly duplicates: number;
+  /**
+   * Model calls (late ones included) counted in their window's overflow series: their model came
+   * after the window's first `maxModelsPerWindow` models.
+   */
+  readonly modelsFolded: number;
   readonly deadLettered: number;
   readonly checkpoints: number;
   /** Events copied to their service's home partition (they arrived elsewhere). */
@@ -247,6 +257,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
     | "alerts"
     | "late"
     | "duplicates"
+    | "modelsFolded"
     | "deadLettered"
     | "checkpoints"
     | "forwarded"
@@ -307,6 +318,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       alerts: new Tally(metrics.alerts),
       late: new Tally(metrics.late),
       duplicates: new Tally(metrics.duplicates),
+      modelsFolded: new Tally(metrics.modelsFolded),
       deadLettered: new Tally(metrics.deadLettered),
       checkpoints: new Tally(metrics.checkpoints),
       forwarded: new Tally(metrics.forwarded),
@@ -661,6 +673,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
     let lastOffset: string | undefined;
     for (const record of batch.records) {
       if (!control.isRunning() || control.isStale()) break;
+      const folded = owned.driver.state.foldedEvents;
       const fed = await owned.driver.feed(record);
       if (fed.type === "skipped") continue; // already in the restored state
       if (fed.type === "retry") {
@@ -685,6 +698,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
         if (fed.input.type !== "progress") outputs.active = true;
         outputs.withheld += fed.withheld;
         this.collect(owned, fed.outputs, record, outputs);
+        this.count.modelsFolded.inc(owned.driver.state.foldedEvents - folded);
       }
       lastOffset = record.offset;
       this.count.records.inc();
@@ -829,6 +843,10 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
         case "duplicate":
           // The sink stores the span once (by event_id); the rollups counted it once.
           this.count.duplicates.inc();
+          break;
+        case "overflow":
+          // Not counted: a sum of its window would pass 2^63 − 1. Its bytes, and why.
+          outputs.dead.push(this.deadLetter(record, SUM_OVERFLOW, output.reason, undefined));
           break;
       }
     }

@@ -31,7 +31,7 @@ import {
 import { MICROS_PER_MILLI, parseMetricsConfig, windowOf } from "../metrics/index.js";
 import { checkpointTopic, homeOf, readLayout } from "./checkpoints.js";
 import { PartitionDriver, type TimeBounds } from "./driver.js";
-import type { WindowSettings } from "./partition.js";
+import { SUM_OVERFLOW, type WindowSettings } from "./partition.js";
 
 /** Where a replay starts. */
 export type ReplayStart =
@@ -99,8 +99,9 @@ export interface ReplaySummary {
   /** Progress records of source partitions. */
   readonly progress: number;
   /**
-   * Records the live processor dead-lettered, by code: those that did not decode or validate, and
-   * events whose time is out of bounds of their log time (CLOCK_SKEW, TOO_OLD).
+   * Records the live processor dead-lettered, by code: those that did not decode or validate,
+   * events whose time is out of bounds of their log time (CLOCK_SKEW, TOO_OLD), and events that
+   * would take a window's sum past 2^63 − 1 (SUM_OVERFLOW).
    */
   readonly invalid: Readonly<Record<string, number>>;
   /** Watermark ticks and progress records ignored: their time is ahead of their log time. */
@@ -260,6 +261,12 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
         }
         if (output.type === "duplicate") {
           if (!services || services.has(output.event.service)) counters.duplicates++;
+          continue;
+        }
+        if (output.type === "overflow") {
+          // As the live processor, which dead-letters it (SUM_OVERFLOW).
+          if (!services || services.has(output.event.service))
+            invalid[SUM_OVERFLOW] = (invalid[SUM_OVERFLOW] ?? 0) + 1;
           continue;
         }
         const item = output.type === "rollup" ? output.rollup : output.alert;

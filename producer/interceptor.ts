@@ -159,9 +159,8 @@ function countNuls(text: string): number {
 }
 
 /** Formats integer nano-USD as a decimal string of USD with 9 decimals. */
-function nanoToUsd(nano: number): string {
-  const whole = Math.floor(nano / 1e9);
-  return `${whole}.${String(nano - whole * 1e9).padStart(9, "0")}`;
+function nanoToUsd(nano: bigint): string {
+  return `${nano / 1_000_000_000n}.${String(nano % 1_000_000_000n).padStart(9, "0")}`;
 }
 
 function toMs(value: Date | number | undefined): number | undefined {
@@ -365,8 +364,9 @@ export class MCPInterceptor {
       latency_p50_ms: rates.latency_p50_ms,
       latency_p95_ms: rates.latency_p95_ms,
       latency_p99_ms: rates.latency_p99_ms,
-      prompt_tokens: counts.prompt_tokens,
-      completion_tokens: counts.completion_tokens,
+      // Numbers (JSON-friendly): a replica's rolling window is exact below 2^53 tokens.
+      prompt_tokens: Number(counts.prompt_tokens),
+      completion_tokens: Number(counts.completion_tokens),
       total_cost_usd: nanoToUsd(counts.cost_nano_usd),
       unpriced_calls: counts.calls - counts.calls_with_cost,
     };

@@ -41,10 +41,13 @@ export class LocalMetrics {
     this.driver = new LocalDriver({ ...DEFAULT_WINDOW_SETTINGS, thresholds, rules });
   }
 
-  /** Adds a call recorded at `nowMs` (wall clock); one the skew rule refuses changes nothing. */
+  /**
+   * Adds a call recorded at `nowMs` (wall clock); one the skew rule refuses, or one that would
+   * take a sum of its bucket past 2^63 − 1, changes nothing.
+   */
   record(event: ModelCallEvent, nowMs: number = Date.now()): void {
     if (this.driver.record(event, nowMs).rejected) return;
-    this.windows.add(event);
+    if (this.windows.overflow(event) === undefined) this.windows.add(event);
   }
 
   /** A rollup of the rolling window ending at `nowMicros` (its window is the covered span). */

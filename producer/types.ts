@@ -125,6 +125,10 @@ export interface MetricsSnapshot {
   readonly latency_p50_ms: number | null;
   readonly latency_p95_ms: number | null;
   readonly latency_p99_ms: number | null;
+  /**
+   * Tokens of the window's calls, as numbers (the rollups' sums are bigints; a replica's rolling
+   * window stays far below 2^53, where a number is exact).
+   */
   readonly prompt_tokens: number;
   readonly completion_tokens: number;
   /** Exact total cost as a decimal string of USD (from integer nano-USD). */

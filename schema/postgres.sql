@@ -7,3 +7,4 @@
 \ir migrations/002_topic_ids.sql
 \ir migrations/003_rollup_revisions.sql
 \ir migrations/004_rollup_scope.sql
+\ir migrations/005_rollup_other_models.sql

@@ -20,6 +20,7 @@ import {
   ROLLUP_TARGET_ALIAS,
   ROLLUP_UPSERT,
   ROLLUP_VALUE_COLUMNS,
+  type RollupScope,
   type WriterTables,
 } from "./writer.js";
 
@@ -80,7 +81,9 @@ export interface VerifyScope {
 /** One rollup row that differs. */
 export interface RollupDifference {
   readonly service: string;
-  /** The model, or null for the service total. */
+  /** The row's scope: the service total, one model, or the window's overflow series. */
+  readonly scope: RollupScope;
+  /** The model, or null for the service total ("(other models)" for the overflow series). */
   readonly model: string | null;
   readonly windowStart: string;
   readonly windowEnd: string;
@@ -144,7 +147,7 @@ export async function verifyRollups(
   ).join(", ");
   const { rows } = await pool.query<{
     service: string | null;
-    scope: string;
+    scope: RollupScope;
     model: string;
     window_start: string;
     window_end: string;
@@ -186,6 +189,7 @@ export async function verifyRollups(
       .flatMap((row) => (row.service === null ? [] : [{ ...row, service: row.service }]))
       .map((row) => ({
         service: row.service,
+        scope: row.scope,
         model: modelOfRow(row),
         windowStart: row.window_start,
         windowEnd: row.window_end,

@@ -22,10 +22,9 @@ import type {
   LatencySketch as LatencySketchRecord,
   MetricRollup,
   ModelCallEvent,
-  WindowCounts,
 } from "../avro/generated.js";
 import { ConfigError } from "../config/index.js";
-import { deriveRates, LatencySketch } from "../metrics/index.js";
+import { countsFrom, deriveRates, LatencySketch, OTHER_MODELS_NAME } from "../metrics/index.js";
 
 /** A span and where it was read from (none for the direct PostgresExporter). */
 export interface SpanRow {
@@ -140,24 +139,35 @@ export const ROLLUP_UPSERT = `on conflict (${ROLLUP_KEY_COLUMNS.join(", ")}) do 
 
 /**
  * What a rollup row covers: `service`, the total over all of the service's calls (its `model`
- * column is ''), or `model`, one model's calls (`model` is the model's name, whatever it is). The
- * scope is part of the row's key, so no model name, not even "*" or "", can address the total.
+ * column is ''), `model`, one model's calls (`model` is the model's name, whatever it is), or
+ * `other`, the window's overflow series: the calls of the models beyond its first
+ * `maxModelsPerWindow` (`model` is ''). The scope is part of the row's key, so no model name, not
+ * even "*", "" or "(other models)", can address the total or the overflow series.
  */
-export type RollupScope = "service" | "model";
+export type RollupScope = "service" | "model" | "other";
 
-/** The scope of a rollup of `model` (null: the service total). */
-export function rollupScope(model: string | null): RollupScope {
-  return model === null ? "service" : "model";
+/**
+ * The scope of a rollup of `model` (null: the service total); `otherModels`: the overflow series
+ * (a rollup's `other_models`).
+ */
+export function rollupScope(model: string | null, otherModels = false): RollupScope {
+  return otherModels ? "other" : model === null ? "service" : "model";
 }
 
-/** A row's model column: the model's name, or '' for the service total (a key cannot be null). */
-export function storedModel(model: string | null): string {
-  return model ?? "";
+/**
+ * A row's model column: the model's name, or '' for the service total and the overflow series (a
+ * key cannot be null).
+ */
+export function storedModel(model: string | null, otherModels = false): string {
+  return otherModels ? "" : (model ?? "");
 }
 
-/** A rollup's model from a row's scope and model columns (null: the service total). */
+/**
+ * A rollup's model from a row's scope and model columns: null for the service total, "(other
+ * models)" for the overflow series (as its rollups carry it).
+ */
 export function modelOfRow(row: { readonly scope: string; readonly model: string }): string | null {
-  return row.scope === "service" ? null : row.model;
+  return row.scope === "service" ? null : row.scope === "other" ? OTHER_MODELS_NAME : row.model;
 }
 
 /**
@@ -461,13 +471,12 @@ export class PostgresWriter {
          ${COUNT_COLUMNS.map((name) => `${name}::text`).join(", ")}, latency_sketch, revision
        from ${this.tables.rollups}
        where window_end > ${ts("$1::bigint")}
-       order by service, window_start, window_end, scope = 'service' desc, model`,
+       order by service, window_start, window_end, scope = 'service' desc, scope = 'other', model`,
       [sinceMicros],
     );
     return rows.map((row) => {
-      const counts = Object.fromEntries(
-        COUNT_COLUMNS.map((name) => [name, Number(row[name])]),
-      ) as unknown as WindowCounts;
+      // Read as text: the sums (bigint columns) come back exact, as bigints.
+      const counts = countsFrom(row);
       const latency = LatencySketch.fromRecord(row.latency_sketch);
       return {
         service: row.service,
@@ -482,6 +491,7 @@ export class PostgresWriter {
         latency: latency.toRecord(),
         rates: deriveRates(counts, latency),
         revision: row.revision,
+        other_models: row.scope === "other",
       };
     });
   }
@@ -599,7 +609,8 @@ export class PostgresWriter {
     for (const rollup of rollups) {
       const key = JSON.stringify([
         rollup.service,
-        rollup.model,
+        rollupScope(rollup.model, rollup.other_models),
+        storedModel(rollup.model, rollup.other_models),
         rollup.window_start,
         rollup.window_end,
       ]);
@@ -644,13 +655,14 @@ export class PostgresWriter {
     ];
     const values: unknown[][] = [
       list.map((r) => r.service),
-      list.map((r) => rollupScope(r.model)),
-      list.map((r) => storedModel(r.model)),
+      list.map((r) => rollupScope(r.model, r.other_models)),
+      list.map((r) => storedModel(r.model, r.other_models)),
       list.map((r) => r.window_start),
       list.map((r) => r.window_end),
       list.map((r) => r.thresholds.low_confidence),
       list.map((r) => r.thresholds.prompt_diff),
-      ...COUNT_COLUMNS.map((name) => list.map((r) => r.counts[name])),
+      // The sums are bigints: passed as decimal strings, exact, into bigint columns.
+      ...COUNT_COLUMNS.map((name) => list.map((r) => String(r.counts[name]))),
       list.map((r) => JSON.stringify(r.latency)),
       list.map((r) => r.rates.latency_p50_ms),
       list.map((r) => r.rates.latency_p95_ms),

@@ -704,7 +704,7 @@ describe("the mcp-observatory CLI, as the README runs it", () => {
               .replace("T", " ")
               .replace(/\.000Z$/, ""),
             w.counts.calls.toLocaleString("en-US"),
-            (w.counts.cost_nano_usd / 1e9).toFixed(4),
+            (Number(w.counts.cost_nano_usd) / 1e9).toFixed(4),
             pct(w.rates.fallback_rate),
             pct(w.rates.retry_rate),
             pct(w.rates.low_confidence_rate),

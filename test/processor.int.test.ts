@@ -389,7 +389,7 @@ describe("stream processor with the real stack", () => {
     const totals = [...oracle.values()];
     const sum = (name: keyof (typeof totals)[number]["counts"]) =>
       totals.reduce(
-        (total, window) => total + (window.model === null ? window.counts[name] : 0),
+        (total, window) => total + (window.model === null ? Number(window.counts[name]) : 0),
         0,
       );
     for (const name of Object.keys(

@@ -501,10 +501,10 @@ metrics:
 
   function expectSnapshot(snapshot: MetricsSnapshot, want: OracleWindow): void {
     expect(snapshot.calls).toBe(want.counts.calls);
-    expect(snapshot.prompt_tokens).toBe(want.counts.prompt_tokens);
-    expect(snapshot.completion_tokens).toBe(want.counts.completion_tokens);
+    expect(snapshot.prompt_tokens).toBe(Number(want.counts.prompt_tokens));
+    expect(snapshot.completion_tokens).toBe(Number(want.counts.completion_tokens));
     expect(snapshot.unpriced_calls).toBe(want.counts.calls - want.counts.calls_with_cost);
-    expect(snapshot.total_cost_usd).toBe((want.counts.cost_nano_usd / 1e9).toFixed(9));
+    expect(snapshot.total_cost_usd).toBe((Number(want.counts.cost_nano_usd) / 1e9).toFixed(9));
     for (const [metric, exact] of Object.entries(want.rates)) {
       const value = snapshot[metric as keyof MetricsSnapshot];
       if (exact === null) expect(value, metric).toBeNull();

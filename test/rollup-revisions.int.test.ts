@@ -280,7 +280,7 @@ describe("migration 3 (rollup revisions)", () => {
           JSON.stringify(total.latency),
         ],
       );
-      expect(await migrate(scratch.url)).toEqual([3, 4]);
+      expect(await migrate(scratch.url)).toEqual([3, 4, 5]);
       const { rows } = await pool.query<{ version: number; name: string }>(
         "select version, name from schema_migrations order by version",
       );
@@ -289,6 +289,7 @@ describe("migration 3 (rollup revisions)", () => {
         { version: 2, name: "topic_ids" },
         { version: 3, name: "rollup_revisions" },
         { version: 4, name: "rollup_scope" },
+        { version: 5, name: "rollup_other_models" },
       ]);
       expect(await revisions(pool, "svc-upgraded")).toEqual({ "(total)": 0 });
       await expect(

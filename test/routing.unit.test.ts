@@ -9,9 +9,10 @@
  */
 import { describe, expect, it } from "vitest";
 
+import { bigintReplacer } from "../avro/bigint.js";
 import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
 import type { AlertRule } from "../metrics/index.js";
-import { homeOf } from "../processor/checkpoints.js";
+import { homeOf, snapshotFromJson } from "../processor/checkpoints.js";
 import {
   DEFAULT_WINDOW_SETTINGS,
   PartitionState,
@@ -181,7 +182,9 @@ function simulate(
     const roll = random.next();
     if (roll < 0.04) {
       durable[partition] = {
-        snapshot: JSON.parse(JSON.stringify(owner.state.snapshot())) as PartitionSnapshot,
+        snapshot: snapshotFromJson(
+          JSON.parse(JSON.stringify(owner.state.snapshot(), bigintReplacer)) as PartitionSnapshot,
+        ),
         cursor: owner.cursor,
       };
     } else if (roll < 0.06) {

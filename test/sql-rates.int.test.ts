@@ -62,8 +62,7 @@ const decimal = (text: string): string =>
   text.includes(".") ? text.replace(/0+$/, "").replace(/\.$/, "") : text;
 
 /** Exact decimal text of nano-USD as PostgreSQL prints numeric(24, 9). */
-function usdText(nano: number): string {
-  const value = BigInt(nano);
+function usdText(value: bigint): string {
   const whole = value / 1_000_000_000n;
   const fraction = (value % 1_000_000_000n).toString().padStart(9, "0");
   return `${whole}.${fraction}`;

@@ -29,9 +29,14 @@ const RAW_CONTROL =
   // eslint-disable-next-line no-control-regex -- finding control characters is the point
   /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/u;
 
-function ratesRow(service: string, model: string | null): RatesRow {
+function ratesRow(
+  service: string,
+  model: string | null,
+  scope: RatesRow["scope"] = model === null ? "service" : "model",
+): RatesRow {
   return {
     service,
+    scope,
     model,
     windowStart: "2026-12-05T10:00:00.000Z",
     windows: 1,
@@ -90,6 +95,15 @@ describe("terminal output of names a client chose", () => {
     for (const line of rendered.split("\n")) expect(line).not.toMatch(RAW_CONTROL);
     expect(rendered).toContain("\\x1b]0;owned\\x07 (all models)");
     expect(rendered).toContain("svc (model \\x9b31m\\u202e)");
+  });
+
+  it("heads the overflow series' table (other models), apart from a model a client named so", () => {
+    const rendered = renderRates([
+      ratesRow("svc-a", "(other models)", "other"),
+      ratesRow("svc-b", "(other models)"),
+    ]);
+    expect(rendered).toContain("svc-a (other models)");
+    expect(rendered).toContain("svc-b (model (other models))");
   });
 
   it("writes JSON lines with no raw control character, which parse back to the same value", () => {

@@ -273,7 +273,11 @@ function printReport(report: ReplayReport): void {
         ["service", "model", "window start", "difference", "columns"],
         v.differences.map((d) => [
           d.service,
-          d.model ?? "(all models)",
+          d.scope === "service"
+            ? "(all models)"
+            : d.scope === "other"
+              ? "(other models)"
+              : (d.model ?? ""),
           d.windowStart,
           d.kind,
           d.columns.join(", "),

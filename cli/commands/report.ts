@@ -12,6 +12,8 @@ export interface ReportFlags {
   readonly toMs: number;
   readonly bucketMs?: number;
   readonly model?: string;
+  /** The overflow series (scope 'other') instead of the service totals. */
+  readonly otherModels?: boolean;
   readonly json?: boolean;
 }
 
@@ -26,6 +28,7 @@ export async function runReport(settings: SettingsResolver, flags: ReportFlags):
       toMs: flags.toMs,
       ...(flags.bucketMs === undefined ? {} : { bucketMs: flags.bucketMs }),
       ...(flags.model === undefined ? {} : { model: flags.model }),
+      ...(flags.otherModels === true ? { otherModels: true } : {}),
     });
     if (flags.json) {
       for (const row of rows) process.stdout.write(`${jsonLine(row)}\n`);

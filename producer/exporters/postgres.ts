@@ -52,6 +52,12 @@ export interface PostgresExporterOptions extends BatchingOptions {
    */
   readonly allowedLatenessMs?: number;
   /**
+   * Models of a service with a row of their own per window (default: the processor's, 200): the
+   * first seen in the window; the calls of further models go to the window's overflow row
+   * (scope 'other').
+   */
+  readonly maxModelsPerWindow?: number;
+  /**
    * A call that ends more than this after the wall clock when it is recorded (a host clock that
    * is wrong) is not counted in the rollups, ms (default: the processor's, 300 000). Its span is
    * written.
@@ -87,7 +93,7 @@ export class PostgresExporter extends BatchingExporter {
   private changes = 0;
   private written = 0;
   /** Rows PostgreSQL refused, by table (spans are counted as dropped events). */
-  private readonly refused = { rollups: 0, alerts: 0, clockSkew: 0 };
+  private readonly refused = { rollups: 0, alerts: 0, clockSkew: 0, sumOverflow: 0 };
   /** `table|SQLSTATE` of the refusals logged already (each kind once). */
   private readonly refusedKinds = new Set<string>();
   private readonly closeTimer: NodeJS.Timeout;
@@ -124,6 +130,11 @@ export class PostgresExporter extends BatchingExporter {
       graceMicros: (settings.graceMs ?? defaults.graceMs) * MICROS_PER_MILLI,
       allowedLatenessMicros:
         (settings.allowedLatenessMs ?? defaults.allowedLatenessMs) * MICROS_PER_MILLI,
+      maxModelsPerWindow: positiveInt(
+        "maxModelsPerWindow",
+        settings.maxModelsPerWindow,
+        defaults.maxModelsPerWindow,
+      ),
       thresholds: metrics.thresholds,
       rules: metrics.rules,
     };
@@ -204,9 +215,15 @@ export class PostgresExporter extends BatchingExporter {
   /**
    * Rollup and alert rows PostgreSQL refused, since start (their calls' spans count in
    * `dropped`), and calls the windows refused because they end more than the processor's
-   * `maxClockSkewMs` after the wall clock when they were recorded (their spans are written).
+   * `maxClockSkewMs` after the wall clock when they were recorded, or because a sum of their
+   * window would pass 2^63 − 1 (`sumOverflow`; their spans are written).
    */
-  refusedRows(): { readonly rollups: number; readonly alerts: number; readonly clockSkew: number } {
+  refusedRows(): {
+    readonly rollups: number;
+    readonly alerts: number;
+    readonly clockSkew: number;
+    readonly sumOverflow: number;
+  } {
     return { ...this.refused };
   }
 
@@ -324,5 +341,13 @@ export class PostgresExporter extends BatchingExporter {
     for (const output of outputs)
       if (output.type === "rollup") this.pendingRollups.push(output.rollup);
       else if (output.type === "alert") this.pendingAlerts.push(output.alert);
+      else if (output.type === "overflow") {
+        // The span is written; the windows skip the call (as the processor dead-letters it).
+        if (this.refused.sumOverflow++ === 0)
+          this.logger.warn(
+            "a call would take a window's sum past 2^63 - 1: not counted in the rollups (further ones counted in refusedRows().sumOverflow, not logged)",
+            { service: output.event.service, reason: output.reason },
+          );
+      }
   }
 }

@@ -120,6 +120,7 @@ describe("the hostile corpus, end to end", () => {
           Buffer.concat([wireHeader(codec.schemaId), uncheckedType.toBuffer(event)]),
         partitions: PARTITIONS,
         nowMicros: Date.now() * 1000,
+        windowMicros: WINDOW_MS * 1000,
       });
       outcomes.set(entry.name, { records: records.length, outcome });
       await producer.send({
@@ -210,6 +211,20 @@ describe("the hostile corpus, end to end", () => {
       if (outcome.duplicates !== undefined)
         expect(processor.stats().duplicates, `${where}: duplicates`).toBeGreaterThanOrEqual(
           outcome.duplicates,
+        );
+      if (outcome.scopes) {
+        const { rows } = await pool.query<{ scope: string; n: string }>(
+          "select scope, count(*)::text as n from metric_rollups where service = $1 group by scope",
+          [outcome.scopes.service],
+        );
+        expect(
+          Object.fromEntries(rows.map((row) => [row.scope, Number(row.n)])),
+          `${where}: rows by scope`,
+        ).toEqual(outcome.scopes.rows);
+      }
+      if (outcome.modelsFolded !== undefined)
+        expect(processor.stats().modelsFolded, `${where}: models folded`).toBeGreaterThanOrEqual(
+          outcome.modelsFolded,
         );
     }
   });

@@ -37,6 +37,16 @@ export interface HostileOutcome {
   readonly spans?: { readonly service: string; readonly count: number };
   /** The processor counted at least this many duplicates (`mcpo_processor_duplicate_events_total`). */
   readonly duplicates?: number;
+  /** The stored rows of `service`, by scope (the total, its models, the overflow series). */
+  readonly scopes?: {
+    readonly service: string;
+    readonly rows: Readonly<Record<"service" | "model" | "other", number>>;
+  };
+  /**
+   * The processor folded at least this many calls into overflow series
+   * (`mcpo_processor_models_folded_total`).
+   */
+  readonly modelsFolded?: number;
 }
 
 /** How an entry builds its records: the model-calls codec and the time it is produced at. */
@@ -51,6 +61,8 @@ export interface CorpusContext {
   readonly partitions: number;
   /** Now, µs. */
   readonly nowMicros: number;
+  /** The processor's window size, µs. */
+  readonly windowMicros: number;
 }
 
 export interface HostileEntry {
@@ -197,6 +209,29 @@ export const CORPUS: readonly HostileEntry[] = [
           rollups: { service: "dup-mcp", events },
           spans: { service: "dup-mcp", count: events.length },
           duplicates: 3,
+        },
+      };
+    },
+  },
+  {
+    name: "many-models",
+    what: "cardinality guards: 300 distinct model names in one window (a client naming a model per call)",
+    build: ({ encode, nowMicros, windowMicros }) => {
+      // All in the window now is in, in the order model-000 … model-299.
+      const start = nowMicros - (nowMicros % windowMicros);
+      const events = Array.from({ length: 300 }, (_, i) =>
+        goodCall("many-models-mcp", Math.max(start + 1000, nowMicros - 300 + i), {
+          model: `model-${String(i).padStart(3, "0")}`,
+        }),
+      );
+      return {
+        records: events.map((event) => ({ key: event.service, value: encode(event) })),
+        outcome: {
+          // The first 200 models a row each, the other 100 one overflow row; the total all 300.
+          rollups: { service: "many-models-mcp", events },
+          scopes: { service: "many-models-mcp", rows: { service: 1, model: 200, other: 1 } },
+          spans: { service: "many-models-mcp", count: 300 },
+          modelsFolded: 100,
         },
       };
     },

@@ -111,7 +111,7 @@ describe("PostgresExporter and a call PostgreSQL refuses", () => {
     expect(await spans()).toContain(more.span_id);
     expect(exporter.stats()).toMatchObject({ sent: 101, dropped: 2, buffered: 0 });
     expect(lines.filter((line) => line.message.startsWith("PostgreSQL refused"))).toHaveLength(1);
-    expect(exporter.refusedRows()).toEqual({ rollups: 0, alerts: 0, clockSkew: 0 });
+    expect(exporter.refusedRows()).toEqual({ rollups: 0, alerts: 0, clockSkew: 0, sumOverflow: 0 });
 
     // A service the database cannot name: its span and its window's rows are refused, the
     // other service's rows written.

@@ -21,24 +21,48 @@ export const ORACLE_DEFAULT_THRESHOLDS: MetricThresholds = {
   prompt_diff: 0.3,
 };
 
-/** The counts and rates of one window of one service (model `null`: every model). */
+/**
+ * Models of a service with a series of their own per window (the first seen), written out here
+ * (the README's default `maxModelsPerWindow`), not imported from the processor.
+ */
+export const ORACLE_MAX_MODELS_PER_WINDOW = 200;
+
+/** The model of a window's overflow series, as the contract states it. */
+export const ORACLE_OTHER_MODELS_NAME = "(other models)";
+
+/**
+ * The counts and rates of one window of one service (model `null`: every model; `otherModels`:
+ * the window's overflow series, the models after its first {@link ORACLE_MAX_MODELS_PER_WINDOW}).
+ */
 export interface OracleWindow {
   readonly service: string;
   readonly model: string | null;
+  readonly otherModels: boolean;
   /** µs since the epoch. */
   readonly windowStart: number;
   readonly windowEnd: number;
   /** Every count, `late` included (0 unless the test adds late events). */
-  readonly counts: { -readonly [K in keyof WindowCounts]: number };
+  /** The sums (cost, tokens, retries) as bigints, exact; the other counts as numbers. */
+  readonly counts: { -readonly [K in keyof WindowCounts]: WindowCounts[K] };
   readonly rates: { -readonly [K in keyof DerivedRates]: number | null };
   /** Latencies in ms, ascending. */
   readonly latenciesMs: readonly number[];
 }
 
-/** `service`, model and window start, joined by NUL (which no name may contain). */
-export function oracleKey(service: string, model: string | null, windowStart: number): string {
-  return `${service}\u0000${model ?? "\u0001total"}\u0000${windowStart}`;
+/**
+ * `service`, model and window start, joined by NUL (which no name may contain); the overflow
+ * series (`otherModels`) has a model of its own, `\u0001other`.
+ */
+export function oracleKey(
+  service: string,
+  model: string | null,
+  windowStart: number,
+  otherModels = false,
+): string {
+  return `${service}\u0000${otherModels ? OTHER_KEY : (model ?? TOTAL_KEY)}\u0000${windowStart}`;
 }
+const TOTAL_KEY = "\u0001total";
+const OTHER_KEY = "\u0001other";
 
 const countsModelCalls = (event: ModelCallEvent): boolean =>
   event.kind === "model_call" || event.kind === "sampling";
@@ -52,14 +76,20 @@ export function exactQuantile(sortedMs: readonly number[], q: number): number | 
 /** One window's counts and rates from its events, by filtering and counting. */
 export function oracleWindow(
   events: readonly ModelCallEvent[],
-  window: { service: string; model: string | null; start: number; end: number },
+  window: {
+    service: string;
+    model: string | null;
+    start: number;
+    end: number;
+    otherModels?: boolean;
+  },
   thresholds: MetricThresholds = ORACLE_DEFAULT_THRESHOLDS,
   late = 0,
 ): OracleWindow {
   const count = (predicate: (e: ModelCallEvent) => boolean): number =>
     events.filter(predicate).length;
-  const sum = (pick: (e: ModelCallEvent) => number | null): number =>
-    events.reduce((total, e) => total + (pick(e) ?? 0), 0);
+  const sum = (pick: (e: ModelCallEvent) => number | null): bigint =>
+    events.reduce((total, e) => total + BigInt(pick(e) ?? 0), 0n);
   const rate = (numerator: number, denominator: number): number | null =>
     denominator === 0 ? null : numerator / denominator;
   const withCost = events.filter((e) => e.cost_nano_usd !== null);
@@ -67,7 +97,7 @@ export function oracleWindow(
   const counts = {
     calls: events.length,
     calls_with_cost: withCost.length,
-    cost_nano_usd: Number(costSum),
+    cost_nano_usd: costSum,
     prompt_tokens: sum((e) => e.prompt_tokens),
     completion_tokens: sum((e) => e.completion_tokens),
     calls_tokens_reported: count((e) => e.token_source === "reported"),
@@ -107,6 +137,7 @@ export function oracleWindow(
   return {
     service: window.service,
     model: window.model,
+    otherModels: window.otherModels === true,
     windowStart: window.start,
     windowEnd: window.end,
     counts,
@@ -136,26 +167,68 @@ export function oracleWindow(
 
 /**
  * Every window of every service (model `null`) and of every (service, model) that has model
- * calls, from on-time events; tool, resource and prompt spans are not counted. `lateByKey`
- * (by {@link oracleKey}) adds late counts, creating a window that has only late events.
+ * calls, from on-time events; tool, resource and prompt spans are not counted. Of each (service,
+ * window), the first `maxModelsPerWindow` models in the events' order (the log's) have a window
+ * of their own; the calls of the others make the window's overflow series. `lateByKey` (by
+ * {@link oracleKey}) adds late counts, creating a window that has only late events; its models
+ * take their places after the window's on-time events (a late event of a model beyond the cap
+ * counts in the overflow series).
  */
 export function oracleRollups(
   events: readonly ModelCallEvent[],
   windowMicros: number,
-  options: { thresholds?: MetricThresholds; lateByKey?: ReadonlyMap<string, number> } = {},
+  options: {
+    thresholds?: MetricThresholds;
+    lateByKey?: ReadonlyMap<string, number>;
+    maxModelsPerWindow?: number;
+  } = {},
 ): Map<string, OracleWindow> {
+  const maxModels = options.maxModelsPerWindow ?? ORACLE_MAX_MODELS_PER_WINDOW;
   const groups = new Map<
     string,
-    { service: string; model: string | null; start: number; events: ModelCallEvent[] }
+    {
+      service: string;
+      model: string | null;
+      otherModels: boolean;
+      start: number;
+      events: ModelCallEvent[];
+      late: number;
+    }
   >();
-  const add = (service: string, model: string | null, start: number, event?: ModelCallEvent) => {
-    const key = oracleKey(service, model, start);
+  /** By service and window start: the models with a window of their own, in order. */
+  const own = new Map<string, string[]>();
+  const add = (
+    service: string,
+    model: string | null,
+    start: number,
+    event: ModelCallEvent | undefined,
+    late = 0,
+  ) => {
+    let otherModels = false;
+    if (model !== null) {
+      const slot = `${service}\u0000${start}`;
+      const models = own.get(slot) ?? [];
+      own.set(slot, models);
+      if (!models.includes(model)) {
+        if (models.length < maxModels) models.push(model);
+        else otherModels = true;
+      }
+    }
+    const key = oracleKey(service, model, start, otherModels);
     let group = groups.get(key);
     if (!group) {
-      group = { service, model, start, events: [] };
+      group = {
+        service,
+        model: otherModels ? ORACLE_OTHER_MODELS_NAME : model,
+        otherModels,
+        start,
+        events: [],
+        late: 0,
+      };
       groups.set(key, group);
     }
     if (event) group.events.push(event);
+    group.late += late;
   };
   for (const event of events) {
     if (!countsModelCalls(event)) continue;
@@ -164,9 +237,9 @@ export function oracleRollups(
     add(event.service, null, start, event);
     if (event.model !== null) add(event.service, event.model, start, event);
   }
-  for (const key of options.lateByKey?.keys() ?? []) {
+  for (const [key, late] of options.lateByKey ?? []) {
     const [service = "", model = "", start = "0"] = key.split("\u0000");
-    add(service, model === "\u0001total" ? null : model, Number(start));
+    add(service, model === TOTAL_KEY ? null : model, Number(start), undefined, late);
   }
   const result = new Map<string, OracleWindow>();
   for (const [key, group] of groups)
@@ -179,9 +252,10 @@ export function oracleRollups(
           model: group.model,
           start: group.start,
           end: group.start + windowMicros,
+          otherModels: group.otherModels,
         },
         options.thresholds,
-        options.lateByKey?.get(key) ?? 0,
+        group.late,
       ),
     );
   return result;
@@ -197,7 +271,10 @@ export interface OracleRule {
 }
 
 /** The denominator a metric stands on (latency: the calls). */
-const SAMPLES: Record<keyof DerivedRates, keyof WindowCounts> = {
+const SAMPLES: Record<
+  keyof DerivedRates,
+  Exclude<keyof WindowCounts, "cost_nano_usd" | "prompt_tokens" | "completion_tokens" | "retries">
+> = {
   avg_cost_usd: "calls_with_cost",
   fallback_rate: "calls",
   retry_rate: "calls",
@@ -313,6 +390,8 @@ export function oracleAlerts(
 export interface ComparableRollup {
   readonly service: string;
   readonly model: string | null;
+  /** The window's overflow series (a rollup's `other_models`, scope 'other'); absent: false. */
+  readonly otherModels?: boolean;
   readonly windowStart: number;
   readonly counts: Partial<Record<keyof WindowCounts, number | bigint | string>>;
   readonly rates: Partial<Record<keyof DerivedRates, number | string | null>>;
@@ -330,8 +409,8 @@ export function expectMatchesOracle(
 ): void {
   const seen = new Set<string>();
   for (const row of actual) {
-    const key = oracleKey(row.service, row.model, row.windowStart);
-    const label = `${where} ${row.service}/${row.model ?? "*"}@${new Date(row.windowStart / 1000).toISOString()}`;
+    const key = oracleKey(row.service, row.model, row.windowStart, row.otherModels === true);
+    const label = `${where} ${row.service}/${row.otherModels === true ? "(other models)" : (row.model ?? "*")}@${new Date(row.windowStart / 1000).toISOString()}`;
     const want = expected.get(key);
     expect(want, `${label}: not in the oracle`).toBeDefined();
     if (!want) continue;
@@ -339,10 +418,15 @@ export function expectMatchesOracle(
     seen.add(key);
     // Each check runs `expect` only when it fails (the same assertion and message): thousands
     // of rows times ~40 columns through `expect` cost seconds.
-    for (const [name, value] of Object.entries(row.counts) as [string, unknown][]) {
+    for (const [name, value] of Object.entries(row.counts) as [
+      string,
+      number | bigint | string | undefined,
+    ][]) {
       if (value === undefined) continue;
       const count = want.counts[name as keyof WindowCounts];
-      if (Number(value) !== count) expect(Number(value), `${label} ${name}`).toBe(count);
+      // Compared exactly, as decimal text: a sum past 2^53 is no number.
+      if (String(value) !== String(count))
+        expect(String(value), `${label} ${name}`).toBe(String(count));
     }
     for (const [name, raw] of Object.entries(row.rates) as [string, unknown][]) {
       if (raw === undefined) continue;

@@ -70,7 +70,9 @@ export type StoredRollup = ComparableRollup & {
 
 /**
  * The rows of `table` matching the SQL condition `where` (scope 'service' is the service total,
- * model null here), in (service, total first, model, window) order.
+ * model null here; scope 'other' the window's overflow series, `otherModels` here, with the
+ * model "(other models)" its rollups carry), in (service, total first, overflow, model, window)
+ * order.
  */
 export async function storedRollups(
   client: pg.Client | pg.Pool,
@@ -89,7 +91,9 @@ export async function storedRollups(
   );
   return rows.map((row) => ({
     service: String(row.service),
-    model: row.scope === "service" ? null : String(row.model),
+    model:
+      row.scope === "service" ? null : row.scope === "other" ? "(other models)" : String(row.model),
+    otherModels: row.scope === "other",
     windowStart: Number(row.window_start_us),
     windowEnd: Number(row.window_end_us),
     thresholds: {
