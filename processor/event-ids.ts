@@ -149,7 +149,8 @@ export class EventIdSet {
       grown.set(this.ids);
       this.ids = grown;
     }
-    this.ids.set(words.subarray(at, at + WORDS), this.count * WORDS);
+    const base = this.count * WORDS;
+    for (let word = 0; word < WORDS; word++) this.ids[base + word] = words[at + word] as number;
     this.table[slot] = this.count;
     this.count++;
     if (this.count * 2 > this.table.length) this.rehash();
