@@ -13,10 +13,15 @@ import { COMPATIBILITY, SchemaRegistry, SchemaType } from "@kafkajs/confluent-sc
 import type avro from "avsc";
 
 import { ObservatoryError } from "../config/errors.js";
+import { PROVISION_COMMAND } from "../config/provisioning.js";
+import { registryEndpointOf, type RegistryTarget } from "../config/security.js";
 import { contractType } from "./bigint.js";
 import { compileBodyCheck, type BodyCheck } from "./bounded.js";
 import type { EventContract } from "./contracts.js";
 import {
+  registryAgent,
+  registryAuthorization,
+  registryRequest,
   SchemaRegistryError,
   setSubjectCompatibility,
   type CompatibilityLevel,
@@ -81,10 +86,43 @@ export class EncodeError extends ObservatoryError {
   }
 }
 
+/**
+ * The compatibility level the project's subjects are given (see {@link CodecOptions.compatibility}
+ * for why).
+ */
+export const DEFAULT_COMPATIBILITY: CompatibilityLevel = "FULL_TRANSITIVE";
+
+/**
+ * The contract's schema is not registered under the subject, and the component may not register it
+ * (`autoRegisterSchemas: false`). Not retriable by itself: an operator has to register it.
+ */
+export class SchemaNotRegisteredError extends ObservatoryError {
+  declare readonly code: "SCHEMA_NOT_REGISTERED";
+
+  constructor(
+    readonly subject: string,
+    readonly record: string,
+    /** The subject exists, with other schemas (another version of the contract). */
+    subjectExists: boolean,
+    options?: { cause?: unknown },
+  ) {
+    super(
+      "SCHEMA_NOT_REGISTERED",
+      `${
+        subjectExists
+          ? `subject ${subject} has no version with this ${record} schema (another version of the contract is registered)`
+          : `subject ${subject} does not exist in the schema registry`
+      } and autoRegisterSchemas is false: run \`${PROVISION_COMMAND}\` with operator rights (same registry and topic prefix, this version of mcp-observatory) to register it`,
+      { ...options, retriable: false },
+    );
+    this.name = "SchemaNotRegisteredError";
+  }
+}
+
 /** Options of {@link AvroCodec.register}. */
 export interface CodecOptions {
-  /** Base URL of the registry's Confluent-compatible API. */
-  readonly registryUrl: string;
+  /** The registry: the base URL of its Confluent-compatible API, or an endpoint with credentials. */
+  readonly registryUrl: RegistryTarget;
   /** The subject, usually `<topic>-value` (see {@link valueSubject}). */
   readonly subject: string;
   /**
@@ -95,6 +133,13 @@ export interface CodecOptions {
    * only changes this allows, which is how the contract evolves.
    */
   readonly compatibility?: CompatibilityLevel;
+  /**
+   * Whether the codec may change the registry (default true): set the subject's compatibility
+   * and register the schema. false: nothing is written; the id of the contract's exact schema is
+   * looked up under the subject ({@link AvroCodec.lookup}), for components whose credentials may
+   * only read the registry (`autoRegisterSchemas: false`).
+   */
+  readonly autoRegister?: boolean;
   /** A registry client to share (its schema cache is shared too); one is made otherwise. */
   readonly registry?: SchemaRegistry;
   /**
@@ -112,6 +157,9 @@ export interface CodecOptions {
    */
   readonly boundedDecoding?: boolean;
 }
+
+/** Options of {@link AvroCodec.lookup}: those of {@link AvroCodec.register} that read only. */
+export type LookupOptions = Omit<CodecOptions, "compatibility" | "autoRegister">;
 
 /** What a codec asks the registry after it is made: writer schemas by id. */
 export type SchemaLookup = Pick<SchemaRegistry, "getSchema">;
@@ -136,12 +184,29 @@ export function valueSubject(topic: string): string {
   return `${topic}-value`;
 }
 
-/** A registry client with the retry and avsc settings the codec expects. */
-export function createRegistryClient(registryUrl: string): SchemaRegistry {
+/**
+ * A registry client with the retry and avsc settings the codec expects, and the endpoint's
+ * credentials (basic or bearer) and CA.
+ */
+export function createRegistryClient(target: RegistryTarget): SchemaRegistry {
+  const endpoint = registryEndpointOf(target);
+  const authorization = registryAuthorization(endpoint);
+  const agent = registryAgent(endpoint);
   return new SchemaRegistry({
-    host: registryUrl,
+    host: endpoint.url,
     clientId: "mcp-observatory",
     retry: { retries: 2, initialRetryTimeInSecs: 0.1, maxRetryTimeInSecs: 2 },
+    ...(agent === undefined ? {} : { agent }),
+    ...(authorization === undefined
+      ? {}
+      : {
+          middlewares: [
+            () => ({
+              prepareRequest: (next) =>
+                next().then((request) => request.enhance({ headers: { authorization } })),
+            }),
+          ],
+        }),
   });
 }
 
@@ -158,8 +223,9 @@ const INITIAL_SCRATCH_BYTES = 16 * 1024;
 /**
  * Codec of one contract record on one subject. Create with {@link AvroCodec.register}: it sets
  * the subject's compatibility, registers the contract's schema (idempotent: the same schema gets
- * the same id) and keeps the id. Writer schemas met while decoding are fetched once by id and
- * cached with their resolvers.
+ * the same id) and keeps the id; or, for a component that may not write to the registry, with
+ * {@link AvroCodec.lookup} (`autoRegister: false`), which only looks the id up. Writer schemas met
+ * while decoding are fetched once by id and cached with their resolvers.
  */
 export class AvroCodec<T> {
   private readonly readerType: avro.Type;
@@ -197,12 +263,14 @@ export class AvroCodec<T> {
    *   as incompatible with the subject's earlier versions; `SCHEMA_REGISTRY_ERROR` otherwise.
    * @throws {RetryExhaustedError} when the registry stayed unreachable through the client's
    *   retries (its `cause` is the last `SchemaRegistryError`).
+   * @throws {SchemaNotRegisteredError} with `autoRegister: false`, as {@link lookup}.
    */
   static async register<T>(
     contract: EventContract<T>,
     options: CodecOptions,
   ): Promise<AvroCodec<T>> {
-    const compatibility = options.compatibility ?? "FULL_TRANSITIVE";
+    if (options.autoRegister === false) return AvroCodec.lookup(contract, options);
+    const compatibility = options.compatibility ?? DEFAULT_COMPATIBILITY;
     const registry = options.registry ?? createRegistryClient(options.registryUrl);
     await setSubjectCompatibility(options.registryUrl, options.subject, compatibility);
     let id: number;
@@ -222,6 +290,64 @@ export class AvroCodec<T> {
       options.unknownIdGraceMs ?? 0,
       options.boundedDecoding ?? true,
     );
+  }
+
+  /**
+   * Looks up the id of the contract's exact schema under the subject (`POST /subjects/{subject}`
+   * with the schema, which Confluent's registry and Apicurio's ccompat API both answer with the
+   * id and version, or 404) and returns a codec that encodes with it. Changes nothing in the
+   * registry: for components whose credentials may only read it.
+   *
+   * @throws {SchemaNotRegisteredError} naming the subject when the subject does not exist
+   *   (40401) or has no version with this schema (40403).
+   * @throws {SchemaRegistryError} for another refusal (401, 403, …).
+   * @throws {RetryExhaustedError} when the registry did not answer (or answered 5xx) three times.
+   */
+  static async lookup<T>(
+    contract: EventContract<T>,
+    options: LookupOptions,
+  ): Promise<AvroCodec<T>> {
+    let answer: unknown;
+    try {
+      answer = await registryRequest(
+        options.registryUrl,
+        `/subjects/${encodeURIComponent(options.subject)}`,
+        "POST",
+        { schemaType: "AVRO", schema: JSON.stringify(contract.schema) },
+      );
+    } catch (error) {
+      // 40401: no such subject; 40403: the subject has no version with this schema. (A 404
+      // without either is another fault, e.g. a registry URL without its API path.)
+      if (
+        error instanceof SchemaRegistryError &&
+        (error.registryErrorCode === 40401 || error.registryErrorCode === 40403)
+      )
+        throw new SchemaNotRegisteredError(
+          options.subject,
+          contract.name,
+          error.registryErrorCode === 40403,
+          { cause: error },
+        );
+      throw error;
+    }
+    const id = (answer as { id?: unknown } | null)?.id;
+    if (typeof id !== "number" || !Number.isInteger(id))
+      throw new SchemaRegistryError(
+        `looking up ${contract.name} under ${options.subject}: the registry answered without an id`,
+        200,
+        undefined,
+        false,
+      );
+    return AvroCodec.forRegisteredSchema(contract, id, {
+      subject: options.subject,
+      registry: options.registry ?? createRegistryClient(options.registryUrl),
+      ...(options.unknownIdGraceMs === undefined
+        ? {}
+        : { unknownIdGraceMs: options.unknownIdGraceMs }),
+      ...(options.boundedDecoding === undefined
+        ? {}
+        : { boundedDecoding: options.boundedDecoding }),
+    });
   }
 
   /**

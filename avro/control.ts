@@ -27,7 +27,15 @@
  *
  * Every other consumer of the topic skips records with a `mcpo-control` header (a copy's original
  * is still in the log where it arrived).
+ *
+ * Authentication: whoever may write to the topic (every MCP server replica) can append a record
+ * with a `mcpo-control` header. Processors that share a `controlKey` sign each control record they
+ * write ({@link signControl}: an HMAC over its type, fields, value and partition) and act only on
+ * control records that verify ({@link controlAuthentic}); without a key every control record is
+ * trusted.
  */
+import { createHmac, timingSafeEqual } from "node:crypto";
+
 export const CONTROL_HEADER = "mcpo-control";
 export const WATERMARK_TICK = "watermark";
 export const COPY = "copy";
@@ -198,4 +206,103 @@ export function readControl(
     default:
       return { type: "unknown", reason: `unknown control record ${JSON.stringify(control)}` };
   }
+}
+
+/**
+ * The header that authenticates a control record: HMAC-SHA-256, hex, under the processors'
+ * shared `controlKey`, over {@link controlMacInput}. A processor with a key writes it on every
+ * control record and ignores (dead-letters, `CONTROL_UNAUTHENTICATED`) every control record whose
+ * MAC is missing or wrong: anyone who may write to model-calls (every MCP server replica) can
+ * append a record with a `mcpo-control` header, but only a holder of the key can make one the
+ * processor acts on.
+ */
+export const CONTROL_MAC_HEADER = "mcpo-control-mac";
+
+/** Headers a control record's MAC covers: every `mcpo-` header (what a reader may interpret). */
+const SIGNED_PREFIX = "mcpo-";
+/** Names the encoding, so a MAC of another encoding (a later version) never verifies as this one. */
+const MAC_DOMAIN = Buffer.from("mcpo-control-mac/v1\0", "utf8");
+
+function u32(value: number): Buffer {
+  const buffer = Buffer.alloc(4);
+  buffer.writeUInt32BE(value >>> 0);
+  return buffer;
+}
+
+function field(bytes: Buffer): Buffer[] {
+  return [u32(bytes.length), bytes];
+}
+
+/**
+ * The bytes a control record's MAC is computed over, unambiguous (every part length-prefixed):
+ * the encoding's name, the partition the record is written to (a record copied to another
+ * partition does not verify), every `mcpo-` header but the MAC itself in name order (the control
+ * type and all its fields), and the value (absent, or its bytes: a copy's event).
+ */
+export function controlMacInput(
+  partition: number,
+  headers: Readonly<Record<string, string>>,
+  value: Buffer | null,
+): Buffer {
+  const parts: Buffer[] = [MAC_DOMAIN, u32(partition)];
+  const names = Object.keys(headers)
+    .filter((name) => name.startsWith(SIGNED_PREFIX) && name !== CONTROL_MAC_HEADER)
+    .sort();
+  parts.push(u32(names.length));
+  for (const name of names)
+    parts.push(
+      ...field(Buffer.from(name, "utf8")),
+      ...field(Buffer.from(headers[name] ?? "", "utf8")),
+    );
+  if (value === null) parts.push(Buffer.from([0]));
+  else parts.push(Buffer.from([1]), ...field(value));
+  return Buffer.concat(parts);
+}
+
+/** A control record's MAC under `key` (hex), as written in {@link CONTROL_MAC_HEADER}. */
+export function controlMac(
+  key: Buffer,
+  partition: number,
+  headers: Readonly<Record<string, string>>,
+  value: Buffer | null,
+): string {
+  return createHmac("sha256", key)
+    .update(controlMacInput(partition, headers, value))
+    .digest("hex");
+}
+
+/**
+ * A control record's headers with its MAC added, for writing into `partition`; without a key,
+ * the headers as they are.
+ */
+export function signControl(
+  key: Buffer | undefined,
+  partition: number,
+  headers: Readonly<Record<string, string>>,
+  value: Buffer | null,
+): Record<string, string> {
+  if (key === undefined) return { ...headers };
+  const unsigned = Object.fromEntries(
+    Object.entries(headers).filter(([name]) => name !== CONTROL_MAC_HEADER),
+  );
+  return { ...unsigned, [CONTROL_MAC_HEADER]: controlMac(key, partition, unsigned, value) };
+}
+
+/**
+ * Whether a record read from `partition` carries a valid MAC under `key` (compared in constant
+ * time). A function of the record alone, so the live processor, a restarted one and a replay
+ * with the same key decide the same.
+ */
+export function controlAuthentic(
+  key: Buffer,
+  partition: number,
+  headers: Readonly<Record<string, string>>,
+  value: Buffer | null,
+): boolean {
+  const given = headers[CONTROL_MAC_HEADER];
+  if (given === undefined || !/^[0-9a-f]{64}$/.test(given)) return false;
+  const expected = createHmac("sha256", key)
+    .update(controlMacInput(partition, headers, value))
+    .digest();
+  return timingSafeEqual(expected, Buffer.from(given, "hex"));
 }

@@ -7,15 +7,18 @@
 export {
   AvroCodec,
   createRegistryClient,
+  DEFAULT_COMPATIBILITY,
   EncodeError,
   MAGIC_BYTE,
   readHeader,
+  SchemaNotRegisteredError,
   valueSubject,
   WIRE_HEADER_BYTES,
   type CodecOptions,
   type DecodeError,
   type DecodeErrorCode,
   type DecodeResult,
+  type LookupOptions,
   type RegisteredSchemaOptions,
   type SchemaLookup,
 } from "./codec.js";

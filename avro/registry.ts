@@ -1,5 +1,13 @@
+import { request as httpRequest, type IncomingMessage } from "node:http";
+import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
+
 import { isRetriable, ObservatoryError } from "../config/errors.js";
 import { retry, type RetryPolicy } from "../config/retry.js";
+import {
+  registryEndpointOf,
+  type RegistryEndpoint,
+  type RegistryTarget,
+} from "../config/security.js";
 
 /** Compatibility levels of a Confluent-compatible schema registry. */
 export type CompatibilityLevel =
@@ -64,7 +72,7 @@ const REGISTRY_RETRY: RetryPolicy = { maxAttempts: 3, baseDelayMs: 100, maxDelay
  *   or 409, three times; its cause is the last {@link SchemaRegistryError}.
  */
 export async function setSubjectCompatibility(
-  registryUrl: string,
+  registryUrl: RegistryTarget,
   subject: string,
   level: CompatibilityLevel,
 ): Promise<void> {
@@ -93,7 +101,7 @@ export async function setSubjectCompatibility(
  *   three times; its cause is the last {@link SchemaRegistryError}.
  */
 export async function getCompatibility(
-  registryUrl: string,
+  registryUrl: RegistryTarget,
   subject?: string,
 ): Promise<CompatibilityLevel> {
   const path = subject === undefined ? "/config" : `/config/${encodeURIComponent(subject)}`;
@@ -109,59 +117,157 @@ export async function getCompatibility(
   return level as CompatibilityLevel;
 }
 
+const REQUEST_TIMEOUT_MS = 10_000;
+
 /** One registry request, retried with {@link retry} while it fails transiently. */
-function registryRequest(
-  registryUrl: string,
+export function registryRequest(
+  registry: RegistryTarget,
   path: string,
   method: "GET" | "PUT" | "POST",
   body?: unknown,
   policy: RetryPolicy = REGISTRY_RETRY,
+  /** How long one attempt waits for the answer, ms. */
+  timeoutMs: number = REQUEST_TIMEOUT_MS,
 ): Promise<unknown> {
-  return retry(() => registryAttempt(registryUrl, path, method, body), policy);
+  const endpoint = registryEndpointOf(registry);
+  return retry(() => registryAttempt(endpoint, path, method, body, timeoutMs), policy);
+}
+
+/** The `Authorization` header of an endpoint's credentials, if it has any. */
+export function registryAuthorization(endpoint: RegistryEndpoint): string | undefined {
+  const auth = endpoint.auth;
+  if (auth === undefined) return undefined;
+  return auth.kind === "bearer"
+    ? `Bearer ${auth.token}`
+    : `Basic ${Buffer.from(`${auth.username}:${auth.password}`).toString("base64")}`;
+}
+
+/** One HTTPS agent per CA text: keeps connections alive and verifies against that CA. */
+const agents = new Map<string, HttpsAgent>();
+
+/** The agent that trusts an endpoint's CA (undefined: the defaults, the system's roots). */
+export function registryAgent(endpoint: RegistryEndpoint): HttpsAgent | undefined {
+  if (endpoint.ca === undefined || !endpoint.url.startsWith("https:")) return undefined;
+  let agent = agents.get(endpoint.ca);
+  if (!agent) {
+    agent = new HttpsAgent({ ca: endpoint.ca, keepAlive: true });
+    agents.set(endpoint.ca, agent);
+  }
+  return agent;
+}
+
+/** A request over node's HTTP(S) client: a custom CA needs an agent, which `fetch` does not take. */
+function send(
+  endpoint: RegistryEndpoint,
+  url: URL,
+  method: string,
+  payload: string | undefined,
+  timeoutMs: number,
+): Promise<{ status: number; text: string }> {
+  const authorization = registryAuthorization(endpoint);
+  const headers: Record<string, string> = {
+    "content-type": "application/vnd.schemaregistry.v1+json",
+    accept: "application/vnd.schemaregistry.v1+json, application/json",
+    ...(authorization === undefined ? {} : { authorization }),
+    ...(payload === undefined ? {} : { "content-length": String(Buffer.byteLength(payload)) }),
+  };
+  const agent = registryAgent(endpoint);
+  return new Promise((resolve, reject) => {
+    const onResponse = (response: IncomingMessage): void => {
+      const chunks: Buffer[] = [];
+      response.on("data", (chunk: Buffer) => chunks.push(chunk));
+      response.on("error", reject);
+      response.on("end", () => {
+        resolve({
+          status: response.statusCode ?? 0,
+          text: Buffer.concat(chunks).toString("utf8"),
+        });
+      });
+    };
+    const options = {
+      method,
+      headers,
+      timeout: timeoutMs,
+      ...(agent === undefined ? {} : { agent }),
+    };
+    const request =
+      url.protocol === "https:"
+        ? httpsRequest(url, options, onResponse)
+        : httpRequest(url, options, onResponse);
+    request.on("timeout", () => {
+      request.destroy(new Error(`no answer within ${timeoutMs} ms`));
+    });
+    request.on("error", reject);
+    request.end(payload);
+  });
 }
 
 async function registryAttempt(
-  registryUrl: string,
+  endpoint: RegistryEndpoint,
   path: string,
   method: "GET" | "PUT" | "POST",
   body: unknown,
+  timeoutMs: number,
 ): Promise<unknown> {
-  const url = `${registryUrl.replace(/\/+$/, "")}${path}`;
-  let response: Response;
+  const url = `${endpoint.url.replace(/\/+$/, "")}${path}`;
+  let response: { status: number; text: string };
   try {
-    response = await fetch(url, {
+    response = await send(
+      endpoint,
+      new URL(url),
       method,
-      headers: {
-        "content-type": "application/vnd.schemaregistry.v1+json",
-        accept: "application/vnd.schemaregistry.v1+json, application/json",
-      },
-      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-      signal: AbortSignal.timeout(10_000),
-    });
+      body === undefined ? undefined : JSON.stringify(body),
+      timeoutMs,
+    );
   } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
     throw new SchemaRegistryError(
-      `${method} ${url}: registry did not answer (${(error as Error).message})`,
+      `${method} ${url}: registry did not answer (${code ? `${code}: ` : ""}${(error as Error).message})`,
       undefined,
       undefined,
-      true,
+      // A certificate the CA does not vouch for stays so: no use trying again.
+      !isTlsRefusal(error),
       { cause: error },
     );
   }
-  const text = await response.text();
+  const text = response.text;
   let parsed: unknown = undefined;
   try {
     parsed = text === "" ? undefined : JSON.parse(text);
   } catch {
     parsed = text;
   }
-  if (!response.ok) {
+  if (response.status < 200 || response.status >= 300) {
     const registryCode = (parsed as { error_code?: unknown } | undefined)?.error_code;
+    const hint =
+      response.status === 401
+        ? endpoint.auth === undefined
+          ? " (the registry wants credentials: set SCHEMA_REGISTRY_USERNAME and SCHEMA_REGISTRY_PASSWORD, or SCHEMA_REGISTRY_TOKEN)"
+          : " (the registry refused the credentials)"
+        : response.status === 403
+          ? " (these credentials may not do this)"
+          : "";
     throw new SchemaRegistryError(
-      `${method} ${url}: HTTP ${response.status} ${text}`,
+      `${method} ${url}: HTTP ${response.status}${hint} ${text.slice(0, 500)}`,
       response.status,
       typeof registryCode === "number" ? registryCode : undefined,
       retriableStatus(response.status),
     );
   }
   return parsed;
+}
+
+/** Whether a connection failed the TLS check (an unknown CA, a wrong name, a plain HTTP server). */
+export function isTlsRefusal(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return (
+    typeof code === "string" &&
+    (code.startsWith("ERR_TLS_") ||
+      code.startsWith("ERR_SSL_") ||
+      code === "DEPTH_ZERO_SELF_SIGNED_CERT" ||
+      code === "SELF_SIGNED_CERT_IN_CHAIN" ||
+      code === "UNABLE_TO_VERIFY_LEAF_SIGNATURE" ||
+      code === "UNABLE_TO_GET_ISSUER_CERT_LOCALLY" ||
+      code === "CERT_HAS_EXPIRED")
+  );
 }

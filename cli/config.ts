@@ -22,13 +22,19 @@ import {
   DEFAULTS,
   ENV_NAMES,
   flagOf,
+  isSecretName,
   loadConnectionConfig,
   processorConfigSchema,
+  rememberSecretsIn,
   replayConfigSchema,
+  SECRET_SETTINGS,
+  SECURITY_ENV,
   settingMetaOf,
+  shownValue,
   sinkConfigSchema,
   type ConnectionConfig,
   type ConnectionOptions,
+  type SecuritySettingName,
 } from "../config/index.js";
 import { parseMetricsConfig, type MetricsConfig } from "../metrics/index.js";
 
@@ -56,6 +62,8 @@ export interface SettingSpec {
   readonly max?: number;
   /** Ports: the value that turns the endpoint off. */
   readonly off?: number;
+  /** A secret (password, token): no flag (the environment, the file or a `…_FILE` setting). */
+  readonly secret?: boolean;
 }
 
 function spec(
@@ -106,7 +114,122 @@ export const CONNECTION = Object.freeze({
     defaultValue: DEFAULTS.topicPrefix,
     description: "prefix of every topic name",
   }),
-} satisfies Record<keyof ConnectionOptions, SettingSpec>);
+} satisfies Record<
+  keyof Pick<
+    ConnectionOptions,
+    "kafkaBrokers" | "schemaRegistryUrl" | "databaseUrl" | "topicPrefix"
+  >,
+  SettingSpec
+>);
+
+/** A security setting: in the file's `kafka` or `schemaRegistry` section, flag from its file key. */
+function security(name: SecuritySettingName, key: string, description: string): SettingSpec {
+  const secret = SECRET_SETTINGS.has(name);
+  return spec({
+    key,
+    name,
+    flag: `--${key.replace(/\./g, "-").replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`,
+    env: SECURITY_ENV[name],
+    kind: "connection",
+    defaultValue: undefined,
+    description,
+    ...(secret ? { secret } : {}),
+  });
+}
+
+/**
+ * TLS, SASL and registry authentication, by {@link SecuritySettingName}. Secrets have no flag:
+ * they come from the environment, the config file, or the file their `…File` setting names.
+ */
+export const SECURITY = Object.freeze({
+  kafkaSecurityProtocol: security(
+    "kafkaSecurityProtocol",
+    "kafka.securityProtocol",
+    "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (default: SASL_SSL with a SASL mechanism, SSL with a CA or certificate, else PLAINTEXT)",
+  ),
+  kafkaSaslMechanism: security(
+    "kafkaSaslMechanism",
+    "kafka.saslMechanism",
+    "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER",
+  ),
+  kafkaSaslUsername: security("kafkaSaslUsername", "kafka.saslUsername", "SASL user name"),
+  kafkaSaslPassword: security("kafkaSaslPassword", "kafka.saslPassword", "SASL password"),
+  kafkaSaslPasswordFile: security(
+    "kafkaSaslPasswordFile",
+    "kafka.saslPasswordFile",
+    "a file holding the SASL password",
+  ),
+  kafkaOauthBearerToken: security(
+    "kafkaOauthBearerToken",
+    "kafka.oauthBearerToken",
+    "OAUTHBEARER token",
+  ),
+  kafkaOauthBearerTokenFile: security(
+    "kafkaOauthBearerTokenFile",
+    "kafka.oauthBearerTokenFile",
+    "a file holding the OAUTHBEARER token, read at each authentication (may be rotated)",
+  ),
+  kafkaSslCaFile: security(
+    "kafkaSslCaFile",
+    "kafka.sslCaFile",
+    "PEM file of the CA certificates the brokers' certificates chain to (default: the system's)",
+  ),
+  kafkaSslCertFile: security(
+    "kafkaSslCertFile",
+    "kafka.sslCertFile",
+    "PEM file of a client certificate (mutual TLS)",
+  ),
+  kafkaSslKeyFile: security(
+    "kafkaSslKeyFile",
+    "kafka.sslKeyFile",
+    "PEM file of the client certificate's key",
+  ),
+  kafkaSslKeyPassword: security(
+    "kafkaSslKeyPassword",
+    "kafka.sslKeyPassword",
+    "passphrase of the client key",
+  ),
+  kafkaSslKeyPasswordFile: security(
+    "kafkaSslKeyPasswordFile",
+    "kafka.sslKeyPasswordFile",
+    "a file holding the client key's passphrase",
+  ),
+  kafkaSslVerifyHostname: security(
+    "kafkaSslVerifyHostname",
+    "kafka.sslVerifyHostname",
+    "check the broker's name against its certificate: true (default) or false",
+  ),
+  schemaRegistryUsername: security(
+    "schemaRegistryUsername",
+    "schemaRegistry.username",
+    "registry user name (basic authentication)",
+  ),
+  schemaRegistryPassword: security(
+    "schemaRegistryPassword",
+    "schemaRegistry.password",
+    "registry password",
+  ),
+  schemaRegistryPasswordFile: security(
+    "schemaRegistryPasswordFile",
+    "schemaRegistry.passwordFile",
+    "a file holding the registry password",
+  ),
+  schemaRegistryToken: security(
+    "schemaRegistryToken",
+    "schemaRegistry.token",
+    "registry bearer token",
+  ),
+  schemaRegistryTokenFile: security(
+    "schemaRegistryTokenFile",
+    "schemaRegistry.tokenFile",
+    "a file holding the registry bearer token",
+  ),
+  schemaRegistryCaFile: security(
+    "schemaRegistryCaFile",
+    "schemaRegistry.caFile",
+    "PEM file of the CA certificates of the registry's certificate (default: the system's)",
+  ),
+} satisfies Record<SecuritySettingName, SettingSpec>);
 
 /** Connection settings (every command that talks to a service takes them), in `--help` order. */
 export const CONNECTION_SETTINGS = Object.freeze([
@@ -114,6 +237,7 @@ export const CONNECTION_SETTINGS = Object.freeze([
   CONNECTION.schemaRegistryUrl,
   CONNECTION.databaseUrl,
   CONNECTION.topicPrefix,
+  ...Object.values(SECURITY),
 ] as const);
 
 /** A component's settings schema (see config/schemas.ts). */
@@ -151,6 +275,7 @@ export function settingsOf(schema: SettingsSchema): readonly SettingSpec[] {
         description: settingMetaOf(field)?.description ?? name,
         ...(bounds ? { min: cli.off ?? bounds.min, max: bounds.max } : {}),
         ...(cli.off === undefined ? {} : { off: cli.off }),
+        ...(cli.secret === true ? { secret: true } : {}),
       }),
     );
   }
@@ -193,8 +318,22 @@ function sectionKeys(section: string): readonly string[] {
   return [...new Set(keys)];
 }
 
+/** Keys inside a connection section (`kafka`, `schemaRegistry`). */
+function securityKeys(section: string): readonly string[] {
+  return Object.values(SECURITY)
+    .filter((setting) => setting.key.startsWith(`${section}.`))
+    .map((setting) => setting.key.slice(section.length + 1));
+}
+
 const FILE_SECTIONS: Readonly<Record<string, readonly string[] | null>> = {
-  ...Object.fromEntries(CONNECTION_SETTINGS.map((setting) => [setting.key, null])),
+  ...Object.fromEntries(
+    CONNECTION_SETTINGS.filter((setting) => !setting.key.includes(".")).map((setting) => [
+      setting.key,
+      null,
+    ]),
+  ),
+  kafka: securityKeys("kafka"),
+  schemaRegistry: securityKeys("schemaRegistry"),
   logLevel: null,
   processor: sectionKeys("processor"),
   sink: sectionKeys("sink"),
@@ -228,13 +367,15 @@ export function readConfigFile(path: string): ConfigFile {
   } catch (error) {
     throw new ConfigError(
       "--config",
-      `${path} is not valid ${/\.ya?ml$/i.test(path) ? "YAML" : "JSON"}: ${(error as Error).message}`,
+      `${path} is not valid ${/\.ya?ml$/i.test(path) ? "YAML" : "JSON"}: ${parseProblem(error)}`,
     );
   }
   data ??= {};
   if (typeof data !== "object" || Array.isArray(data))
     throw new ConfigError("--config", `${path} must hold an object of settings`);
   const record = data as Record<string, unknown>;
+  // Its secrets (kafka.saslPassword, a URL's password, …) are redacted wherever they would appear.
+  rememberSecretsIn(record);
   for (const [key, value] of Object.entries(record)) {
     if (!(key in FILE_SECTIONS))
       throw new ConfigError(
@@ -254,6 +395,29 @@ export function readConfigFile(path: string): ConfigFile {
     }
   }
   return { path, data: record };
+}
+
+/**
+ * A parser's complaint about a config file without the file's text (it may hold secrets): YAML's
+ * first line (what and where, not the excerpt below it); JSON's without the excerpt Node quotes.
+ */
+function parseProblem(error: unknown): string {
+  const first = (error instanceof Error ? error.message : String(error)).split("\n")[0] ?? "";
+  return first
+    .replace(/:\s*$/, "")
+    .replace(/,\s*(?:\.\.\.)?".*$/, "")
+    .replace(/^(Unexpected token)\s+'.*?'/, "$1");
+}
+
+/**
+ * `(got …)` of a message about a setting's value: a secret's is never shown (its spec says
+ * `secret`, or its name is a secret's), any other value without the secrets it may hold.
+ */
+function got(setting: SettingSpec, raw: unknown): string {
+  const secret =
+    setting.secret === true ||
+    [setting.name, setting.key, setting.env ?? ""].some((name) => isSecretName(name));
+  return `(got ${shownValue(setting.env ?? setting.key, raw, secret)})`;
 }
 
 /** Where a value came from, as the user would name it in an error. */
@@ -332,7 +496,7 @@ export class SettingsResolver {
     if (typeof source.raw !== "string" || source.raw.trim() === "")
       throw new ConfigError(
         source.label,
-        `expected a non-empty string (got ${JSON.stringify(source.raw)})`,
+        `expected a non-empty string ${got(setting, source.raw)}`,
       );
     return source.raw;
   }
@@ -348,7 +512,7 @@ export class SettingsResolver {
     if (ms === undefined || ms < min)
       throw new ConfigError(
         source.label,
-        `expected a duration such as 500ms, 10s or 5m${min > 0 ? "" : " (0 allowed)"} (got ${JSON.stringify(source.raw)})`,
+        `expected a duration such as 500ms, 10s or 5m${min > 0 ? "" : " (0 allowed)"} ${got(setting, source.raw)}`,
       );
     return ms;
   }
@@ -365,7 +529,7 @@ export class SettingsResolver {
     if (!Number.isInteger(value) || value < min || value > max)
       throw new ConfigError(
         source.label,
-        `expected an integer from ${min} to ${max} (got ${JSON.stringify(source.raw)})`,
+        `expected an integer from ${min} to ${max} ${got(setting, source.raw)}`,
       );
     return value;
   }
@@ -387,10 +551,7 @@ export class SettingsResolver {
     const text = String(source.raw).trim().toLowerCase();
     if (text === "true" || text === "1") return true;
     if (text === "false" || text === "0") return false;
-    throw new ConfigError(
-      source.label,
-      `expected true or false (got ${JSON.stringify(source.raw)})`,
-    );
+    throw new ConfigError(source.label, `expected true or false ${got(setting, source.raw)}`);
   }
 
   /** One setting's value, read as its kind says. */
@@ -433,7 +594,7 @@ export class SettingsResolver {
         typeof source.raw === "string" ? source.raw : JSON.stringify(source.raw);
     }
     try {
-      return loadConnectionConfig(options, this.env);
+      return loadConnectionConfig(options, this.env, labels);
     } catch (error) {
       if (error instanceof ConfigError && labels[error.key] !== undefined)
         throw new ConfigError(
@@ -469,7 +630,7 @@ export class SettingsResolver {
     if (typeof raw !== "string" || !levels.includes(raw))
       throw new ConfigError(
         typeof flag === "string" ? "--log-level" : this.env.LOG_LEVEL ? "LOG_LEVEL" : "logLevel",
-        `expected one of ${levels.join(", ")} (got ${JSON.stringify(raw)})`,
+        `expected one of ${levels.join(", ")} (got ${shownValue("logLevel", raw)})`,
       );
     return raw;
   }

@@ -12,12 +12,18 @@ import { fileURLToPath } from "node:url";
 
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from "commander";
 
-import { ConfigError } from "../config/index.js";
+import {
+  ConfigError,
+  processorConfigSchema,
+  redactSecrets,
+  rememberSecretsIn,
+} from "../config/index.js";
 import { runAlertsTail } from "./commands/alerts.js";
 import { runDemo } from "./commands/demo.js";
 import { parseFromTime, parseOffsets, runReplay } from "./commands/replay.js";
 import { runReport } from "./commands/report.js";
 import { runMigrate, runProcessor, runSink, runStack } from "./commands/run.js";
+import { runTopicsCreate } from "./commands/topics.js";
 import {
   CONNECTION,
   CONNECTION_SETTINGS,
@@ -25,18 +31,27 @@ import {
   PROCESSOR_SETTINGS,
   SettingsResolver,
   settingHelp,
+  settingOf,
   SINK_SETTINGS,
   WINDOW_SETTINGS,
   type SettingSpec,
 } from "./config.js";
-import { EXIT, failureOf } from "./output.js";
+import { EXIT, failureOf, failureText, guardOutput } from "./output.js";
 
 function addSettings(command: Command, settings: readonly SettingSpec[]): Command {
-  for (const setting of settings)
+  for (const setting of settings) {
+    // Secrets are never taken on a command line (it shows in `ps` and shell history).
+    if (setting.secret === true) continue;
     command.option(
       setting.kind === "boolean" ? setting.flag : `${setting.flag} <value>`,
       settingHelp(setting),
     );
+    // A switch that is on by default is turned off with --no-<name>. Given beside the positive
+    // flag, commander sets no value unless one of them is given: the environment and the file
+    // still apply.
+    if (setting.kind === "boolean" && setting.defaultValue === true)
+      command.option(`--no-${setting.flag.replace(/^--/, "")}`, `turn ${setting.flag} off`);
+  }
   return command;
 }
 
@@ -90,7 +105,7 @@ export function buildProgram(setExitCode: (code: number) => void): Command {
           .trim()
           .replace(/^error: /, "")
           .replace(/\s*\n\s*/g, " ");
-        write(`mcp-observatory: ${message} (see --help)\n`);
+        write(`mcp-observatory: ${redactSecrets(message)} (see --help)\n`);
       },
     })
     .addHelpText(
@@ -101,6 +116,7 @@ Examples:
   $ mcp-observatory demo --duration 2m --rate 1000 --services 6 --replicas 4
   $ mcp-observatory stack up                              # local Kafka + Apicurio Registry (no Docker)
   $ mcp-observatory migrate                               # create or update the PostgreSQL schema
+  $ mcp-observatory topics create                         # create the topics, register the schemas (operator rights)
   $ mcp-observatory processor --window 60s --grace 10s    # run the stream processor
   $ mcp-observatory sink                                  # run the PostgreSQL sink
   $ mcp-observatory replay --verify --dry-run             # rebuild every rollup from the log and compare
@@ -134,6 +150,29 @@ Examples:
     .action(async (_options: unknown, command: Command) => {
       setExitCode(await runMigrate(settingsOf(command)));
     });
+
+  const topics = program
+    .command("topics")
+    .description("provision the topics and schema subjects (once, with operator rights)");
+  addSettings(
+    topics
+      .command("create")
+      .description(
+        "create every topic with its settings and register the schemas with their compatibility; idempotent (prints what it created, registered or found)",
+      )
+      .addHelpText(
+        "after",
+        "\nThen the processor, the sink and the replicas' exporters can run with autoCreateTopics and autoRegisterSchemas false\n" +
+          "(MCPO_AUTO_CREATE_TOPICS=false, MCPO_AUTO_REGISTER_SCHEMAS=false): no CREATE on the cluster, no writes to the registry.",
+      ),
+    [
+      ...CONNECTION_SETTINGS.filter((s) => s.key !== "databaseUrl"),
+      settingOf(processorConfigSchema, "partitions"),
+      settingOf(processorConfigSchema, "modelCallsRetentionMs"),
+    ],
+  ).action(async (_options: unknown, command: Command) => {
+    setExitCode(await runTopicsCreate(settingsOf(command)));
+  });
 
   addSettings(
     program
@@ -323,10 +362,9 @@ export async function run(argv: readonly string[]): Promise<number> {
   } catch (error) {
     // Commander printed the message.
     if (error instanceof CommanderError) return error.exitCode === 0 ? EXIT.ok : EXIT.usage;
-    const failure = failureOf(error, verbose);
-    process.stderr.write(`mcp-observatory: ${failure.line}\n`);
-    if (verbose && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
-    return failure.exitCode;
+    // The line, and with --verbose the stack, without secrets.
+    process.stderr.write(`mcp-observatory: ${failureText(error, verbose)}\n`);
+    return failureOf(error, verbose).exitCode;
   }
 }
 
@@ -334,6 +372,19 @@ const invokedDirectly =
   process.argv[1] !== undefined &&
   realpathSync(process.argv[1]) === realpathSync(fileURLToPath(import.meta.url));
 if (invokedDirectly) {
+  // Secrets never printed: the secrets of the environment and the command line (secret
+  // settings, URL passwords) are replaced wherever they would appear, and everything written to
+  // stdout and stderr, and any crash, passes through the same redaction as errors and logs.
+  rememberSecretsIn(process.env);
+  rememberSecretsIn(process.argv);
+  guardOutput(process.stdout);
+  guardOutput(process.stderr);
+  const crash = (error: unknown): void => {
+    process.stderr.write(`mcp-observatory: ${failureText(error, true)}\n`);
+    process.exit(EXIT.failure);
+  };
+  process.on("uncaughtException", crash);
+  process.on("unhandledRejection", crash);
   // `mcp-observatory alerts tail | head`: a closed pipe ends the command quietly, as in any CLI.
   process.stdout.on("error", (error: NodeJS.ErrnoException) => {
     if (error.code === "EPIPE") process.exit(0);

@@ -1,6 +1,6 @@
 /** Terminal output of the CLI: aligned tables, numbers, a progress line, and how errors end it. */
 import { bigintReplacer } from "../avro/bigint.js";
-import { ObservatoryError } from "../config/index.js";
+import { ObservatoryError, redactSecrets } from "../config/index.js";
 import type { StackErrorCode } from "../stack/process.js";
 
 /** The CLI's exit codes. */
@@ -36,7 +36,14 @@ export const ERROR_EXITS: Readonly<Record<string, ErrorExit>> = Object.freeze({
   // Stored progress belongs to a topic deleted and created again: a flag to give, once.
   TOPIC_REPLACED: { exitCode: EXIT.usage },
   SERVICE_UNREACHABLE: { exitCode: EXIT.unreachable },
+  // A service refused who we are or how we talk: credentials, CA or protocol to change.
+  SASL_AUTHENTICATION_FAILED: { exitCode: EXIT.usage },
+  TLS_HANDSHAKE_FAILED: { exitCode: EXIT.usage },
+  SECURITY_MISMATCH: { exitCode: EXIT.usage },
+  REGISTRY_AUTHENTICATION_FAILED: { exitCode: EXIT.usage },
   TOPIC_MISSING: { exitCode: EXIT.failure },
+  // autoRegisterSchemas false and the schema is not registered: `topics create` to run.
+  SCHEMA_NOT_REGISTERED: { exitCode: EXIT.failure },
   ...({
     JAVA_MISSING: STACK_EXIT,
     JAVA_TOO_OLD: STACK_EXIT,
@@ -51,10 +58,10 @@ export const ERROR_EXITS: Readonly<Record<string, ErrorExit>> = Object.freeze({
 
 /**
  * The line the CLI prints for an error that ended a command (without the program's name) and
- * the exit code, from {@link ERROR_EXITS}.
+ * the exit code, from {@link ERROR_EXITS}. The line holds no secret (see `redactSecrets`).
  */
 export function failureOf(error: unknown, verbose: boolean): { line: string; exitCode: number } {
-  const message = error instanceof Error ? error.message : String(error);
+  const message = redactSecrets(error instanceof Error ? error.message : String(error));
   const known = error instanceof ObservatoryError ? ERROR_EXITS[error.code] : undefined;
   if (known === undefined)
     return {
@@ -66,6 +73,37 @@ export function failureOf(error: unknown, verbose: boolean): { line: string; exi
     line: known.label === undefined ? message : `${known.label} ${code}: ${message}`,
     exitCode: known.exitCode,
   };
+}
+
+/**
+ * What the CLI prints for an error that ended a command, after the program's name: its line
+ * ({@link failureOf}) and with `verbose` its stack, both without secrets.
+ */
+export function failureText(error: unknown, verbose: boolean): string {
+  const { line } = failureOf(error, verbose);
+  const stack = verbose && error instanceof Error ? error.stack : undefined;
+  return stack === undefined ? line : `${line}\n${redactSecrets(stack)}`;
+}
+
+const GUARDED = Symbol("mcpo.guarded");
+
+/**
+ * Makes everything written to a stream (the CLI's stdout and stderr) pass through
+ * `redactSecrets` first: the last guard, for output no other rule caught (a library's message, a
+ * line printed by code that forgot). Each chunk is redacted on its own; the CLI writes whole lines.
+ */
+export function guardOutput(stream: NodeJS.WritableStream): void {
+  const guarded = stream as NodeJS.WritableStream & { [GUARDED]?: true };
+  if (guarded[GUARDED] === true) return;
+  const write = stream.write.bind(stream) as (chunk: unknown, ...rest: unknown[]) => boolean;
+  const redacting = (chunk: unknown, ...rest: unknown[]): boolean => {
+    if (typeof chunk === "string") return write(redactSecrets(chunk), ...rest);
+    if (chunk instanceof Uint8Array)
+      return write(redactSecrets(Buffer.from(chunk).toString("utf8")), ...rest);
+    return write(chunk, ...rest);
+  };
+  stream.write = redacting;
+  Object.defineProperty(stream, GUARDED, { value: true });
 }
 
 /**

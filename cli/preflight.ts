@@ -7,7 +7,14 @@ import { connect } from "node:net";
 
 import pg from "pg";
 
-import { ObservatoryError, redactUrl, type ConnectionConfig } from "../config/index.js";
+import { isTlsRefusal, registryRequest, SchemaRegistryError } from "../avro/registry.js";
+import {
+  ObservatoryError,
+  redactUrl,
+  RetryExhaustedError,
+  type ConnectionConfig,
+} from "../config/index.js";
+import { KafkaError, kafkaSettingsOf, probeBrokers } from "../kafka/index.js";
 
 /** A service did not answer. Exit code 3. Retriable: the service may answer later. */
 export class UnreachableError extends ObservatoryError {
@@ -40,9 +47,13 @@ function tcpProbe(host: string, port: number, timeoutMs: number): Promise<string
   });
 }
 
-/** At least one bootstrap broker accepts a connection. */
+/**
+ * At least one bootstrap broker accepts a connection, and one answers as the clients will talk
+ * to it (TLS and SASL as configured): a wrong password or CA is one line here.
+ */
 export async function checkKafka(config: ConnectionConfig, timeoutMs = 3000): Promise<void> {
   const problems: string[] = [];
+  let reached = false;
   for (const broker of config.kafkaBrokers) {
     const separator = broker.lastIndexOf(":");
     const problem = await tcpProbe(
@@ -50,25 +61,64 @@ export async function checkKafka(config: ConnectionConfig, timeoutMs = 3000): Pr
       Number(broker.slice(separator + 1)),
       timeoutMs,
     );
-    if (problem === undefined) return;
+    if (problem === undefined) {
+      reached = true;
+      break;
+    }
     problems.push(`${broker}: ${problem}`);
   }
-  throw new UnreachableError(
-    `cannot reach Kafka (${problems.join("; ")}; set by KAFKA_BROKERS or --brokers): ${HINT}`,
-  );
+  if (!reached)
+    throw new UnreachableError(
+      `cannot reach Kafka (${problems.join("; ")}; set by KAFKA_BROKERS or --brokers): ${HINT}`,
+    );
+  try {
+    await probeBrokers({
+      ...kafkaSettingsOf(config, "mcpo-preflight"),
+      connectionTimeoutMs: timeoutMs,
+      requestTimeoutMs: Math.max(timeoutMs, 5000),
+    });
+  } catch (error) {
+    if (error instanceof KafkaError && !error.retriable) throw error;
+    throw new UnreachableError(
+      `cannot reach Kafka (${(error as Error).message}; set by KAFKA_BROKERS or --brokers): ${HINT}`,
+    );
+  }
 }
 
-/** The registry answers its Confluent-compatible API. */
+/** The registry answers its Confluent-compatible API, with the configured credentials and CA. */
 export async function checkRegistry(config: ConnectionConfig, timeoutMs = 3000): Promise<void> {
-  const url = `${config.schemaRegistryUrl}/subjects`;
+  // For messages: without user-info or secret parameters, should a caller's URL have them.
+  const url = `${redactUrl(config.schemaRegistry.url)}/subjects`;
   let problem: string;
   try {
-    const response = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
-    if (response.ok) return;
-    problem = `HTTP ${response.status} from ${url} (is this a Confluent-compatible API? Apicurio's is at /apis/ccompat/v7)`;
+    await registryRequest(
+      config.schemaRegistry,
+      "/subjects",
+      "GET",
+      undefined,
+      {
+        maxAttempts: 1,
+        baseDelayMs: 0,
+        maxDelayMs: 0,
+      },
+      timeoutMs,
+    );
+    return;
   } catch (error) {
-    const cause = (error as { cause?: { code?: string; message?: string } }).cause;
-    problem = `${config.schemaRegistryUrl}: ${cause?.code ?? cause?.message ?? (error as Error).message}`;
+    const cause = error instanceof RetryExhaustedError ? error.cause : error;
+    if (cause instanceof SchemaRegistryError && (cause.status === 401 || cause.status === 403))
+      throw new ObservatoryError(
+        "REGISTRY_AUTHENTICATION_FAILED",
+        `the schema registry at ${url} refused ${config.schemaRegistry.auth ? "the credentials" : "a client without credentials"} (HTTP ${cause.status}): set SCHEMA_REGISTRY_USERNAME and SCHEMA_REGISTRY_PASSWORD (or _FILE), or SCHEMA_REGISTRY_TOKEN`,
+      );
+    if (cause instanceof SchemaRegistryError && isTlsRefusal(cause.cause))
+      throw new ObservatoryError(
+        "TLS_HANDSHAKE_FAILED",
+        `TLS with the schema registry at ${url} failed (${(cause.cause as Error).message}): set SCHEMA_REGISTRY_CA_FILE to the CA that signed its certificate`,
+      );
+    if (cause instanceof SchemaRegistryError && cause.status !== undefined)
+      problem = `HTTP ${cause.status} from ${url} (is this a Confluent-compatible API? Apicurio's is at /apis/ccompat/v7)`;
+    else problem = (cause as Error).message;
   }
   throw new UnreachableError(
     `cannot reach the schema registry (${problem}; set by SCHEMA_REGISTRY_URL or --schema-registry-url): ${HINT}`,

@@ -2,11 +2,27 @@
  * The project's one error family. Every failure the project raises on purpose is an
  * {@link ObservatoryError}: a stable `code` to branch on, whether trying again may succeed
  * (`retriable`), the error that caused it (`cause`) and, where it concerns a record, where in the
- * log it happened (`context`). {@link ObservatoryError.toJSON} describes it for logs without
- * secrets. Dependency-free: every part of the project can import it.
+ * log it happened (`context`). Its message never holds a secret (see ./redact.ts: URL passwords,
+ * secret settings, tokens are `***` from the start, so its stack has none either), and
+ * {@link ObservatoryError.toJSON} describes it for logs. {@link redactingLogger} gives any logger
+ * the same guarantee. Dependency-free: every part of the project can import it.
  *
  * @module
  */
+import { isSecretField, redactSecrets, REDACTED } from "./redact.js";
+
+export {
+  forgetSecrets,
+  isSecretField,
+  isSecretName,
+  REDACTED,
+  redactSecrets,
+  redactUrl,
+  rememberSecret,
+  rememberSecretsIn,
+  secretsIn,
+  shownValue,
+} from "./redact.js";
 
 /** Where in the log an error happened. Every field is optional. */
 export interface ErrorContext {
@@ -45,7 +61,11 @@ export class ObservatoryError extends Error {
   readonly context: ErrorContext | undefined;
 
   constructor(code: string, message: string, options: ObservatoryErrorOptions = {}) {
-    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    // Redacted before the stack is captured: neither the message nor the stack holds a secret.
+    super(
+      redactSecrets(message),
+      options.cause === undefined ? undefined : { cause: options.cause },
+    );
     this.name = "ObservatoryError";
     this.code = code;
     this.retriable = options.retriable ?? false;
@@ -71,8 +91,8 @@ const MAX_CAUSE_DEPTH = 5;
 
 /**
  * Describes any thrown value for logs: name, code, message, retriable, context and the cause
- * chain (a few levels). Passwords in connection strings (`scheme://user:secret@host`,
- * `password=secret`) are replaced by `***`; stacks are left out.
+ * chain (a few levels). Secrets ({@link redactSecrets}: passwords in connection strings,
+ * `password=`, tokens) are replaced by `***`; stacks are left out.
  */
 export function describeError(error: unknown): ErrorDescription {
   return describeAt(error, 0);
@@ -97,9 +117,61 @@ function describeAt(error: unknown, depth: number): ErrorDescription {
   return description;
 }
 
-/** Replaces the password of URLs with credentials and of `password=` settings by `***`. */
-export function redactSecrets(text: string): string {
-  return text
-    .replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^\s:/@]*:)[^\s/@]+@/gi, "$1***@")
-    .replace(/\b(password|passwd|pwd)(\s*=\s*)('[^']*'|"[^"]*"|[^\s&;'"]+)/gi, "$1$2***");
+/**
+ * A log record's fields without secrets: strings through {@link redactSecrets}, the value of a
+ * field whose name is a secret's (`password`, `saslPassword`, `token`, …) `***`, errors as
+ * {@link describeError} describes them, nested objects and arrays alike (other objects by their
+ * own enumerable fields, as JSON would show them).
+ */
+export function redactFields(value: Readonly<Record<string, unknown>>): Record<string, unknown>;
+export function redactFields(value: unknown): unknown;
+export function redactFields(value: unknown): unknown {
+  return redactValue(value, 0);
+}
+
+const MAX_FIELD_DEPTH = 8;
+
+function redactValue(value: unknown, depth: number): unknown {
+  if (typeof value === "string") return redactSecrets(value);
+  if (typeof value !== "object" || value === null) return value;
+  if (value instanceof Error) return describeError(value);
+  if (value instanceof Date || ArrayBuffer.isView(value)) return value;
+  if (depth >= MAX_FIELD_DEPTH) return "[nested too deep]";
+  if (Array.isArray(value)) return value.map((item) => redactValue(item, depth + 1));
+  const fields: Record<string, unknown> = {};
+  for (const [name, inner] of Object.entries(value))
+    fields[name] =
+      typeof inner === "string" && isSecretField(name) ? REDACTED : redactValue(inner, depth + 1);
+  return fields;
+}
+
+/** One method of a logger: a message and optional fields. */
+type LogMethod = (message: string, context?: Readonly<Record<string, unknown>>) => void;
+
+const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal"] as const;
+const REDACTING = Symbol("mcpo.redacting");
+
+/**
+ * A logger that passes every message through {@link redactSecrets} and every record's fields
+ * through {@link redactFields} before the given one sees them (its other members stay as they
+ * are). The project wraps every logger it is given, its own and injected ones, in this.
+ */
+export function redactingLogger<L extends { warn: LogMethod; error: LogMethod }>(logger: L): L {
+  if ((logger as { [REDACTING]?: true })[REDACTING] === true) return logger;
+  const wrapped = Object.create(logger) as Record<string, unknown>;
+  for (const level of LOG_LEVELS) {
+    const method = (logger as Record<string, unknown>)[level];
+    if (typeof method !== "function") continue;
+    // Defined, not assigned: a frozen logger's members are read-only on the prototype.
+    Object.defineProperty(wrapped, level, {
+      value: (message: string, context?: Readonly<Record<string, unknown>>): void => {
+        const text = redactSecrets(message);
+        if (context === undefined) (method as LogMethod).call(logger, text);
+        else (method as LogMethod).call(logger, text, redactFields(context));
+      },
+      enumerable: true,
+    });
+  }
+  Object.defineProperty(wrapped, REDACTING, { value: true });
+  return wrapped as L;
 }

@@ -7,13 +7,35 @@
  */
 import { z } from "zod";
 
-import { ObservatoryError } from "./errors.js";
+import { ObservatoryError, shownValue } from "./errors.js";
+import {
+  resolveSecurity,
+  SecuritySettingError,
+  splitRegistryUrl,
+  type KafkaSasl,
+  type KafkaTls,
+  type RegistryAuth,
+  type RegistryEndpoint,
+  type SecurityOptions,
+  type SecuritySettingName,
+} from "./security.js";
 
 export {
   describeError,
   isRetriable,
   ObservatoryError,
+  forgetSecrets,
+  isSecretField,
+  isSecretName,
+  REDACTED,
+  redactFields,
+  redactingLogger,
   redactSecrets,
+  redactUrl,
+  rememberSecret,
+  rememberSecretsIn,
+  secretsIn,
+  shownValue,
   type ErrorContext,
   type ErrorDescription,
   type ObservatoryErrorOptions,
@@ -25,6 +47,22 @@ export {
   type RetryOptions,
   type RetryPolicy,
 } from "./retry.js";
+export {
+  registryEndpointOf,
+  SECRET_SETTINGS,
+  SECURITY_ENV,
+  SECURITY_PROTOCOLS,
+  type KafkaSasl,
+  type KafkaTls,
+  type OAuthBearerTokenProvider,
+  type PasswordMechanism,
+  type RegistryAuth,
+  type RegistryEndpoint,
+  type RegistryTarget,
+  type SecurityOptions,
+  type SecurityProtocol,
+  type SecuritySettingName,
+} from "./security.js";
 
 /** Environment variable names, by setting. */
 export const ENV_NAMES = Object.freeze({
@@ -53,6 +91,12 @@ export interface ConnectionConfig {
   readonly databaseUrl: string;
   /** Prefix of every topic name the project creates, e.g. `mcpo.` gives `mcpo.model-calls`. */
   readonly topicPrefix: string;
+  /** TLS to the brokers (security protocol SSL or SASL_SSL); undefined: plaintext. */
+  readonly kafkaTls?: KafkaTls;
+  /** SASL to the brokers (SASL_SSL or SASL_PLAINTEXT); undefined: none. */
+  readonly kafkaSasl?: KafkaSasl;
+  /** The registry with its credentials and CA; its `url` is {@link schemaRegistryUrl}. */
+  readonly schemaRegistry: RegistryEndpoint;
 }
 
 /** Invalid configuration: names the key (option or environment variable) that was wrong. */
@@ -101,17 +145,27 @@ function parseKey<T>(schema: z.ZodType<T>, key: string, value: string): T {
   const result = schema.safeParse(value);
   if (!result.success) {
     const detail = result.error.issues.map((issue) => issue.message).join("; ");
-    throw new ConfigError(key, `${detail} (got ${JSON.stringify(value)})`);
+    throw new ConfigError(key, `${detail} (got ${shownValue(key, value)})`);
   }
   return result.data;
 }
 
-/** Options that override the environment; each falls back to its variable, then to the default. */
-export interface ConnectionOptions {
+/**
+ * Options that override the environment; each falls back to its variable, then to the default.
+ * The security settings (text, as from the environment) are in {@link SecurityOptions}; the
+ * objects (`kafkaTls`, `kafkaSasl`, `schemaRegistryAuth`, `schemaRegistryCa`) are the library's
+ * way and replace the text settings of their part.
+ */
+export interface ConnectionOptions extends SecurityOptions {
   kafkaBrokers?: string | readonly string[];
   schemaRegistryUrl?: string;
   databaseUrl?: string;
   topicPrefix?: string;
+  kafkaTls?: KafkaTls;
+  kafkaSasl?: KafkaSasl;
+  schemaRegistryAuth?: RegistryAuth;
+  /** PEM. */
+  schemaRegistryCa?: string;
 }
 
 /**
@@ -122,6 +176,8 @@ export interface ConnectionOptions {
 export function loadConnectionConfig(
   options: ConnectionOptions = {},
   env: NodeJS.ProcessEnv = process.env,
+  /** The name to report for a security setting given as an option (a flag, a file key). */
+  labels: Readonly<Partial<Record<SecuritySettingName, string>>> = {},
 ): ConnectionConfig {
   const pick = (
     key: keyof typeof ENV_NAMES,
@@ -141,11 +197,41 @@ export function loadConnectionConfig(
   const database = pick("databaseUrl", options.databaseUrl);
   const prefix = pick("topicPrefix", options.topicPrefix);
 
+  let security;
+  try {
+    security = resolveSecurity(options, env, labels, {
+      kafka: options.kafkaTls !== undefined || options.kafkaSasl !== undefined,
+      registry: options.schemaRegistryAuth !== undefined || options.schemaRegistryCa !== undefined,
+    });
+  } catch (error) {
+    if (error instanceof SecuritySettingError)
+      throw new ConfigError(error.key, error.message.replace(/^invalid configuration \S+: /, ""));
+    throw error;
+  }
+  // Credentials in the registry URL are basic authentication; the URL kept has none.
+  const registryGiven = splitRegistryUrl(parseKey(httpUrl, registry.key, registry.value));
+  const registryAuth = options.schemaRegistryAuth ?? security.registryAuth;
+  if (registryGiven.auth && registryAuth)
+    throw new ConfigError(
+      registry.key,
+      "the URL has credentials and the registry's user name or token is set too: give one",
+    );
+  const registryCa = options.schemaRegistryCa ?? security.registryCa;
+  const kafkaTls = options.kafkaTls ?? security.kafkaTls;
+  const kafkaSasl = options.kafkaSasl ?? security.kafkaSasl;
+  const schemaRegistry: RegistryEndpoint = Object.freeze({
+    url: registryGiven.url,
+    ...((registryAuth ?? registryGiven.auth) ? { auth: registryAuth ?? registryGiven.auth } : {}),
+    ...(registryCa === undefined ? {} : { ca: registryCa }),
+  });
   return Object.freeze({
     kafkaBrokers: Object.freeze(parseKey(brokersSchema, brokers.key, brokers.value)),
-    schemaRegistryUrl: parseKey(httpUrl, registry.key, registry.value),
+    schemaRegistryUrl: schemaRegistry.url,
     databaseUrl: parseKey(postgresUrl, database.key, database.value),
     topicPrefix: parseKey(topicPrefix, prefix.key, prefix.value),
+    ...(kafkaTls === undefined ? {} : { kafkaTls }),
+    ...(kafkaSasl === undefined ? {} : { kafkaSasl }),
+    schemaRegistry,
   });
 }
 
@@ -191,6 +277,41 @@ export interface EndpointOptions {
   readonly schemaRegistryUrl?: string;
   readonly databaseUrl?: string;
   readonly topicPrefix?: string;
+  /** TLS to the brokers; overrides the `KAFKA_SSL_*` variables. */
+  readonly kafkaTls?: KafkaTls;
+  /**
+   * SASL to the brokers; overrides the `KAFKA_SASL_*` variables. For OAUTHBEARER, a token
+   * provider: `{ mechanism: "oauthbearer", oauthBearerProvider: async () => ({ value: token }) }`.
+   */
+  readonly kafkaSasl?: KafkaSasl;
+  /** Registry authentication; overrides the `SCHEMA_REGISTRY_*` credentials. */
+  readonly schemaRegistryAuth?: RegistryAuth;
+  /** CA certificates of the registry, PEM; overrides `SCHEMA_REGISTRY_CA_FILE`. */
+  readonly schemaRegistryCa?: string;
+}
+
+/** The security part of {@link EndpointOptions}, which every component's options take. */
+export type SecurityEndpointOptions = Pick<
+  EndpointOptions,
+  "kafkaTls" | "kafkaSasl" | "schemaRegistryAuth" | "schemaRegistryCa"
+>;
+
+/**
+ * A resolved connection as {@link EndpointOptions}, to hand to a component (the CLI resolves the
+ * settings once and passes them on, security included).
+ */
+export function endpointOptionsOf(connection: ConnectionConfig): EndpointOptions {
+  const registry = connection.schemaRegistry;
+  return {
+    brokers: connection.kafkaBrokers,
+    schemaRegistryUrl: registry.url,
+    databaseUrl: connection.databaseUrl,
+    topicPrefix: connection.topicPrefix,
+    ...(connection.kafkaTls === undefined ? {} : { kafkaTls: connection.kafkaTls }),
+    ...(connection.kafkaSasl === undefined ? {} : { kafkaSasl: connection.kafkaSasl }),
+    ...(registry.auth === undefined ? {} : { schemaRegistryAuth: registry.auth }),
+    ...(registry.ca === undefined ? {} : { schemaRegistryCa: registry.ca }),
+  };
 }
 
 /**
@@ -205,6 +326,14 @@ export function connectionFromOptions(options: EndpointOptions): ConnectionConfi
     schemaRegistryUrl: options.schemaRegistryUrl,
     databaseUrl: options.databaseUrl,
     topicPrefix: options.topicPrefix,
+    ...(options.kafkaTls === undefined ? {} : { kafkaTls: options.kafkaTls }),
+    ...(options.kafkaSasl === undefined ? {} : { kafkaSasl: options.kafkaSasl }),
+    ...(options.schemaRegistryAuth === undefined
+      ? {}
+      : { schemaRegistryAuth: options.schemaRegistryAuth }),
+    ...(options.schemaRegistryCa === undefined
+      ? {}
+      : { schemaRegistryCa: options.schemaRegistryCa }),
   });
 }
 
@@ -222,17 +351,6 @@ export function portOf(address: string): number {
       return 5432;
     default:
       throw new ConfigError("address", `no port in ${JSON.stringify(address)}`);
-  }
-}
-
-/** A connection URL without its password, for messages and logs. */
-export function redactUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password !== "") parsed.password = "***";
-    return parsed.toString();
-  } catch {
-    return url;
   }
 }
 

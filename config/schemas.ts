@@ -41,6 +41,8 @@ export interface CliMeta {
   readonly default?: number | string;
   /** A value that turns the setting off (given to the component as unset): the ports' `-1`. */
   readonly off?: number;
+  /** A secret: no flag (the environment or the config file), its value never shown. */
+  readonly secret?: boolean;
 }
 
 /** What a schema key carries besides its check and default. */
@@ -59,6 +61,7 @@ interface CliOverrides {
   readonly fileKey?: string;
   readonly default?: number | string;
   readonly off?: number;
+  readonly secret?: boolean;
 }
 
 interface FieldSpec<S extends z.ZodType = z.ZodType> {
@@ -117,6 +120,7 @@ function section<T extends Record<string, FieldSpec>>(
               kind: kindOf(key, field.schema),
               ...(overrides.default === undefined ? {} : { default: overrides.default }),
               ...(overrides.off === undefined ? {} : { off: overrides.off }),
+              ...(overrides.secret === true ? { secret: true } : {}),
             },
           }
         : {}),
@@ -207,9 +211,28 @@ const unknownSchemaIdGraceMs = {
   description:
     "how long records of a schema id the registry does not know wait before dead-lettering",
 } satisfies FieldSpec;
+const autoCreateTopics = {
+  schema: z.boolean(BOOLEAN).default(true),
+  description:
+    "create the topics it needs when missing (false: only check that they exist, for credentials without CREATE; run `mcp-observatory topics create` once with operator rights)",
+} satisfies FieldSpec;
+const autoRegisterSchemas = {
+  schema: z.boolean(BOOLEAN).default(true),
+  description:
+    "register its schemas and set their subjects' compatibility (false: only look the registered schemas up, for read-only registry credentials; run `mcp-observatory topics create` once with operator rights)",
+} satisfies FieldSpec;
 const metricsPort = {
   schema: port().optional(),
-  description: "Prometheus /metrics port on loopback (-1: off, 0: any free port)",
+  description: "Prometheus /metrics port, on the metrics host (-1: off, 0: any free port)",
+} satisfies FieldSpec;
+const HOST = "expected a host name or IP address to listen on, e.g. 127.0.0.1, 0.0.0.0 or ::";
+const metricsHost = {
+  schema: z
+    .string(HOST)
+    .regex(/^[A-Za-z0-9._:%-]+$/, HOST)
+    .default("127.0.0.1"),
+  description:
+    "address the /metrics, /healthz and /readyz endpoint listens on (127.0.0.1: this host only; 0.0.0.0 or :: every interface, unauthenticated)",
 } satisfies FieldSpec;
 
 /** The window part: the processor's, and a replay's (which must equal the processor's). */
@@ -258,9 +281,28 @@ const windowShape = section("processor", {
 /** Window size, grace and metrics: the part a replay shares with the processor. */
 export const windowConfigSchema = z.strictObject(windowShape);
 
+/**
+ * The control records' key: the processor's, and a replay's (the same), in the file's `processor`
+ * section. Secrets: no flag, never shown; read and checked (at least 32 bytes) by the processor.
+ */
+const controlKeyShape = section("processor", {
+  controlKey: {
+    schema: nonEmpty().optional(),
+    description:
+      "secret (at least 32 bytes) every processor and replay of a log shares: control records on model-calls are signed with it, and those whose MAC is missing or wrong are dead-lettered (CONTROL_UNAUTHENTICATED); unset: control records are not authenticated",
+    cli: { secret: true },
+  },
+  controlKeyFile: {
+    schema: nonEmpty().optional(),
+    description: "a file holding the controlKey (trailing newline dropped)",
+    cli: { secret: true },
+  },
+});
+
 /** The stream processor's settings (connection settings aside). */
 export const processorConfigSchema = z.strictObject({
   ...windowShape,
+  ...controlKeyShape,
   ...section("processor", {
     groupId: {
       schema: nonEmpty().optional(),
@@ -281,6 +323,7 @@ export const processorConfigSchema = z.strictObject({
     sessionTimeoutMs: { ...sessionTimeoutMs, cli: {} },
     partitions: { ...partitions, cli: {} },
     metricsPort: { ...metricsPort, cli: { default: 9464, off: -1 } },
+    metricsHost: { ...metricsHost, cli: {} },
     metadataMaxAgeMs: {
       schema: positiveInt().default(5000),
       description: "how soon partitions added to model-calls are noticed",
@@ -288,6 +331,8 @@ export const processorConfigSchema = z.strictObject({
     },
     unknownSchemaIdGraceMs: { ...unknownSchemaIdGraceMs, cli: {} },
     modelCallsRetentionMs: { ...modelCallsRetentionMs, cli: {} },
+    autoCreateTopics: { ...autoCreateTopics, cli: {} },
+    autoRegisterSchemas: { ...autoRegisterSchemas, cli: {} },
     resetState: {
       schema: z.boolean(BOOLEAN).default(false),
       description:
@@ -311,8 +356,11 @@ export const sinkConfigSchema = z.strictObject(
     },
     sessionTimeoutMs: { ...sessionTimeoutMs, cli: {} },
     metricsPort: { ...metricsPort, cli: { default: 9465, off: -1 } },
+    metricsHost: { ...metricsHost, cli: {} },
     unknownSchemaIdGraceMs: { ...unknownSchemaIdGraceMs, cli: {} },
     modelCallsRetentionMs: { ...modelCallsRetentionMs, cli: {} },
+    autoCreateTopics: { ...autoCreateTopics, cli: {} },
+    autoRegisterSchemas: { ...autoRegisterSchemas, cli: {} },
     migrate: {
       schema: z.boolean(BOOLEAN).default(true),
       description: "apply schema migrations at start",
@@ -338,6 +386,7 @@ export const sinkConfigSchema = z.strictObject(
 /** A replay's settings (connection settings aside): the processor's window part and its own. */
 export const replayConfigSchema = z.strictObject({
   ...windowShape,
+  ...controlKeyShape,
   ...section("replay", {
     services: {
       schema: z.array(nonEmpty(), "expected a list of service names").readonly().optional(),
@@ -351,6 +400,11 @@ export const replayConfigSchema = z.strictObject({
       schema: nonEmpty().default("mcpo-replay"),
       description: "Kafka client id",
     },
+    autoRegisterSchemas: {
+      schema: z.boolean(BOOLEAN).optional(),
+      description:
+        "register the ModelCallEvent schema and set its subject's compatibility (false: only look it up; default MCPO_AUTO_REGISTER_SCHEMAS, else true)",
+    },
   }),
 });
 
@@ -362,21 +416,24 @@ interface Component<S extends z.ZodObject> {
   readonly handles: readonly string[];
 }
 
+/** TLS, SASL and registry credentials: every component that talks to Kafka and the registry. */
+const SECURITY = ["kafkaTls", "kafkaSasl", "schemaRegistryAuth", "schemaRegistryCa"] as const;
+
 const PROCESSOR = {
   schema: processorConfigSchema,
-  connection: ["brokers", "schemaRegistryUrl", "topicPrefix"] as const,
+  connection: ["brokers", "schemaRegistryUrl", "topicPrefix", ...SECURITY] as const,
   handles: ["logger", "scheduler"] as const,
 } satisfies Component<typeof processorConfigSchema>;
 
 const SINK = {
   schema: sinkConfigSchema,
-  connection: ["brokers", "schemaRegistryUrl", "databaseUrl", "topicPrefix"] as const,
+  connection: ["brokers", "schemaRegistryUrl", "databaseUrl", "topicPrefix", ...SECURITY] as const,
   handles: ["logger"] as const,
 } satisfies Component<typeof sinkConfigSchema>;
 
 const REPLAY = {
   schema: replayConfigSchema,
-  connection: ["brokers", "schemaRegistryUrl", "databaseUrl", "topicPrefix"] as const,
+  connection: ["brokers", "schemaRegistryUrl", "databaseUrl", "topicPrefix", ...SECURITY] as const,
   handles: ["from", "onOutputs", "onProgress"] as const,
 } satisfies Component<typeof replayConfigSchema>;
 
@@ -433,10 +490,12 @@ function parseComponent<S extends z.ZodObject>(
     const issue = result.error.issues[0];
     const key = issue?.path.map(String).join(".") ?? "";
     const top = issue?.path[0];
-    throw new ConfigError(
-      key,
-      `${issue?.message ?? "invalid"} (got ${show(top === undefined ? settings : settings[String(top)])})`,
-    );
+    const field: unknown = top === undefined ? undefined : component.schema.shape[String(top)];
+    const shown =
+      field instanceof z.ZodType && cliMetaOf(field)?.secret === true
+        ? "a secret, not shown"
+        : show(top === undefined ? settings : settings[String(top)]);
+    throw new ConfigError(key, `${issue?.message ?? "invalid"} (got ${shown})`);
   }
   return Object.freeze({ ...result.data, connection });
 }

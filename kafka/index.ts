@@ -5,13 +5,18 @@
  *
  * @module
  */
-import { randomUUID } from "node:crypto";
-import { connect as connectTcp, type Socket } from "node:net";
+import { createHash, createHmac, pbkdf2Sync, randomBytes, randomUUID } from "node:crypto";
+import { connect as connectTcp, isIP, type Socket } from "node:net";
+import { connect as connectTls, type ConnectionOptions } from "node:tls";
 
-import kafkajs, { type IHeaders, type Message, type Producer } from "kafkajs";
+import kafkajs, { type IHeaders, type Message, type Producer, type SASLOptions } from "kafkajs";
 import createSnappyCodec from "kafkajs-snappy";
 
 import { ObservatoryError, type ErrorContext } from "../config/errors.js";
+import type { ConnectionConfig } from "../config/index.js";
+import type { KafkaSasl, KafkaTls } from "../config/security.js";
+
+export type { KafkaSasl, KafkaTls, OAuthBearerTokenProvider } from "../config/security.js";
 
 // kafkajs is CommonJS: Node's ESM loader sees only some of its named exports, so take them from
 // the default export.
@@ -46,6 +51,59 @@ export interface KafkaSettings {
    * partitions added to a topic need it short.
    */
   readonly metadataMaxAgeMs?: number;
+  /** TLS to the brokers; undefined: plaintext. */
+  readonly tls?: KafkaTls;
+  /** SASL authentication; undefined: none. */
+  readonly sasl?: KafkaSasl;
+}
+
+/**
+ * A failed CreateTopics as one error that names each topic and the broker's reason (kafkajs says
+ * only "Topic creation errors"); a refusal for want of rights says how to do without them.
+ */
+function topicCreationError(error: unknown, names: readonly string[]): KafkaError {
+  const parts = (error as { errors?: unknown }).errors;
+  const details = Array.isArray(parts)
+    ? parts.map((part) => {
+        const topic = (part as { topic?: unknown }).topic;
+        const type = (part as { type?: unknown }).type;
+        return `${typeof topic === "string" ? topic : "?"}: ${typeof type === "string" ? `${type} ` : ""}(${part instanceof Error ? part.message : String(part)})`;
+      })
+    : [error instanceof Error ? error.message : String(error)];
+  const types = Array.isArray(parts)
+    ? parts.map((part) => (part as { type?: unknown }).type)
+    : [(error as { type?: unknown }).type];
+  const denied = types.find(
+    (type): type is string => typeof type === "string" && type.endsWith("AUTHORIZATION_FAILED"),
+  );
+  if (denied)
+    return new KafkaError(
+      `creating ${names.join(", ")}: ${details.join("; ")}. These credentials may not create ` +
+        "topics: have an operator run `mcp-observatory topics create` once, and run this " +
+        "component with autoCreateTopics: false (MCPO_AUTO_CREATE_TOPICS=false)",
+      denied,
+      false,
+      { cause: error, type: denied },
+    );
+  return new KafkaError(
+    `creating ${names.join(", ")}: ${details.join("; ")}`,
+    error instanceof Error ? error.name : "Error",
+    kafkaRetriable(error),
+    { cause: error },
+  );
+}
+
+/** The settings of a client named `clientId` of the brokers, security included, of a connection. */
+export function kafkaSettingsOf(
+  connection: Pick<ConnectionConfig, "kafkaBrokers" | "kafkaTls" | "kafkaSasl">,
+  clientId: string,
+): KafkaSettings {
+  return {
+    brokers: connection.kafkaBrokers,
+    clientId,
+    ...(connection.kafkaTls === undefined ? {} : { tls: connection.kafkaTls }),
+    ...(connection.kafkaSasl === undefined ? {} : { sasl: connection.kafkaSasl }),
+  };
 }
 
 /** One record to produce. */
@@ -203,7 +261,9 @@ export function kafkaRetriable(error: unknown): boolean {
  * type or kafkajs's error name, retriable as {@link kafkaRetriable} decides, the original as cause.
  */
 export function toKafkaError(error: unknown, what: string): KafkaError {
-  const name = error instanceof Error ? error.name : "Error";
+  const raw = error instanceof Error ? error.name : "Error";
+  // One code for a refused authentication, whichever client met it (see probeBrokers).
+  const name = raw === "KafkaJSSASLAuthenticationError" ? "SASL_AUTHENTICATION_FAILED" : raw;
   const type = error instanceof Error ? (error as { type?: unknown }).type : undefined;
   return new KafkaError(
     `${what}: ${error instanceof Error ? error.message : String(error)}`,
@@ -213,10 +273,31 @@ export function toKafkaError(error: unknown, what: string): KafkaError {
   );
 }
 
+/** kafkajs's TLS options from {@link KafkaTls}. */
+function tlsOptions(tls: KafkaTls): ConnectionOptions {
+  return {
+    ...(tls.ca === undefined ? {} : { ca: tls.ca }),
+    ...(tls.cert === undefined ? {} : { cert: tls.cert }),
+    ...(tls.key === undefined ? {} : { key: tls.key }),
+    ...(tls.keyPassword === undefined ? {} : { passphrase: tls.keyPassword }),
+    rejectUnauthorized: true,
+    // Node checks the name by default; turning it off keeps the chain check.
+    ...(tls.verifyHostname === false ? { checkServerIdentity: () => undefined } : {}),
+  };
+}
+
+function saslOptions(sasl: KafkaSasl): SASLOptions {
+  if (sasl.mechanism === "oauthbearer")
+    return { mechanism: "oauthbearer", oauthBearerProvider: sasl.oauthBearerProvider };
+  return { mechanism: sasl.mechanism, username: sasl.username, password: sasl.password };
+}
+
 function client(settings: KafkaSettings): Kafka {
   return new Kafka({
     clientId: settings.clientId,
     brokers: [...settings.brokers],
+    ...(settings.tls === undefined ? {} : { ssl: tlsOptions(settings.tls) }),
+    ...(settings.sasl === undefined ? {} : { sasl: saslOptions(settings.sasl) }),
     connectionTimeout: settings.connectionTimeoutMs ?? 3000,
     requestTimeout: settings.requestTimeoutMs ?? 10_000,
     // Our callers retry with their own backoff and keep their data; kafkajs should fail fast.
@@ -942,17 +1023,24 @@ export async function connectAdmin(settings: KafkaSettings): Promise<TopicAdmin>
       const existing = new Set(await admin.listTopics());
       const missing = topics.filter((topic) => !existing.has(topic.name));
       if (missing.length > 0)
-        await admin.createTopics({
-          waitForLeaders: true,
-          topics: missing.map((topic) => ({
-            topic: topic.name,
-            numPartitions: topic.partitions,
-            configEntries: Object.entries(topic.config ?? {}).map(([name, value]) => ({
-              name,
-              value,
+        try {
+          await admin.createTopics({
+            waitForLeaders: true,
+            topics: missing.map((topic) => ({
+              topic: topic.name,
+              numPartitions: topic.partitions,
+              configEntries: Object.entries(topic.config ?? {}).map(([name, value]) => ({
+                name,
+                value,
+              })),
             })),
-          })),
-        });
+          });
+        } catch (error) {
+          throw topicCreationError(
+            error,
+            missing.map((topic) => topic.name),
+          );
+        }
       // Another process may have created them a moment ago: wait until every partition has a
       // leader, so the first fetch or produce does not meet "does not host this topic-partition".
       const deadline = Date.now() + 15_000;
@@ -1240,17 +1328,28 @@ class BrokerConnection {
     if (colon <= 0 || !Number.isInteger(port))
       return Promise.reject(new Error(`${address} is not host:port`));
     const timeoutMs = settings.connectionTimeoutMs ?? 3000;
-    return new Promise((resolve, reject) => {
-      const socket = connectTcp({ host, port });
+    const tls = settings.tls;
+    const opened = new Promise<BrokerConnection>((resolve, reject) => {
+      const socket =
+        tls === undefined
+          ? connectTcp({ host, port })
+          : connectTls({
+              host,
+              port,
+              ...(isIP(host) === 0 ? { servername: host } : {}),
+              ...tlsOptions(tls),
+            });
       const timer = setTimeout(() => {
         socket.destroy();
-        reject(new Error(`no TCP connection to ${address} within ${timeoutMs} ms`));
+        reject(
+          new Error(`no ${tls ? "TLS" : "TCP"} connection to ${address} within ${timeoutMs} ms`),
+        );
       }, timeoutMs);
-      socket.once("error", (error) => {
+      socket.once("error", (error: Error) => {
         clearTimeout(timer);
         reject(error);
       });
-      socket.once("connect", () => {
+      socket.once(tls === undefined ? "connect" : "secureConnect", () => {
         clearTimeout(timer);
         resolve(
           new BrokerConnection(
@@ -1261,6 +1360,17 @@ class BrokerConnection {
           ),
         );
       });
+    });
+    const sasl = settings.sasl;
+    if (sasl === undefined) return opened;
+    return opened.then(async (connection) => {
+      try {
+        await authenticate(connection, address, sasl);
+        return connection;
+      } catch (error) {
+        connection.close();
+        throw error;
+      }
     });
   }
 
@@ -1315,6 +1425,99 @@ class BrokerConnection {
     this.received = this.received.subarray(4 + size);
     this.waiting?.resolve(body);
     this.waiting = undefined;
+  }
+}
+
+const API_SASL_HANDSHAKE = 17;
+const API_SASL_AUTHENTICATE = 36;
+
+/**
+ * SASL on a plain connection, as a Kafka client does it: SaslHandshake v1 names the mechanism,
+ * then SaslAuthenticate v1 carries the mechanism's messages (RFC 4616 PLAIN, RFC 5802/7677 SCRAM,
+ * RFC 7628 OAUTHBEARER).
+ *
+ * @throws {KafkaError} `SASL_AUTHENTICATION_FAILED` (not retriable) when the broker refuses.
+ */
+async function authenticate(
+  connection: BrokerConnection,
+  address: string,
+  sasl: KafkaSasl,
+): Promise<void> {
+  const mechanism = sasl.mechanism.toUpperCase();
+  const refused = (detail: string): KafkaError =>
+    new KafkaError(
+      `authenticating to ${address} with SASL ${mechanism}${"username" in sasl ? ` as ${sasl.username}` : ""} failed: ${detail}`,
+      "SASL_AUTHENTICATION_FAILED",
+      false,
+    );
+  const handshake = await connection.request(API_SASL_HANDSHAKE, 1, false, (writer) =>
+    writer.string(mechanism),
+  );
+  const handshakeError = handshake.int16();
+  if (handshakeError !== 0)
+    throw refused(`the broker does not enable ${mechanism} (error code ${handshakeError})`);
+  const step = async (message: Buffer): Promise<Buffer> => {
+    const reader = await connection.request(API_SASL_AUTHENTICATE, 1, false, (writer) =>
+      writer.int32(message.length).bytes(message),
+    );
+    const errorCode = reader.int16();
+    const messageLength = reader.int16();
+    const errorMessage = messageLength < 0 ? undefined : reader.take(messageLength).toString();
+    const length = reader.int32();
+    const answer = length < 0 ? Buffer.alloc(0) : Buffer.from(reader.take(length));
+    if (errorCode !== 0) throw refused(errorMessage ?? `error code ${errorCode}`);
+    return answer;
+  };
+  switch (sasl.mechanism) {
+    case "plain":
+      await step(Buffer.from(`\u0000${sasl.username}\u0000${sasl.password}`, "utf8"));
+      return;
+    case "oauthbearer": {
+      const { value } = await sasl.oauthBearerProvider();
+      await step(Buffer.from(`n,,\u0001auth=Bearer ${value}\u0001\u0001`, "utf8"));
+      return;
+    }
+    case "scram-sha-256":
+    case "scram-sha-512": {
+      const digest = sasl.mechanism === "scram-sha-256" ? "sha256" : "sha512";
+      const keyLength = digest === "sha256" ? 32 : 64;
+      const nonce = randomBytes(24).toString("base64");
+      const name = sasl.username.replace(/=/g, "=3D").replace(/,/g, "=2C");
+      const clientFirstBare = `n=${name},r=${nonce}`;
+      const serverFirst = (await step(Buffer.from(`n,,${clientFirstBare}`, "utf8"))).toString();
+      const fields = new Map(
+        serverFirst.split(",").map((part) => [part.slice(0, 1), part.slice(2)] as const),
+      );
+      const serverNonce = fields.get("r") ?? "";
+      const salt = Buffer.from(fields.get("s") ?? "", "base64");
+      const iterations = Number(fields.get("i"));
+      if (!serverNonce.startsWith(nonce) || !Number.isInteger(iterations) || iterations < 1)
+        throw refused(`the broker's SCRAM challenge is malformed (${JSON.stringify(serverFirst)})`);
+      const salted = pbkdf2Sync(
+        sasl.password.normalize("NFKC"),
+        salt,
+        iterations,
+        keyLength,
+        digest,
+      );
+      const hmac = (key: Buffer, text: string): Buffer =>
+        createHmac(digest, key).update(text, "utf8").digest();
+      const clientKey = hmac(salted, "Client Key");
+      const storedKey = createHash(digest).update(clientKey).digest();
+      const clientFinalBare = `c=biws,r=${serverNonce}`;
+      const authMessage = `${clientFirstBare},${serverFirst},${clientFinalBare}`;
+      const signature = hmac(storedKey, authMessage);
+      const proof = Buffer.alloc(clientKey.length);
+      for (let i = 0; i < proof.length; i++) proof[i] = (clientKey[i] ?? 0) ^ (signature[i] ?? 0);
+      const serverFinal = (
+        await step(Buffer.from(`${clientFinalBare},p=${proof.toString("base64")}`, "utf8"))
+      ).toString();
+      if (serverFinal.startsWith("e=")) throw refused(serverFinal.slice(2));
+      const expected = hmac(hmac(salted, "Server Key"), authMessage).toString("base64");
+      if (serverFinal !== `v=${expected}`)
+        throw refused("the broker's SCRAM signature does not match: not the broker we know");
+      return;
+    }
   }
 }
 
@@ -1394,6 +1597,71 @@ async function readTopicIds(
   return ids;
 }
 
+/** Whether a connection failed the TLS check or met a peer that does not speak TLS. */
+function tlsFailure(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return (
+    typeof code === "string" &&
+    (code.startsWith("ERR_SSL_") ||
+      code.startsWith("ERR_TLS_") ||
+      /CERT|SELF_SIGNED|UNABLE_TO_(VERIFY|GET)/.test(code))
+  );
+}
+
+/**
+ * Connects to the bootstrap brokers in turn as the clients will (TLS and SASL as the settings
+ * say) and asks one for its API versions and metadata, so a wrong password, a missing CA or a
+ * plaintext client on a TLS port is one clear error at start instead of clients retrying.
+ *
+ * @throws {KafkaError} `SASL_AUTHENTICATION_FAILED` or `TLS_HANDSHAKE_FAILED` (not retriable:
+ *   the settings are wrong), `SECURITY_MISMATCH` (not retriable: the broker closed the connection
+ *   before answering, as a TLS or SASL listener does to a client that speaks neither), or a
+ *   retriable `KafkaJSConnectionError` when no broker answered.
+ */
+export async function probeBrokers(settings: KafkaSettings): Promise<void> {
+  const failures: string[] = [];
+  for (const address of settings.brokers) {
+    let connection: BrokerConnection | undefined;
+    try {
+      connection = await BrokerConnection.open(address, settings);
+      await metadataVersionOf(connection);
+      await readTopicIds(connection, []);
+      return;
+    } catch (error) {
+      if (error instanceof KafkaError) throw error;
+      const message = error instanceof Error ? error.message : String(error);
+      if (tlsFailure(error))
+        throw new KafkaError(
+          `TLS with ${address} failed: ${message}. ` +
+            (settings.tls
+              ? "Check that KAFKA_SSL_CA_FILE holds the CA that signed the broker's certificate and that the address is the broker's name in it, and that the port is a TLS listener"
+              : "This is not a TLS client: the port may not be a Kafka listener"),
+          "TLS_HANDSHAKE_FAILED",
+          false,
+          { cause: error },
+        );
+      if (/closed the connection|ECONNRESET|did not answer/.test(message) && connection)
+        throw new KafkaError(
+          `${address} closed the connection without answering (${message}): the listener expects ` +
+            (settings.tls
+              ? "SASL, or a client certificate: set KAFKA_SASL_MECHANISM and the credentials"
+              : "TLS or SASL: set KAFKA_SECURITY_PROTOCOL (SSL or SASL_SSL) and its settings"),
+          "SECURITY_MISMATCH",
+          false,
+          { cause: error },
+        );
+      failures.push(`${address}: ${message}`);
+    } finally {
+      connection?.close();
+    }
+  }
+  throw new KafkaError(
+    `no broker answered (${failures.join("; ")})`,
+    "KafkaJSConnectionError",
+    true,
+  );
+}
+
 /**
  * The topic ids of `topics` (those that exist; a missing topic is left out): the UUID Kafka gives
  * a topic when it creates it, so a topic deleted and created again under the same name, or a
@@ -1401,7 +1669,7 @@ async function readTopicIds(
  * characters, base64url without padding.
  *
  * Asks the bootstrap brokers in turn (Metadata v12, which needs Kafka 3.1 or later) over a plain
- * TCP connection.
+ * connection of its own (TLS and SASL as the settings say).
  *
  * @throws {KafkaError} no broker answered (retriable), or the cluster cannot give topic ids.
  */

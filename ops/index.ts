@@ -11,7 +11,7 @@ import { pathToFileURL } from "node:url";
 import { pino } from "pino";
 import type { Registry } from "prom-client";
 
-import { ConfigError } from "../config/index.js";
+import { ConfigError, redactingLogger } from "../config/index.js";
 
 /** The small logging interface the processes take (inject yours, or use {@link pinoLogger}). */
 export interface OpsLogger {
@@ -20,13 +20,13 @@ export interface OpsLogger {
   error(message: string, context?: Readonly<Record<string, unknown>>): void;
 }
 
-/** JSON lines on stdout through pino, tagged with the component. */
+/** JSON lines on stdout through pino, tagged with the component; secrets redacted (`redactingLogger`). */
 export function pinoLogger(
   component: string,
   level: string = process.env.LOG_LEVEL ?? "info",
 ): OpsLogger {
   const logger = pino({ level, base: { component } });
-  return {
+  return redactingLogger({
     info: (message, context) => {
       logger.info(context ?? {}, message);
     },
@@ -36,13 +36,33 @@ export function pinoLogger(
     error: (message, context) => {
       logger.error(context ?? {}, message);
     },
-  };
+  } satisfies OpsLogger);
 }
 
 /** A running `/metrics` endpoint. */
 export interface MetricsServer {
   readonly port: number;
+  /** The address it listens on, as the socket reports it (`127.0.0.1`, `0.0.0.0`, `::` …). */
+  readonly address: string;
+  /** Its `/metrics` URL as this host reaches it (a wildcard address through loopback). */
+  readonly url: string;
   close(): Promise<void>;
+}
+
+/**
+ * The URL of `path` on a server listening on `address` and `port`, as this host reaches it: a
+ * wildcard address (`0.0.0.0`, `::`) through loopback, an IPv6 address in brackets.
+ */
+export function localUrl(address: string, port: number, path = "/metrics"): string {
+  const host =
+    address === "0.0.0.0" || address === ""
+      ? "127.0.0.1"
+      : address === "::"
+        ? "[::1]"
+        : address.includes(":")
+          ? `[${address}]`
+          : address;
+  return `http://${host}:${port}${path}`;
 }
 
 /** What `/healthz` and `/readyz` answer: alive (the process works), ready (it does its job). */
@@ -54,9 +74,10 @@ export interface Health {
 }
 
 /**
- * Serves a registry's metrics at `/metrics` on loopback (port 0: any free port), and with
- * `health`, `/healthz` (200 while alive) and `/readyz` (200 while ready), else 503, with the
- * detail as JSON.
+ * Serves a registry's metrics at `/metrics` on `host` (default 127.0.0.1, loopback: this host
+ * only; port 0: any free port), and with `health`, `/healthz` (200 while alive) and `/readyz`
+ * (200 while ready), else 503, with the detail as JSON. Nothing is authenticated: bind to an
+ * address others can reach only behind a proxy that authenticates, or on a private network.
  */
 export async function serveMetrics(
   registry: Registry,
@@ -90,9 +111,13 @@ export async function serveMetrics(
     server.once("error", reject);
     server.listen(port, host, resolve);
   });
-  const address = server.address();
+  const bound = server.address();
+  const actualPort = typeof bound === "object" && bound !== null ? bound.port : port;
+  const address = typeof bound === "object" && bound !== null ? bound.address : host;
   return {
-    port: typeof address === "object" && address !== null ? address.port : port,
+    port: actualPort,
+    address,
+    url: localUrl(address, actualPort),
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => {

@@ -1,17 +1,23 @@
 /**
  * The consumer-service shell the processor and the sink share: an explicit lifecycle (new,
- * starting, running, stopping, stopped; a second `start()` is refused), the topics it needs, its
- * codecs, its producer and consumer-group member, its Prometheus endpoint, counters kept once
+ * starting, running, stopping, stopped; a second `start()` is refused), the topics it needs
+ * (created, or only checked with `autoCreateTopics: false`), its codecs (registered, or only looked
+ * up with `autoRegisterSchemas: false`), its producer and consumer-group member, its Prometheus endpoint, counters kept once
  * (each {@link Tally} feeds prom-client and `stats()` alike), the one dead-letter record format,
  * and the pause that keeps a member alive while it waits.
  */
 import type { Counter, Registry } from "prom-client";
 
 import { AvroCodec, valueSubject } from "../avro/codec.js";
-import { ALERT_EVENT, METRIC_ROLLUP, MODEL_CALL_EVENT } from "../avro/contracts.js";
+import {
+  ALERT_EVENT,
+  METRIC_ROLLUP,
+  MODEL_CALL_EVENT,
+  type EventContract,
+} from "../avro/contracts.js";
 import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
-import { ObservatoryError } from "../config/errors.js";
-import { modelCallsTopicConfig, type TopicNames } from "../config/index.js";
+import { ObservatoryError, redactSecrets } from "../config/errors.js";
+import { modelCallsTopicConfig, type TopicNames, type RegistryTarget } from "../config/index.js";
 import {
   connectAdmin,
   createGroupConsumer,
@@ -24,6 +30,7 @@ import {
   type OutgoingRecord,
   type RecordProducer,
 } from "../kafka/index.js";
+import { provideTopics } from "../kafka/topics.js";
 import { serveMetrics, type Health, type MetricsServer, type OpsLogger } from "./index.js";
 
 /** Where a service is in its life. */
@@ -88,22 +95,47 @@ export function pipelineTopics(
   ];
 }
 
-/** Registers the pipeline's three schemas under their topics' subjects. */
+/** One of the pipeline's contracts and the topic whose values it is. */
+export interface PipelineSubject<T> {
+  readonly contract: EventContract<T>;
+  readonly topic: string;
+}
+
+/** The pipeline's three contracts and their topics (the subjects are `<topic>-value`). */
+export function pipelineSubjects(topics: TopicNames): {
+  readonly events: PipelineSubject<ModelCallEvent>;
+  readonly rollups: PipelineSubject<MetricRollup>;
+  readonly alerts: PipelineSubject<AlertEvent>;
+} {
+  return {
+    events: { contract: MODEL_CALL_EVENT, topic: topics.modelCalls },
+    rollups: { contract: METRIC_ROLLUP, topic: topics.metricRollups },
+    alerts: { contract: ALERT_EVENT, topic: topics.alerts },
+  };
+}
+
+/**
+ * The pipeline's three codecs: their schemas registered under their topics' subjects, or, with
+ * `autoRegister: false`, only looked up there (see {@link AvroCodec.lookup}).
+ */
 export async function registerPipelineCodecs(
-  registryUrl: string,
+  registryUrl: RegistryTarget,
   topics: TopicNames,
   unknownIdGraceMs = 0,
+  autoRegister = true,
 ): Promise<PipelineCodecs> {
-  const register = <T>(contract: Parameters<typeof AvroCodec.register<T>>[0], topic: string) =>
+  const codec = <T>({ contract, topic }: PipelineSubject<T>) =>
     AvroCodec.register<T>(contract, {
       registryUrl,
       subject: valueSubject(topic),
       unknownIdGraceMs,
+      autoRegister,
     });
+  const subjects = pipelineSubjects(topics);
   return {
-    events: await register<ModelCallEvent>(MODEL_CALL_EVENT, topics.modelCalls),
-    rollups: await register<MetricRollup>(METRIC_ROLLUP, topics.metricRollups),
-    alerts: await register<AlertEvent>(ALERT_EVENT, topics.alerts),
+    events: await codec(subjects.events),
+    rollups: await codec(subjects.rollups),
+    alerts: await codec(subjects.alerts),
   };
 }
 
@@ -235,14 +267,20 @@ export interface ServiceShellOptions {
   /** `processor` or `sink`: names its logs. */
   readonly component: string;
   readonly kafka: KafkaSettings;
-  readonly registryUrl: string;
+  readonly registryUrl: RegistryTarget;
   readonly topics: TopicNames;
   readonly logger: OpsLogger;
   /** How long records of a schema id the registry does not know wait (see `CodecOptions`). */
   readonly unknownSchemaIdGraceMs: number;
+  /** false: never create a topic; a missing one stops `start()` (`TopicsNotProvisionedError`). */
+  readonly autoCreateTopics: boolean;
+  /** false: never write to the registry; the schemas' ids are looked up (`SchemaNotRegisteredError`). */
+  readonly autoRegisterSchemas: boolean;
   /** Its Prometheus registry; served on `metricsPort` when given (0: any free port). */
   readonly registry: Registry;
   readonly metricsPort: number | undefined;
+  /** The address the metrics endpoint listens on (default 127.0.0.1: loopback only). */
+  readonly metricsHost?: string;
 }
 
 /**
@@ -279,12 +317,23 @@ export abstract class ConsumerService<Stats extends { readonly [K in keyof Stats
     return this.lifecycle;
   }
 
-  /** Where the Prometheus metrics are served, once started with a metrics port. */
+  /**
+   * Where the Prometheus metrics are served, once started with a metrics port, as this host
+   * reaches them (an endpoint on every interface through loopback).
+   */
   get metricsUrl(): string | undefined {
-    return this.metricsServer ? `http://127.0.0.1:${this.metricsServer.port}/metrics` : undefined;
+    return this.metricsServer?.url;
   }
 
-  /** Creates missing topics, registers the schemas, prepares, connects and joins the group. */
+  /** The address the metrics endpoint listens on, once started with a metrics port. */
+  get metricsAddress(): string | undefined {
+    return this.metricsServer?.address;
+  }
+
+  /**
+   * Creates missing topics (checks them, with `autoCreateTopics: false`), registers the schemas
+   * (looks them up, with `autoRegisterSchemas: false`), prepares, connects and joins the group.
+   */
   async start(): Promise<void> {
     if (this.lifecycle !== "new")
       throw new ServiceStateError(this.shell.component, "start", this.lifecycle);
@@ -292,7 +341,11 @@ export abstract class ConsumerService<Stats extends { readonly [K in keyof Stats
     try {
       const admin = await connectAdmin(this.shell.kafka);
       try {
-        const created = await admin.ensureTopics(this.requiredTopics());
+        const created = await provideTopics(
+          admin,
+          this.requiredTopics(),
+          this.shell.autoCreateTopics,
+        );
         if (created.length > 0) this.shell.logger.info("created topics", { topics: created });
         await this.inspect?.(admin);
       } finally {
@@ -302,6 +355,7 @@ export abstract class ConsumerService<Stats extends { readonly [K in keyof Stats
         this.shell.registryUrl,
         this.shell.topics,
         this.shell.unknownSchemaIdGraceMs,
+        this.shell.autoRegisterSchemas,
       );
       this.producer = createRecordProducer(this.shell.kafka);
       await this.producer.connect();
@@ -323,10 +377,13 @@ export abstract class ConsumerService<Stats extends { readonly [K in keyof Stats
         this.metricsServer = await serveMetrics(
           this.shell.registry,
           this.shell.metricsPort,
-          "127.0.0.1",
+          this.shell.metricsHost ?? "127.0.0.1",
           () => this.health(),
         );
-        this.shell.logger.info("metrics endpoint", { url: this.metricsUrl });
+        this.shell.logger.info("metrics endpoint", {
+          url: this.metricsUrl,
+          address: this.metricsServer.address,
+        });
       }
     } catch (error) {
       await this.stop().catch(() => undefined);
@@ -349,7 +406,8 @@ export abstract class ConsumerService<Stats extends { readonly [K in keyof Stats
       detail: {
         state: this.lifecycle,
         partitions: this.assigned ?? null,
-        ...(this.failure ? { failure: this.failure.message } : {}),
+        // Served on /healthz and /readyz: without secrets, as in the logs.
+        ...(this.failure ? { failure: redactSecrets(this.failure.message) } : {}),
       },
     };
   }

@@ -40,6 +40,7 @@ import {
 } from "./partition.js";
 
 export {
+  CONTROL_UNAUTHENTICATED,
   DEFAULT_TIME_BOUNDS,
   judgeTime,
   type TimeBounds,
@@ -58,7 +59,10 @@ export type Fed =
   | { readonly type: "skipped" }
   /** The schema registry could not be reached: feed this record again later. */
   | { readonly type: "retry"; readonly message: string }
-  /** Neither an event nor a control record: dead-letter it (live) or count it (replays). */
+  /**
+   * Neither an event nor a control record, or (with a `controlKey`) a control record that does not
+   * authenticate: dead-letter it (live) or count it (replays).
+   */
   | { readonly type: "invalid"; readonly read: LogRecord & { type: "invalid" } }
   /**
    * Its time is out of bounds of its log time (see {@link judgeTime}), and the state did not see
@@ -103,6 +107,11 @@ export class PartitionDriver {
     start: DriverStart = { nextOffset: null },
     /** How far a record's time may be from its log time (the reader's `maxClockSkewMs` etc.). */
     private readonly bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
+    /**
+     * The processors' shared `controlKey`: control records whose MAC is missing or wrong are
+     * invalid (`CONTROL_UNAUTHENTICATED`) and never reach the state. Undefined: all are trusted.
+     */
+    private readonly controlKey?: Buffer,
   ) {
     this.state = new PartitionState(settings, start.state, routing);
     this.nextOffset = start.nextOffset;
@@ -162,7 +171,8 @@ export class PartitionDriver {
     const offset = BigInt(record.offset);
     if (this.nextOffset !== null && offset < this.nextOffset) return { type: "skipped" };
     const read =
-      readLogRecordIfKnown(record, this.codec) ?? (await readLogRecord(record, this.codec));
+      readLogRecordIfKnown(record, this.codec, this.controlKey) ??
+      (await readLogRecord(record, this.codec, this.controlKey));
     if (read.type === "retry") return { type: "retry", message: read.message };
     this.nextOffset = offset + 1n;
     if (read.type === "invalid") return { type: "invalid", read };

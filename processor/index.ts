@@ -6,6 +6,8 @@
  */
 export { checkpointKey, StateMismatchError, type Checkpoint } from "./checkpoints.js";
 export { eventTimeWindows, PartitionDriver, type DriverStart, type Fed } from "./driver.js";
+export { resolveControlKey, type ControlKeyOptions } from "./control-key.js";
+export { CONTROL_UNAUTHENTICATED } from "./log-record.js";
 export {
   DEFAULT_WINDOW_SETTINGS,
   PartitionState,

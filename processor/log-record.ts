@@ -5,12 +5,25 @@
  * read the log the same way.
  */
 import type { AvroCodec, DecodeErrorCode, DecodeResult } from "../avro/codec.js";
-import { readControl, type ControlRecord } from "../avro/control.js";
+import {
+  CONTROL_HEADER,
+  CONTROL_MAC_HEADER,
+  controlAuthentic,
+  readControl,
+  type ControlRecord,
+} from "../avro/control.js";
 import type { ModelCallEvent } from "../avro/generated.js";
 import { windowConfigSchema } from "../config/index.js";
 import type { ConsumedRecord } from "../kafka/index.js";
 import { MICROS_PER_MILLI } from "../metrics/index.js";
 import type { PartitionInput } from "./partition.js";
+
+/**
+ * The code of a control record a reader with a `controlKey` ignores: its MAC (the
+ * `mcpo-control-mac` header) is missing or does not verify, so no processor holding the key wrote
+ * it there. It is dead-lettered (replays count it) and never reaches the state.
+ */
+export const CONTROL_UNAUTHENTICATED = "CONTROL_UNAUTHENTICATED";
 
 /** What a record of the log is to the state machine. */
 export type LogInput = Exclude<PartitionInput, { type: "flush" }>;
@@ -20,7 +33,7 @@ export type LogRecord =
   /** Never valid: dead-letter it (the live processor) or count it (replays). */
   | {
       readonly type: "invalid";
-      readonly code: DecodeErrorCode | "UNKNOWN_CONTROL_RECORD";
+      readonly code: DecodeErrorCode | "UNKNOWN_CONTROL_RECORD" | typeof CONTROL_UNAUTHENTICATED;
       readonly message: string;
       readonly schemaId?: number;
     }
@@ -28,13 +41,41 @@ export type LogRecord =
   | { readonly type: "retry"; readonly message: string };
 
 /**
+ * Why a control record is not to be trusted under `controlKey`, or undefined when it is (or when
+ * the record is not a control record, or no key is set: then every control record is trusted).
+ * The one check every reader of the log makes — the live processor and replays alike — and a
+ * function of the record alone (its headers, value and partition), so they all decide the same.
+ * Costs an HMAC per control record; an event (no `mcpo-control` header) costs one lookup.
+ */
+export function unauthenticatedControl(
+  record: ConsumedRecord,
+  controlKey: Buffer | undefined,
+): string | undefined {
+  if (controlKey === undefined) return undefined;
+  const control = record.headers[CONTROL_HEADER];
+  if (control === undefined) return undefined;
+  if (controlAuthentic(controlKey, record.partition, record.headers, record.value))
+    return undefined;
+  const what = `control record ${JSON.stringify(control.slice(0, 40))}`;
+  return record.headers[CONTROL_MAC_HEADER] === undefined
+    ? `${what} without a ${CONTROL_MAC_HEADER} header: not written by a processor holding the controlKey (forged, or written before the key was set); ignored`
+    : `${what} whose ${CONTROL_MAC_HEADER} does not verify under the controlKey for partition ${record.partition} (forged, altered, copied from another partition, or signed with another key); ignored`;
+}
+
+/**
  * Reads a record synchronously, or returns undefined when its writer schema must first be fetched
  * from the registry (then call {@link readLogRecord}). The usual case costs no promise per record.
+ * With a `controlKey`, a control record whose MAC is missing or wrong is invalid
+ * ({@link CONTROL_UNAUTHENTICATED}) whatever it says.
  */
 export function readLogRecordIfKnown(
   record: ConsumedRecord,
   codec: AvroCodec<ModelCallEvent>,
+  controlKey?: Buffer,
 ): LogRecord | undefined {
+  const unauthenticated = unauthenticatedControl(record, controlKey);
+  if (unauthenticated !== undefined)
+    return { type: "invalid", code: CONTROL_UNAUTHENTICATED, message: unauthenticated };
   const control = readControl(record.headers, record.value);
   switch (control.type) {
     case "tick":
@@ -55,9 +96,10 @@ export function readLogRecordIfKnown(
 export async function readLogRecord(
   record: ConsumedRecord,
   codec: AvroCodec<ModelCallEvent>,
+  controlKey?: Buffer,
 ): Promise<LogRecord> {
   return (
-    readLogRecordIfKnown(record, codec) ??
+    readLogRecordIfKnown(record, codec, controlKey) ??
     fromDecoded(
       await codec.decode(record.value ?? Buffer.alloc(0)),
       record,

@@ -97,8 +97,8 @@ export class ProcessorMetrics {
     collectDefaultMetrics({ register: this.registry, prefix: "mcpo_processor_" });
   }
 
-  /** Serves `/metrics` on `port` (0: any free port). */
-  serve(port: number): Promise<MetricsServer> {
-    return serveMetrics(this.registry, port);
+  /** Serves `/metrics` on `port` (0: any free port) at `host` (default 127.0.0.1). */
+  serve(port: number, host?: string): Promise<MetricsServer> {
+    return serveMetrics(this.registry, port, host);
   }
 }

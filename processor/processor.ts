@@ -25,7 +25,14 @@ import {
   type Subscription,
 } from "rxjs";
 
-import { copyHeaders, progressRecord, readControl, watermarkTick } from "../avro/control.js";
+import { redactingLogger } from "../config/errors.js";
+import {
+  copyHeaders,
+  progressRecord,
+  readControl,
+  signControl,
+  watermarkTick,
+} from "../avro/control.js";
 import {
   backoffCeiling,
   LOG_APPEND_TIME,
@@ -34,6 +41,7 @@ import {
   TIMESTAMP_TYPE_CONFIG,
   topicNames,
   type TopicNames,
+  type SecurityEndpointOptions,
 } from "../config/index.js";
 import {
   connectAdmin,
@@ -46,6 +54,7 @@ import {
   type KafkaSettings,
   type OutgoingRecord,
   type TopicAdmin,
+  kafkaSettingsOf,
 } from "../kafka/index.js";
 import { MICROS_PER_MILLI, parseMetricsConfig, rollupKey } from "../metrics/index.js";
 import { pinoLogger, type OpsLogger } from "../ops/index.js";
@@ -68,7 +77,8 @@ import {
   STARTUP_RETRY,
   type Checkpoint,
 } from "./checkpoints.js";
-import { PartitionDriver, type Fed, type TimeBounds } from "./driver.js";
+import { resolveControlKey } from "./control-key.js";
+import { CONTROL_UNAUTHENTICATED, PartitionDriver, type Fed, type TimeBounds } from "./driver.js";
 import { due, Lanes, tickIdlePartitions } from "./pipeline.js";
 import { ProcessorMetrics } from "./observability.js";
 import {
@@ -103,7 +113,7 @@ const PROGRESS_INTERVAL_MS = 1000;
 export type ProcessorLogger = OpsLogger;
 
 /** Settings of {@link StreamProcessor}; each falls back to the environment, then a default. */
-export interface ProcessorOptions {
+export interface ProcessorOptions extends SecurityEndpointOptions {
   readonly brokers?: string | readonly string[];
   readonly schemaRegistryUrl?: string;
   /** Default `MCPO_TOPIC_PREFIX`, then `mcpo.`. */
@@ -165,6 +175,30 @@ export interface ProcessorOptions {
   readonly modelCallsRetentionMs?: number;
   /** Partitions of the topics the processor creates if missing (default 6). */
   readonly partitions?: number;
+  /**
+   * Create the topics it needs when missing (default true). false: it only checks that they exist
+   * and fails to start, naming them, when one is missing (credentials without CREATE; an operator
+   * runs `mcp-observatory topics create`).
+   */
+  readonly autoCreateTopics?: boolean;
+  /**
+   * Register its schemas and set their subjects' compatibility (default true). false: nothing is
+   * written to the registry; the schemas' ids are looked up, and a schema not registered stops the
+   * start, naming its subject.
+   */
+  readonly autoRegisterSchemas?: boolean;
+  /**
+   * A secret of at least 32 bytes that every processor of the group and every replay of the log
+   * share (default `MCPO_CONTROL_KEY`; or `controlKeyFile`, default `MCPO_CONTROL_KEY_FILE`: a
+   * file holding it). The control records the processor writes into model-calls (watermark ticks,
+   * copies, progress records) carry an HMAC under it, and control records whose MAC is missing or
+   * wrong — written by anyone else with WRITE on the topic, such as an MCP server replica — are
+   * dead-lettered (CONTROL_UNAUTHENTICATED) and never change state. Unset: control records are
+   * not authenticated (a warning at start). A replay must use the processor's.
+   */
+  readonly controlKey?: string;
+  /** A file holding the {@link controlKey} (trailing newline dropped). */
+  readonly controlKeyFile?: string;
   /** Thresholds and alert rules (see metrics/README.md). */
   readonly metrics?: unknown;
   readonly clientId?: string;
@@ -174,8 +208,13 @@ export interface ProcessorOptions {
    * the partition-count watch (RxJS's `asyncScheduler` by default; tests use a virtual one).
    */
   readonly scheduler?: SchedulerLike;
-  /** Serve Prometheus metrics on this port (`/metrics`, loopback); none by default. 0: any free port. */
+  /** Serve Prometheus metrics on this port (`/metrics`, on `metricsHost`); none by default. 0: any free port. */
   readonly metricsPort?: number;
+  /**
+   * The address the metrics and health endpoint listens on (default 127.0.0.1: this host only;
+   * `0.0.0.0` or `::`: every interface, unauthenticated).
+   */
+  readonly metricsHost?: string;
 }
 
 /** Counters since start. */
@@ -218,12 +257,36 @@ interface OwnedPartition {
   readonly fromCheckpoint: boolean;
 }
 
+/**
+ * Every topic the processor needs, with the settings it creates them with: the pipeline's (see
+ * `pipelineTopics`: the sink needs those too), late events, and its compacted checkpoints (one
+ * partition, large records: a partition's whole state). `mcp-observatory topics create` creates
+ * these.
+ */
+export function processorTopics(
+  topics: TopicNames & { readonly checkpoints: string },
+  partitions: number,
+  modelCallsRetentionMs: number,
+): TopicSpec[] {
+  return [
+    ...pipelineTopics(topics, partitions, modelCallsRetentionMs),
+    { name: topics.lateEvents, partitions },
+    {
+      name: topics.checkpoints,
+      partitions: 1,
+      config: { "cleanup.policy": "compact", "max.message.bytes": String(16 * 1024 * 1024) },
+    },
+  ];
+}
+
 export class StreamProcessor extends ConsumerService<ProcessorStats> {
   readonly topics: TopicNames & { readonly checkpoints: string };
   readonly groupId: string;
   private readonly settings: WindowSettings;
   /** How far a record's time may be from its log time. */
   private readonly bounds: TimeBounds;
+  /** Signs the control records it writes and authenticates those it reads; undefined: neither. */
+  private readonly controlKey: Buffer | undefined;
   private readonly kafka: KafkaSettings;
   private readonly idleTimeoutMs: number;
   private readonly checkpointIntervalMs: number;
@@ -288,24 +351,30 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
   /** @throws {ConfigError} naming the option or variable that is invalid. */
   constructor(options: ProcessorOptions = {}) {
     const config = parseProcessorConfig(options);
+    const controlKey = resolveControlKey(config);
     const names = topicNames(config.connection.topicPrefix);
     const metrics = new ProcessorMetrics();
-    const logger = options.logger ?? pinoLogger("processor");
+    const logger = redactingLogger(options.logger ?? pinoLogger("processor"));
     const kafka: KafkaSettings = {
-      brokers: config.connection.kafkaBrokers,
-      clientId: config.clientId ?? `mcpo-processor-${randomUUID().slice(0, 8)}`,
+      ...kafkaSettingsOf(
+        config.connection,
+        config.clientId ?? `mcpo-processor-${randomUUID().slice(0, 8)}`,
+      ),
       // It writes ticks into partitions added to model-calls: it must learn of them soon.
       metadataMaxAgeMs: config.metadataMaxAgeMs,
     };
     super({
       component: "processor",
       kafka,
-      registryUrl: config.connection.schemaRegistryUrl,
+      registryUrl: config.connection.schemaRegistry,
       topics: names,
       logger,
       registry: metrics.registry,
       metricsPort: config.metricsPort,
+      metricsHost: config.metricsHost,
       unknownSchemaIdGraceMs: config.unknownSchemaIdGraceMs,
+      autoCreateTopics: config.autoCreateTopics,
+      autoRegisterSchemas: config.autoRegisterSchemas,
     });
     this.metrics = metrics;
     this.logger = logger;
@@ -347,24 +416,22 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
     this.sessionTimeoutMs = config.sessionTimeoutMs;
     this.metadataMaxAgeMs = config.metadataMaxAgeMs;
     this.resetState = config.resetState;
+    this.controlKey = controlKey;
     this.clock = options.scheduler ?? asyncScheduler;
   }
 
   protected requiredTopics(): readonly TopicSpec[] {
-    return [
-      ...pipelineTopics(this.topics, this.partitions, this.modelCallsRetentionMs),
-      { name: this.topics.lateEvents, partitions: this.partitions },
-      {
-        name: this.topics.checkpoints,
-        partitions: 1,
-        config: { "cleanup.policy": "compact", "max.message.bytes": String(16 * 1024 * 1024) },
-      },
-    ];
+    return processorTopics(this.topics, this.partitions, this.modelCallsRetentionMs);
   }
 
   protected override async inspect(admin: TopicAdmin): Promise<void> {
     this.partitionsAtStart = await admin.partitionCount(this.topics.modelCalls);
     await warnUnlessLogAppendTime(admin, this.topics.modelCalls, this.kafka.brokers, this.logger);
+    if (this.controlKey === undefined)
+      this.logger.warn(
+        "control records on model-calls are not authenticated: anyone who may write to the topic (every MCP server replica) can append watermark ticks, copies or progress records that hold or move its partitions' windows. Set controlKey (MCPO_CONTROL_KEY or MCPO_CONTROL_KEY_FILE, processor.controlKey in the config file; the same for every processor and replay of the log)",
+        { topic: this.topics.modelCalls },
+      );
   }
 
   /** Fixes the services' home partitions, then watches for idle and added partitions. */
@@ -552,6 +619,7 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
           ? { state: checkpoint.state, nextOffset: BigInt(checkpoint.nextOffset) }
           : { nextOffset: 0n },
         this.bounds,
+        this.controlKey,
       ),
       lastCheckpointAt: this.clock.now(),
       lastCheckpointOffset: checkpoint ? BigInt(checkpoint.nextOffset) : -1n,
@@ -774,11 +842,12 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       if (reported && reported.timeMicros >= time) continue;
       if (reported && outputs.ticks === 0 && now - reported.at < PROGRESS_INTERVAL_MS) continue;
       owned.reported.set(home, { timeMicros: time, at: now });
-      outputs.forwarded.push({
-        key: null,
-        partition: home,
-        ...progressRecord({ sourcePartition: partition, lastOffset, sourceTimeMicros: time }),
-      });
+      outputs.forwarded.push(
+        this.control(
+          home,
+          progressRecord({ sourcePartition: partition, lastOffset, sourceTimeMicros: time }),
+        ),
+      );
     }
   }
 
@@ -819,10 +888,11 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
           }
           this.count.forwarded.inc(1, { partition: String(record.partition) });
           outputs.forwarded.push({
+            ...this.control(output.partition, {
+              headers: copyHeaders(output.origin),
+              value: record.value ?? Buffer.alloc(0),
+            }),
             key: output.event.service,
-            value: record.value ?? Buffer.alloc(0),
-            partition: output.partition,
-            headers: copyHeaders(output.origin),
           });
           // The copy carries the source's event time; no progress record is due for it.
           owned.reported.set(output.partition, {
@@ -852,6 +922,22 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
     }
   }
 
+  /**
+   * A control record to write into model-calls' `partition`, signed with the control key (its MAC
+   * covers the partition: it verifies there only).
+   */
+  private control<V extends Buffer | null>(
+    partition: number,
+    control: { readonly headers: Readonly<Record<string, string>>; readonly value: V },
+  ): { key: null; partition: number; headers: Record<string, string>; value: V } {
+    return {
+      key: null,
+      partition,
+      headers: signControl(this.controlKey, partition, control.headers, control.value),
+      value: control.value,
+    };
+  }
+
   private deadLetter(
     record: ConsumedRecord,
     code: string,
@@ -867,13 +953,19 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
     });
     return deadLetterRecord(record, code, reason, {
       ...(schemaId === undefined ? {} : { schemaId }),
-      source: this.sourceHeaders(record),
+      source: this.sourceHeaders(record, code),
     });
   }
 
-  /** Where a record came from; for a copy, where its producer wrote the original. */
-  private sourceHeaders(record: ConsumedRecord): Record<string, string> {
-    const control = readControl(record.headers, record.value);
+  /**
+   * Where a record came from; for a copy, where its producer wrote the original (for one that
+   * does not authenticate, its own place: the origin it names is not to be trusted).
+   */
+  private sourceHeaders(record: ConsumedRecord, code?: string): Record<string, string> {
+    const control =
+      code === CONTROL_UNAUTHENTICATED
+        ? { type: "data" as const }
+        : readControl(record.headers, record.value);
     return sourceHeaders(
       control.type === "copy"
         ? {
@@ -977,11 +1069,12 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       const records: OutgoingRecord[] = [];
       for (let home = 0; home < homes.count; home++)
         for (const source of added)
-          records.push({
-            key: null,
-            partition: home,
-            ...progressRecord({ sourcePartition: source, lastOffset: null, sourceTimeMicros: 0 }),
-          });
+          records.push(
+            this.control(
+              home,
+              progressRecord({ sourcePartition: source, lastOffset: null, sourceTimeMicros: 0 }),
+            ),
+          );
       await retry(
         () => this.startedProducer.send(this.topics.modelCalls, records, "none"),
         STARTUP_RETRY,
@@ -1037,13 +1130,9 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       !this.assignment.has(partition)
     )
       return false;
-    const tick = watermarkTick(this.clock.now() * MICROS_PER_MILLI);
+    const tick = this.control(partition, watermarkTick(this.clock.now() * MICROS_PER_MILLI));
     try {
-      await this.producer?.send(
-        this.topics.modelCalls,
-        [{ key: null, partition, ...tick }],
-        "none",
-      );
+      await this.producer?.send(this.topics.modelCalls, [tick], "none");
       return !this.isStopping;
     } catch (error) {
       this.logger.warn("could not write a watermark tick; trying again after the idle time", {

@@ -21,15 +21,18 @@ import {
   topicNames,
   type EndpointOptions,
 } from "../config/index.js";
+import { provisioningSwitch } from "../config/provisioning.js";
 import {
   connectAdmin,
   streamTopicRanges,
   type ConsumedRecord,
   type KafkaSettings,
   type PartitionRange,
+  kafkaSettingsOf,
 } from "../kafka/index.js";
 import { MICROS_PER_MILLI, parseMetricsConfig, windowOf } from "../metrics/index.js";
 import { checkpointTopic, homeOf, readLayout } from "./checkpoints.js";
+import { resolveControlKey } from "./control-key.js";
 import { PartitionDriver, type TimeBounds } from "./driver.js";
 import { SUM_OVERFLOW, type WindowSettings } from "./partition.js";
 
@@ -73,6 +76,15 @@ export interface ReplayOptions extends EndpointOptions {
   readonly maxClockSkewMs?: number;
   /** Must equal the live processor's (default 0: no limit): see `ProcessorOptions.maxEventAgeMs`. */
   readonly maxEventAgeMs?: number;
+  /**
+   * Must equal the live processor's (default `MCPO_CONTROL_KEY`): see
+   * `ProcessorOptions.controlKey`. With it, control records whose MAC is missing or wrong are
+   * ignored and counted in `invalid.CONTROL_UNAUTHENTICATED`, as the processor dead-lettered
+   * them; control records written before the processor had the key are among them.
+   */
+  readonly controlKey?: string;
+  /** A file holding the {@link controlKey} (default `MCPO_CONTROL_KEY_FILE`). */
+  readonly controlKeyFile?: string;
   /** Thresholds and rules (as the processor's `metrics`). */
   readonly metrics?: unknown;
   /** Only these services' rollups and alerts are emitted (all partitions are still read). */
@@ -83,6 +95,12 @@ export interface ReplayOptions extends EndpointOptions {
   readonly onOutputs: (outputs: ReplayOutputs) => Promise<void>;
   readonly onProgress?: (progress: ReplayProgress) => void;
   readonly clientId?: string;
+  /**
+   * Register the ModelCallEvent schema and set its subject's compatibility (default
+   * `MCPO_AUTO_REGISTER_SCHEMAS`, then true). false: write nothing to the registry, look the
+   * schema up (a `SchemaNotRegisteredError` naming the subject when it is not registered).
+   */
+  readonly autoRegisterSchemas?: boolean;
 }
 
 /** What a replay did. */
@@ -100,8 +118,9 @@ export interface ReplaySummary {
   readonly progress: number;
   /**
    * Records the live processor dead-lettered, by code: those that did not decode or validate,
-   * events whose time is out of bounds of their log time (CLOCK_SKEW, TOO_OLD), and events that
-   * would take a window's sum past 2^63 − 1 (SUM_OVERFLOW).
+   * events whose time is out of bounds of their log time (CLOCK_SKEW, TOO_OLD), events that
+   * would take a window's sum past 2^63 − 1 (SUM_OVERFLOW), and, with a `controlKey`, control
+   * records whose MAC is missing or wrong (CONTROL_UNAUTHENTICATED: ignored, not applied).
    */
   readonly invalid: Readonly<Record<string, number>>;
   /** Watermark ticks and progress records ignored: their time is ahead of their log time. */
@@ -146,6 +165,7 @@ export interface ReplaySummary {
 export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> {
   const started = Date.now();
   const config = parseReplayConfig(options);
+  const controlKey = resolveControlKey(config);
   const connection = config.connection;
   const topic = topicNames(connection.topicPrefix).modelCalls;
   const metrics = parseMetricsConfig(config.metrics, "metrics");
@@ -161,7 +181,7 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
     maxClockSkewMicros: config.maxClockSkewMs * MICROS_PER_MILLI,
     maxEventAgeMicros: config.maxEventAgeMs * MICROS_PER_MILLI,
   };
-  const kafka: KafkaSettings = { brokers: connection.kafkaBrokers, clientId: config.clientId };
+  const kafka: KafkaSettings = kafkaSettingsOf(connection, config.clientId);
   const from = options.from ?? { kind: "beginning" };
   const services = config.services ? new Set(config.services) : undefined;
 
@@ -176,8 +196,9 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
   const homePartitions = layout?.homePartitions ?? Math.max(1, ranges.length);
   const home = homeOf(homePartitions);
   const codec = await AvroCodec.register(MODEL_CALL_EVENT, {
-    registryUrl: connection.schemaRegistryUrl,
+    registryUrl: connection.schemaRegistry,
     subject: valueSubject(topic),
+    autoRegister: provisioningSwitch("autoRegisterSchemas", config.autoRegisterSchemas),
   });
   const totalRecords = ranges.reduce((sum, range) => sum + Number(range.end - range.start), 0);
 
@@ -215,6 +236,7 @@ export async function replayLog(options: ReplayOptions): Promise<ReplaySummary> 
         codec,
         undefined,
         bounds,
+        controlKey,
       );
       if (from.kind === "time")
         driver.withholdPartialWindows(roundUp(from.timestampMs * MICROS_PER_MILLI));

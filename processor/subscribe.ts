@@ -7,11 +7,16 @@
 import { AvroCodec, valueSubject } from "../avro/codec.js";
 import { ALERT_EVENT } from "../avro/contracts.js";
 import type { AlertEvent } from "../avro/generated.js";
-import { connectionFromOptions, topicNames } from "../config/index.js";
-import { createGroupConsumer } from "../kafka/index.js";
+import {
+  connectionFromOptions,
+  topicNames,
+  type SecurityEndpointOptions,
+} from "../config/index.js";
+import { provisioningSwitch } from "../config/provisioning.js";
+import { createGroupConsumer, kafkaSettingsOf } from "../kafka/index.js";
 
 /** Options of {@link subscribeAlerts}. */
-export interface AlertSubscriptionOptions {
+export interface AlertSubscriptionOptions extends SecurityEndpointOptions {
   /** The consumer group: subscribers in one group share the alerts; each group sees them all. */
   readonly groupId: string;
   /** Start from the oldest alert (true) or from now (false, default) when the group is new. */
@@ -23,6 +28,12 @@ export interface AlertSubscriptionOptions {
   readonly onError?: (error: Error) => void;
   /** How many recent (alert id, state) pairs are remembered to drop repeats (default 10 000). */
   readonly dedupeWindow?: number;
+  /**
+   * Register the AlertEvent schema and set its subject's compatibility (default
+   * `MCPO_AUTO_REGISTER_SCHEMAS`, then true). false: write nothing to the registry, look the
+   * schema up (a `SchemaNotRegisteredError` naming the subject when it is not registered).
+   */
+  readonly autoRegisterSchemas?: boolean;
 }
 
 /** A running subscription. */
@@ -43,8 +54,9 @@ export async function subscribeAlerts(
   const connection = connectionFromOptions(options);
   const topic = topicNames(connection.topicPrefix).alerts;
   const codec = await AvroCodec.register(ALERT_EVENT, {
-    registryUrl: connection.schemaRegistryUrl,
+    registryUrl: connection.schemaRegistry,
     subject: valueSubject(topic),
+    autoRegister: provisioningSwitch("autoRegisterSchemas", options.autoRegisterSchemas),
   });
   const seen = new Set<string>();
   const limit = options.dedupeWindow ?? 10_000;
@@ -52,7 +64,7 @@ export async function subscribeAlerts(
     options.onError?.(error instanceof Error ? error : new Error(String(error)));
   };
   const consumer = createGroupConsumer(
-    { brokers: connection.kafkaBrokers, clientId: `mcpo-alerts-${options.groupId}` },
+    kafkaSettingsOf(connection, `mcpo-alerts-${options.groupId}`),
     {
       groupId: options.groupId,
       topics: [topic],

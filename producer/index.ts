@@ -20,6 +20,14 @@ export type {
   FlushResult,
   OverflowPolicy,
 } from "./exporters/types.js";
+export {
+  CONTENT_HASH_KEY_ENV,
+  CONTENT_HASH_KEY_FILE_ENV,
+  HASHED_IDENTIFIER_PREFIX,
+  MIN_CONTENT_HASH_KEY_BYTES,
+  type ContentHashKeyOption,
+  type IdentifierPolicy,
+} from "./content-hash.js";
 export { instrument, MCPInterceptor, TRUNCATION_MARKER } from "./interceptor.js";
 export { silentLogger, stderrLogger, type Logger } from "./logger.js";
 export { instrumentMcpServer, type McpInstrumentation } from "./mcp.js";

@@ -4,8 +4,9 @@
  * rules and alert transitions as the processor), and hands them to the exporter. Fails open: nothing inside the interceptor throws
  * into the host or changes its results; failures go to the injected logger and are counted.
  */
+import { redactingLogger } from "../config/errors.js";
 import { spanEndMs, wallClockMs } from "./clock.js";
-import { hash, randomUUID } from "node:crypto";
+import { randomUUID, type KeyObject } from "node:crypto";
 import { hostname } from "node:os";
 import { performance } from "node:perf_hooks";
 
@@ -18,6 +19,13 @@ import {
 import { fieldLimits } from "../avro/validate.js";
 import { ConfigError } from "../config/index.js";
 import { MICROS_PER_MILLI, parseMetricsConfig } from "../metrics/index.js";
+import {
+  keyedDigest,
+  recordedIdentifier,
+  resolveContentHashKey,
+  resolveIdentifierPolicy,
+  type IdentifierPolicy,
+} from "./content-hash.js";
 import type { EventExporter, FlushResult } from "./exporters/types.js";
 import { LocalMetrics } from "./local-metrics.js";
 import { stderrLogger, type Logger } from "./logger.js";
@@ -211,6 +219,9 @@ export class MCPInterceptor {
   private readonly captureContent: boolean;
   private readonly redact: ((text: string, part: "prompt" | "response") => string) | undefined;
   private readonly logger: Logger;
+  /** The content hash key (HMAC-SHA-256); undefined: prompts and responses are not hashed. */
+  private readonly contentHashKey: KeyObject | undefined;
+  private readonly identifiers: IdentifierPolicy;
   private readonly now: () => number;
   private readonly maxEventBytes: number;
   private shutdownPromise: Promise<FlushResult> | undefined;
@@ -272,8 +283,22 @@ export class MCPInterceptor {
     this.estimate = options.estimateTokens ?? true;
     this.captureContent = options.captureContent ?? false;
     this.redact = options.redact;
-    this.logger = options.logger ?? stderrLogger;
+    this.logger = redactingLogger(options.logger ?? stderrLogger);
+    this.contentHashKey = resolveContentHashKey(options.contentHashKey, process.env);
+    this.identifiers = resolveIdentifierPolicy(
+      options.identifiers,
+      this.contentHashKey !== undefined,
+    );
     this.now = options.now ?? wallClockMs;
+    if (this.captureContent && this.redact === undefined)
+      try {
+        this.logger.warn(
+          "captureContent is on without a redact hook: prompt and response text are shipped as they are, secrets and personal data included; pass redact to remove them",
+          { service: this.serviceName },
+        );
+      } catch {
+        // The logger itself failed; the setting stands.
+      }
   }
 
   /**
@@ -641,8 +666,8 @@ export class MCPInterceptor {
         status === "error" ? name(input.errorType ?? errorTypeOf(input.error), "errorType") : null,
       prompt_size_bytes: prompt === undefined ? null : Buffer.byteLength(prompt, "utf8"),
       response_size_bytes: response === undefined ? null : Buffer.byteLength(response, "utf8"),
-      prompt_sha256: prompt === undefined ? null : hash("sha256", prompt, "buffer"),
-      response_sha256: response === undefined ? null : hash("sha256", response, "buffer"),
+      prompt_sha256: this.digest(prompt),
+      response_sha256: this.digest(response),
       prompt_text: text(prompt, "prompt"),
       response_text: text(response, "response"),
       attributes: Object.freeze(this.withNotes(attributes, notes)),
@@ -725,6 +750,23 @@ export class MCPInterceptor {
     if (Number.isSafeInteger(value) && value >= 0) return value;
     this.counters.invalidInputs++;
     return null;
+  }
+
+  /** The keyed digest of a text, or null without a text or a content hash key. */
+  private digest(text: string | undefined): Buffer | null {
+    return text === undefined || this.contentHashKey === undefined
+      ? null
+      : keyedDigest(this.contentHashKey, text);
+  }
+
+  /**
+   * An identifier the MCP integration sees (a session id, a resource URI) as the identifier
+   * policy records it: itself, `hmac-sha256:` and its keyed digest, or undefined (left out).
+   *
+   * @internal used by the MCP SDK integration.
+   */
+  recordedIdentifier(value: string): string | undefined {
+    return recordedIdentifier(this.identifiers, this.contentHashKey, value);
   }
 
   private redacted(text: string, part: "prompt" | "response"): string | null {

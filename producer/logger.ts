@@ -1,3 +1,5 @@
+import { redactingLogger } from "../config/errors.js";
+
 /**
  * The logger the library reports its own failures to. The interceptor never throws into the
  * host: what goes wrong inside it is logged here (inject yours, e.g. a pino child logger).
@@ -7,8 +9,11 @@ export interface Logger {
   error(message: string, context?: Readonly<Record<string, unknown>>): void;
 }
 
-/** Writes one JSON line per message to stderr. */
-export const stderrLogger: Logger = {
+/**
+ * Writes one JSON line per message to stderr, without secrets (passwords in URLs, tokens, secret
+ * fields: see `redactingLogger`).
+ */
+export const stderrLogger: Logger = redactingLogger({
   warn(message, context) {
     process.stderr.write(
       `${JSON.stringify({ level: "warn", component: "mcp-observatory", message, ...context })}\n`,
@@ -19,7 +24,7 @@ export const stderrLogger: Logger = {
       `${JSON.stringify({ level: "error", component: "mcp-observatory", message, ...context })}\n`,
     );
   },
-};
+} satisfies Logger);
 
 /** Discards everything (for tests and benchmarks). */
 export const silentLogger: Logger = {

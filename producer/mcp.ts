@@ -10,7 +10,9 @@
  * span (kind `sampling`, the model from the result, tokens estimated from the messages); its
  * `traceparent` goes to the client in `_meta`. Names and attributes follow OpenTelemetry's MCP
  * semantic conventions (`mcp.method.name`, `mcp.request.id`, `mcp.session.id`, `gen_ai.tool.name`,
- * `mcp.resource.uri`, `gen_ai.prompt.name`, `rpc.jsonrpc.error_code`).
+ * `mcp.resource.uri`, `gen_ai.prompt.name`, `rpc.jsonrpc.error_code`); the session id and the
+ * resource URI follow the interceptor's identifier policy (`InstrumentOptions.identifiers`:
+ * hashed with the content hash key by default, left out without one).
  *
  * Messages pass through unchanged (bar the added `_meta.traceparent` on outgoing requests), and
  * a failure inside the instrumentation is logged by the interceptor, never raised to the host.
@@ -194,7 +196,7 @@ function wrapSend(transport: TransportLike, interceptor: MCPInterceptor): void {
 function openIncoming(
   transport: TransportLike,
   request: JsonRpcRequest,
-  _interceptor: MCPInterceptor,
+  interceptor: MCPInterceptor,
 ): TraceContext {
   const params = request.params ?? {};
   const context = startSpanContext(extractMcpParent(params) ?? currentTraceContext());
@@ -202,14 +204,21 @@ function openIncoming(
     "mcp.method.name": request.method,
     "mcp.request.id": String(request.id),
   };
-  if (transport.sessionId !== undefined) attributes["mcp.session.id"] = transport.sessionId;
+  // Session ids and resource URIs identify users and what they read: recorded by the
+  // interceptor's identifier policy (hashed with its content hash key, as sent, or not at all).
+  const sessionId =
+    transport.sessionId === undefined
+      ? undefined
+      : interceptor.recordedIdentifier(transport.sessionId);
+  if (sessionId !== undefined) attributes["mcp.session.id"] = sessionId;
   let toolName: string | undefined;
   if (request.method === "tools/call" && typeof params.name === "string") {
     toolName = params.name;
     attributes["gen_ai.tool.name"] = params.name;
     attributes["gen_ai.operation.name"] = "execute_tool";
   } else if (request.method === "resources/read" && typeof params.uri === "string") {
-    attributes["mcp.resource.uri"] = params.uri;
+    const uri = interceptor.recordedIdentifier(params.uri);
+    if (uri !== undefined) attributes["mcp.resource.uri"] = uri;
   } else if (request.method === "prompts/get" && typeof params.name === "string") {
     attributes["gen_ai.prompt.name"] = params.name;
   }

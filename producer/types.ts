@@ -1,6 +1,7 @@
 /** The public types of the interceptor's API (no kafkajs, pg or avsc types appear here). */
 import type { CallKind, CallStatus } from "../avro/generated.js";
 import type { AlertRule } from "../metrics/index.js";
+import type { ContentHashKeyOption, IdentifierPolicy } from "./content-hash.js";
 import type { EventExporter } from "./exporters/types.js";
 import type { Logger } from "./logger.js";
 import type { ModelPrice } from "./pricing.js";
@@ -21,7 +22,11 @@ export interface ModelCallInput {
   readonly model: string;
   /** e.g. `openai`, `anthropic` (helps the price lookup). */
   readonly provider?: string;
-  /** The prompt text: hashed and sized; tokens estimated from it when no usage is given. */
+  /**
+   * The prompt text: sized, digested with the content hash key when one is configured (see
+   * {@link InstrumentOptions.contentHashKey}), shipped only with `captureContent`; tokens are
+   * estimated from it when no usage is given.
+   */
   readonly prompt?: string;
   readonly response?: string;
   /** Provider-reported usage; wins over estimation. */
@@ -81,14 +86,34 @@ export interface InstrumentOptions {
   /** Estimate tokens with the tokenizer when no usage is reported (default true). */
   readonly estimateTokens?: boolean;
   /**
-   * Ship prompt and response text (default false); they pass `redact` first. An event whose text
-   * would take it over {@link InstrumentOptions.maxEventBytes} ships the text cut to fit, ending
-   * with `…[truncated]` (the event's `prompt_size_bytes` and `prompt_sha256` stay the whole
-   * prompt's, likewise for the response).
+   * Ship prompt and response text (default false); they pass `redact` first. On without a
+   * `redact` hook, the interceptor logs one warning when it is made. An event whose text would
+   * take it over {@link InstrumentOptions.maxEventBytes} ships the text cut to fit, ending with
+   * `…[truncated]` (the event's `prompt_size_bytes` and `prompt_sha256` stay the whole prompt's,
+   * likewise for the response).
    */
   readonly captureContent?: boolean;
-  /** Applied to prompt and response text before it is shipped. */
+  /**
+   * Applied to prompt and response text before it is shipped. One that throws ships no text for
+   * that part (the failure is logged and counted).
+   */
   readonly redact?: (text: string, part: "prompt" | "response") => string;
+  /**
+   * The key of the events' `prompt_sha256` and `response_sha256`: each is the HMAC-SHA-256 of the
+   * text's UTF-8 bytes with this key, so equal texts have equal digests within a fleet that shares
+   * the key, and nobody without the key can test a guess. Text (its UTF-8 bytes) or bytes, at least
+   * 32 bytes. Default: `MCPO_CONTENT_HASH_KEY`, else the file `MCPO_CONTENT_HASH_KEY_FILE` names
+   * (one trailing newline dropped); neither: no key, and both fields are null. `null`: no key,
+   * whatever the environment says.
+   */
+  readonly contentHashKey?: ContentHashKeyOption;
+  /**
+   * How the MCP integration records the session id (`mcp.session.id`) and the URI of a resource
+   * read (`mcp.resource.uri`): `hashed` (`hmac-sha256:` and the hex HMAC-SHA-256 with the content
+   * hash key; needs a key), `plain` (as the client sent them) or `omit`. Default: `hashed` with a
+   * content hash key, else `omit`. Attributes the host passes itself are shipped as given.
+   */
+  readonly identifiers?: IdentifierPolicy;
   readonly logger?: Logger;
   /**
    * The most bytes one event may take encoded (Confluent wire format, counted as an upper bound:

@@ -12,7 +12,12 @@ import { AvroCodec } from "../avro/codec.js";
 import { defineContract } from "../avro/contracts.js";
 import type { AvroSchema } from "../avro/generated.js";
 import { ConfigError, ENV_NAMES, loadConnectionConfig } from "../config/index.js";
-import { connectAdmin, createRecordProducer, readTopicToEnd } from "../kafka/index.js";
+import {
+  connectAdmin,
+  createRecordProducer,
+  kafkaSettingsOf,
+  readTopicToEnd,
+} from "../kafka/index.js";
 import { loadStackConfig, StackError, stackUp } from "../stack/index.js";
 
 const SMOKE_SCHEMA: AvroSchema = {
@@ -52,7 +57,7 @@ async function main(): Promise<void> {
   const subject = `${topic}-value`;
   const runId = randomUUID();
 
-  const kafka = { brokers: [...config.kafkaBrokers], clientId: "mcpo-smoke" };
+  const kafka = kafkaSettingsOf(config, "mcpo-smoke");
   const admin = await connectAdmin(kafka);
   try {
     await admin.ensureTopics([{ name: topic, partitions: 1 }]);
@@ -61,7 +66,7 @@ async function main(): Promise<void> {
   }
 
   const codec = await AvroCodec.register(defineContract<SmokeEvent>(SMOKE_SCHEMA), {
-    registryUrl: config.schemaRegistryUrl,
+    registryUrl: config.schemaRegistry,
     subject,
     compatibility: "BACKWARD",
   });

@@ -44,7 +44,8 @@ export class SinkMetrics {
     collectDefaultMetrics({ register: this.registry, prefix: "mcpo_sink_" });
   }
 
-  serve(port: number): Promise<MetricsServer> {
-    return serveMetrics(this.registry, port);
+  /** Serves `/metrics` on `port` (0: any free port) at `host` (default 127.0.0.1). */
+  serve(port: number, host?: string): Promise<MetricsServer> {
+    return serveMetrics(this.registry, port, host);
   }
 }

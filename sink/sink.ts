@@ -14,6 +14,7 @@ import { randomUUID } from "node:crypto";
 
 import type pg from "pg";
 
+import { redactingLogger } from "../config/errors.js";
 import type { DecodeResult } from "../avro/codec.js";
 import { readControl } from "../avro/control.js";
 import type { AlertEvent, MetricRollup, ModelCallEvent } from "../avro/generated.js";
@@ -23,6 +24,7 @@ import {
   retry,
   topicNames,
   type TopicNames,
+  type SecurityEndpointOptions,
 } from "../config/index.js";
 import {
   connectAdmin,
@@ -35,6 +37,7 @@ import {
   type KafkaSettings,
   type OutgoingRecord,
   type ReplacedTopic,
+  kafkaSettingsOf,
 } from "../kafka/index.js";
 import { pinoLogger, type OpsLogger } from "../ops/index.js";
 import {
@@ -63,7 +66,7 @@ interface BatchRow {
 }
 
 /** Settings of {@link Sink}; each falls back to the environment, then a default. */
-export interface SinkOptions {
+export interface SinkOptions extends SecurityEndpointOptions {
   readonly brokers?: string | readonly string[];
   readonly schemaRegistryUrl?: string;
   readonly databaseUrl?: string;
@@ -75,9 +78,26 @@ export interface SinkOptions {
   readonly sessionTimeoutMs?: number;
   /** Partitions of the topics the sink creates if missing (default 6). */
   readonly partitions?: number;
+  /**
+   * Create the topics it needs when missing (default true). false: it only checks that they exist
+   * and fails to start, naming them, when one is missing (credentials without CREATE; an operator
+   * runs `mcp-observatory topics create`).
+   */
+  readonly autoCreateTopics?: boolean;
+  /**
+   * Register its schemas and set their subjects' compatibility (default true). false: nothing is
+   * written to the registry; the schemas' ids are looked up, and a schema not registered stops the
+   * start, naming its subject.
+   */
+  readonly autoRegisterSchemas?: boolean;
   readonly logger?: OpsLogger;
-  /** Serve Prometheus metrics on this port (`/metrics`, loopback); none by default. 0: any free port. */
+  /** Serve Prometheus metrics on this port (`/metrics`, on `metricsHost`); none by default. 0: any free port. */
   readonly metricsPort?: number;
+  /**
+   * The address the metrics and health endpoint listens on (default 127.0.0.1: this host only;
+   * `0.0.0.0` or `::`: every interface, unauthenticated).
+   */
+  readonly metricsHost?: string;
   /** Backoff while PostgreSQL is down: first delay and cap, ms (defaults 200 and 10 000). */
   readonly retryInitialMs?: number;
   readonly retryMaxMs?: number;
@@ -141,20 +161,23 @@ export class Sink extends ConsumerService<SinkStats> {
     const connection = config.connection;
     const topics = topicNames(connection.topicPrefix);
     const metrics = new SinkMetrics();
-    const logger = options.logger ?? pinoLogger("sink");
-    const kafka: KafkaSettings = {
-      brokers: connection.kafkaBrokers,
-      clientId: `mcpo-sink-${randomUUID().slice(0, 8)}`,
-    };
+    const logger = redactingLogger(options.logger ?? pinoLogger("sink"));
+    const kafka: KafkaSettings = kafkaSettingsOf(
+      connection,
+      `mcpo-sink-${randomUUID().slice(0, 8)}`,
+    );
     super({
       component: "sink",
       kafka,
-      registryUrl: connection.schemaRegistryUrl,
+      registryUrl: connection.schemaRegistry,
       topics,
       logger,
       registry: metrics.registry,
       metricsPort: config.metricsPort,
+      metricsHost: config.metricsHost,
       unknownSchemaIdGraceMs: config.unknownSchemaIdGraceMs,
+      autoCreateTopics: config.autoCreateTopics,
+      autoRegisterSchemas: config.autoRegisterSchemas,
     });
     this.topics = topics;
     this.metrics = metrics;

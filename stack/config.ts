@@ -54,7 +54,34 @@ export const STACK_ENV = Object.freeze({
   javaHome: "STACK_JAVA_HOME",
   registryJavaHome: "STACK_REGISTRY_JAVA_HOME",
   startTimeoutMs: "STACK_START_TIMEOUT_MS",
+  security: "STACK_SECURITY",
+  kafkaUsers: "STACK_KAFKA_USERS",
+  registryUsers: "STACK_REGISTRY_USERS",
 } as const);
+
+/**
+ * How the stack's services are secured: `none` (plaintext Kafka, plain HTTP registry, no
+ * authentication), or `sasl_ssl` (Kafka's client listener SASL_SSL with ACLs, the registry HTTPS
+ * only with basic and bearer authentication; see `stack/security.ts`).
+ */
+export type StackSecurity = "none" | "sasl_ssl";
+
+/** The registry's roles (Apicurio's `sr-admin`, `sr-developer`, `sr-readonly`). */
+export type RegistryRole = "admin" | "developer" | "readonly";
+
+/** A user of the secured stack; `password` undefined: generated once, kept in credentials.json. */
+export interface StackUserSetting {
+  readonly name: string;
+  readonly password: string | undefined;
+}
+
+/** A user of the secured stack's registry, with the role it is given. */
+export interface StackRegistryUserSetting extends StackUserSetting {
+  readonly role: RegistryRole;
+}
+
+/** The Kafka super user of the secured stack (inter-broker traffic, ACLs, the stack's probes). */
+export const STACK_ADMIN_USER = "admin";
 
 /** Validated settings of the local stack. Ports are loopback ports. */
 export interface StackConfig {
@@ -79,6 +106,15 @@ export interface StackConfig {
   /** The PostgreSQL the stack checks and creates its database in. */
   readonly databaseUrl: string;
   readonly versions: StackVersions;
+  /** `none` (default) or `sasl_ssl`. */
+  readonly security: StackSecurity;
+  /**
+   * The Kafka users of the secured stack (SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN), `admin` first
+   * (always there, a super user). Unused when `security` is `none`.
+   */
+  readonly kafkaUsers: readonly StackUserSetting[];
+  /** The registry's users in the secured stack, `admin` (role admin) first. */
+  readonly registryUsers: readonly StackRegistryUserSetting[];
 }
 
 function parsePort(env: NodeJS.ProcessEnv, key: string, fallback: number): number {
@@ -99,6 +135,79 @@ function parseHeap(env: NodeJS.ProcessEnv, key: string, fallback: string): strin
       `expected a JVM heap size such as 512m or 1g (got ${JSON.stringify(raw)})`,
     );
   return raw;
+}
+
+/** Characters a password given in a setting may hold: safe in JAAS, the storage tool and Quarkus. */
+const PASSWORD_PATTERN = /^[A-Za-z0-9._~+/-]{1,128}$/;
+const USER_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+function parseSecurity(env: NodeJS.ProcessEnv): StackSecurity {
+  const raw = env[STACK_ENV.security];
+  if (raw === undefined || raw === "") return "none";
+  const value = raw.trim().toLowerCase();
+  if (value === "none" || value === "sasl_ssl") return value;
+  throw new ConfigError(
+    STACK_ENV.security,
+    `expected none or sasl_ssl (got ${JSON.stringify(raw.slice(0, 40))})`,
+  );
+}
+
+/**
+ * A list of users: `name`, `name=password`, and for the registry `name:role` or
+ * `name:role=password`, separated by commas. Never echoes a value: it may hold passwords.
+ */
+function parseUsers(
+  env: NodeJS.ProcessEnv,
+  key: string,
+  fallback: string,
+  withRoles: boolean,
+): StackRegistryUserSetting[] {
+  const raw = env[key];
+  const text = raw === undefined || raw.trim() === "" ? fallback : raw;
+  const users: StackRegistryUserSetting[] = [];
+  const entries = text
+    .split(",")
+    .map((entry) => entry.trim())
+    .filter((entry) => entry !== "");
+  for (const [index, entry] of entries.entries()) {
+    const where = `entry ${index + 1}`;
+    const equals = entry.indexOf("=");
+    const head = equals < 0 ? entry : entry.slice(0, equals);
+    const password = equals < 0 ? undefined : entry.slice(equals + 1);
+    const colon = head.indexOf(":");
+    const name = colon < 0 ? head : head.slice(0, colon);
+    const roleText = colon < 0 ? undefined : head.slice(colon + 1);
+    if (!USER_NAME_PATTERN.test(name))
+      throw new ConfigError(
+        key,
+        `${where}: a user name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`,
+      );
+    if (roleText !== undefined && !withRoles)
+      throw new ConfigError(key, `${where} (${name}): expected name or name=password`);
+    if (
+      roleText !== undefined &&
+      roleText !== "admin" &&
+      roleText !== "developer" &&
+      roleText !== "readonly"
+    )
+      throw new ConfigError(key, `${where} (${name}): the role is admin, developer or readonly`);
+    if (password !== undefined && !PASSWORD_PATTERN.test(password))
+      throw new ConfigError(
+        key,
+        `${where} (${name}): a password given here is 1-128 letters, digits or . _ ~ + / - ` +
+          "(leave it out to have one generated)",
+      );
+    if (users.some((user) => user.name === name))
+      throw new ConfigError(key, `${where}: user ${name} is listed twice`);
+    const role: RegistryRole = roleText ?? (name === STACK_ADMIN_USER ? "admin" : "developer");
+    users.push({ name, password, role });
+  }
+  // The admin is always there, first: the stack's own probes and tools use it.
+  const adminIndex = users.findIndex((user) => user.name === STACK_ADMIN_USER);
+  const admin = adminIndex < 0 ? undefined : users.splice(adminIndex, 1)[0];
+  if (admin !== undefined && withRoles && admin.role !== "admin")
+    throw new ConfigError(key, `the user ${STACK_ADMIN_USER} always has the role admin`);
+  return [{ name: STACK_ADMIN_USER, password: admin?.password, role: "admin" }, ...users];
 }
 
 function parsePositiveInt(env: NodeJS.ProcessEnv, key: string, fallback: number): number {
@@ -140,6 +249,11 @@ export function loadStackConfig(env: NodeJS.ProcessEnv = process.env): StackConf
     startTimeoutMs: parsePositiveInt(env, STACK_ENV.startTimeoutMs, 180_000),
     databaseUrl: connection.databaseUrl,
     versions: readStackVersions(),
+    security: parseSecurity(env),
+    kafkaUsers: parseUsers(env, STACK_ENV.kafkaUsers, "replica,processor,sink", false).map(
+      ({ name, password }) => ({ name, password }),
+    ),
+    registryUsers: parseUsers(env, STACK_ENV.registryUsers, STACK_ADMIN_USER, true),
   };
   const ports = new Map<number, string>();
   for (const [key, port] of [
@@ -155,15 +269,29 @@ export function loadStackConfig(env: NodeJS.ProcessEnv = process.env): StackConf
   return Object.freeze(config);
 }
 
-/** The connection settings a client uses to reach this stack. */
+/** Where the Kafka distribution is unpacked (its jars in `libs/`). */
+export function kafkaDistHome(config: StackConfig): string {
+  return join(config.distDir, `kafka-${config.versions.kafka}`);
+}
+
+/** Where the Apicurio Registry distribution is unpacked. */
+export function registryDistHome(config: StackConfig): string {
+  return join(config.distDir, `apicurio-registry-${config.versions.apicurio}`);
+}
+
+/**
+ * The addresses a client uses to reach this stack. In `sasl_ssl` mode the registry's URL is
+ * `https:`, and a client also needs the CA and credentials: see `securedStackEndpoints`.
+ */
 export function stackEndpoints(config: StackConfig): {
   kafkaBrokers: string;
   schemaRegistryUrl: string;
   databaseUrl: string;
 } {
+  const scheme = config.security === "sasl_ssl" ? "https" : "http";
   return {
     kafkaBrokers: `127.0.0.1:${config.kafkaPort}`,
-    schemaRegistryUrl: `http://127.0.0.1:${config.registryPort}/apis/ccompat/v7`,
+    schemaRegistryUrl: `${scheme}://127.0.0.1:${config.registryPort}/apis/ccompat/v7`,
     databaseUrl: config.databaseUrl,
   };
 }

@@ -1,25 +1,37 @@
 /**
  * The local stack without Docker: a single-node KRaft Apache Kafka broker and Apicurio Registry,
  * both from Maven Central and run with this machine's Java, plus a check of the PostgreSQL that
- * `DATABASE_URL` names. `up` is idempotent, `down` stops only what `up` started.
+ * `DATABASE_URL` names. `up` is idempotent, `down` stops only what `up` started. With
+ * `STACK_SECURITY=sasl_ssl` Kafka and the registry are secured (TLS, SASL, ACLs, registry
+ * authentication): see `security.ts`.
  *
  * @module
  */
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { createHash } from "node:crypto";
 
 import { redactUrl } from "../config/index.js";
-import { POM_PATH, STACK_ENV, stackEndpoints, type StackConfig } from "./config.js";
+import type { RegistryTarget } from "../config/security.js";
+import {
+  kafkaDistHome,
+  POM_PATH,
+  registryDistHome,
+  STACK_ADMIN_USER,
+  STACK_ENV,
+  stackEndpoints,
+  type StackConfig,
+} from "./config.js";
 import {
   ensurePostgresDatabase,
   kafkaRoundTrip,
   postgresSelectOne,
   registryRoundTrip,
   setGlobalCompatibility,
+  type KafkaProbeTarget,
 } from "./probes.js";
 import {
   findJava,
@@ -35,9 +47,47 @@ import {
   type Java,
   type ProcessRecord,
 } from "./process.js";
+import {
+  ensureSecurityMaterial,
+  kafkaSecurityProperties,
+  readStorageSecurity,
+  registrySecurityProperties,
+  scramDigests,
+  scramFormatArguments,
+  securedStackEndpoints,
+  stackKafkaSettings,
+  stackRegistryEndpoint,
+  syncScramUsers,
+  writePrivateFile,
+  writeStorageSecurity,
+  type StackCredentials,
+} from "./security.js";
 
-export { loadStackConfig, stackEndpoints, STACK_ENV, type StackConfig } from "./config.js";
+export {
+  loadStackConfig,
+  stackEndpoints,
+  STACK_ADMIN_USER,
+  STACK_ENV,
+  type RegistryRole,
+  type StackConfig,
+  type StackSecurity,
+} from "./config.js";
 export { StackError } from "./process.js";
+export {
+  grantAcls,
+  securedStackEndpoints,
+  signRegistryToken,
+  stackClientEnv,
+  stackKafkaSettings,
+  stackRegistryEndpoint,
+  stackTlsFiles,
+  unsecuredKafkaToken,
+  type AclGrant,
+  type AclOperation,
+  type SecuredStackEndpoints,
+  type StackCredentials,
+  type StackPasswordMechanism,
+} from "./security.js";
 
 const execFileAsync = promisify(execFile);
 
@@ -89,6 +139,21 @@ export async function stackUp(
   let downloaded = false;
   if (toStart.length > 0) downloaded = await ensureDownloads(config, log);
 
+  // Kafka's storage keeps the security it was formatted for; refuse another before anything
+  // is written or started. Secured mode: certificates and credentials first; both services and
+  // the probes use them.
+  const dataDir = join(config.dir, "kafka", "data");
+  const formatted = existsSync(join(dataDir, "meta.properties"));
+  let credentials: StackCredentials | undefined;
+  if (config.security === "sasl_ssl") {
+    const material = await ensureSecurityMaterial(config, (wanted) => {
+      if (formatted) assertStorageMatches(config, dataDir, wanted);
+    });
+    credentials = material.credentials;
+    if (material.newCertificates)
+      log(`security  CA, certificates and credentials made in ${join(config.dir, "tls")}`);
+  } else if (formatted) assertStorageMatches(config, dataDir, undefined);
+
   const startedNow: StackService[] = [];
   const kafkaJava = toStart.includes("kafka")
     ? await findJava({
@@ -109,37 +174,65 @@ export async function stackUp(
       })
     : undefined;
 
+  // The registry's JVM starts slowly: launch it before Kafka's storage is formatted.
+  if (registryJava) startRegistry(config, registryJava, log, credentials);
   if (kafkaJava) {
-    await startKafka(config, kafkaJava, log);
+    try {
+      await startKafka(config, kafkaJava, log, credentials);
+    } catch (error) {
+      // Leave nothing half up: the registry this call started goes too.
+      if (registryJava) await stackDown(config, () => undefined, ["registry"]);
+      throw error;
+    }
     startedNow.push("kafka");
   }
-  if (registryJava) {
-    startRegistry(config, registryJava, log);
-    startedNow.push("registry");
-  }
+  if (registryJava) startedNow.push("registry");
 
   const endpoints = stackEndpoints(config);
+  const probes = probeTargets(config);
   await Promise.all([
     only.includes("kafka")
-      ? waitUntil(config, "kafka", () => kafkaRoundTrip(endpoints.kafkaBrokers, 15_000))
+      ? waitUntil(config, "kafka", () => kafkaRoundTrip(probes.kafka, 15_000)).then(async () => {
+          if (credentials === undefined) return;
+          const changed = await syncScramUsers(config, credentials);
+          if (changed.length > 0) log(`kafka     SCRAM credentials set for ${changed.join(", ")}`);
+        })
       : undefined,
     only.includes("registry")
       ? waitUntil(config, "registry", async () => {
-          await setGlobalCompatibility(endpoints.schemaRegistryUrl, "BACKWARD");
-          await registryRoundTrip(endpoints.schemaRegistryUrl);
+          await setGlobalCompatibility(probes.registry, "BACKWARD");
+          await registryRoundTrip(probes.registry);
         })
       : undefined,
   ]);
+  const secured = config.security === "sasl_ssl";
   if (only.includes("kafka"))
     log(
-      `kafka     ${endpoints.kafkaBrokers} answers (Apache Kafka ${config.versions.kafka}, KRaft, produce/consume round trip)`,
+      `kafka     ${endpoints.kafkaBrokers} answers (Apache Kafka ${config.versions.kafka}, KRaft, ` +
+        `${secured ? "SASL_SSL with ACLs, " : ""}produce/consume round trip)`,
     );
   if (only.includes("registry"))
     log(
-      `registry  ${endpoints.schemaRegistryUrl} answers (Apicurio Registry ${config.versions.apicurio}, schema registered)`,
+      `registry  ${endpoints.schemaRegistryUrl} answers (Apicurio Registry ${config.versions.apicurio}, ` +
+        `${secured ? "HTTPS with authentication, " : ""}schema registered)`,
     );
   const elapsedMs = Date.now() - started;
   return { endpoints, started: startedNow, downloaded, elapsedMs };
+}
+
+/**
+ * What the stack's own probes connect with: the addresses (plain stack), or the admin user's
+ * credentials and the CA (secured stack).
+ */
+function probeTargets(config: StackConfig): { kafka: KafkaProbeTarget; registry: RegistryTarget } {
+  const endpoints = stackEndpoints(config);
+  if (config.security !== "sasl_ssl")
+    return { kafka: endpoints.kafkaBrokers, registry: endpoints.schemaRegistryUrl };
+  const secured = securedStackEndpoints(config);
+  return {
+    kafka: stackKafkaSettings(secured, STACK_ADMIN_USER),
+    registry: stackRegistryEndpoint(secured, STACK_ADMIN_USER),
+  };
 }
 
 /** What `down` did per service. */
@@ -183,6 +276,7 @@ export interface ServiceStatus {
 /** Reports whether each service runs (by recorded pid) and answers (a quick round trip). */
 export async function stackStatus(config: StackConfig): Promise<readonly ServiceStatus[]> {
   const endpoints = stackEndpoints(config);
+  let probes: ReturnType<typeof probeTargets> | undefined;
   const check = async (probe: () => Promise<unknown>): Promise<string | undefined> => {
     try {
       await probe();
@@ -196,11 +290,12 @@ export async function stackStatus(config: StackConfig): Promise<readonly Service
     const record = readRecord(config.dir, service);
     const running = record !== undefined && isRunning(record);
     const address = service === "kafka" ? endpoints.kafkaBrokers : endpoints.schemaRegistryUrl;
-    const failure = await check(() =>
-      service === "kafka"
-        ? kafkaRoundTrip(endpoints.kafkaBrokers, 10_000)
-        : registryRoundTrip(endpoints.schemaRegistryUrl),
-    );
+    const failure = await check(() => {
+      probes ??= probeTargets(config);
+      return service === "kafka"
+        ? kafkaRoundTrip(probes.kafka, 10_000)
+        : registryRoundTrip(probes.registry);
+    });
     statuses.push({
       service,
       running,
@@ -257,7 +352,11 @@ export async function ensureDownloads(
 ): Promise<boolean> {
   const pomHash = createHash("sha256").update(readFileSync(POM_PATH)).digest("hex").slice(0, 16);
   const marker = join(config.distDir, `.installed-${pomHash}`);
-  if (existsSync(marker) && existsSync(kafkaHome(config)) && existsSync(registryHome(config)))
+  if (
+    existsSync(marker) &&
+    existsSync(kafkaDistHome(config)) &&
+    existsSync(registryDistHome(config))
+  )
     return false;
   log(
     `fetching Kafka ${config.versions.kafka} and Apicurio Registry ${config.versions.apicurio} through Maven…`,
@@ -290,14 +389,6 @@ export async function ensureDownloads(
   return true;
 }
 
-function kafkaHome(config: StackConfig): string {
-  return join(config.distDir, `kafka-${config.versions.kafka}`);
-}
-
-function registryHome(config: StackConfig): string {
-  return join(config.distDir, `apicurio-registry-${config.versions.apicurio}`);
-}
-
 /**
  * A random Kafka cluster id: 16 bytes, base64url, as Kafka's own `random-uuid` makes them — never
  * starting with '-' (the storage tool would read it as an option) and never the ids Kafka
@@ -311,18 +402,27 @@ export function newKafkaClusterId(): string {
   }
 }
 
-async function startKafka(config: StackConfig, java: Java, log: StackLog): Promise<void> {
+async function startKafka(
+  config: StackConfig,
+  java: Java,
+  log: StackLog,
+  credentials: StackCredentials | undefined,
+): Promise<void> {
   const home = join(config.dir, "kafka");
   const dataDir = join(home, "data");
   mkdirSync(dataDir, { recursive: true });
   const properties = join(home, "server.properties");
-  writeFileSync(properties, kafkaProperties(config, dataDir));
+  const formatted = existsSync(join(dataDir, "meta.properties"));
+  const text = kafkaProperties(config, dataDir, credentials);
+  // Secured, the file holds passwords: its owner alone reads it.
+  if (credentials === undefined) writeFileSync(properties, text);
+  else writePrivateFile(properties, text);
   const log4j = join(home, "log4j2.xml");
   writeFileSync(log4j, KAFKA_LOG4J2);
-  const classpath = `${join(kafkaHome(config), "libs")}/*`;
+  const classpath = `${join(kafkaDistHome(config), "libs")}/*`;
   const logFile = join(config.dir, "logs", "kafka.log");
 
-  if (!existsSync(join(dataDir, "meta.properties"))) {
+  if (!formatted) {
     const clusterId = newKafkaClusterId();
     try {
       await execFileAsync(
@@ -337,8 +437,16 @@ async function startKafka(config: StackConfig, java: Java, log: StackLog): Promi
           clusterId,
           "-c",
           properties,
+          // Secured: both SCRAM credentials of every user, in the cluster's first metadata.
+          ...(credentials === undefined ? [] : scramFormatArguments(credentials)),
         ],
         { timeout: 120_000 },
+      );
+      writeStorageSecurity(
+        config,
+        credentials === undefined
+          ? { security: "none", scram: {} }
+          : { security: "sasl_ssl", scram: scramDigests(credentials) },
       );
     } catch (error) {
       const output = error as { stdout?: string; stderr?: string };
@@ -350,7 +458,10 @@ async function startKafka(config: StackConfig, java: Java, log: StackLog): Promi
         },
       );
     }
-    log(`kafka     storage formatted in ${dataDir} (cluster ${clusterId})`);
+    log(
+      `kafka     storage formatted in ${dataDir} (cluster ${clusterId}` +
+        `${credentials === undefined ? "" : `, SCRAM users ${Object.keys(credentials.kafka).join(", ")}`})`,
+    );
   }
   startDetached({
     stackDir: config.dir,
@@ -376,10 +487,52 @@ async function startKafka(config: StackConfig, java: Java, log: StackLog): Promi
   log(`kafka     starting with Java ${java.major} (log: ${logFile})`);
 }
 
-function startRegistry(config: StackConfig, java: Java, log: StackLog): void {
+/**
+ * Refuses to start a storage formatted for the other security mode (its SCRAM users and the
+ * inter-broker listener would not match), or whose admin password changed since.
+ */
+function assertStorageMatches(
+  config: StackConfig,
+  dataDir: string,
+  credentials: StackCredentials | undefined,
+): void {
+  const recorded = readStorageSecurity(config);
+  const startOver = `use another ${STACK_ENV.dir}, or remove ${dataDir} to start over (its topics are lost)`;
+  if (recorded.security !== config.security)
+    throw new StackError(
+      "START_FAILED",
+      `Kafka's storage in ${dataDir} was formatted for ${STACK_ENV.security}=${recorded.security}, ` +
+        `not ${config.security}: ${startOver}.`,
+    );
+  if (
+    credentials !== undefined &&
+    recorded.scram[STACK_ADMIN_USER] !== scramDigests(credentials)[STACK_ADMIN_USER]
+  )
+    throw new StackError(
+      "START_FAILED",
+      `the ${STACK_ADMIN_USER} password changed since Kafka's storage in ${dataDir} was formatted ` +
+        `(brokers authenticate with it): give the old one in ${STACK_ENV.kafkaUsers} (admin=<password>), or ${startOver}.`,
+    );
+}
+
+function startRegistry(
+  config: StackConfig,
+  java: Java,
+  log: StackLog,
+  credentials: StackCredentials | undefined,
+): void {
   const home = join(config.dir, "registry");
   mkdirSync(join(home, "data"), { recursive: true });
   const logFile = join(config.dir, "logs", "registry.log");
+  // Quarkus reads config/application.properties in its working folder: the secured settings go
+  // there (passwords stay off the command line); the plain stack has none.
+  const settings = join(home, "config", "application.properties");
+  if (credentials === undefined) rmSync(settings, { force: true });
+  else {
+    mkdirSync(join(home, "config"), { recursive: true, mode: 0o700 });
+    chmodSync(join(home, "config"), 0o700);
+    writePrivateFile(settings, registrySecurityProperties(config, credentials));
+  }
   startDetached({
     stackDir: config.dir,
     service: "registry",
@@ -398,7 +551,7 @@ function startRegistry(config: StackConfig, java: Java, log: StackLog): void {
       "-Dapicurio.storage.sql.kind=h2",
       `-Dapicurio.datasource.url=jdbc:h2:file:${join(home, "data", "registry")}`,
       "-jar",
-      join(registryHome(config), "quarkus-run.jar"),
+      join(registryDistHome(config), "quarkus-run.jar"),
     ],
     cwd: home,
     log: logFile,
@@ -442,17 +595,27 @@ async function waitUntil(
   }
 }
 
-function kafkaProperties(config: StackConfig, dataDir: string): string {
+function kafkaProperties(
+  config: StackConfig,
+  dataDir: string,
+  credentials: StackCredentials | undefined,
+): string {
+  const listeners =
+    credentials === undefined
+      ? [
+          `listeners=PLAINTEXT://127.0.0.1:${config.kafkaPort},CONTROLLER://127.0.0.1:${config.kafkaControllerPort}`,
+          `advertised.listeners=PLAINTEXT://127.0.0.1:${config.kafkaPort}`,
+          "controller.listener.names=CONTROLLER",
+          "inter.broker.listener.name=PLAINTEXT",
+          "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        ]
+      : kafkaSecurityProperties(config, credentials);
   const lines = [
     "# Written by the mcp-observatory local stack on every start; edit stack instead.",
     "process.roles=broker,controller",
     "node.id=1",
     `controller.quorum.voters=1@127.0.0.1:${config.kafkaControllerPort}`,
-    `listeners=PLAINTEXT://127.0.0.1:${config.kafkaPort},CONTROLLER://127.0.0.1:${config.kafkaControllerPort}`,
-    `advertised.listeners=PLAINTEXT://127.0.0.1:${config.kafkaPort}`,
-    "controller.listener.names=CONTROLLER",
-    "inter.broker.listener.name=PLAINTEXT",
-    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+    ...listeners,
     `log.dirs=${dataDir}`,
     "num.partitions=3",
     // One node: internal topics cannot have more than one replica.

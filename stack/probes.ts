@@ -1,34 +1,40 @@
 import pg from "pg";
 
-import { roundTrip } from "../kafka/index.js";
+import { registryRequest } from "../avro/registry.js";
+import type { RegistryTarget } from "../config/security.js";
+import { roundTrip, type KafkaSettings } from "../kafka/index.js";
 import { StackError } from "./process.js";
 
 const PROBE_TOPIC = "__mcpo_stack_probe";
 
+/** The brokers to probe: an address, or client settings with TLS and SASL (the secured stack). */
+export type KafkaProbeTarget = string | Pick<KafkaSettings, "brokers" | "tls" | "sasl">;
+
 /** A real produce/consume round trip through the stack's probe topic (see `roundTrip`). */
-export async function kafkaRoundTrip(brokers: string, timeoutMs: number): Promise<void> {
+export async function kafkaRoundTrip(target: KafkaProbeTarget, timeoutMs: number): Promise<void> {
+  const security = typeof target === "string" ? { brokers: [target] } : target;
   await roundTrip(
-    { brokers: [brokers], clientId: "mcpo-stack-probe", connectionTimeoutMs: 3000 },
+    { ...security, clientId: "mcpo-stack-probe", connectionTimeoutMs: 3000 },
     { topic: PROBE_TOPIC, timeoutMs, retentionMs: 60 * 60 * 1000 },
   );
 }
 
 /** Registers a small Avro schema through the ccompat API and reads it back by id. */
-export async function registryRoundTrip(baseUrl: string): Promise<number> {
+export async function registryRoundTrip(baseUrl: RegistryTarget): Promise<number> {
   const schema = JSON.stringify({
     type: "record",
     name: "StackProbe",
     namespace: "io.mcpobservatory.stack",
     fields: [{ name: "at", type: "long" }],
   });
-  const registered = await requestJson(`${baseUrl}/subjects/${PROBE_TOPIC}-value/versions`, {
+  const registered = await requestJson(baseUrl, `/subjects/${PROBE_TOPIC}-value/versions`, {
     method: "POST",
     body: JSON.stringify({ schema }),
   });
   const id = (registered as { id?: unknown }).id;
   if (typeof id !== "number")
     throw new Error(`registry answered without an id: ${JSON.stringify(registered)}`);
-  const fetched = (await requestJson(`${baseUrl}/schemas/ids/${id}`)) as { schema?: unknown };
+  const fetched = (await requestJson(baseUrl, `/schemas/ids/${id}`)) as { schema?: unknown };
   if (typeof fetched.schema !== "string") throw new Error(`schema ${id} could not be read back`);
   return id;
 }
@@ -37,17 +43,37 @@ export async function registryRoundTrip(baseUrl: string): Promise<number> {
  * Sets the registry's global compatibility level. Apicurio's default is NONE; our event contract
  * promises BACKWARD evolution, so the stack says so explicitly.
  */
-export async function setGlobalCompatibility(baseUrl: string, level: "BACKWARD"): Promise<void> {
-  await requestJson(`${baseUrl}/config`, {
+export async function setGlobalCompatibility(
+  baseUrl: RegistryTarget,
+  level: "BACKWARD",
+): Promise<void> {
+  await requestJson(baseUrl, "/config", {
     method: "PUT",
     body: JSON.stringify({ compatibility: level }),
   });
 }
 
+/** One try: the stack's start-up loop is the retry. */
+const ONCE = { maxAttempts: 1, baseDelayMs: 0, maxDelayMs: 0 };
+
+/**
+ * A registry call: by URL as before (plain stack), or through the registry client with the
+ * endpoint's credentials and CA (secured stack).
+ */
 async function requestJson(
-  url: string,
-  init: { method?: string; body?: string } = {},
+  target: RegistryTarget,
+  path: string,
+  init: { method?: "GET" | "PUT" | "POST"; body?: string } = {},
 ): Promise<unknown> {
+  if (typeof target !== "string")
+    return registryRequest(
+      target,
+      path,
+      init.method ?? "GET",
+      init.body === undefined ? undefined : (JSON.parse(init.body) as unknown),
+      ONCE,
+    );
+  const url = `${target}${path}`;
   const response = await fetch(url, {
     method: init.method ?? "GET",
     headers: {

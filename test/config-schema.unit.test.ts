@@ -67,9 +67,12 @@ describe("defaults, stated once in the schemas", () => {
       checkpointIntervalMs: 2000,
       sessionTimeoutMs: 30_000,
       partitions: 6,
+      metricsHost: "127.0.0.1",
       metadataMaxAgeMs: 5000,
       unknownSchemaIdGraceMs: 15_000,
       modelCallsRetentionMs: -1,
+      autoCreateTopics: true,
+      autoRegisterSchemas: true,
       resetState: false,
       connection: expect.objectContaining({
         kafkaBrokers: ["127.0.0.1:9092"],
@@ -90,6 +93,8 @@ describe("defaults, stated once in the schemas", () => {
       sessionTimeoutMs: 30_000,
       migrate: true,
       partitions: 6,
+      autoCreateTopics: true,
+      autoRegisterSchemas: true,
       retryInitialMs: 200,
       retryMaxMs: 10_000,
     });
@@ -198,6 +203,20 @@ describe("invalid values, named by key", () => {
       ["sink", sink, "groupId", 7, "expected a non-empty string (got 7)"],
       ["sink", sink, "sessionTimeoutMs", 0, "expected a positive integer (got 0)"],
       ["sink", sink, "metricsPort", 1.5, "expected a port from 0 to 65535 (got 1.5)"],
+      [
+        "sink",
+        sink,
+        "metricsHost",
+        "http://0.0.0.0",
+        'expected a host name or IP address to listen on, e.g. 127.0.0.1, 0.0.0.0 or :: (got "http://0.0.0.0")',
+      ],
+      [
+        "processor",
+        processor,
+        "metricsHost",
+        "",
+        'expected a host name or IP address to listen on, e.g. 127.0.0.1, 0.0.0.0 or :: (got "")',
+      ],
       ["sink", sink, "migrate", "yes", 'expected true or false (got "yes")'],
       ["sink", sink, "partitions", -6, "expected a positive integer (got -6)"],
       ["sink", sink, "retryInitialMs", 0, "expected a positive integer (got 0)"],
@@ -402,9 +421,12 @@ describe("the CLI, derived from the schemas' keys", () => {
       sessionTimeoutMs: 30_000,
       partitions: 3,
       metricsPort: undefined,
+      metricsHost: "127.0.0.1",
       metadataMaxAgeMs: 5000,
       unknownSchemaIdGraceMs: 15_000,
       modelCallsRetentionMs: -1,
+      autoCreateTopics: true,
+      autoRegisterSchemas: true,
       resetState: false,
     });
     expect(parseProcessorConfig({ ...ENDPOINTS, ...processor }).idleTimeoutMs).toBe(3000);
@@ -412,8 +434,11 @@ describe("the CLI, derived from the schemas' keys", () => {
       groupId: "s",
       sessionTimeoutMs: 30_000,
       metricsPort: undefined,
+      metricsHost: "127.0.0.1",
       unknownSchemaIdGraceMs: 15_000,
       modelCallsRetentionMs: -1,
+      autoCreateTopics: true,
+      autoRegisterSchemas: true,
       acceptNewTopics: false,
     });
   });
@@ -455,7 +480,8 @@ describe("the CLI, derived from the schemas' keys", () => {
     for (const setting of [...PROCESSOR_SETTINGS, ...SINK_SETTINGS]) {
       const row = table.split("\n").find((line) => line.includes(`\`${setting.key}\``));
       expect(row, setting.key).toBeDefined();
-      expect(row).toContain(`\`${setting.flag}\``);
+      // Secrets have no flag (never on a command line).
+      if (setting.secret !== true) expect(row).toContain(`\`${setting.flag}\``);
       expect(row).toContain(`\`${setting.env ?? ""}\``);
     }
   });

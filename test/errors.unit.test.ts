@@ -3,28 +3,43 @@
  * retriable flag, describes itself for logs without secrets, and the CLI maps codes to exit codes
  * in one table.
  */
+import { execFileSync } from "node:child_process";
 import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
 
 import kafkajs from "kafkajs";
-import { describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 
 import { EncodeError } from "../avro/codec.js";
 import { retriableStatus, SchemaRegistryError } from "../avro/registry.js";
-import { ERROR_EXITS, EXIT, failureOf } from "../cli/output.js";
-import { UnreachableError } from "../cli/preflight.js";
+import { run } from "../cli/main.js";
+import { ERROR_EXITS, EXIT, failureOf, failureText, guardOutput } from "../cli/output.js";
+import { checkRegistry, UnreachableError } from "../cli/preflight.js";
 import {
   ConfigError,
   describeError,
+  forgetSecrets,
   isRetriable,
+  isSecretName,
   loadConnectionConfig,
   ObservatoryError,
+  redactFields,
+  redactingLogger,
   redactSecrets,
+  redactUrl,
+  rememberSecret,
+  rememberSecretsIn,
   RetryExhaustedError,
+  secretsIn,
+  type ConnectionConfig,
 } from "../config/index.js";
 import { createRecordProducer, KafkaError, kafkaRetriable, toKafkaError } from "../kafka/index.js";
 import { MissingTopicError } from "../processor/replay.js";
 import * as entry from "../producer/index.js";
+import { stderrLogger } from "../producer/logger.js";
 import { StackError, type StackErrorCode } from "../stack/process.js";
+
+const REPO_ROOT = fileURLToPath(new URL("..", import.meta.url));
 
 const {
   KafkaJSConnectionError,
@@ -201,7 +216,7 @@ describe("the project's error classes are ObservatoryErrors", () => {
       [
         "a failed authentication",
         new KafkaJSSASLAuthenticationError("SASL PLAIN authentication failed"),
-        "KafkaJSSASLAuthenticationError",
+        "SASL_AUTHENTICATION_FAILED",
         false,
       ],
       [
@@ -448,5 +463,308 @@ describe("errors thrown back into the Kafka consumer", () => {
       "committing t[0]@5",
     );
     expect(unknownMember.type).toBe("UNKNOWN_MEMBER_ID");
+  });
+});
+
+describe("secrets are never printed", () => {
+  const SECRET = "S3cr3t-Pw-9f2c";
+
+  afterEach(() => {
+    forgetSecrets();
+    vi.restoreAllMocks();
+  });
+
+  it("redacts passwords of URLs, secret query parameters and settings, tokens and credentials", () => {
+    const cases: [string, string][] = [
+      [
+        `postgresql://u:${SECRET}@db:5432/obs?sslmode=bogus`,
+        "postgresql://u:***@db:5432/obs?sslmode=bogus",
+      ],
+      // Unparseable: no host.
+      [`https://u:${SECRET}@`, "https://u:***@"],
+      // An `@` in the password: up to the authority's last one.
+      [`postgres://u:p@${SECRET}@db/obs`, "postgres://u:***@db/obs"],
+      [
+        `postgresql://u@db/obs?sslmode=require&password=${SECRET}&application_name=x`,
+        "postgresql://u@db/obs?sslmode=require&password=***&application_name=x",
+      ],
+      [
+        `postgres://db/obs?sslpassword=${SECRET}&sslkey=/k.pem`,
+        "postgres://db/obs?sslpassword=***&sslkey=/k.pem",
+      ],
+      [`http://reg/x?token=${SECRET}`, "http://reg/x?token=***"],
+      [`https://h/cb#access_token=${SECRET}&x=1`, "https://h/cb#access_token=***&x=1"],
+      [`https://maps/api?key=${SECRET}`, "https://maps/api?key=***"],
+      [`Authorization: Basic ${SECRET}`, "Authorization: Basic ***"],
+      [`authorization: Bearer ${SECRET}`, "authorization: Bearer ***"],
+      [`{"Authorization":"Bearer ${SECRET}"}`, '{"Authorization":"***"}'],
+      [`sent with Bearer ${SECRET}.abc.def`, "sent with Bearer ***"],
+      [
+        `sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="u" password="${SECRET}";`,
+        'sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="u" password="***";',
+      ],
+      [
+        `sasl.jaas.config="ScramLoginModule required password=\\"${SECRET}\\";"`,
+        'sasl.jaas.config="ScramLoginModule required password=\\"***\\";"',
+      ],
+      [`KAFKA_SASL_PASSWORD=${SECRET} node x`, "KAFKA_SASL_PASSWORD=*** node x"],
+      [`--kafka-sasl-password=${SECRET}`, "--kafka-sasl-password=***"],
+      [`host=db password='${SECRET}' user=w`, "host=db password='***' user=w"],
+      [
+        `{"saslPassword":"${SECRET}","oauthBearerToken":"${SECRET}","user":"u"}`,
+        '{"saslPassword":"***","oauthBearerToken":"***","user":"u"}',
+      ],
+      [`{\\"password\\":\\"${SECRET}\\"}`, '{\\"password\\":\\"***\\"}'],
+    ];
+    for (const [text, redacted] of cases) {
+      expect(redactSecrets(text), text).toBe(redacted);
+      // One mechanism: a URL alone and a URL in a message are redacted alike.
+      expect(redactUrl(text), text).toBe(redacted);
+      expect(redactSecrets(`failed: ${text} (retrying)`)).toBe(`failed: ${redacted} (retrying)`);
+      expect(redactSecrets(redacted), "idempotent").toBe(redacted);
+    }
+  });
+
+  it("redacts long text in one pass: no pattern backtracks over it once per character", () => {
+    for (const text of [
+      "a.".repeat(200_000),
+      "host.name:".repeat(40_000),
+      "x_y ".repeat(100_000),
+      "-".repeat(400_000),
+      "?key=1&".repeat(50_000),
+      `password="${"x".repeat(400_000)}`,
+    ]) {
+      const started = performance.now();
+      redactSecrets(text);
+      expect(performance.now() - started, text.slice(0, 20)).toBeLessThan(1500);
+    }
+  });
+
+  it("leaves ordinary text alone", () => {
+    for (const text of [
+      "postgres://postgres@127.0.0.1:5432/db, 12:30:45 at 10.0.0.1:9092",
+      "http://127.0.0.1:8081/apis/ccompat/v7/subjects?deleted=true&x=1",
+      "Basic authentication failed; use a bearer token (SCHEMA_REGISTRY_TOKEN)",
+      "dead-lettered a record key=payments-mcp offset=42 completion_tokens=17 maxTokens=5",
+      "invalid configuration KAFKA_SASL_PASSWORD: expected a non-empty string",
+      '{"key":"payments-mcp","tokens":12,"topic":"mcpo.model-calls"}',
+    ])
+      expect(redactSecrets(text), text).toBe(text);
+  });
+
+  it("names: passwords, tokens, secrets, keys of TLS and hashing are secrets; record keys and counts are not", () => {
+    for (const name of [
+      "KAFKA_SASL_PASSWORD",
+      "KAFKA_SASL_PASSWORD_FILE",
+      "KAFKA_SASL_OAUTHBEARER_TOKEN",
+      "KAFKA_SSL_KEY_PASSWORD",
+      "KAFKA_SSL_KEY_FILE",
+      "SCHEMA_REGISTRY_PASSWORD",
+      "SCHEMA_REGISTRY_TOKEN",
+      "schemaRegistry.token",
+      "kafka.saslPassword",
+      "kafkaOauthBearerToken",
+      "sslpassword",
+      "client_secret",
+      "MCPO_HASH_KEY",
+      "x-api-key",
+      "Authorization",
+      "key",
+    ])
+      expect(isSecretName(name), name).toBe(true);
+    for (const name of [
+      "KAFKA_SASL_USERNAME",
+      "KAFKA_SASL_MECHANISM",
+      "KAFKA_SSL_CA_FILE",
+      "DATABASE_URL",
+      "SCHEMA_REGISTRY_URL",
+      "partitionKey",
+      "completion_tokens",
+      "maxTokensPerWindow",
+      "sslmode",
+      "PWD",
+      "OLDPWD",
+    ])
+      expect(isSecretName(name), name).toBe(false);
+  });
+
+  it("remembers the secrets of the environment and replaces them wherever they occur", () => {
+    const env = {
+      KAFKA_SASL_PASSWORD: SECRET,
+      SCHEMA_REGISTRY_TOKEN: "tok-1234567890",
+      DATABASE_URL: "postgresql://u:Db-pass-77@db/x?password=Query-pw-88",
+      KAFKA_SASL_USERNAME: "someone",
+      SHORT_TOKEN: "abc",
+      PGPASSWORD: "postgres",
+      PWD: "/home/someone/project-dir",
+    };
+    expect(secretsIn(env.DATABASE_URL)).toEqual(["Query-pw-88", "Db-pass-77"]);
+    rememberSecretsIn(env);
+    const text = `auth failed for ${SECRET} / ${encodeURIComponent("Db-pass-77")} / tok-1234567890 / Query-pw-88 as someone`;
+    expect(redactSecrets(text)).toBe("auth failed for *** / *** / *** / *** as someone");
+    // Too short or an ordinary word: not replaced everywhere (a rule still hides it in context).
+    expect(redactSecrets("abc postgresql://postgres@db")).toBe("abc postgresql://postgres@db");
+    expect(redactSecrets("at /home/someone/project-dir/x.ts")).toBe(
+      "at /home/someone/project-dir/x.ts",
+    );
+    rememberSecret('q"uote-secret-1');
+    expect(redactSecrets(JSON.stringify({ x: 'q"uote-secret-1' }))).toBe('{"x":"***"}');
+  });
+
+  it("an ObservatoryError's message and stack hold no secret", () => {
+    const error = new ObservatoryError("X", `connect postgresql://u:${SECRET}@db failed`);
+    expect(error.message).toBe("connect postgresql://u:***@db failed");
+    expect(error.stack).toContain("postgresql://u:***@db");
+    expect(error.stack).not.toContain(SECRET);
+  });
+
+  it("the CLI's error line and --verbose stack hold no secret, whatever threw", () => {
+    for (const error of [
+      new Error(`connect postgresql://u:${SECRET}@db failed`),
+      Object.assign(new Error("request failed"), {
+        stack: `Error: request failed with Authorization: Bearer ${SECRET}\n    at x (y.ts:1:1)`,
+      }),
+      `thrown string password=${SECRET}`,
+    ])
+      for (const verbose of [false, true]) {
+        expect(failureOf(error, verbose).line).not.toContain(SECRET);
+        expect(failureText(error, verbose)).not.toContain(SECRET);
+      }
+    expect(failureText(new Error(`x password=${SECRET}`), true)).toMatch(
+      /^x password=\*\*\*\nError: x password=\*\*\*\n\s+at /,
+    );
+  });
+
+  it("the CLI prints a config error without the secret, with and without --verbose", async () => {
+    const printed: string[] = [];
+    vi.spyOn(process.stderr, "write").mockImplementation((chunk: string | Uint8Array) => {
+      printed.push(String(chunk));
+      return true;
+    });
+    for (const verbose of [[], ["--verbose"]]) {
+      const code = await run([
+        ...verbose,
+        "processor",
+        "--schema-registry-url",
+        `https://u:${SECRET}@`,
+      ]);
+      expect(code).toBe(EXIT.usage);
+    }
+    const output = printed.join("");
+    expect(output).toContain("invalid configuration --schema-registry-url");
+    expect(output).toContain("https://u:***@");
+    expect(output).toContain("    at ");
+    expect(output).not.toContain(SECRET);
+  });
+
+  it("preflight names the registry without its user-info", async () => {
+    const config = {
+      kafkaBrokers: ["127.0.0.1:1"],
+      schemaRegistryUrl: `http://u:${SECRET}@127.0.0.1:1/apis/ccompat/v7`,
+      databaseUrl: "postgresql://u@127.0.0.1:1/x",
+      topicPrefix: "mcpo.",
+      schemaRegistry: { url: `http://u:${SECRET}@127.0.0.1:1/apis/ccompat/v7` },
+    } as ConnectionConfig;
+    const error = await checkRegistry(config, 500).then(
+      () => undefined,
+      (failure: unknown) => failure,
+    );
+    expect(error).toBeInstanceOf(UnreachableError);
+    expect((error as Error).message).toContain("u:***@127.0.0.1:1");
+    expect((error as Error).message).not.toContain(SECRET);
+    expect((error as Error).stack).not.toContain(SECRET);
+  });
+
+  it("log fields: strings redacted, secret fields hidden, errors described, record keys kept", () => {
+    const fields = redactFields({
+      error: `connect postgresql://u:${SECRET}@db failed`,
+      cause: new Error(`password=${SECRET}`),
+      sasl: { mechanism: "scram-sha-512", username: "u", password: SECRET },
+      headers: [{ authorization: `Bearer ${SECRET}` }],
+      key: "payments-mcp",
+      tokens: 12,
+      at: new Date(0),
+    });
+    expect(JSON.stringify(fields)).not.toContain(SECRET);
+    expect(fields).toMatchObject({
+      error: "connect postgresql://u:***@db failed",
+      cause: { name: "Error", message: "password=***" },
+      sasl: { mechanism: "scram-sha-512", username: "u", password: "***" },
+      headers: [{ authorization: "***" }],
+      key: "payments-mcp",
+      tokens: 12,
+      at: new Date(0),
+    });
+  });
+
+  it("every logger the project gives or wraps redacts messages and fields", () => {
+    const lines: string[] = [];
+    const recording = {
+      level: "info",
+      info: (message: string, context?: Readonly<Record<string, unknown>>) => {
+        lines.push(JSON.stringify({ message, context }));
+      },
+      warn: (message: string, context?: Readonly<Record<string, unknown>>) => {
+        lines.push(JSON.stringify({ message, context }));
+      },
+      error: (message: string) => {
+        lines.push(message);
+      },
+    };
+    const logger = redactingLogger(recording);
+    expect(redactingLogger(logger)).toBe(logger);
+    expect(logger.level).toBe("info");
+    logger.info(`connected to postgresql://u:${SECRET}@db`);
+    logger.warn("delivery failed", { error: `token=${SECRET}`, partition: 3 });
+    logger.error(`Authorization: Basic ${SECRET}`);
+    expect(lines).toHaveLength(3);
+    expect(lines.join("\n")).not.toContain(SECRET);
+    expect(lines[1]).toContain('"partition":3');
+
+    const written: string[] = [];
+    vi.spyOn(process.stderr, "write").mockImplementation((chunk: string | Uint8Array) => {
+      written.push(String(chunk));
+      return true;
+    });
+    stderrLogger.warn(`lost postgresql://u:${SECRET}@db`, { error: `password=${SECRET}` });
+    stderrLogger.error("x", { cause: new Error(`Bearer ${SECRET}`) });
+    expect(written).toHaveLength(2);
+    expect(written.join("")).not.toContain(SECRET);
+  });
+
+  it("pinoLogger's JSON lines hold no secret", () => {
+    const script = [
+      'import { pinoLogger } from "./ops/index.ts";',
+      `const secret = ${JSON.stringify(SECRET)};`,
+      'pinoLogger("test", "info").error("failed: postgresql://u:" + secret + "@db", {',
+      '  error: "sslpassword=" + secret, config: { saslPassword: secret } });',
+    ].join("\n");
+    const output = execFileSync(
+      process.execPath,
+      ["--import", "tsx", "--input-type=module", "-e", script],
+      {
+        cwd: REPO_ROOT,
+        encoding: "utf8",
+      },
+    );
+    expect(output).toContain("postgresql://u:***@db");
+    expect(output).toContain('"saslPassword":"***"');
+    expect(output).not.toContain(SECRET);
+  });
+
+  it("the CLI's output streams pass through the redaction, whatever wrote to them", () => {
+    const written: string[] = [];
+    const stream = {
+      write(chunk: string | Uint8Array): boolean {
+        written.push(typeof chunk === "string" ? chunk : Buffer.from(chunk).toString("utf8"));
+        return true;
+      },
+    } as unknown as NodeJS.WritableStream;
+    guardOutput(stream);
+    guardOutput(stream);
+    rememberSecret(SECRET);
+    stream.write(`plain ${SECRET}\n`);
+    stream.write(Buffer.from(`export DATABASE_URL=postgresql://u:other-Pw-1@db\n`));
+    expect(written).toEqual(["plain ***\n", "export DATABASE_URL=postgresql://u:***@db\n"]);
   });
 });

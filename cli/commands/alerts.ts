@@ -2,8 +2,8 @@
 import { randomUUID } from "node:crypto";
 
 import type { AlertEvent } from "../../avro/generated.js";
-import { topicNames } from "../../config/index.js";
-import { connectAdmin } from "../../kafka/index.js";
+import { topicNames, endpointOptionsOf, redactSecrets } from "../../config/index.js";
+import { connectAdmin, kafkaSettingsOf } from "../../kafka/index.js";
 import { MissingTopicError } from "../../processor/replay.js";
 import { subscribeAlerts } from "../../processor/subscribe.js";
 import type { SettingsResolver } from "../config.js";
@@ -59,10 +59,7 @@ export async function runAlertsTail(settings: SettingsResolver, flags: TailFlags
   await checkKafka(connection);
   await checkRegistry(connection);
   const topic = topicNames(connection.topicPrefix).alerts;
-  const admin = await connectAdmin({
-    brokers: connection.kafkaBrokers,
-    clientId: "mcpo-alerts-tail",
-  });
+  const admin = await connectAdmin(kafkaSettingsOf(connection, "mcpo-alerts-tail"));
   try {
     if (!(await admin.exists(topic)))
       throw new MissingTopicError(
@@ -92,11 +89,9 @@ export async function runAlertsTail(settings: SettingsResolver, flags: TailFlags
       // A group of its own: every tail sees every alert, and `--from-beginning` means it.
       groupId: `mcpo-alerts-tail-${randomUUID().slice(0, 8)}`,
       fromBeginning: flags.fromBeginning ?? false,
-      brokers: connection.kafkaBrokers,
-      schemaRegistryUrl: connection.schemaRegistryUrl,
-      topicPrefix: connection.topicPrefix,
+      ...endpointOptionsOf(connection),
       onError: (error) => {
-        process.stderr.write(`alerts tail: ${error.message}\n`);
+        process.stderr.write(`alerts tail: ${redactSecrets(error.message)}\n`);
       },
     },
     (alert) => {

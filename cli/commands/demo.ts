@@ -17,6 +17,7 @@ import {
   processorConfigSchema,
   topicNames,
   type ConnectionConfig,
+  endpointOptionsOf,
 } from "../../config/index.js";
 import type { OpsLogger } from "../../ops/index.js";
 import { StreamProcessor } from "../../processor/processor.js";
@@ -163,6 +164,7 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
         ...configuredConnection,
         kafkaBrokers: [stackEndpoints(stack).kafkaBrokers],
         schemaRegistryUrl: stackEndpoints(stack).schemaRegistryUrl,
+        schemaRegistry: { url: stackEndpoints(stack).schemaRegistryUrl },
       })
     : configuredConnection;
   const processorOptions = processorSettings(settings, connection);
@@ -250,9 +252,7 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
       {
         groupId: `mcpo-demo-${randomUUID().slice(0, 8)}`,
         fromBeginning: false,
-        brokers: connection.kafkaBrokers,
-        schemaRegistryUrl: connection.schemaRegistryUrl,
-        topicPrefix: connection.topicPrefix,
+        ...endpointOptionsOf(connection),
       },
       (alert) => {
         if (!services.includes(alert.service)) return;
@@ -287,8 +287,7 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
         signal: abort.signal,
         exporterFor: (service, replica) =>
           new KafkaExporter({
-            brokers: connection.kafkaBrokers,
-            schemaRegistryUrl: connection.schemaRegistryUrl,
+            ...endpointOptionsOf(connection),
             topic: topicNames(connection.topicPrefix).modelCalls,
             topicPartitions: processorConfig.partitions,
             clientId: `demo-${service}-${replica}`,

@@ -5,7 +5,7 @@
  */
 
 import type { AlertEvent } from "../../avro/generated.js";
-import { ConfigError, replayConfigSchema } from "../../config/index.js";
+import { ConfigError, replayConfigSchema, endpointOptionsOf } from "../../config/index.js";
 import { replayLog, type ReplayStart, type ReplaySummary } from "../../processor/replay.js";
 import { migrate } from "../../sink/migrate.js";
 import {
@@ -95,9 +95,7 @@ export async function runReplay(settings: SettingsResolver, flags: ReplayFlags):
   let summary: ReplaySummary;
   try {
     summary = await replayLog({
-      brokers: connection.kafkaBrokers,
-      schemaRegistryUrl: connection.schemaRegistryUrl,
-      topicPrefix: connection.topicPrefix,
+      ...endpointOptionsOf(connection),
       ...window,
       metrics,
       ...(flags.service && flags.service.length > 0 ? { services: flags.service } : {}),

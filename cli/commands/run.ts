@@ -4,6 +4,7 @@ import {
   redactUrl,
   sinkConfigSchema,
   type ConnectionConfig,
+  endpointOptionsOf,
 } from "../../config/index.js";
 import { pinoLogger, untilSignal } from "../../ops/index.js";
 import { StreamProcessor } from "../../processor/processor.js";
@@ -11,6 +12,8 @@ import { ensurePostgresDatabase } from "../../stack/probes.js";
 import {
   ensureDownloads,
   loadStackConfig,
+  securedStackEndpoints,
+  stackClientEnv,
   stackDown,
   stackStatus,
   stackUp,
@@ -25,10 +28,9 @@ import { checkKafka, checkPostgres, checkRegistry } from "../preflight.js";
  * `demo`); the processor checks them again.
  */
 export function processorSettings(settings: SettingsResolver, connection: ConnectionConfig) {
+  const { databaseUrl: _unused, ...endpoints } = endpointOptionsOf(connection);
   return {
-    brokers: connection.kafkaBrokers,
-    schemaRegistryUrl: connection.schemaRegistryUrl,
-    topicPrefix: connection.topicPrefix,
+    ...endpoints,
     ...settings.options(processorConfigSchema),
     metrics: settings.metricsSection(),
   };
@@ -37,10 +39,7 @@ export function processorSettings(settings: SettingsResolver, connection: Connec
 /** The sink's options from the CLI's settings, by schema key (shared with `demo`). */
 export function sinkSettings(settings: SettingsResolver, connection: ConnectionConfig) {
   return {
-    brokers: connection.kafkaBrokers,
-    schemaRegistryUrl: connection.schemaRegistryUrl,
-    databaseUrl: connection.databaseUrl,
-    topicPrefix: connection.topicPrefix,
+    ...endpointOptionsOf(connection),
     ...settings.options(sinkConfigSchema),
   };
 }
@@ -97,6 +96,26 @@ export async function runMigrate(settings: SettingsResolver): Promise<number> {
   return 0;
 }
 
+/**
+ * The lines `stack up` ends with: the settings that point a shell at the stack. A `DATABASE_URL`
+ * with a password (or other secret) is the user's own, from their environment: it is named
+ * without its secrets and not exported again (an export would lose the password).
+ */
+export function stackExports(endpoints: {
+  readonly kafkaBrokers: string;
+  readonly schemaRegistryUrl: string;
+  readonly databaseUrl: string;
+}): string[] {
+  const database = redactUrl(endpoints.databaseUrl);
+  return [
+    `export KAFKA_BROKERS=${endpoints.kafkaBrokers}`,
+    `export SCHEMA_REGISTRY_URL=${endpoints.schemaRegistryUrl}`,
+    database === endpoints.databaseUrl
+      ? `export DATABASE_URL=${database}`
+      : `# DATABASE_URL: ${database} (yours, from the environment; its password stays there and is not printed)`,
+  ];
+}
+
 export async function runStack(action: string): Promise<number> {
   const config = loadStackConfig();
   const print = (line: string): void => {
@@ -109,9 +128,14 @@ export async function runStack(action: string): Promise<number> {
         `stack up in ${(result.elapsedMs / 1000).toFixed(1)} s (${result.downloaded ? "downloaded the distributions" : "warm"}; ` +
           `started: ${result.started.length > 0 ? result.started.join(", ") : "nothing, all were running"})`,
       );
-      print(`export KAFKA_BROKERS=${result.endpoints.kafkaBrokers}`);
-      print(`export SCHEMA_REGISTRY_URL=${result.endpoints.schemaRegistryUrl}`);
-      print(`export DATABASE_URL=${result.endpoints.databaseUrl}`);
+      for (const line of stackExports(result.endpoints)) print(line);
+      if (config.security === "sasl_ssl") {
+        // The secured stack's operator: password files and the CA by path, no secret printed.
+        const env = stackClientEnv(securedStackEndpoints(config), { kafkaUser: "admin" });
+        for (const [name, value] of Object.entries(env))
+          if (!["KAFKA_BROKERS", "SCHEMA_REGISTRY_URL", "DATABASE_URL"].includes(name))
+            print(`export ${name}=${value}`);
+      }
       return 0;
     }
     case "fetch": {

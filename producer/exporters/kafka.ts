@@ -9,7 +9,15 @@
  * `maxRecordBytes` encoded, is dropped, counted (`tooLarge`, part of `dropped`) and reported
  * with a warning that names its size and service, never its content; the events after it are
  * sent.
+ *
+ * For replicas whose credentials may only write to model-calls and read the registry,
+ * `autoCreateTopics: false` and `autoRegisterSchemas: false` make it create nothing: it checks the
+ * topic exists and looks up the schema's id. While either is missing (an operator has not run
+ * `mcp-observatory topics create` yet), deliveries fail as any failed delivery does: the error,
+ * which names the topic or subject and the command, is logged once; the events stay buffered and
+ * are retried with backoff, and those the buffer cannot hold are dropped and counted.
  */
+import { redactingLogger } from "../../config/errors.js";
 import { AvroCodec, valueSubject } from "../../avro/codec.js";
 import { MODEL_CALL_EVENT } from "../../avro/contracts.js";
 import type { ModelCallEvent } from "../../avro/generated.js";
@@ -19,17 +27,23 @@ import {
   modelCallsTopicConfig,
   topicNames,
   UNLIMITED_RETENTION_MS,
+  type RegistryEndpoint,
+  type SecurityEndpointOptions,
 } from "../../config/index.js";
+import { provisioningSwitch } from "../../config/provisioning.js";
 import {
   connectAdmin,
   createRecordProducer,
   DEFAULT_MAX_REQUEST_BYTES,
   KafkaError,
+  kafkaSettingsOf,
   type Compression,
+  type KafkaSettings,
   type OutgoingRecord,
   type RecordProducer,
   type RecordTooLargeError,
 } from "../../kafka/index.js";
+import { provideTopics } from "../../kafka/topics.js";
 import { stderrLogger, type Logger } from "../logger.js";
 import { BatchingExporter, positiveInt, type BatchingOptions } from "./batching.js";
 import type { ExporterStats } from "./types.js";
@@ -47,7 +61,7 @@ export interface KafkaExporterStats extends ExporterStats {
 const DEFAULT_MAX_RECORD_BYTES = 8 * 1024 * 1024;
 
 /** Options of {@link KafkaExporter}; each falls back to the environment, then a default. */
-export interface KafkaExporterOptions extends BatchingOptions {
+export interface KafkaExporterOptions extends BatchingOptions, SecurityEndpointOptions {
   /** Default `KAFKA_BROKERS`, then `127.0.0.1:9092`. */
   readonly brokers?: string | readonly string[];
   /** Default `SCHEMA_REGISTRY_URL`, then the local stack's. */
@@ -56,6 +70,18 @@ export interface KafkaExporterOptions extends BatchingOptions {
   readonly topic?: string;
   /** Partitions when the exporter has to create the topic (default 6). */
   readonly topicPartitions?: number;
+  /**
+   * Create the topic when it is missing (default `MCPO_AUTO_CREATE_TOPICS`, then true). false:
+   * only check that it exists; while it does not, deliveries fail with a
+   * `TopicsNotProvisionedError` that names it (for credentials without CREATE).
+   */
+  readonly autoCreateTopics?: boolean;
+  /**
+   * Register the schema and set its subject's compatibility (default `MCPO_AUTO_REGISTER_SCHEMAS`,
+   * then true). false: write nothing to the registry, look the schema's id up; while it is not
+   * registered, deliveries fail with a `SchemaNotRegisteredError` that names the subject.
+   */
+  readonly autoRegisterSchemas?: boolean;
   readonly clientId?: string;
   /** Default `gzip`. */
   readonly compression?: Compression;
@@ -76,9 +102,11 @@ export interface KafkaExporterOptions extends BatchingOptions {
 
 export class KafkaExporter extends BatchingExporter {
   readonly topic: string;
-  private readonly brokers: readonly string[];
-  private readonly registryUrl: string;
+  private readonly kafka: KafkaSettings;
+  private readonly registry: RegistryEndpoint;
   private readonly topicPartitions: number;
+  private readonly autoCreateTopics: boolean;
+  private readonly autoRegisterSchemas: boolean;
   private readonly clientId: string;
   private readonly compression: Compression;
   private readonly maxRecordBytes: number;
@@ -106,12 +134,17 @@ export class KafkaExporter extends BatchingExporter {
   constructor(options: KafkaExporterOptions = {}) {
     const connection = connectionFromOptions(options);
     const topic = options.topic ?? topicNames(connection.topicPrefix).modelCalls;
-    super(options, topic, options.logger ?? stderrLogger);
+    super(options, topic, redactingLogger(options.logger ?? stderrLogger));
     this.topic = topic;
-    this.brokers = connection.kafkaBrokers;
-    this.registryUrl = connection.schemaRegistryUrl;
     this.topicPartitions = positiveInt("topicPartitions", options.topicPartitions, 6);
+    this.autoCreateTopics = provisioningSwitch("autoCreateTopics", options.autoCreateTopics);
+    this.autoRegisterSchemas = provisioningSwitch(
+      "autoRegisterSchemas",
+      options.autoRegisterSchemas,
+    );
     this.clientId = options.clientId ?? "mcp-observatory-exporter";
+    this.kafka = kafkaSettingsOf(connection, this.clientId);
+    this.registry = connection.schemaRegistry;
     const compression: string = options.compression ?? "gzip";
     if (compression !== "none" && compression !== "gzip" && compression !== "snappy")
       throw new ConfigError(
@@ -136,10 +169,13 @@ export class KafkaExporter extends BatchingExporter {
   }
 
   /**
-   * Connects, creates the topic if it is missing and registers the schema now rather than with the
-   * first batch. Optional: for hosts that want to fail fast at start-up, and for benchmarks.
+   * Connects, creates the topic if it is missing (checks it exists, with `autoCreateTopics: false`)
+   * and registers the schema (looks it up, with `autoRegisterSchemas: false`) now rather than with
+   * the first batch. Optional: for hosts that want to fail fast at start-up, and for benchmarks.
    *
-   * @throws the Kafka or registry error that stopped it (the exporter retries later anyway).
+   * @throws the Kafka or registry error that stopped it (the exporter retries later anyway):
+   *   a `TopicsNotProvisionedError` or `SchemaNotRegisteredError` when it may not create what is
+   *   missing.
    */
   async connect(): Promise<void> {
     await this.ensureReady();
@@ -231,8 +267,7 @@ export class KafkaExporter extends BatchingExporter {
   private async ensureReady(): Promise<void> {
     if (!this.producer) {
       this.producer = createRecordProducer({
-        brokers: this.brokers,
-        clientId: this.clientId,
+        ...this.kafka,
         maxRequestBytes: this.maxRequestBytes,
       });
       this.connected = false;
@@ -242,24 +277,29 @@ export class KafkaExporter extends BatchingExporter {
       this.connected = true;
     }
     if (!this.topicReady) {
-      const admin = await connectAdmin({ brokers: this.brokers, clientId: this.clientId });
+      const admin = await connectAdmin(this.kafka);
       try {
         // As the processor and the sink create it: kept for ever, stamped with the broker's clock.
-        await admin.ensureTopics([
-          {
-            name: this.topic,
-            partitions: this.topicPartitions,
-            config: modelCallsTopicConfig(UNLIMITED_RETENTION_MS),
-          },
-        ]);
+        await provideTopics(
+          admin,
+          [
+            {
+              name: this.topic,
+              partitions: this.topicPartitions,
+              config: modelCallsTopicConfig(UNLIMITED_RETENTION_MS),
+            },
+          ],
+          this.autoCreateTopics,
+        );
       } finally {
         await admin.close();
       }
       this.topicReady = true;
     }
     this.codec ??= await AvroCodec.register(MODEL_CALL_EVENT, {
-      registryUrl: this.registryUrl,
+      registryUrl: this.registry,
       subject: valueSubject(this.topic),
+      autoRegister: this.autoRegisterSchemas,
     });
   }
 }

@@ -19,6 +19,7 @@
  */
 import type pg from "pg";
 
+import { redactingLogger } from "../../config/errors.js";
 import type { AlertEvent, MetricRollup, ModelCallEvent } from "../../avro/generated.js";
 import { loadConnectionConfig, windowConfigSchema } from "../../config/index.js";
 import { countsTowardMetrics, MICROS_PER_MILLI, parseMetricsConfig } from "../../metrics/index.js";
@@ -118,7 +119,7 @@ export class PostgresExporter extends BatchingExporter {
     super(
       { maxBatchSize: 1000, lingerMs: 50, ...settings },
       "postgres spans",
-      settings.logger ?? stderrLogger,
+      redactingLogger(settings.logger ?? stderrLogger),
     );
     this.databaseUrl = connection.databaseUrl;
     const defaults = windowConfigSchema.parse({});

@@ -5,7 +5,7 @@
  * nothing else keeps alive.
  */
 import { spawn } from "node:child_process";
-import { createHash, randomBytes } from "node:crypto";
+import { createHmac, randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -26,6 +26,8 @@ import { createTopics, services, testKafka, uniqueName } from "../support/isolat
 
 /** The marker the interceptor ends a truncated value with. */
 const MARKER = "…[truncated]";
+/** The prompt digest's key (HMAC-SHA-256): without one, no digest is shipped. */
+const HASH_KEY = "hostile-exporter-content-hash-key-0123456789";
 
 /** A logger that keeps every line, with its context, as the JSON a log shipper would get. */
 function recordingLogger(): Logger & { readonly lines: string[] } {
@@ -77,6 +79,7 @@ describe("an event too large for the broker (real stack)", () => {
       exporter,
       captureContent: true,
       estimateTokens: false,
+      contentHashKey: HASH_KEY,
       logger,
     });
     const prompt = incompressible(1_500_000);
@@ -118,7 +121,9 @@ describe("an event too large for the broker (real stack)", () => {
     expect(bigStored?.prompt_text?.length).toBeGreaterThan(800_000);
     expect(bigStored?.response_text).toBe("fine");
     expect(bigStored?.prompt_size_bytes).toBe(1_500_000);
-    expect(bigStored?.prompt_sha256).toEqual(createHash("sha256").update(prompt).digest());
+    expect(bigStored?.prompt_sha256).toEqual(
+      createHmac("sha256", HASH_KEY).update(prompt).digest(),
+    );
     for (const [i, event] of stored.slice(1).entries()) expect(event.prompt_text).toBe(`call ${i}`);
 
     expect(await interceptor.shutdown(5_000)).toEqual({ complete: true, remaining: 0 });

@@ -11,13 +11,16 @@
 import { execFile } from "node:child_process";
 import {
   accessSync,
+  chmodSync,
   chownSync,
   constants,
+  copyFileSync,
   existsSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
   rmSync,
+  writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
@@ -97,7 +100,20 @@ async function postgresUser(): Promise<{ uid: number; gid: number }> {
   }
 }
 
-export async function startThrowawayPostgres(): Promise<ThrowawayPostgres> {
+/** TLS for a throwaway server: its certificate and key (PEM files; copied into its folder). */
+export interface ThrowawayPostgresTls {
+  readonly certFile: string;
+  readonly keyFile: string;
+}
+
+/**
+ * Starts a server of the caller's own. With `tls`, the server speaks TLS with that certificate
+ * and refuses connections over TCP without it (`hostnossl … reject`), so a client that connects
+ * at all connected over TLS.
+ */
+export async function startThrowawayPostgres(
+  options: { readonly tls?: ThrowawayPostgresTls } = {},
+): Promise<ThrowawayPostgres> {
   const bin = await binaries();
   const asRoot = process.getuid?.() === 0;
   const owner = asRoot ? await postgresUser() : undefined;
@@ -118,6 +134,23 @@ export async function startThrowawayPostgres(): Promise<ThrowawayPostgres> {
     }
   };
   await as("initdb", ["-D", data, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]);
+  let tlsOptions = "";
+  if (options.tls) {
+    // The server wants its key private to its own user.
+    const cert = join(dir, "server.crt");
+    const key = join(dir, "server.key");
+    copyFileSync(options.tls.certFile, cert);
+    copyFileSync(options.tls.keyFile, key);
+    chmodSync(key, 0o600);
+    if (owner) for (const file of [cert, key]) chownSync(file, owner.uid, owner.gid);
+    const hba = join(data, "pg_hba.conf");
+    writeFileSync(
+      hba,
+      "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+    );
+    if (owner) chownSync(hba, owner.uid, owner.gid);
+    tlsOptions = ` -c ssl=on -c ssl_cert_file=${cert} -c ssl_key_file=${key}`;
+  }
   let port = 0;
   const start = () =>
     as("pg_ctl", [
@@ -127,7 +160,7 @@ export async function startThrowawayPostgres(): Promise<ThrowawayPostgres> {
       logFile,
       "-w",
       "-o",
-      `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`,
+      `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off${tlsOptions}`,
       "start",
     ]);
   const stop = () => as("pg_ctl", ["-D", data, "-w", "-m", "fast", "stop"]);
