@@ -53,6 +53,8 @@ export function isSecretName(name: string): boolean {
   // The shell's working directories, not ODBC's `PWD=` password.
   if (name === "PWD" || name === "OLDPWD") return false;
   const words = wordsOf(name);
+  // `KAFKA_SASL_PASSWORD_FILE`, `saslPasswordFile`: the path of a secret's file, not the secret.
+  if (words.at(-1) === "file") return false;
   if (SECRET_PARTS.test(words.join(""))) return true;
   return words.some(
     (word, i) =>

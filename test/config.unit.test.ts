@@ -143,7 +143,6 @@ describe("config errors never echo a secret", () => {
   it("shownValue: a secret setting's value never, any other redacted", () => {
     for (const name of [
       "KAFKA_SASL_PASSWORD",
-      "KAFKA_SASL_PASSWORD_FILE",
       "KAFKA_SASL_OAUTHBEARER_TOKEN",
       "KAFKA_SSL_KEY_PASSWORD",
       "SCHEMA_REGISTRY_PASSWORD",

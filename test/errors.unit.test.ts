@@ -555,10 +555,8 @@ describe("secrets are never printed", () => {
   it("names: passwords, tokens, secrets, keys of TLS and hashing are secrets; record keys and counts are not", () => {
     for (const name of [
       "KAFKA_SASL_PASSWORD",
-      "KAFKA_SASL_PASSWORD_FILE",
       "KAFKA_SASL_OAUTHBEARER_TOKEN",
       "KAFKA_SSL_KEY_PASSWORD",
-      "KAFKA_SSL_KEY_FILE",
       "SCHEMA_REGISTRY_PASSWORD",
       "SCHEMA_REGISTRY_TOKEN",
       "schemaRegistry.token",
@@ -576,6 +574,10 @@ describe("secrets are never printed", () => {
       "KAFKA_SASL_USERNAME",
       "KAFKA_SASL_MECHANISM",
       "KAFKA_SSL_CA_FILE",
+      // Paths of secrets' files, printed by `stack up` for pasting: not secrets themselves.
+      "KAFKA_SASL_PASSWORD_FILE",
+      "KAFKA_SSL_KEY_FILE",
+      "saslPasswordFile",
       "DATABASE_URL",
       "SCHEMA_REGISTRY_URL",
       "partitionKey",
