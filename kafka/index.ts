@@ -898,7 +898,12 @@ export async function streamTopicRanges(
         .then(() => {
           for (const range of pending.values())
             consumer.seek({ topic, partition: range.partition, offset: range.start.toString() });
-        }, reject);
+        })
+        // A failed join (no rights on the group, say) leaves the consumer uninitialised, and the
+        // seeks throw: the caller gets that as the error, never an unhandled rejection.
+        .catch((error: unknown) => {
+          reject(toKafkaError(error, `reading ${topic}`));
+        });
     });
   } finally {
     await consumer.disconnect().catch(() => undefined);

@@ -12,7 +12,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { topicNames, type EndpointOptions } from "../config/index.js";
-import { fetchTopicIds, type KafkaSettings } from "../kafka/index.js";
+import { fetchTopicIds, KafkaError, readTopicToEnd, type KafkaSettings } from "../kafka/index.js";
 import { StreamProcessor } from "../processor/processor.js";
 import { instrument } from "../producer/index.js";
 import { KafkaExporter } from "../producer/exporters/kafka.js";
@@ -203,6 +203,19 @@ describe("the pipeline over SASL_SSL with ACLs, HTTPS registry auth and PostgreS
     } finally {
       await client.end();
     }
+  });
+
+  it("a reader without rights on its consumer group gets the refusal as an error, not an unhandled rejection", async () => {
+    // The sink may read model-calls, but only in its own group: a range read's throwaway group
+    // (named after the client id) is refused.
+    const started = Date.now();
+    const error = await readTopicToEnd(stack.kafka("sink"), topics.modelCalls).then(
+      () => undefined,
+      (failure: unknown) => failure,
+    );
+    expect(error).toBeInstanceOf(KafkaError);
+    expect((error as Error).message).toMatch(/reading .*model-calls/);
+    expect(Date.now() - started).toBeLessThan(60_000);
   });
 
   it("a replica with the default options (create topics, register schemas) fails with a clear message", async () => {

@@ -63,7 +63,7 @@ export async function runAlertsTail(settings: SettingsResolver, flags: TailFlags
   try {
     if (!(await admin.exists(topic)))
       throw new MissingTopicError(
-        `topic ${topic} does not exist yet: start the processor (it creates it), or check the topic prefix (MCPO_TOPIC_PREFIX or --topic-prefix)`,
+        `topic ${topic} does not exist yet: start the processor (it creates it) or run \`mcp-observatory topics create\`, or check the topic prefix (MCPO_TOPIC_PREFIX or --topic-prefix)`,
       );
   } finally {
     await admin.close();
