@@ -1,7 +1,7 @@
 import { request as httpRequest, type IncomingMessage } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 
-import { isRetriable, ObservatoryError } from "../config/errors.js";
+import { isRetriable, isTlsFailure, ObservatoryError } from "../config/errors.js";
 import { retry, type RetryPolicy } from "../config/retry.js";
 import {
   registryEndpointOf,
@@ -226,7 +226,7 @@ async function registryAttempt(
       undefined,
       undefined,
       // A certificate the CA does not vouch for stays so: no use trying again.
-      !isTlsRefusal(error),
+      !isTlsFailure(error),
       { cause: error },
     );
   }
@@ -255,19 +255,4 @@ async function registryAttempt(
     );
   }
   return parsed;
-}
-
-/** Whether a connection failed the TLS check (an unknown CA, a wrong name, a plain HTTP server). */
-export function isTlsRefusal(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return (
-    typeof code === "string" &&
-    (code.startsWith("ERR_TLS_") ||
-      code.startsWith("ERR_SSL_") ||
-      code === "DEPTH_ZERO_SELF_SIGNED_CERT" ||
-      code === "SELF_SIGNED_CERT_IN_CHAIN" ||
-      code === "UNABLE_TO_VERIFY_LEAF_SIGNATURE" ||
-      code === "UNABLE_TO_GET_ISSUER_CERT_LOCALLY" ||
-      code === "CERT_HAS_EXPIRED")
-  );
 }

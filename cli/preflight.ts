@@ -7,8 +7,9 @@ import { connect } from "node:net";
 
 import pg from "pg";
 
-import { isTlsRefusal, registryRequest, SchemaRegistryError } from "../avro/registry.js";
+import { registryRequest, SchemaRegistryError } from "../avro/registry.js";
 import {
+  isTlsFailure,
   ObservatoryError,
   redactUrl,
   RetryExhaustedError,
@@ -111,7 +112,7 @@ export async function checkRegistry(config: ConnectionConfig, timeoutMs = 3000):
         "REGISTRY_AUTHENTICATION_FAILED",
         `the schema registry at ${url} refused ${config.schemaRegistry.auth ? "the credentials" : "a client without credentials"} (HTTP ${cause.status}): set SCHEMA_REGISTRY_USERNAME and SCHEMA_REGISTRY_PASSWORD (or _FILE), or SCHEMA_REGISTRY_TOKEN`,
       );
-    if (cause instanceof SchemaRegistryError && isTlsRefusal(cause.cause))
+    if (cause instanceof SchemaRegistryError && isTlsFailure(cause.cause))
       throw new ObservatoryError(
         "TLS_HANDSHAKE_FAILED",
         `TLS with the schema registry at ${url} failed (${(cause.cause as Error).message}): set SCHEMA_REGISTRY_CA_FILE to the CA that signed its certificate`,

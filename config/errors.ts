@@ -78,6 +78,38 @@ export class ObservatoryError extends Error {
   }
 }
 
+/** Invalid configuration: names the key (option or environment variable) that was wrong. */
+export class ConfigError extends ObservatoryError {
+  declare readonly code: "CONFIG_INVALID";
+  /** The option or environment variable at fault. */
+  readonly key: string;
+
+  constructor(key: string, message: string, options?: { cause?: unknown }) {
+    // Never retriable: the same settings fail the same way.
+    super("CONFIG_INVALID", `invalid configuration ${key}: ${message}`, {
+      ...(options?.cause === undefined ? {} : { cause: options.cause }),
+      retriable: false,
+    });
+    this.name = "ConfigError";
+    this.key = key;
+  }
+}
+
+/**
+ * Whether a connection failed the TLS check or met a peer that does not speak TLS: an unknown CA,
+ * a wrong name, an expired or self-signed certificate, a plain server on a TLS port. Such a
+ * failure stays so: trying again does not help.
+ */
+export function isTlsFailure(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return (
+    typeof code === "string" &&
+    (code.startsWith("ERR_SSL_") ||
+      code.startsWith("ERR_TLS_") ||
+      /CERT|SELF_SIGNED|UNABLE_TO_(VERIFY|GET)/.test(code))
+  );
+}
+
 /** Whether an error says that trying again may succeed: its `retriable` is `true`. */
 export function isRetriable(error: unknown): boolean {
   return (

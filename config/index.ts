@@ -7,10 +7,9 @@
  */
 import { z } from "zod";
 
-import { ObservatoryError, shownValue } from "./errors.js";
+import { ConfigError, shownValue } from "./errors.js";
 import {
   resolveSecurity,
-  SecuritySettingError,
   splitRegistryUrl,
   type KafkaSasl,
   type KafkaTls,
@@ -21,8 +20,10 @@ import {
 } from "./security.js";
 
 export {
+  ConfigError,
   describeError,
   isRetriable,
+  isTlsFailure,
   ObservatoryError,
   forgetSecrets,
   isSecretField,
@@ -48,10 +49,12 @@ export {
   type RetryPolicy,
 } from "./retry.js";
 export {
+  readSecret,
   registryEndpointOf,
   SECRET_SETTINGS,
   SECURITY_ENV,
   SECURITY_PROTOCOLS,
+  type GivenSetting,
   type KafkaSasl,
   type KafkaTls,
   type OAuthBearerTokenProvider,
@@ -97,23 +100,6 @@ export interface ConnectionConfig {
   readonly kafkaSasl?: KafkaSasl;
   /** The registry with its credentials and CA; its `url` is {@link schemaRegistryUrl}. */
   readonly schemaRegistry: RegistryEndpoint;
-}
-
-/** Invalid configuration: names the key (option or environment variable) that was wrong. */
-export class ConfigError extends ObservatoryError {
-  declare readonly code: "CONFIG_INVALID";
-  /** The option or environment variable at fault. */
-  readonly key: string;
-
-  constructor(key: string, message: string, options?: { cause?: unknown }) {
-    // Never retriable: the same settings fail the same way.
-    super("CONFIG_INVALID", `invalid configuration ${key}: ${message}`, {
-      ...(options?.cause === undefined ? {} : { cause: options.cause }),
-      retriable: false,
-    });
-    this.name = "ConfigError";
-    this.key = key;
-  }
 }
 
 const hostPort = z
@@ -197,17 +183,10 @@ export function loadConnectionConfig(
   const database = pick("databaseUrl", options.databaseUrl);
   const prefix = pick("topicPrefix", options.topicPrefix);
 
-  let security;
-  try {
-    security = resolveSecurity(options, env, labels, {
-      kafka: options.kafkaTls !== undefined || options.kafkaSasl !== undefined,
-      registry: options.schemaRegistryAuth !== undefined || options.schemaRegistryCa !== undefined,
-    });
-  } catch (error) {
-    if (error instanceof SecuritySettingError)
-      throw new ConfigError(error.key, error.message.replace(/^invalid configuration \S+: /, ""));
-    throw error;
-  }
+  const security = resolveSecurity(options, env, labels, {
+    kafka: options.kafkaTls !== undefined || options.kafkaSasl !== undefined,
+    registry: options.schemaRegistryAuth !== undefined || options.schemaRegistryCa !== undefined,
+  });
   // Credentials in the registry URL are basic authentication; the URL kept has none.
   const registryGiven = splitRegistryUrl(parseKey(httpUrl, registry.key, registry.value));
   const registryAuth = options.schemaRegistryAuth ?? security.registryAuth;

@@ -12,7 +12,7 @@
  */
 import { readFileSync } from "node:fs";
 
-import { ObservatoryError } from "./errors.js";
+import { ConfigError } from "./errors.js";
 
 /**
  * TLS to the brokers. PEM texts (the settings name files; they are read here). The broker's
@@ -123,21 +123,38 @@ export interface ResolvedSecurity {
   readonly registryCa: string | undefined;
 }
 
-/** Invalid security configuration; `key` is the option or variable at fault. */
-export class SecuritySettingError extends ObservatoryError {
-  constructor(
-    readonly key: string,
-    message: string,
-  ) {
-    super("CONFIG_INVALID", `invalid configuration ${key}: ${message}`, { retriable: false });
-    this.name = "SecuritySettingError";
-  }
-}
-
 /** A value with the name the user gave it by (option or variable), for errors. */
-interface Given {
+export interface GivenSetting {
   readonly value: string;
   readonly key: string;
+}
+
+/**
+ * A secret given as itself or as the path of a file holding it (a `…_FILE` setting, one trailing
+ * newline dropped, so a file written by `echo` holds the same secret): its bytes and the setting
+ * it came from; undefined when neither is given. Neither the secret nor the file's path is ever in
+ * a message (the path may be the secret, put in the wrong setting).
+ *
+ * @throws {ConfigError} when both are given (naming the file's setting), or the file cannot be read.
+ */
+export function readSecret(
+  direct: GivenSetting | undefined,
+  file: GivenSetting | undefined,
+): { readonly bytes: Buffer; readonly key: string } | undefined {
+  if (direct && file)
+    throw new ConfigError(file.key, `give either ${direct.key} or ${file.key}, not both`);
+  if (direct) return { bytes: Buffer.from(direct.value, "utf8"), key: direct.key };
+  if (!file) return undefined;
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(file.value);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+    throw new ConfigError(file.key, `cannot read the file it names (${code})`);
+  }
+  let end = bytes.length;
+  if (bytes[end - 1] === 0x0a) end -= bytes[end - 2] === 0x0d ? 2 : 1;
+  return { bytes: bytes.subarray(0, end), key: file.key };
 }
 
 /**
@@ -146,7 +163,7 @@ interface Given {
  * authentication (a sidecar may rotate it).
  *
  * @param labels the name to report for a setting given as an option (a flag or a file key).
- * @throws {SecuritySettingError} naming the setting that is wrong; a secret's value is never in
+ * @throws {ConfigError} naming the setting that is wrong; a secret's value is never in
  *   the message.
  */
 export function resolveSecurity(
@@ -156,7 +173,7 @@ export function resolveSecurity(
   /** Parts whose settings the caller gives as objects: their text settings are not read. */
   skip: { readonly kafka?: boolean; readonly registry?: boolean } = {},
 ): ResolvedSecurity {
-  const given = (name: SecuritySettingName): Given | undefined => {
+  const given = (name: SecuritySettingName): GivenSetting | undefined => {
     if (skip.kafka === true && name.startsWith("kafka")) return undefined;
     if (skip.registry === true && name.startsWith("schemaRegistry")) return undefined;
     const option = options[name];
@@ -165,36 +182,26 @@ export function resolveSecurity(
     if (fromEnv !== undefined && fromEnv !== "") return { value: fromEnv, key: SECURITY_ENV[name] };
     return undefined;
   };
-  const fail = (setting: Given, message: string): never => {
-    throw new SecuritySettingError(setting.key, message);
+  const fail = (setting: GivenSetting, message: string): never => {
+    throw new ConfigError(setting.key, message);
   };
   const keyOf = (name: SecuritySettingName): string => labels[name] ?? SECURITY_ENV[name];
-  /**
-   * A file's text. The path of a secret's file is not echoed: it may be the secret itself, typed
-   * into the wrong variable.
-   */
-  const readText = (setting: Given, secretFile = false): string => {
+  /** A certificate's or CA's file, PEM. */
+  const readText = (setting: GivenSetting): string => {
     try {
       return readFileSync(setting.value, "utf8");
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-      return fail(
-        setting,
-        `cannot read the file ${secretFile ? "it names" : JSON.stringify(setting.value)} (${code})`,
-      );
+      return fail(setting, `cannot read the file ${JSON.stringify(setting.value)} (${code})`);
     }
   };
-  /** A secret from its own setting or its file's (trailing newline dropped); not both. */
+  /** A secret from its own setting or its file's. */
   const secret = (
     name: SecuritySettingName,
     fileName: SecuritySettingName,
   ): { value: string; key: string } | undefined => {
-    const direct = given(name);
-    const file = given(fileName);
-    if (direct && file) fail(file, `give either ${direct.key} or ${file.key}, not both`);
-    if (direct) return direct;
-    if (file) return { value: readText(file, true).replace(/\r?\n$/, ""), key: file.key };
-    return undefined;
+    const found = readSecret(given(name), given(fileName));
+    return found && { value: found.bytes.toString("utf8"), key: found.key };
   };
 
   // Kafka.
@@ -222,7 +229,7 @@ export function resolveSecurity(
   if (tlsOn) {
     if ((certFile === undefined) !== (keyFile === undefined))
       fail(
-        (certFile ?? keyFile) as Given,
+        (certFile ?? keyFile) as GivenSetting,
         `a client certificate needs both ${keyOf("kafkaSslCertFile")} and ${keyOf("kafkaSslKeyFile")}`,
       );
     const keyPassword = secret("kafkaSslKeyPassword", "kafkaSslKeyPasswordFile");
@@ -254,26 +261,27 @@ export function resolveSecurity(
   if (saslOn) {
     if (!mechanismGiven)
       return fail(
-        protocolGiven as Given,
+        protocolGiven as GivenSetting,
         `${protocol} needs a SASL mechanism (${keyOf("kafkaSaslMechanism")}): PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER`,
       );
     const mechanism = mechanismGiven.value.trim().toLowerCase();
     if (mechanism === "oauthbearer") {
       const token = given("kafkaOauthBearerToken");
       const tokenFile = given("kafkaOauthBearerTokenFile");
-      if (token && tokenFile)
-        fail(tokenFile, `give either ${token.key} or ${tokenFile.key}, not both`);
-      if (!token && !tokenFile)
-        throw new SecuritySettingError(
+      // Read now, so a missing file or both settings fail at start; the file again at each
+      // authentication (a sidecar may rotate it).
+      const first = readSecret(token, tokenFile);
+      if (!first)
+        throw new ConfigError(
           keyOf("kafkaOauthBearerToken"),
           `OAUTHBEARER needs a token: set ${SECURITY_ENV.kafkaOauthBearerToken} or ${SECURITY_ENV.kafkaOauthBearerTokenFile} (the library also takes a token provider)`,
         );
-      if (tokenFile) readText(tokenFile, true);
       kafkaSasl = {
         mechanism: "oauthbearer",
-        oauthBearerProvider: token
-          ? () => Promise.resolve({ value: token.value })
-          : () => Promise.resolve({ value: readText(tokenFile as Given, true).trim() }),
+        oauthBearerProvider: () =>
+          Promise.resolve({
+            value: (readSecret(token, tokenFile) ?? first).bytes.toString("utf8").trim(),
+          }),
       };
     } else if (
       mechanism === "plain" ||
@@ -283,12 +291,12 @@ export function resolveSecurity(
       const username = given("kafkaSaslUsername");
       const password = secret("kafkaSaslPassword", "kafkaSaslPasswordFile");
       if (!username)
-        throw new SecuritySettingError(
+        throw new ConfigError(
           keyOf("kafkaSaslUsername"),
           `${mechanismGiven.value.toUpperCase()} needs a user name`,
         );
       if (!password)
-        throw new SecuritySettingError(
+        throw new ConfigError(
           keyOf("kafkaSaslPassword"),
           `${mechanismGiven.value.toUpperCase()} needs a password: set ${SECURITY_ENV.kafkaSaslPassword} or ${SECURITY_ENV.kafkaSaslPasswordFile}`,
         );
@@ -310,19 +318,19 @@ export function resolveSecurity(
   const token = secret("schemaRegistryToken", "schemaRegistryTokenFile");
   let registryAuth: RegistryAuth | undefined;
   if (token && (username || password))
-    throw new SecuritySettingError(
+    throw new ConfigError(
       token.key,
       "give either a bearer token or a user name and password for the registry, not both",
     );
   if (token) registryAuth = { kind: "bearer", token: token.value };
   else if (username || password) {
     if (!username)
-      throw new SecuritySettingError(
+      throw new ConfigError(
         keyOf("schemaRegistryUsername"),
         "a registry password needs a user name",
       );
     if (!password)
-      throw new SecuritySettingError(
+      throw new ConfigError(
         keyOf("schemaRegistryPassword"),
         `a registry user name needs a password: set ${SECURITY_ENV.schemaRegistryPassword} or ${SECURITY_ENV.schemaRegistryPasswordFile}`,
       );

@@ -12,7 +12,7 @@ import { connect as connectTls, type ConnectionOptions } from "node:tls";
 import kafkajs, { type IHeaders, type Message, type Producer, type SASLOptions } from "kafkajs";
 import createSnappyCodec from "kafkajs-snappy";
 
-import { ObservatoryError, type ErrorContext } from "../config/errors.js";
+import { isTlsFailure, ObservatoryError, type ErrorContext } from "../config/errors.js";
 import type { ConnectionConfig } from "../config/index.js";
 import type { KafkaSasl, KafkaTls } from "../config/security.js";
 
@@ -1602,17 +1602,6 @@ async function readTopicIds(
   return ids;
 }
 
-/** Whether a connection failed the TLS check or met a peer that does not speak TLS. */
-function tlsFailure(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return (
-    typeof code === "string" &&
-    (code.startsWith("ERR_SSL_") ||
-      code.startsWith("ERR_TLS_") ||
-      /CERT|SELF_SIGNED|UNABLE_TO_(VERIFY|GET)/.test(code))
-  );
-}
-
 /**
  * Connects to the bootstrap brokers in turn as the clients will (TLS and SASL as the settings
  * say) and asks one for its API versions and metadata, so a wrong password, a missing CA or a
@@ -1635,7 +1624,7 @@ export async function probeBrokers(settings: KafkaSettings): Promise<void> {
     } catch (error) {
       if (error instanceof KafkaError) throw error;
       const message = error instanceof Error ? error.message : String(error);
-      if (tlsFailure(error))
+      if (isTlsFailure(error))
         throw new KafkaError(
           `TLS with ${address} failed: ${message}. ` +
             (settings.tls

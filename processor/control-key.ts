@@ -6,9 +6,7 @@
  * `MCPO_CONTROL_KEY` and `MCPO_CONTROL_KEY_FILE` (the CLI also takes `processor.controlKey` and
  * `processor.controlKeyFile` in its config file; never a flag). Its value is never in a message.
  */
-import { readFileSync } from "node:fs";
-
-import { ConfigError, rememberSecret } from "../config/index.js";
+import { ConfigError, readSecret, rememberSecret } from "../config/index.js";
 
 /** The least a key may hold, bytes (HMAC-SHA-256's output size). */
 export const MIN_CONTROL_KEY_BYTES = 32;
@@ -37,31 +35,18 @@ export function resolveControlKey(
   options: ControlKeyOptions,
   env: NodeJS.ProcessEnv = process.env,
 ): Buffer | undefined {
-  const given = (option: string | undefined, variable: string): string | undefined =>
-    option !== undefined && option !== ""
-      ? option
-      : env[variable] !== undefined && env[variable] !== ""
-        ? env[variable]
-        : undefined;
-  const direct = given(options.controlKey, CONTROL_KEY_ENV);
-  const file = given(options.controlKeyFile, CONTROL_KEY_FILE_ENV);
-  if (direct !== undefined && file !== undefined)
-    throw new ConfigError(KEY_NAMES, `give either ${KEY_NAMES} or ${FILE_NAMES}, not both`);
-  let text: string;
-  let names: string;
-  if (direct !== undefined) {
-    text = direct;
-    names = KEY_NAMES;
-  } else if (file !== undefined) {
-    names = FILE_NAMES;
-    try {
-      text = readFileSync(file, "utf8").replace(/\r?\n$/, "");
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code ?? "unreadable";
-      throw new ConfigError(names, `cannot read the file it names (${code})`);
-    }
-  } else return undefined;
-  const key = Buffer.from(text, "utf8");
+  const given = (option: string | undefined, variable: string, key: string) => {
+    const value = option !== undefined && option !== "" ? option : env[variable];
+    return value !== undefined && value !== "" ? { value, key } : undefined;
+  };
+  const found = readSecret(
+    given(options.controlKey, CONTROL_KEY_ENV, KEY_NAMES),
+    given(options.controlKeyFile, CONTROL_KEY_FILE_ENV, FILE_NAMES),
+  );
+  if (!found) return undefined;
+  const key = found.bytes;
+  const names = found.key;
+  const text = key.toString("utf8");
   if (text.trim() !== "") rememberSecret(text);
   if (key.length < MIN_CONTROL_KEY_BYTES)
     throw new ConfigError(

@@ -11,9 +11,8 @@
  * @module
  */
 import { createHmac, createSecretKey, type KeyObject } from "node:crypto";
-import { readFileSync } from "node:fs";
 
-import { ConfigError } from "../config/index.js";
+import { ConfigError, readSecret } from "../config/index.js";
 
 /** The variable holding the key as text (its UTF-8 bytes are the key). */
 export const CONTENT_HASH_KEY_ENV = "MCPO_CONTENT_HASH_KEY";
@@ -76,33 +75,12 @@ export function resolveContentHashKey(
     const bytes = typeof option === "string" ? Buffer.from(option, "utf8") : Buffer.from(option);
     return createSecretKey(checkedKey(bytes, "contentHashKey"));
   }
-  const text = env[CONTENT_HASH_KEY_ENV];
-  const file = env[CONTENT_HASH_KEY_FILE_ENV];
-  const hasText = text !== undefined && text !== "";
-  const hasFile = file !== undefined && file !== "";
-  if (hasText && hasFile)
-    throw new ConfigError(
-      CONTENT_HASH_KEY_FILE_ENV,
-      `give either ${CONTENT_HASH_KEY_ENV} or ${CONTENT_HASH_KEY_FILE_ENV}, not both`,
-    );
-  if (hasText) return createSecretKey(checkedKey(Buffer.from(text, "utf8"), CONTENT_HASH_KEY_ENV));
-  if (!hasFile) return undefined;
-  let bytes: Buffer;
-  try {
-    bytes = readFileSync(file);
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-    throw new ConfigError(
-      CONTENT_HASH_KEY_FILE_ENV,
-      `cannot read the file ${JSON.stringify(file)} (${code})`,
-    );
-  }
-  let end = bytes.length;
-  if (end > 0 && bytes[end - 1] === 0x0a) {
-    end--;
-    if (end > 0 && bytes[end - 1] === 0x0d) end--;
-  }
-  return createSecretKey(checkedKey(bytes.subarray(0, end), CONTENT_HASH_KEY_FILE_ENV));
+  const given = (variable: string) => {
+    const value = env[variable];
+    return value !== undefined && value !== "" ? { value, key: variable } : undefined;
+  };
+  const found = readSecret(given(CONTENT_HASH_KEY_ENV), given(CONTENT_HASH_KEY_FILE_ENV));
+  return found && createSecretKey(checkedKey(found.bytes, found.key));
 }
 
 /**
