@@ -273,6 +273,67 @@ export function toKafkaError(error: unknown, what: string): KafkaError {
   );
 }
 
+/**
+ * Broker answers meaning a partition's leader is not serving yet or has moved: a topic created a
+ * moment ago, a broker restarting, a reassignment. kafkajs's admin gives up on them at once and
+ * keeps its stale metadata for minutes, so {@link whileLeadersSettle} asks again with a fresh client.
+ */
+const LEADER_MOVING = new Set([
+  "NOT_LEADER_FOR_PARTITION",
+  "LEADER_NOT_AVAILABLE",
+  "REPLICA_NOT_AVAILABLE",
+  "OFFSET_NOT_AVAILABLE",
+  "PREFERRED_LEADER_NOT_AVAILABLE",
+]);
+
+/** How long an admin request waits for partitions' leaders to settle before it fails. */
+const LEADER_SETTLE_MS = 20_000;
+
+function leaderMoving(error: unknown): boolean {
+  let current = error;
+  for (let depth = 0; depth < 6 && current instanceof Error; depth++) {
+    const type = (current as { type?: unknown }).type;
+    if (typeof type === "string" && LEADER_MOVING.has(type)) return true;
+    if (current.cause === current) return false;
+    current = current.cause;
+  }
+  return false;
+}
+
+/**
+ * Runs an admin `request` on `admin`; while the broker answers that a partition's leader is moving
+ * ({@link LEADER_MOVING}), asks again with a fresh admin client (so fresh metadata) with a growing
+ * pause, for up to {@link LEADER_SETTLE_MS}. Fails as a {@link KafkaError} naming `what`.
+ */
+async function whileLeadersSettle<T>(
+  settings: KafkaSettings,
+  admin: kafkajs.Admin,
+  what: string,
+  request: (admin: kafkajs.Admin) => Promise<T>,
+): Promise<T> {
+  const deadline = Date.now() + LEADER_SETTLE_MS;
+  let pauseMs = 100;
+  let fresh: kafkajs.Admin | undefined;
+  try {
+    for (;;) {
+      try {
+        return await request(fresh ?? admin);
+      } catch (error) {
+        if (!leaderMoving(error) || Date.now() + pauseMs > deadline) throw error;
+      }
+      await new Promise((resolve) => setTimeout(resolve, pauseMs));
+      pauseMs = Math.min(pauseMs * 2, 1_000);
+      await fresh?.disconnect();
+      fresh = client(settings).admin();
+      await fresh.connect();
+    }
+  } catch (error) {
+    throw error instanceof KafkaError ? error : toKafkaError(error, what);
+  } finally {
+    await fresh?.disconnect().catch(() => undefined);
+  }
+}
+
 /** kafkajs's TLS options from {@link KafkaTls}. */
 function tlsOptions(tls: KafkaTls): ConnectionOptions {
   return {
@@ -791,7 +852,12 @@ export async function readTopicToEnd(
   await admin.connect();
   let offsets: Awaited<ReturnType<typeof admin.fetchTopicOffsets>>;
   try {
-    offsets = await admin.fetchTopicOffsets(topic);
+    offsets = await whileLeadersSettle(
+      settings,
+      admin,
+      `reading the offsets of ${topic}`,
+      (asked) => asked.fetchTopicOffsets(topic),
+    );
   } finally {
     await admin.disconnect();
   }
@@ -1023,6 +1089,10 @@ export async function connectAdmin(settings: KafkaSettings): Promise<TopicAdmin>
   } catch (error) {
     throw toKafkaError(error, "connecting the admin client");
   }
+  const topicOffsets = (topic: string) =>
+    whileLeadersSettle(settings, admin, `reading the offsets of ${topic}`, (asked) =>
+      asked.fetchTopicOffsets(topic),
+    );
   return {
     async ensureTopics(topics) {
       const existing = new Set(await admin.listTopics());
@@ -1067,9 +1137,7 @@ export async function connectAdmin(settings: KafkaSettings): Promise<TopicAdmin>
       return missing.map((topic) => topic.name);
     },
     async endOffsets(topic) {
-      return new Map(
-        (await admin.fetchTopicOffsets(topic)).map((entry) => [entry.partition, entry.high]),
-      );
+      return new Map((await topicOffsets(topic)).map((entry) => [entry.partition, entry.high]));
     },
     async exists(topic) {
       return (await admin.listTopics()).includes(topic);
@@ -1091,9 +1159,7 @@ export async function connectAdmin(settings: KafkaSettings): Promise<TopicAdmin>
       );
     },
     async startOffsets(topic) {
-      return new Map(
-        (await admin.fetchTopicOffsets(topic)).map((entry) => [entry.partition, entry.low]),
-      );
+      return new Map((await topicOffsets(topic)).map((entry) => [entry.partition, entry.low]));
     },
     async topicConfig(topic, names) {
       try {
@@ -1113,8 +1179,10 @@ export async function connectAdmin(settings: KafkaSettings): Promise<TopicAdmin>
     },
     async offsetsAtTime(topic, timestampMs) {
       const [ends, found] = await Promise.all([
-        admin.fetchTopicOffsets(topic),
-        admin.fetchTopicOffsetsByTimestamp(topic, timestampMs),
+        topicOffsets(topic),
+        whileLeadersSettle(settings, admin, `finding the offsets of ${topic} at a time`, (asked) =>
+          asked.fetchTopicOffsetsByTimestamp(topic, timestampMs),
+        ),
       ]);
       const high = new Map(ends.map((entry) => [entry.partition, entry.high]));
       return new Map(

@@ -1,7 +1,7 @@
 import type { Admin } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { createRecordProducer } from "../kafka/index.js";
+import { connectAdmin, createRecordProducer, readTopicToEnd } from "../kafka/index.js";
 import { createTopics, services, testKafka, uniqueName } from "./support/isolation.js";
 
 /** Consumes until `count` messages arrived (or fails after `timeoutMs`). */
@@ -104,6 +104,46 @@ describe("Kafka (real broker)", () => {
     }
     expect(await consume(uniqueName("other-reader"), other, 3)).toHaveLength(3);
     await admin.deleteTopics({ topics: [many, other] }).catch(() => undefined);
+  });
+
+  it("reads offsets of a topic whose partitions are still getting their leaders instead of failing with 'not the leader'", async () => {
+    // Created without waiting, as another replica or an operator may have done a moment before:
+    // the broker answers ListOffsets with NOT_LEADER_FOR_PARTITION until each leader is ready.
+    const settings = {
+      clientId: uniqueName("offsets"),
+      brokers: services().kafkaBrokers.split(","),
+    };
+    const topics: string[] = [];
+    const ours = await connectAdmin(settings);
+    try {
+      for (let round = 0; round < 4; round++) {
+        const fresh = uniqueName("leaders");
+        topics.push(fresh);
+        await admin.createTopics({
+          topics: [{ topic: fresh, numPartitions: 12 }],
+          waitForLeaders: false,
+        });
+        expect(await readTopicToEnd(settings, fresh)).toEqual([]);
+        const next = uniqueName("leaders");
+        topics.push(next);
+        await admin.createTopics({
+          topics: [{ topic: next, numPartitions: 12 }],
+          waitForLeaders: false,
+        });
+        const [starts, ends, atTime] = await Promise.all([
+          ours.startOffsets(next),
+          ours.endOffsets(next),
+          ours.offsetsAtTime(next, Date.now()),
+        ]);
+        for (const offsets of [starts, ends, atTime]) {
+          expect(offsets.size).toBe(12);
+          expect([...offsets.values()].every((offset) => offset === "0")).toBe(true);
+        }
+      }
+    } finally {
+      await ours.close();
+      await admin.deleteTopics({ topics }).catch(() => undefined);
+    }
   });
 
   it("creates a topic with the partitions asked for", async () => {
