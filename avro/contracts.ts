@@ -53,7 +53,10 @@ export function defineContract<T>(
   });
 }
 
-/** ModelCallEvent: end not before start; token counts present exactly when a source says so. */
+/**
+ * ModelCallEvent: end not before start; token counts (prompt, completion, cache and audio) present
+ * exactly when a source says so.
+ */
 export const MODEL_CALL_EVENT: EventContract<ModelCallEvent> = defineContract<ModelCallEvent>(
   MODEL_CALL_EVENT_SCHEMA,
   (event) => {
@@ -63,7 +66,14 @@ export const MODEL_CALL_EVENT: EventContract<ModelCallEvent> = defineContract<Mo
         reason: `before start_time ${event.start_time}`,
         value: event.end_time,
       };
-    const hasTokens = event.prompt_tokens !== null || event.completion_tokens !== null;
+    // The cache and audio counts are usage too: with token_source none, every count stays null.
+    const hasTokens =
+      event.prompt_tokens !== null ||
+      event.completion_tokens !== null ||
+      event.cache_read_tokens !== null ||
+      event.cache_write_tokens !== null ||
+      event.input_audio_tokens !== null ||
+      event.output_audio_tokens !== null;
     if (event.token_source === "none" && hasTokens)
       return {
         path: "token_source",

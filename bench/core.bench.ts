@@ -54,6 +54,10 @@ function typicalEvent(i: number): ModelCallEvent {
     prompt_text: null,
     response_text: null,
     attributes: { "mcp.session.id": "session-42", "gen_ai.response.id": `chatcmpl-${i}` },
+    cache_read_tokens: null,
+    cache_write_tokens: null,
+    input_audio_tokens: null,
+    output_audio_tokens: null,
   };
 }
 

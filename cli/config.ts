@@ -22,6 +22,10 @@ import {
   DEFAULTS,
   ENV_NAMES,
   flagOf,
+  forwardConfigSchema,
+  ingestConfigSchema,
+  otlpExportConfigSchema,
+  uiConfigSchema,
   isSecretName,
   loadConnectionConfig,
   processorConfigSchema,
@@ -39,7 +43,7 @@ import {
 import { parseMetricsConfig, type MetricsConfig } from "../metrics/index.js";
 
 /** How a value is parsed. */
-type Kind = "string" | "duration" | "int" | "port" | "boolean" | "connection";
+type Kind = "string" | "duration" | "int" | "port" | "boolean" | "list" | "connection";
 
 /** One setting. */
 export interface SettingSpec {
@@ -258,9 +262,10 @@ export function settingsOf(schema: SettingsSchema): readonly SettingSpec[] {
     const cli = cliMetaOf(field);
     if (!cli) continue;
     const schemaDefault = field.safeParse(undefined);
+    // A list's default is empty: shown as none.
     const defaultValue =
       cli.default ??
-      (schemaDefault.success
+      (schemaDefault.success && !Array.isArray(schemaDefault.data)
         ? (schemaDefault.data as string | number | boolean | undefined)
         : undefined);
     const bounds = boundsOf(field);
@@ -298,6 +303,10 @@ export function settingOf<S extends SettingsSchema>(
 export const WINDOW_SETTINGS = settingsOf(replayConfigSchema);
 export const PROCESSOR_SETTINGS = settingsOf(processorConfigSchema);
 export const SINK_SETTINGS = settingsOf(sinkConfigSchema);
+export const FORWARD_SETTINGS = settingsOf(forwardConfigSchema);
+export const INGEST_SETTINGS = settingsOf(ingestConfigSchema);
+export const OTLP_EXPORT_SETTINGS = settingsOf(otlpExportConfigSchema);
+export const UI_SETTINGS = settingsOf(uiConfigSchema);
 
 /** The values a command resolved for a schema's CLI settings, by schema key. */
 export type CliValues<S extends SettingsSchema> = {
@@ -312,7 +321,15 @@ export interface ConfigFile {
 
 /** Keys inside a file section (`processor`, `sink`), from the schemas' file keys. */
 function sectionKeys(section: string): readonly string[] {
-  const keys = [...PROCESSOR_SETTINGS, ...WINDOW_SETTINGS, ...SINK_SETTINGS]
+  const keys = [
+    ...PROCESSOR_SETTINGS,
+    ...WINDOW_SETTINGS,
+    ...SINK_SETTINGS,
+    ...FORWARD_SETTINGS,
+    ...INGEST_SETTINGS,
+    ...OTLP_EXPORT_SETTINGS,
+    ...UI_SETTINGS,
+  ]
     .filter((setting) => setting.key.startsWith(`${section}.`))
     .map((setting) => setting.key.slice(section.length + 1));
   return [...new Set(keys)];
@@ -337,14 +354,25 @@ const FILE_SECTIONS: Readonly<Record<string, readonly string[] | null>> = {
   logLevel: null,
   processor: sectionKeys("processor"),
   sink: sectionKeys("sink"),
+  forward: sectionKeys("forward"),
+  ingest: sectionKeys("ingest"),
+  otlpExport: sectionKeys("otlpExport"),
+  ui: sectionKeys("ui"),
   metrics: null,
 };
 
 /** Every file key a default may be given for. */
 const FILE_KEYS = new Set(
-  [...CONNECTION_SETTINGS, ...PROCESSOR_SETTINGS, ...WINDOW_SETTINGS, ...SINK_SETTINGS].map(
-    (setting) => setting.key,
-  ),
+  [
+    ...CONNECTION_SETTINGS,
+    ...PROCESSOR_SETTINGS,
+    ...WINDOW_SETTINGS,
+    ...SINK_SETTINGS,
+    ...FORWARD_SETTINGS,
+    ...INGEST_SETTINGS,
+    ...OTLP_EXPORT_SETTINGS,
+    ...UI_SETTINGS,
+  ].map((setting) => setting.key),
 );
 
 /**
@@ -554,15 +582,70 @@ export class SettingsResolver {
     throw new ConfigError(source.label, `expected true or false ${got(setting, source.raw)}`);
   }
 
+  /**
+   * A list: the flag's values (repeated or comma-separated), a comma-separated variable, or the
+   * file's list (or comma-separated string); empty when not given.
+   */
+  list(setting: SettingSpec): string[] {
+    const source = this.source(setting);
+    if (!source) return [];
+    const split = (text: string): string[] =>
+      text
+        .split(",")
+        .map((part) => part.trim())
+        .filter((part) => part !== "");
+    const raw = source.raw;
+    const values: unknown[] = Array.isArray(raw)
+      ? (raw as unknown[]).flatMap((item) => (typeof item === "string" ? split(item) : [item]))
+      : typeof raw === "string"
+        ? split(raw)
+        : [raw];
+    if (values.length === 0 || values.some((value) => typeof value !== "string"))
+      throw new ConfigError(
+        source.label,
+        `expected a list of strings or a comma-separated string ${got(setting, raw)}`,
+      );
+    return values as string[];
+  }
+
+  /**
+   * Where a setting of this command was given, as the user would name it in an error (its flag,
+   * its variable, or its key in the file), else its file key.
+   */
+  labelOf(setting: SettingSpec): string {
+    return this.source(setting)?.label ?? setting.key;
+  }
+
+  /**
+   * A component's {@link ConfigError} naming one of its schema keys (`webhookUrl.1`), named
+   * instead as the user gave that setting (`--webhook-url`, `MCPO_WEBHOOK_URL`, or
+   * `forward.webhookUrl in ./file.yaml`); any other error as it is.
+   */
+  renamed(error: unknown, settings: readonly SettingSpec[]): unknown {
+    if (!(error instanceof ConfigError)) return error;
+    const name = error.key.split(".")[0];
+    const setting = settings.find((candidate) => candidate.name === name);
+    if (!setting) return error;
+    return new ConfigError(
+      this.labelOf(setting),
+      error.message.replace(/^invalid configuration \S+: /, ""),
+      { cause: error },
+    );
+  }
+
   /** One setting's value, read as its kind says. */
-  value(setting: SettingSpec): string | number | boolean | undefined {
+  value(setting: SettingSpec): string | number | boolean | readonly string[] | undefined {
     switch (setting.kind) {
+      case "list":
+        return this.list(setting);
       case "boolean":
         return this.boolean(setting);
       case "duration":
-        return this.duration(setting);
       case "int":
-        return this.int(setting);
+        // Not given and no default: unset (not NaN), so the component's own fallback applies.
+        if (this.source(setting) === undefined && this.fallback(setting) === undefined)
+          return undefined;
+        return setting.kind === "duration" ? this.duration(setting) : this.int(setting);
       case "port":
         return this.port(setting);
       case "string":

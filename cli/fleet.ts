@@ -9,6 +9,7 @@
  */
 import { instrument, type MCPInterceptor } from "../producer/interceptor.js";
 import type { EventExporter } from "../producer/exporters/types.js";
+import { startSpanContext } from "../producer/trace.js";
 import type { ModelCallInput } from "../producer/types.js";
 
 /** Service names of the simulated fleet, in order; `--services N` takes the first N. */
@@ -183,6 +184,36 @@ function clamp01(value: number): number {
   return Math.min(1, Math.max(0, value));
 }
 
+/**
+ * One call in this many (per replica, counted, not drawn: the seeded sequences stay as they were)
+ * is made from inside an MCP tool call: the replica records the `tool_call` span (`tools/call`,
+ * ending with the model call, starting a little before it) and the model call as its child, so a
+ * trace shows a model call nested under its tool call. Tool-call spans are events (sent, stored)
+ * but count in no rollup.
+ */
+export const TOOL_CALL_EVERY = 20;
+
+/**
+ * Records `input` as a model call made inside an MCP tool call: the tool call's span first, then
+ * the model call as its child. Resolves when the model call is recorded.
+ */
+function interceptInsideToolCall(interceptor: MCPInterceptor, input: ModelCallInput) {
+  const tool = startSpanContext(undefined);
+  const endTime = Number(input.endTime);
+  interceptor.recordSpan(
+    {
+      kind: "tool_call",
+      toolName: input.toolName ?? "summarize",
+      startTime: endTime - (input.durationMs ?? 0) - 15,
+      endTime,
+      attributes: { "mcp.method.name": "tools/call" },
+      ...(input.status === "error" ? { status: "error" as const, errorType: input.errorType } : {}),
+    },
+    tool,
+  );
+  return interceptor.interceptModelCall({ ...input, parent: tool });
+}
+
 /** Settings of {@link runFleet}. */
 export interface FleetOptions {
   /** Service names (each gets `replicas` replicas). */
@@ -212,7 +243,7 @@ export interface FleetOptions {
 export interface FleetResult {
   readonly startedAtMs: number;
   readonly endedAtMs: number;
-  /** Calls recorded, by service. */
+  /** Events recorded (model calls, and the tool calls some are made in), by service. */
   readonly calls: ReadonlyMap<string, number>;
   readonly recorded: number;
   /** Calls not made because the fleet fell behind its rate (the machine was busy). */
@@ -235,6 +266,7 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
     interceptor: MCPInterceptor;
     generator: CallGenerator;
     owed: number;
+    made: number;
   }[] = [];
   let index = 0;
   for (const service of options.services)
@@ -248,6 +280,7 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
         }),
         generator: new CallGenerator((options.seed ?? 42) * 1000 + index++),
         owed: 0,
+        made: 0,
       });
     }
   const perReplica = options.ratePerSecond / Math.max(1, replicas.length);
@@ -287,11 +320,16 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
         const endTime = Math.round(from + ((i + 1) * elapsedMs) / due);
         const drifting =
           replica.service === options.driftingService && endTime >= driftFrom && endTime < driftTo;
+        const input = replica.generator.next(endTime, drifting);
+        // Events recorded: the tool call's span too, when the call is made inside one.
+        const events = replica.made++ % TOOL_CALL_EVERY === TOOL_CALL_EVERY - 1 ? 2 : 1;
         pending.push(
-          replica.interceptor.interceptModelCall(replica.generator.next(endTime, drifting)),
+          events === 2
+            ? interceptInsideToolCall(replica.interceptor, input)
+            : replica.interceptor.interceptModelCall(input),
         );
-        recorded++;
-        calls.set(replica.service, (calls.get(replica.service) ?? 0) + 1);
+        recorded += events;
+        calls.set(replica.service, (calls.get(replica.service) ?? 0) + events);
         if (pending.length >= chunk) {
           await Promise.all(pending);
           pending = [];

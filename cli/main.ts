@@ -18,21 +18,28 @@ import {
   redactSecrets,
   rememberSecretsIn,
 } from "../config/index.js";
-import { runAlertsTail } from "./commands/alerts.js";
+import { runAlertsForward, runAlertsTail } from "./commands/alerts.js";
 import { runDemo } from "./commands/demo.js";
+import { runExportOtlp } from "./commands/export.js";
 import { parseFromTime, parseOffsets, runReplay } from "./commands/replay.js";
 import { runReport } from "./commands/report.js";
+import { runIngest } from "./commands/ingest.js";
 import { runMigrate, runProcessor, runSink, runStack } from "./commands/run.js";
 import { runTopicsCreate } from "./commands/topics.js";
+import { runUi } from "./commands/ui.js";
 import {
   CONNECTION,
   CONNECTION_SETTINGS,
   parseDuration,
   PROCESSOR_SETTINGS,
+  FORWARD_SETTINGS,
+  INGEST_SETTINGS,
+  OTLP_EXPORT_SETTINGS,
   SettingsResolver,
   settingHelp,
   settingOf,
   SINK_SETTINGS,
+  UI_SETTINGS,
   WINDOW_SETTINGS,
   type SettingSpec,
 } from "./config.js";
@@ -42,10 +49,14 @@ function addSettings(command: Command, settings: readonly SettingSpec[]): Comman
   for (const setting of settings) {
     // Secrets are never taken on a command line (it shows in `ps` and shell history).
     if (setting.secret === true) continue;
-    command.option(
-      setting.kind === "boolean" ? setting.flag : `${setting.flag} <value>`,
-      settingHelp(setting),
-    );
+    if (setting.kind === "list")
+      // Repeatable, each value also comma-separated.
+      command.option(`${setting.flag} <values>`, settingHelp(setting), collect);
+    else
+      command.option(
+        setting.kind === "boolean" ? setting.flag : `${setting.flag} <value>`,
+        settingHelp(setting),
+      );
     // A switch that is on by default is turned off with --no-<name>. Given beside the positive
     // flag, commander sets no value unless one of them is given: the environment and the file
     // still apply.
@@ -119,8 +130,12 @@ Examples:
   $ mcp-observatory topics create                         # create the topics, register the schemas (operator rights)
   $ mcp-observatory processor --window 60s --grace 10s    # run the stream processor
   $ mcp-observatory sink                                  # run the PostgreSQL sink
+  $ mcp-observatory ingest                                # OTLP/HTTP traces in on 127.0.0.1:4318
+  $ mcp-observatory ui                                    # the web UI on http://127.0.0.1:4000/
+  $ mcp-observatory export otlp --endpoint http://127.0.0.1:4318   # events out as OTLP spans (Jaeger, Tempo, a Collector)
   $ mcp-observatory replay --verify --dry-run             # rebuild every rollup from the log and compare
   $ mcp-observatory alerts tail --from-beginning --json
+  $ mcp-observatory alerts forward --webhook-url https://hooks.example/mcpo --alertmanager-url http://127.0.0.1:9093
   $ mcp-observatory report --service payments-mcp --since 6h --bucket 1h`,
     );
 
@@ -190,6 +205,48 @@ Examples:
     ...SINK_SETTINGS,
   ]).action(async (_options: unknown, command: Command) => {
     setExitCode(await runSink(settingsOf(command)));
+  });
+
+  addSettings(
+    program
+      .command("ingest")
+      .description(
+        "run the OTLP/HTTP trace receiver until SIGINT/SIGTERM: GenAI and MCP spans from any OpenTelemetry SDK become events on model-calls",
+      ),
+    [...CONNECTION_SETTINGS.filter((s) => s.key !== "databaseUrl"), ...INGEST_SETTINGS],
+  ).action(async (_options: unknown, command: Command) => {
+    setExitCode(await runIngest(settingsOf(command)));
+  });
+
+  addSettings(
+    program
+      .command("ui")
+      .description(
+        "serve the web UI until SIGINT/SIGTERM: fleet, service, alerts and trace pages over PostgreSQL, live alert transitions from the alerts topic",
+      ),
+    [...CONNECTION_SETTINGS, ...UI_SETTINGS],
+  ).action(async (_options: unknown, command: Command) => {
+    setExitCode(await runUi(settingsOf(command)));
+  });
+
+  const exporters = program
+    .command("export")
+    .description("send the pipeline's events to other systems");
+  addSettings(
+    exporters
+      .command("otlp")
+      .description(
+        "send model-calls' events as OTLP spans (OTLP/HTTP protobuf, POST <endpoint>/v1/traces) until SIGINT/SIGTERM; the group's position moves only past spans the endpoint accepted or that were dead-lettered",
+      )
+      .addHelpText(
+        "after",
+        "\nThe OpenTelemetry variables are read when no flag gives the setting: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT\n" +
+          "(as is) or OTEL_EXPORTER_OTLP_ENDPOINT (+ /v1/traces), OTEL_EXPORTER_OTLP_[TRACES_]HEADERS (k=v,k2=v2;\n" +
+          "never shown), OTEL_EXPORTER_OTLP_[TRACES_]COMPRESSION (gzip|none), OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT (ms).",
+      ),
+    [...CONNECTION_SETTINGS.filter((s) => s.key !== "databaseUrl"), ...OTLP_EXPORT_SETTINGS],
+  ).action(async (_options: unknown, command: Command) => {
+    setExitCode(await runExportOtlp(settingsOf(command)));
   });
 
   addSettings(
@@ -266,6 +323,22 @@ Examples:
         ...(typeof options.timeout === "number" ? { timeoutMs: options.timeout } : {}),
       }),
     );
+  });
+
+  addSettings(
+    alerts
+      .command("forward")
+      .description(
+        "deliver alert transitions to webhooks (signed JSON) and Alertmanager (v2 API) until SIGINT/SIGTERM; the group's position moves only past delivered or dead-lettered alerts",
+      )
+      .addHelpText(
+        "after",
+        "\nSecrets have no flag: MCPO_WEBHOOK_SECRET (or MCPO_WEBHOOK_SECRET_FILE), MCPO_ALERTMANAGER_PASSWORD,\n" +
+          "MCPO_ALERTMANAGER_TOKEN (or their _FILE variants), or the config file's forward section.",
+      ),
+    [...CONNECTION_SETTINGS.filter((s) => s.key !== "databaseUrl"), ...FORWARD_SETTINGS],
+  ).action(async (_options: unknown, command: Command) => {
+    setExitCode(await runAlertsForward(settingsOf(command)));
   });
 
   program

@@ -43,6 +43,7 @@ export {
 } from "./errors.js";
 export {
   backoffCeiling,
+  requestedDelayMs,
   retry,
   RetryExhaustedError,
   type RetryOptions,
@@ -244,7 +245,10 @@ export function topicNames(prefix: string = DEFAULTS.topicPrefix): TopicNames {
  * (`mcpo.` → `mcpo-processor`, `mcpo-demo.` → `mcpo-demo-processor`), so two deployments with
  * different prefixes on one cluster never share a group.
  */
-export function defaultGroupId(topicPrefix: string, component: "processor" | "sink"): string {
+export function defaultGroupId(
+  topicPrefix: string,
+  component: "processor" | "sink" | "alerts-forward" | "otlp-export",
+): string {
   const stem = topicPrefix.replace(/[._-]+$/, "");
   return stem === "" ? component : `${stem}-${component}`;
 }
@@ -338,20 +342,34 @@ export {
   cliMetaOf,
   envOf,
   flagOf,
+  forwardConfigSchema,
+  ingestConfigSchema,
   LOG_APPEND_TIME,
+  otlpExportConfigSchema,
   modelCallsTopicConfig,
+  parseForwardConfig,
+  parseIngestConfig,
+  parseOtlpExportConfig,
   parseProcessorConfig,
   parseReplayConfig,
   parseSinkConfig,
+  parseUiConfig,
   processorConfigSchema,
   replayConfigSchema,
   settingMetaOf,
   sinkConfigSchema,
   TIMESTAMP_TYPE_CONFIG,
+  uiConfigSchema,
   UNLIMITED_RETENTION_MS,
   windowConfigSchema,
   type CliKind,
   type CliMeta,
+  type ForwardConfig,
+  type ForwardConfigInput,
+  type IngestConfig,
+  type IngestConfigInput,
+  type OtlpExportConfig,
+  type OtlpExportConfigInput,
   type ProcessorConfig,
   type ProcessorConfigInput,
   type ReplayConfig,
@@ -359,4 +377,6 @@ export {
   type SettingMeta,
   type SinkConfig,
   type SinkConfigInput,
+  type UiConfig,
+  type UiConfigInput,
 } from "./schemas.js";

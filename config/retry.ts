@@ -1,9 +1,10 @@
 /**
  * The project's one retry loop: capped exponential backoff with full jitter. Retry k (k = 0 for
  * the first retry) waits a random time in [0, min(maxDelayMs, baseDelayMs · 2^k)], so clients that
- * failed together do not come back together. Only errors that say trying again may succeed are
- * retried (`retriable: true`, see {@link isRetriable}); any other error is rethrown at once,
- * unchanged. After `maxAttempts` attempts the loop gives up with a {@link RetryExhaustedError}
+ * failed together do not come back together; an error that says how long to wait (a receiver's
+ * `Retry-After`, see {@link RetryPolicy.minDelayMs}) raises that wait to it, up to the cap. Only
+ * errors that say trying again may succeed are retried (`retriable: true`, see
+ * {@link isRetriable}); any other error is rethrown at once, unchanged. After `maxAttempts` attempts the loop gives up with a {@link RetryExhaustedError}
  * whose cause is the last error; with `maxAttempts: Infinity` only the abort signal stops it.
  *
  * @module
@@ -23,6 +24,18 @@ export interface RetryPolicy {
    * A caller that must not lose its work whatever the failure (the exporters' buffer) says so here.
    */
   readonly shouldRetry?: (error: unknown) => boolean;
+  /**
+   * The least a retry after `error` waits, ms (the jittered wait is raised to it, but never past
+   * `maxDelayMs`), or undefined for none. Default {@link requestedDelayMs}: the error's own
+   * `retryAfterMs` (a receiver's `Retry-After`).
+   */
+  readonly minDelayMs?: (error: unknown) => number | undefined;
+}
+
+/** An error's `retryAfterMs` when it is a non-negative finite number (a receiver's `Retry-After`). */
+export function requestedDelayMs(error: unknown): number | undefined {
+  const value = (error as { retryAfterMs?: unknown } | null | undefined)?.retryAfterMs;
+  return typeof value === "number" && Number.isFinite(value) && value >= 0 ? value : undefined;
 }
 
 /** Options of {@link retry}. */
@@ -93,7 +106,11 @@ export async function retry<T>(
       signal?.throwIfAborted();
       if (!shouldRetry(error)) throw error;
       if (attempt >= policy.maxAttempts) throw new RetryExhaustedError(attempt, error);
-      const delayMs = random() * backoffCeiling(policy, attempt - 1);
+      const floor = Math.min(
+        (policy.minDelayMs ?? requestedDelayMs)(error) ?? 0,
+        policy.maxDelayMs,
+      );
+      const delayMs = Math.max(floor, random() * backoffCeiling(policy, attempt - 1));
       options.onRetry?.(
         error instanceof Error ? error : new Error(String(error), { cause: error }),
         attempt,

@@ -25,8 +25,11 @@ import {
   type EndpointOptions,
 } from "./index.js";
 
-/** How the CLI reads a setting's text: `duration` (`10s`), `int`, `port` or `string`. */
-export type CliKind = "duration" | "int" | "port" | "string" | "boolean";
+/**
+ * How the CLI reads a setting's text: `duration` (`10s`), `int`, `port`, `string`, `boolean`, or
+ * `list` (a repeatable flag, a comma-separated variable, a file's list or string).
+ */
+export type CliKind = "duration" | "int" | "port" | "string" | "boolean" | "list";
 
 /** A setting's place in the CLI, derived from its key (see the module's naming rule). */
 export interface CliMeta {
@@ -98,6 +101,7 @@ function kindOf(key: string, schema: z.ZodType): CliKind {
   if (key.endsWith("Port")) return "port";
   const inner = innerType(schema);
   if (inner instanceof z.ZodBoolean) return "boolean";
+  if (inner instanceof z.ZodArray) return "list";
   return inner instanceof z.ZodNumber ? "int" : "string";
 }
 
@@ -235,6 +239,22 @@ const metricsHost = {
     "address the /metrics, /healthz and /readyz endpoint listens on (127.0.0.1: this host only; 0.0.0.0 or :: every interface, unauthenticated)",
 } satisfies FieldSpec;
 
+/**
+ * The settings of every consumer service on the shared shell (ops/service.ts): its group
+ * member's session, its metrics endpoint (on `metricsPortDefault` from the CLI), and whether it
+ * may create topics and register schemas.
+ */
+function consumerServiceSettings(metricsPortDefault: number) {
+  return {
+    sessionTimeoutMs: { ...sessionTimeoutMs, cli: {} },
+    metricsPort: { ...metricsPort, cli: { default: metricsPortDefault, off: -1 } },
+    metricsHost: { ...metricsHost, cli: {} },
+    unknownSchemaIdGraceMs: { ...unknownSchemaIdGraceMs, cli: {} },
+    autoCreateTopics: { ...autoCreateTopics, cli: {} },
+    autoRegisterSchemas: { ...autoRegisterSchemas, cli: {} },
+  };
+}
+
 /** The window part: the processor's, and a replay's (which must equal the processor's). */
 const windowShape = section("processor", {
   windowSizeMs: {
@@ -320,19 +340,14 @@ export const processorConfigSchema = z.strictObject({
       description: "how often partition state is checkpointed",
       cli: {},
     },
-    sessionTimeoutMs: { ...sessionTimeoutMs, cli: {} },
     partitions: { ...partitions, cli: {} },
-    metricsPort: { ...metricsPort, cli: { default: 9464, off: -1 } },
-    metricsHost: { ...metricsHost, cli: {} },
+    ...consumerServiceSettings(9464),
     metadataMaxAgeMs: {
       schema: positiveInt().default(5000),
       description: "how soon partitions added to model-calls are noticed",
       cli: {},
     },
-    unknownSchemaIdGraceMs: { ...unknownSchemaIdGraceMs, cli: {} },
     modelCallsRetentionMs: { ...modelCallsRetentionMs, cli: {} },
-    autoCreateTopics: { ...autoCreateTopics, cli: {} },
-    autoRegisterSchemas: { ...autoRegisterSchemas, cli: {} },
     resetState: {
       schema: z.boolean(BOOLEAN).default(false),
       description:
@@ -354,13 +369,8 @@ export const sinkConfigSchema = z.strictObject(
       description: "consumer group (default: the topic prefix's stem, then -sink: mcpo-sink)",
       cli: { flag: "--group", env: "MCPO_SINK_GROUP" },
     },
-    sessionTimeoutMs: { ...sessionTimeoutMs, cli: {} },
-    metricsPort: { ...metricsPort, cli: { default: 9465, off: -1 } },
-    metricsHost: { ...metricsHost, cli: {} },
-    unknownSchemaIdGraceMs: { ...unknownSchemaIdGraceMs, cli: {} },
+    ...consumerServiceSettings(9465),
     modelCallsRetentionMs: { ...modelCallsRetentionMs, cli: {} },
-    autoCreateTopics: { ...autoCreateTopics, cli: {} },
-    autoRegisterSchemas: { ...autoRegisterSchemas, cli: {} },
     migrate: {
       schema: z.boolean(BOOLEAN).default(true),
       description: "apply schema migrations at start",
@@ -408,6 +418,328 @@ export const replayConfigSchema = z.strictObject({
   }),
 });
 
+const WEBHOOK_URL = "expected http(s) URLs";
+const forwardUrl = (message: string) =>
+  z
+    .string(message)
+    .trim()
+    .pipe(z.url({ protocol: /^https?$/, error: message }));
+
+/**
+ * The alert forwarder's settings (connection settings aside): `mcp-observatory alerts forward`,
+ * the file's `forward` section.
+ */
+export const forwardConfigSchema = z.strictObject(
+  section("forward", {
+    webhookUrl: {
+      schema: z.array(forwardUrl(WEBHOOK_URL), WEBHOOK_URL).readonly().default([]),
+      description:
+        "webhooks each alert is POSTed to as signed JSON (repeat the flag or comma-separate)",
+      cli: {},
+    },
+    webhookSecret: {
+      schema: nonEmpty().optional(),
+      description:
+        "secret the webhook requests are signed with (HMAC-SHA256, header X-MCPO-Signature); required with webhookUrl",
+      cli: { secret: true },
+    },
+    webhookSecretFile: {
+      schema: nonEmpty().optional(),
+      description: "a file holding the webhookSecret (trailing newline dropped)",
+      cli: { secret: true },
+    },
+    alertmanagerUrl: {
+      schema: z
+        .array(forwardUrl("expected Alertmanager base URLs"), "expected Alertmanager base URLs")
+        .readonly()
+        .default([]),
+      description:
+        "Alertmanager base URLs (http://host:9093): alerts go to its v2 API, POST /api/v2/alerts (repeat or comma-separate: every replica of a cluster)",
+      cli: {},
+    },
+    alertmanagerUsername: {
+      schema: nonEmpty().optional(),
+      description: "Alertmanager basic-authentication user name (with alertmanagerPassword)",
+      cli: {},
+    },
+    alertmanagerPassword: {
+      schema: nonEmpty().optional(),
+      description: "Alertmanager basic-authentication password",
+      cli: { secret: true },
+    },
+    alertmanagerPasswordFile: {
+      schema: nonEmpty().optional(),
+      description: "a file holding the alertmanagerPassword",
+      cli: { secret: true },
+    },
+    alertmanagerToken: {
+      schema: nonEmpty().optional(),
+      description: "Alertmanager bearer token (instead of basic authentication)",
+      cli: { secret: true },
+    },
+    alertmanagerTokenFile: {
+      schema: nonEmpty().optional(),
+      description: "a file holding the alertmanagerToken",
+      cli: { secret: true },
+    },
+    alertmanagerSeverity: {
+      schema: nonEmpty().default("warning"),
+      description: "the severity label of the alerts sent to Alertmanager",
+      cli: {},
+    },
+    alertmanagerGeneratorUrl: {
+      schema: forwardUrl("expected an http(s) URL").optional(),
+      description:
+        "the generatorURL of the alerts sent to Alertmanager (a dashboard, say); none by default",
+      cli: {},
+    },
+    alertmanagerFiringTtlMs: {
+      schema: positiveInt().default(86_400_000),
+      description:
+        "a firing alert is sent to Alertmanager with endsAt this far ahead, so it stays active until its resolving transition (or this passes)",
+      cli: {},
+    },
+    requestTimeoutMs: {
+      schema: positiveInt().default(10_000),
+      description: "how long one request to a destination may take before it counts as failed",
+      cli: { env: "MCPO_FORWARD_REQUEST_TIMEOUT_MS" },
+    },
+    maxAttempts: {
+      schema: positiveInt(1000).default(10),
+      description:
+        "attempts per alert and destination (5xx, 408, 429, network errors and timeouts are retried); then it is dead-lettered",
+      cli: { env: "MCPO_FORWARD_MAX_ATTEMPTS" },
+    },
+    retryInitialMs: {
+      schema: positiveInt().default(500),
+      description: "first retry's longest wait (capped exponential backoff with full jitter)",
+      cli: { env: "MCPO_FORWARD_RETRY_INITIAL_MS" },
+    },
+    retryMaxMs: {
+      schema: positiveInt().default(30_000),
+      description: "longest wait between two attempts",
+      cli: { env: "MCPO_FORWARD_RETRY_MAX_MS" },
+    },
+    dedupeEntries: {
+      schema: positiveInt(10_000_000).default(10_000),
+      description:
+        "how many recent (alert id, state) pairs are remembered to drop a redelivered or repeated transition",
+      cli: { env: "MCPO_FORWARD_DEDUPE_ENTRIES" },
+    },
+    fromBeginning: {
+      schema: z.boolean(BOOLEAN).default(false),
+      description:
+        "a new consumer group starts from the oldest alert on the topic (default: from now); a group with a committed position resumes there",
+      cli: { env: "MCPO_FORWARD_FROM_BEGINNING" },
+    },
+    groupId: {
+      schema: nonEmpty().optional(),
+      description:
+        "consumer group (default: the topic prefix's stem, then -alerts-forward: mcpo-alerts-forward)",
+      cli: { flag: "--group", env: "MCPO_FORWARD_GROUP" },
+    },
+    ...consumerServiceSettings(9466),
+    partitions: { ...partitions, cli: {} },
+  }),
+);
+
+/**
+ * The OTLP receiver's settings (connection settings aside): `mcp-observatory ingest`, the file's
+ * `ingest` section.
+ */
+export const ingestConfigSchema = z.strictObject(
+  section("ingest", {
+    host: {
+      schema: z
+        .string(HOST)
+        .regex(/^[A-Za-z0-9._:%-]+$/, HOST)
+        .default("127.0.0.1"),
+      description:
+        "address the OTLP/HTTP receiver listens on (127.0.0.1: this host only; 0.0.0.0 or :: every interface: set a bearerToken)",
+      cli: { env: "MCPO_INGEST_HOST" },
+    },
+    port: {
+      schema: port().default(4318),
+      description: "port of the OTLP/HTTP receiver (POST /v1/traces; 0: any free port)",
+      cli: { env: "MCPO_INGEST_PORT" },
+    },
+    maxBodyBytes: {
+      schema: positiveInt(1024 * 1024 * 1024).default(4 * 1024 * 1024),
+      description: "largest request body, bytes, compressed and after gzip alike (larger: 413)",
+      cli: { env: "MCPO_INGEST_MAX_BODY_BYTES" },
+    },
+    requestTimeoutMs: {
+      schema: positiveInt().default(30_000),
+      description:
+        "a request must arrive whole within this (else 408), so slow clients cannot hold the server",
+      cli: { env: "MCPO_INGEST_REQUEST_TIMEOUT_MS" },
+    },
+    publishTimeoutMs: {
+      schema: positiveInt().default(10_000),
+      description:
+        "how long a request waits for Kafka to acknowledge its events; longer, or Kafka failing: 503 with Retry-After",
+      cli: { env: "MCPO_INGEST_PUBLISH_TIMEOUT_MS" },
+    },
+    retryAfterMs: {
+      schema: positiveInt().default(5000),
+      description: "the Retry-After of 429 and 503 answers (rounded up to seconds)",
+      cli: { env: "MCPO_INGEST_RETRY_AFTER_MS" },
+    },
+    maxConcurrentRequests: {
+      schema: positiveInt(100_000).default(64),
+      description: "requests handled at once; more are answered 429 with Retry-After",
+      cli: { env: "MCPO_INGEST_MAX_CONCURRENT_REQUESTS" },
+    },
+    bearerToken: {
+      schema: nonEmpty().optional(),
+      description:
+        "secret clients must send as Authorization: Bearer <token> (else 401); unset: no authentication",
+      cli: { env: "MCPO_INGEST_TOKEN", secret: true },
+    },
+    bearerTokenFile: {
+      schema: nonEmpty().optional(),
+      description: "a file holding the bearerToken (trailing newline dropped)",
+      cli: { env: "MCPO_INGEST_TOKEN_FILE", secret: true },
+    },
+    captureContent: {
+      schema: z.boolean(BOOLEAN).default(false),
+      description:
+        "keep gen_ai.input.messages and gen_ai.output.messages as the events' prompt_text and response_text (default: only their size and keyed digest)",
+      cli: { env: "MCPO_INGEST_CAPTURE_CONTENT" },
+    },
+    metricsPort: { ...metricsPort, cli: { default: 9467, off: -1 } },
+    metricsHost: { ...metricsHost, cli: {} },
+    partitions: { ...partitions, cli: {} },
+    modelCallsRetentionMs: { ...modelCallsRetentionMs, cli: {} },
+    autoCreateTopics: { ...autoCreateTopics, cli: {} },
+    autoRegisterSchemas: { ...autoRegisterSchemas, cli: {} },
+    clientId: {
+      schema: nonEmpty().default("mcpo-ingest"),
+      description: "Kafka client id",
+    },
+  }),
+);
+
+/**
+ * The web UI's settings (connection settings aside): `mcp-observatory ui`, the file's `ui`
+ * section.
+ */
+export const uiConfigSchema = z.strictObject(
+  section("ui", {
+    host: {
+      schema: z
+        .string(HOST)
+        .regex(/^[A-Za-z0-9._:%-]+$/, HOST)
+        .default("127.0.0.1"),
+      description:
+        "address the web UI listens on (127.0.0.1: this host only; 0.0.0.0 or :: every interface: set a password)",
+      cli: { env: "MCPO_UI_HOST" },
+    },
+    port: {
+      schema: port().default(4000),
+      description: "port of the web UI (0: any free port)",
+      cli: { env: "MCPO_UI_PORT" },
+    },
+    user: {
+      schema: nonEmpty().default("observatory"),
+      description: "user name of the HTTP basic authentication (with a password)",
+      cli: { env: "MCPO_UI_USER" },
+    },
+    password: {
+      schema: nonEmpty().optional(),
+      description:
+        "secret of the HTTP basic authentication: every request must carry user and password (else 401); unset: no authentication",
+      cli: { env: "MCPO_UI_PASSWORD", secret: true },
+    },
+    passwordFile: {
+      schema: nonEmpty().optional(),
+      description: "a file holding the password (trailing newline dropped)",
+      cli: { env: "MCPO_UI_PASSWORD_FILE", secret: true },
+    },
+    liveAlerts: {
+      schema: z.boolean(BOOLEAN).default(true),
+      description:
+        "push alert transitions to open pages as they happen, from the alerts topic (needs Kafka and the registry); false: PostgreSQL only",
+      cli: { env: "MCPO_UI_LIVE_ALERTS" },
+    },
+  }),
+);
+
+const OTLP_URL = "expected an http(s) URL";
+
+/**
+ * The OTLP exporter's settings (connection settings aside): `mcp-observatory export otlp`, the
+ * file's `otlpExport` section. The endpoint, headers, compression and timeout fall back to the
+ * OpenTelemetry variables (`OTEL_EXPORTER_OTLP_*`, read by otlp/export.ts), so they have no
+ * defaults here.
+ */
+export const otlpExportConfigSchema = z.strictObject(
+  section("otlpExport", {
+    endpoint: {
+      schema: forwardUrl(OTLP_URL).optional(),
+      description:
+        "OTLP/HTTP endpoint the spans are POSTed to (/v1/traces is appended unless the URL ends with it); default OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (as is), else OTEL_EXPORTER_OTLP_ENDPOINT (+ /v1/traces)",
+      cli: { env: "MCPO_OTLP_ENDPOINT" },
+    },
+    headers: {
+      schema: nonEmpty().optional(),
+      description:
+        "request headers, k=v,k2=v2 with URL-encoded values (secrets: never shown); default OTEL_EXPORTER_OTLP_TRACES_HEADERS, else OTEL_EXPORTER_OTLP_HEADERS",
+      cli: { env: "MCPO_OTLP_HEADERS", secret: true },
+    },
+    compression: {
+      schema: z.enum(["gzip", "none"], "expected gzip or none").optional(),
+      description:
+        "request body compression, gzip or none; default OTEL_EXPORTER_OTLP_TRACES_COMPRESSION, else OTEL_EXPORTER_OTLP_COMPRESSION, else none",
+      cli: { env: "MCPO_OTLP_COMPRESSION" },
+    },
+    timeoutMs: {
+      schema: positiveInt().optional(),
+      description:
+        "how long one export request may take; default OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, else OTEL_EXPORTER_OTLP_TIMEOUT (ms), else 10s",
+      cli: { env: "MCPO_OTLP_TIMEOUT_MS" },
+    },
+    maxSpansPerRequest: {
+      schema: positiveInt(1_000_000).default(512),
+      description: "most spans in one export request (a consumer batch may take several)",
+      cli: { env: "MCPO_OTLP_MAX_SPANS_PER_REQUEST" },
+    },
+    maxRequestBytes: {
+      schema: positiveInt(1024 * 1024 * 1024).default(4 * 1024 * 1024),
+      description:
+        "largest export request body, bytes before compression (more spans go in the next request)",
+      cli: { env: "MCPO_OTLP_MAX_REQUEST_BYTES" },
+    },
+    retryInitialMs: {
+      schema: positiveInt().default(500),
+      description:
+        "first retry's longest wait after a 429, 5xx or network failure (capped exponential backoff with full jitter; a Retry-After is honoured)",
+      cli: { env: "MCPO_OTLP_RETRY_INITIAL_MS" },
+    },
+    retryMaxMs: {
+      schema: positiveInt().default(30_000),
+      description:
+        "longest wait between two attempts (retries go on until the endpoint takes the spans)",
+      cli: { env: "MCPO_OTLP_RETRY_MAX_MS" },
+    },
+    fromBeginning: {
+      schema: z.boolean(BOOLEAN).default(false),
+      description:
+        "a new consumer group starts from the oldest event on model-calls (default: from now); a group with a committed position resumes there",
+      cli: { env: "MCPO_OTLP_FROM_BEGINNING" },
+    },
+    groupId: {
+      schema: nonEmpty().optional(),
+      description:
+        "consumer group (default: the topic prefix's stem, then -otlp-export: mcpo-otlp-export)",
+      cli: { flag: "--group", env: "MCPO_OTLP_EXPORT_GROUP" },
+    },
+    ...consumerServiceSettings(9468),
+    partitions: { ...partitions, cli: {} },
+    modelCallsRetentionMs: { ...modelCallsRetentionMs, cli: {} },
+  }),
+);
+
 /** A component: its schema, the connection settings it takes, and what its caller keeps. */
 interface Component<S extends z.ZodObject> {
   readonly schema: S;
@@ -437,6 +769,30 @@ const REPLAY = {
   handles: ["from", "onOutputs", "onProgress"] as const,
 } satisfies Component<typeof replayConfigSchema>;
 
+const FORWARD = {
+  schema: forwardConfigSchema,
+  connection: ["brokers", "schemaRegistryUrl", "topicPrefix", ...SECURITY] as const,
+  handles: ["logger", "fetch"] as const,
+} satisfies Component<typeof forwardConfigSchema>;
+
+const INGEST = {
+  schema: ingestConfigSchema,
+  connection: ["brokers", "schemaRegistryUrl", "topicPrefix", ...SECURITY] as const,
+  handles: ["logger"] as const,
+} satisfies Component<typeof ingestConfigSchema>;
+
+const UI = {
+  schema: uiConfigSchema,
+  connection: ["brokers", "schemaRegistryUrl", "databaseUrl", "topicPrefix", ...SECURITY] as const,
+  handles: ["logger"] as const,
+} satisfies Component<typeof uiConfigSchema>;
+
+const OTLP_EXPORT = {
+  schema: otlpExportConfigSchema,
+  connection: ["brokers", "schemaRegistryUrl", "topicPrefix", ...SECURITY] as const,
+  handles: ["logger"] as const,
+} satisfies Component<typeof otlpExportConfigSchema>;
+
 type Handles<C extends Component<z.ZodObject>> = {
   readonly [K in C["handles"][number]]?: unknown;
 };
@@ -454,6 +810,26 @@ export type ReplayConfigInput = Pick<EndpointOptions, (typeof REPLAY.connection)
   z.input<typeof replayConfigSchema> &
   Handles<typeof REPLAY>;
 
+/** What {@link parseForwardConfig} accepts: `AlertForwarderOptions`. */
+export type ForwardConfigInput = Pick<EndpointOptions, (typeof FORWARD.connection)[number]> &
+  z.input<typeof forwardConfigSchema> &
+  Handles<typeof FORWARD>;
+
+/** What {@link parseIngestConfig} accepts: `IngestOptions`. */
+export type IngestConfigInput = Pick<EndpointOptions, (typeof INGEST.connection)[number]> &
+  z.input<typeof ingestConfigSchema> &
+  Handles<typeof INGEST>;
+
+/** What {@link parseUiConfig} accepts: `UiOptions`. */
+export type UiConfigInput = Pick<EndpointOptions, (typeof UI.connection)[number]> &
+  z.input<typeof uiConfigSchema> &
+  Handles<typeof UI>;
+
+/** What {@link parseOtlpExportConfig} accepts: `OtlpExporterOptions`. */
+export type OtlpExportConfigInput = Pick<EndpointOptions, (typeof OTLP_EXPORT.connection)[number]> &
+  z.input<typeof otlpExportConfigSchema> &
+  Handles<typeof OTLP_EXPORT>;
+
 type Config<S extends z.ZodObject> = Readonly<z.output<S>> & {
   /** Brokers, registry, database and topic prefix: option, then environment, then default. */
   readonly connection: ConnectionConfig;
@@ -466,6 +842,8 @@ export type ProcessorConfig = WithGroup<Config<typeof processorConfigSchema>>;
 export type SinkConfig = WithGroup<Config<typeof sinkConfigSchema>>;
 /** A replay's settings, validated, defaulted and frozen. */
 export type ReplayConfig = Config<typeof replayConfigSchema>;
+/** The alert forwarder's settings, validated, defaulted and frozen. */
+export type ForwardConfig = WithGroup<Config<typeof forwardConfigSchema>>;
 
 function show(value: unknown): string {
   return typeof value === "string" ? JSON.stringify(value) : String(value);
@@ -512,7 +890,7 @@ export function parseProcessorConfig(options: ProcessorConfigInput = {}): Proces
 
 function withGroup<C extends { readonly groupId?: string; readonly connection: ConnectionConfig }>(
   config: C,
-  component: "processor" | "sink",
+  component: "processor" | "sink" | "alerts-forward" | "otlp-export",
 ): WithGroup<C> {
   return Object.freeze({
     ...config,
@@ -536,4 +914,53 @@ export function parseSinkConfig(options: SinkConfigInput = {}): SinkConfig {
  */
 export function parseReplayConfig(options: ReplayConfigInput = {}): ReplayConfig {
   return parseComponent(REPLAY, options);
+}
+
+/**
+ * The alert forwarder's settings from `AlertForwarderOptions` (its secrets are read by the
+ * forwarder, with `readSecret`).
+ *
+ * @throws {ConfigError} naming the key that is invalid or unknown.
+ */
+export function parseForwardConfig(options: ForwardConfigInput = {}): ForwardConfig {
+  return withGroup(parseComponent(FORWARD, options), "alerts-forward");
+}
+
+/** The OTLP receiver's settings, validated, defaulted and frozen. */
+export type IngestConfig = Config<typeof ingestConfigSchema>;
+
+/**
+ * The OTLP receiver's settings from `IngestOptions` (its bearer token is read by the receiver,
+ * with `readSecret`).
+ *
+ * @throws {ConfigError} naming the key that is invalid or unknown.
+ */
+export function parseIngestConfig(options: IngestConfigInput = {}): IngestConfig {
+  return parseComponent(INGEST, options);
+}
+
+/** The OTLP exporter's settings, validated, defaulted and frozen. */
+export type OtlpExportConfig = WithGroup<Config<typeof otlpExportConfigSchema>>;
+
+/**
+ * The OTLP exporter's settings from `OtlpExporterOptions` (the OpenTelemetry variables are read
+ * by the exporter, see otlp/export.ts).
+ *
+ * @throws {ConfigError} naming the key that is invalid or unknown.
+ */
+export function parseOtlpExportConfig(options: OtlpExportConfigInput = {}): OtlpExportConfig {
+  return withGroup(parseComponent(OTLP_EXPORT, options), "otlp-export");
+}
+
+/** The web UI's settings, validated, defaulted and frozen. */
+export type UiConfig = Config<typeof uiConfigSchema>;
+
+/**
+ * The web UI's settings from `UiOptions` (its password is read by the server, with
+ * `readSecret`).
+ *
+ * @throws {ConfigError} naming the key that is invalid or unknown.
+ */
+export function parseUiConfig(options: UiConfigInput = {}): UiConfig {
+  return parseComponent(UI, options);
 }

@@ -1,7 +1,7 @@
 /**
- * Operational plumbing shared by the long-running processes (processor, sink): JSON logs through
- * pino, a Prometheus `/metrics` endpoint, and the entry-point boilerplate (environment integers,
- * run until SIGINT/SIGTERM, exit codes).
+ * Operational plumbing shared by the long-running processes (processor, sink, ingest, alerts
+ * forward, export otlp, ui): JSON logs through pino, a Prometheus `/metrics` endpoint, and the
+ * entry-point boilerplate (environment integers, run until SIGINT/SIGTERM, exit codes).
  *
  * @module
  */

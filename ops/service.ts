@@ -1,10 +1,13 @@
 /**
- * The consumer-service shell the processor and the sink share: an explicit lifecycle (new,
- * starting, running, stopping, stopped; a second `start()` is refused), the topics it needs
- * (created, or only checked with `autoCreateTopics: false`), its codecs (registered, or only looked
- * up with `autoRegisterSchemas: false`), its producer and consumer-group member, its Prometheus endpoint, counters kept once
- * (each {@link Tally} feeds prom-client and `stats()` alike), the one dead-letter record format,
- * and the pause that keeps a member alive while it waits.
+ * The consumer-service shell the processor, the sink, the alert forwarder and the OTLP exporter
+ * share (the last two through the delivery-service base, ./delivery-service.ts): an explicit
+ * lifecycle (new, starting, running, stopping, stopped; a second `start()` is refused), the
+ * topics it needs (created, or only checked with `autoCreateTopics: false`), its codecs
+ * (registered, or only looked up with `autoRegisterSchemas: false`), its producer and
+ * consumer-group member, its Prometheus endpoint, its options from a parsed config
+ * ({@link shellOptionsOf}), counters kept once (each {@link Tally} feeds prom-client and `stats()`
+ * alike), the one dead-letter record format, and the pause that keeps a member alive while it
+ * waits.
  */
 import type { Counter, Registry } from "prom-client";
 
@@ -264,7 +267,7 @@ export class ServiceStateError extends ObservatoryError {
 
 /** What a service gives its shell. */
 export interface ServiceShellOptions {
-  /** `processor` or `sink`: names its logs. */
+  /** `processor`, `sink`, `alerts-forward`, `otlp-export`: names its logs. */
   readonly component: string;
   readonly kafka: KafkaSettings;
   readonly registryUrl: RegistryTarget;
@@ -281,6 +284,42 @@ export interface ServiceShellOptions {
   readonly metricsPort: number | undefined;
   /** The address the metrics endpoint listens on (default 127.0.0.1: loopback only). */
   readonly metricsHost?: string;
+}
+
+/** The keys of a parsed service config (`config/schemas.ts`) that its shell takes. */
+export interface ShellConfig {
+  readonly connection: { readonly schemaRegistry: RegistryTarget };
+  readonly metricsPort?: number | undefined;
+  readonly metricsHost?: string | undefined;
+  readonly unknownSchemaIdGraceMs: number;
+  readonly autoCreateTopics: boolean;
+  readonly autoRegisterSchemas: boolean;
+}
+
+/** The shell's options of `component`: its parsed config's common keys and the parts it built. */
+export function shellOptionsOf(
+  component: string,
+  config: ShellConfig,
+  parts: {
+    readonly kafka: KafkaSettings;
+    readonly topics: TopicNames;
+    readonly logger: OpsLogger;
+    readonly registry: Registry;
+  },
+): ServiceShellOptions {
+  return {
+    component,
+    kafka: parts.kafka,
+    registryUrl: config.connection.schemaRegistry,
+    topics: parts.topics,
+    logger: parts.logger,
+    registry: parts.registry,
+    metricsPort: config.metricsPort,
+    metricsHost: config.metricsHost,
+    unknownSchemaIdGraceMs: config.unknownSchemaIdGraceMs,
+    autoCreateTopics: config.autoCreateTopics,
+    autoRegisterSchemas: config.autoRegisterSchemas,
+  };
 }
 
 /**

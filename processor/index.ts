@@ -28,6 +28,24 @@ export {
   type AlertSubscriptionOptions,
 } from "./subscribe.js";
 export {
+  AlertForwarder,
+  destinationsOf,
+  ForwardMetrics,
+  type AlertForwarderOptions,
+  type ForwardStats,
+} from "./forward.js";
+export {
+  alertmanagerAlert,
+  classifyStatus,
+  FORWARD_HEADERS,
+  idempotencyKey,
+  verifyWebhookSignature,
+  webhookPayload,
+  webhookSignature,
+  type PostableAlert,
+  type WebhookPayload,
+} from "./forward-delivery.js";
+export {
   replayLog,
   type ReplayOptions,
   type ReplayOutputs,

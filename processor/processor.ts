@@ -63,6 +63,7 @@ import {
   deadLetterRecord,
   pauseWithHeartbeats,
   pipelineTopics,
+  shellOptionsOf,
   sourceHeaders,
   Tally,
   type TopicSpec,
@@ -363,19 +364,14 @@ export class StreamProcessor extends ConsumerService<ProcessorStats> {
       // It writes ticks into partitions added to model-calls: it must learn of them soon.
       metadataMaxAgeMs: config.metadataMaxAgeMs,
     };
-    super({
-      component: "processor",
-      kafka,
-      registryUrl: config.connection.schemaRegistry,
-      topics: names,
-      logger,
-      registry: metrics.registry,
-      metricsPort: config.metricsPort,
-      metricsHost: config.metricsHost,
-      unknownSchemaIdGraceMs: config.unknownSchemaIdGraceMs,
-      autoCreateTopics: config.autoCreateTopics,
-      autoRegisterSchemas: config.autoRegisterSchemas,
-    });
+    super(
+      shellOptionsOf("processor", config, {
+        kafka,
+        topics: names,
+        logger,
+        registry: metrics.registry,
+      }),
+    );
     this.metrics = metrics;
     this.logger = logger;
     this.kafka = kafka;

@@ -38,20 +38,31 @@ export {
   type AlertSubscriptionOptions,
 } from "../processor/subscribe.js";
 export {
+  checkUsage,
   costNanoUsd,
   PriceTable,
   pricePerMillionToPicoPerToken,
   type ModelPrice,
+  type UsageDetails,
 } from "./pricing.js";
+export {
+  usageFromAnthropic,
+  usageFromOpenAI,
+  type AnthropicUsage,
+  type OpenAIUsage,
+} from "./usage.js";
 export { countTokens, encodingForModel, type EncodingName } from "./tokens.js";
 export {
   currentTraceContext,
   extractMcpParent,
   formatTraceparent,
   injectMcpTraceparent,
+  parseBaggage,
   parseTraceparent,
+  parseTracestate,
   runWithTraceContext,
   startSpanContext,
+  type Propagated,
   type RemoteParent,
   type TraceContext,
 } from "./trace.js";

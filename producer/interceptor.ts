@@ -29,7 +29,7 @@ import {
 import type { EventExporter, FlushResult } from "./exporters/types.js";
 import { LocalMetrics } from "./local-metrics.js";
 import { stderrLogger, type Logger } from "./logger.js";
-import { PriceTable } from "./pricing.js";
+import { checkUsage, PriceTable, type UsageDetails } from "./pricing.js";
 import { countTokens, countTokensIfLoaded } from "./tokens.js";
 import { runWithTraceContext, startSpanContext, type TraceContext } from "./trace.js";
 import type {
@@ -40,10 +40,22 @@ import type {
   ModelCallInput,
 } from "./types.js";
 
+/**
+ * Where an event recorded elsewhere comes from: its service and replica, and its id (a span sent
+ * again gets the same id, so consumers count it once).
+ */
+export interface EventOrigin {
+  readonly service: string;
+  readonly serviceInstance: string;
+  readonly eventId: string;
+}
+
 interface Tokens {
   readonly prompt: number | null;
   readonly completion: number | null;
   readonly source: TokenSource;
+  /** The reported cache and audio parts of the counts (none when estimated). */
+  readonly details?: UsageDetails;
 }
 
 const INT_MAX = 2 ** 31 - 1;
@@ -443,10 +455,36 @@ export class MCPInterceptor {
     );
   }
 
-  private async recordCall(
+  /**
+   * The event of a span recorded elsewhere (an OpenTelemetry span sent to `mcp-observatory
+   * ingest`): its own ids, times, service and instance (`origin`), built with the same checks,
+   * limits, token handling and pricing as this interceptor's own calls. Neither counted in the
+   * local snapshot nor exported: the caller publishes it. `reason` says why no event came out
+   * (it breaks the contract, or is over `maxEventBytes` even without its text).
+   *
+   * @internal used by the OTLP ingest (otlp/ingest.ts).
+   */
+  async buildForeignEvent(
     input: SpanInput,
     context: TraceContext,
-  ): Promise<ModelCallEvent | undefined> {
+    origin: EventOrigin,
+  ): Promise<{ readonly event: ModelCallEvent } | { readonly reason: string }> {
+    const built = await this.build(input, context, origin);
+    if ("reason" in built) return built;
+    const bytes = eventBytes(built.event, utf8, true);
+    if (bytes > this.maxEventBytes)
+      return {
+        reason: `the event takes ${bytes} bytes, over the maximum event size of ${this.maxEventBytes} even without its text`,
+      };
+    return built;
+  }
+
+  /** Tokens (reported, else estimated), then the event, checked against the contract. */
+  private async build(
+    input: SpanInput,
+    context: TraceContext,
+    origin?: EventOrigin,
+  ): Promise<{ readonly event: ModelCallEvent } | { readonly reason: string }> {
     let tokens = this.reportedTokens(input);
     const hasText = input.prompt !== undefined || input.response !== undefined;
     if (!tokens && this.estimate && input.model !== undefined && hasText) {
@@ -457,15 +495,22 @@ export class MCPInterceptor {
       input,
       context,
       tokens ?? { prompt: null, completion: null, source: "none" },
+      origin,
     );
     const issue = MODEL_CALL_EVENT.check(event);
-    if (issue) {
-      this.internalError(
-        "built an event that breaks the contract",
-        new Error(`${issue.path} ${issue.reason}`),
-      );
+    return issue ? { reason: `${issue.path} ${issue.reason}` } : { event };
+  }
+
+  private async recordCall(
+    input: SpanInput,
+    context: TraceContext,
+  ): Promise<ModelCallEvent | undefined> {
+    const built = await this.build(input, context);
+    if ("reason" in built) {
+      this.internalError("built an event that breaks the contract", new Error(built.reason));
       return undefined;
     }
+    const event = built.event;
     this.local.record(event);
     this.counters.recorded++;
     if (this.exporter && this.fits(event)) {
@@ -531,7 +576,13 @@ export class MCPInterceptor {
     const prompt = this.count(usage.promptTokens ?? usage.inputTokens);
     const completion = this.count(usage.completionTokens ?? usage.outputTokens);
     if (prompt === null && completion === null) return undefined;
-    return { prompt, completion, source: "reported" };
+    const details: UsageDetails = {
+      cacheReadTokens: this.count(usage.cacheReadTokens ?? usage.cacheReadInputTokens),
+      cacheWriteTokens: this.count(usage.cacheWriteTokens ?? usage.cacheCreationInputTokens),
+      inputAudioTokens: this.count(usage.inputAudioTokens),
+      outputAudioTokens: this.count(usage.outputAudioTokens),
+    };
+    return { prompt, completion, source: "reported", details };
   }
 
   private estimatedTokensIfLoaded(input: SpanInput): Tokens | undefined {
@@ -551,7 +602,12 @@ export class MCPInterceptor {
     return { prompt, completion, source: "estimated" };
   }
 
-  private buildEvent(input: SpanInput, context: TraceContext, tokens: Tokens): ModelCallEvent {
+  private buildEvent(
+    input: SpanInput,
+    context: TraceContext,
+    tokens: Tokens,
+    origin?: EventOrigin,
+  ): ModelCallEvent {
     const notes: Record<string, string> = {};
     /** Records what was wrong with an input, bounded like any attribute value; counted. */
     const note = (field: string, text: string): void => {
@@ -618,11 +674,24 @@ export class MCPInterceptor {
     const status = input.status ?? (hasError ? "error" : "ok");
     const model = name(input.model, "model");
     const provider = name(input.provider, "provider");
+    let details = tokens.details ?? {};
+    try {
+      checkUsage(tokens.prompt, tokens.completion, details);
+    } catch (error) {
+      // Parts that do not fit their counts: left out (the counts alone are priced), and noted.
+      note("usage", (error as Error).message);
+      details = {};
+    }
+    // Priced as at the call's end: the table's prices may change over time.
     const cost =
       model === null || tokens.prompt === null || tokens.completion === null
         ? null
-        : this.prices.cost(model, input.provider, tokens.prompt, tokens.completion);
-    if (model !== null && cost === null && this.prices.lookup(model, input.provider) === undefined)
+        : this.prices.cost(model, input.provider, tokens.prompt, tokens.completion, details, endMs);
+    if (
+      model !== null &&
+      cost === null &&
+      this.prices.lookup(model, input.provider, endMs) === undefined
+    )
       this.counters.unpriced++;
 
     const prompt = input.prompt;
@@ -634,13 +703,19 @@ export class MCPInterceptor {
       return redacted === null ? null : clean(part, redacted, Number.POSITIVE_INFINITY);
     };
     const event: { -readonly [K in keyof ModelCallEvent]: ModelCallEvent[K] } = {
-      event_id: randomUUID(),
+      event_id: origin?.eventId ?? randomUUID(),
       trace_id: context.traceId,
       span_id: context.spanId,
       parent_span_id: context.parentSpanId,
       kind: input.kind ?? "model_call",
-      service: this.serviceName,
-      service_instance: this.serviceInstance,
+      service:
+        origin === undefined
+          ? this.serviceName
+          : clean("service", origin.service, NAME_MAX.service),
+      service_instance:
+        origin === undefined
+          ? this.serviceInstance
+          : clean("serviceInstance", origin.serviceInstance, NAME_MAX.serviceInstance),
       provider,
       model,
       tool_name: name(input.toolName, "toolName"),
@@ -649,6 +724,10 @@ export class MCPInterceptor {
       end_time: Math.round(endMs * MICROS_PER_MILLI),
       prompt_tokens: tokens.prompt,
       completion_tokens: tokens.completion,
+      cache_read_tokens: details.cacheReadTokens ?? null,
+      cache_write_tokens: details.cacheWriteTokens ?? null,
+      input_audio_tokens: details.inputAudioTokens ?? null,
+      output_audio_tokens: details.outputAudioTokens ?? null,
       token_source: tokens.source,
       cost_nano_usd: cost,
       retries,

@@ -8,13 +8,17 @@
  * children; the server's response closes the span (an error response, or a tool result with
  * `isError`, is an error). A `sampling/createMessage` request the server sends is a model call
  * span (kind `sampling`, the model from the result, tokens estimated from the messages); its
- * `traceparent` goes to the client in `_meta`. Names and attributes follow OpenTelemetry's MCP
- * semantic conventions (`mcp.method.name`, `mcp.request.id`, `mcp.session.id`, `gen_ai.tool.name`,
- * `mcp.resource.uri`, `gen_ai.prompt.name`, `rpc.jsonrpc.error_code`); the session id and the
- * resource URI follow the interceptor's identifier policy (`InstrumentOptions.identifiers`:
- * hashed with the content hash key by default, left out without one).
+ * `traceparent` (with the `tracestate` and `baggage` it carries on) goes to the client in `_meta`.
+ * An incoming request's `_meta` `traceparent`, `tracestate` and `baggage` are continued; without
+ * them, an active OpenTelemetry span of the host's is the parent (see trace.ts). Names and
+ * attributes follow OpenTelemetry's MCP semantic conventions (`mcp.method.name`,
+ * `jsonrpc.request.id`, `mcp.session.id`, `mcp.protocol.version`, `network.transport`,
+ * `gen_ai.tool.name`, `mcp.resource.uri`, `gen_ai.prompt.name`, `rpc.response.status_code`); the
+ * session id and the resource URI follow the interceptor's identifier policy
+ * (`InstrumentOptions.identifiers`: hashed with the content hash key by default, left out without
+ * one).
  *
- * Messages pass through unchanged (bar the added `_meta.traceparent` on outgoing requests), and
+ * Messages pass through unchanged (bar the added `_meta` trace fields on outgoing requests), and
  * a failure inside the instrumentation is logged by the interceptor, never raised to the host.
  */
 import { spanEndMs, wallClockMs } from "./clock.js";
@@ -62,6 +66,39 @@ interface OpenSpan {
   readonly prompt: string | undefined;
 }
 
+/**
+ * Attribute names of OpenTelemetry's semantic conventions (MCP, JSON-RPC, network), as the
+ * `@opentelemetry/semantic-conventions` package spells them.
+ */
+export const MCP_ATTRIBUTES = {
+  methodName: "mcp.method.name",
+  requestId: "jsonrpc.request.id",
+  sessionId: "mcp.session.id",
+  protocolVersion: "mcp.protocol.version",
+  networkTransport: "network.transport",
+  toolName: "gen_ai.tool.name",
+  promptName: "gen_ai.prompt.name",
+  resourceUri: "mcp.resource.uri",
+  operationName: "gen_ai.operation.name",
+  responseModel: "gen_ai.response.model",
+  statusCode: "rpc.response.status_code",
+} as const;
+
+/** `network.transport` values: stdio is a pipe; the HTTP transports (Streamable HTTP, SSE) TCP. */
+type NetworkTransport = "pipe" | "tcp";
+
+/** What the instrumentation knows of a connection (a transport). */
+interface Connection {
+  /** The negotiated protocol version, from the server's `initialize` result. */
+  protocolVersion: string | undefined;
+  networkTransport: NetworkTransport | undefined;
+  /** Ids of `initialize` requests not answered yet. */
+  readonly initializing: Set<string | number>;
+}
+
+/** A protocol version as MCP spells them (`2025-06-18`), bounded: a client may send anything. */
+const PROTOCOL_VERSION = /^[0-9A-Za-z][0-9A-Za-z._-]{0,31}$/;
+
 const TRACED_REQUESTS: Readonly<Record<string, CallKind>> = {
   "tools/call": "tool_call",
   "resources/read": "resource_read",
@@ -81,8 +118,11 @@ interface JsonRpcResponse {
   error?: { code: number; message: string };
 }
 
+/** A JSON-RPC request; one with a null id (which the SDK refuses) is not traced. */
 function isRequest(message: unknown): message is JsonRpcRequest {
-  return typeof message === "object" && message !== null && "method" in message && "id" in message;
+  if (typeof message !== "object" || message === null || !("method" in message)) return false;
+  const id = (message as { id?: unknown }).id;
+  return typeof id === "string" || typeof id === "number";
 }
 
 function isResponse(message: unknown): message is JsonRpcResponse {
@@ -145,6 +185,56 @@ export function instrumentMcpServer(
 
 const incoming = new WeakMap<TransportLike, Map<string | number, OpenSpan>>();
 const outgoing = new WeakMap<TransportLike, Map<string | number, OpenSpan>>();
+const connections = new WeakMap<TransportLike, Connection>();
+
+function connection(transport: TransportLike): Connection {
+  let found = connections.get(transport);
+  if (!found) {
+    found = { protocolVersion: undefined, networkTransport: undefined, initializing: new Set() };
+    connections.set(transport, found);
+  }
+  return found;
+}
+
+/**
+ * How a transport carries messages: TCP when a message comes with the HTTP request it arrived
+ * in (the SDK's Streamable HTTP and SSE transports pass `requestInfo`), a pipe for the SDK's
+ * stdio transport (it holds its stdin and stdout); undefined when neither (in-memory, custom).
+ */
+function networkTransportOf(
+  transport: TransportLike,
+  extra: unknown,
+): NetworkTransport | undefined {
+  const requestInfo = (extra as { requestInfo?: unknown } | undefined)?.requestInfo;
+  if (typeof requestInfo === "object" && requestInfo !== null) return "tcp";
+  const stdio = transport as { _stdin?: unknown; _stdout?: unknown };
+  if (
+    typeof stdio._stdin === "object" &&
+    stdio._stdin !== null &&
+    typeof stdio._stdout === "object"
+  )
+    return "pipe";
+  return undefined;
+}
+
+/** The `mcp-protocol-version` header of the HTTP request a message arrived in, if valid. */
+function protocolVersionHeader(extra: unknown): string | undefined {
+  const requestInfo = (extra as { requestInfo?: { headers?: unknown } } | undefined)?.requestInfo;
+  const headers = requestInfo?.headers;
+  if (typeof headers !== "object" || headers === null) return undefined;
+  const value = (headers as Record<string, unknown>)["mcp-protocol-version"];
+  return typeof value === "string" && PROTOCOL_VERSION.test(value) ? value : undefined;
+}
+
+/** The connection's attributes: protocol version and network transport, when known. */
+function connectionAttributes(state: Connection, extra?: unknown): Record<string, string> {
+  const attributes: Record<string, string> = {};
+  const version = state.protocolVersion ?? protocolVersionHeader(extra);
+  if (version !== undefined) attributes[MCP_ATTRIBUTES.protocolVersion] = version;
+  if (state.networkTransport !== undefined)
+    attributes[MCP_ATTRIBUTES.networkTransport] = state.networkTransport;
+  return attributes;
+}
 
 function spans(
   map: WeakMap<TransportLike, Map<string | number, OpenSpan>>,
@@ -164,8 +254,11 @@ function wrapReceive(transport: TransportLike, interceptor: MCPInterceptor): voi
   transport.onmessage = (message: unknown, extra?: unknown) => {
     let context: TraceContext | undefined;
     try {
-      if (isRequest(message) && message.method in TRACED_REQUESTS)
-        context = openIncoming(transport, message, interceptor);
+      const state = connection(transport);
+      state.networkTransport ??= networkTransportOf(transport, extra);
+      if (isRequest(message) && message.method === "initialize") state.initializing.add(message.id);
+      else if (isRequest(message) && message.method in TRACED_REQUESTS)
+        context = openIncoming(transport, message, interceptor, extra);
       else if (isResponse(message)) closeOutgoing(transport, message, interceptor);
     } catch (error) {
       reportFailure(interceptor, error);
@@ -183,8 +276,10 @@ function wrapSend(transport: TransportLike, interceptor: MCPInterceptor): void {
   transport.send = (message: unknown, options?: unknown): Promise<void> => {
     let sent = message;
     try {
-      if (isResponse(message)) closeIncoming(transport, message, interceptor);
-      else if (isRequest(message) && message.method === "sampling/createMessage")
+      if (isResponse(message)) {
+        noteInitialized(transport, message);
+        closeIncoming(transport, message, interceptor);
+      } else if (isRequest(message) && message.method === "sampling/createMessage")
         sent = openOutgoing(transport, message);
     } catch (error) {
       reportFailure(interceptor, error);
@@ -193,16 +288,35 @@ function wrapSend(transport: TransportLike, interceptor: MCPInterceptor): void {
   };
 }
 
+/** Keeps the protocol version the server's `initialize` result negotiated. */
+function noteInitialized(transport: TransportLike, response: JsonRpcResponse): void {
+  const state = connection(transport);
+  if (!state.initializing.delete(response.id)) return;
+  const version = response.result?.protocolVersion;
+  if (typeof version === "string" && PROTOCOL_VERSION.test(version))
+    state.protocolVersion = version;
+}
+
+/** The attributes every traced request has: its method and JSON-RPC id. */
+function requestAttributes(request: JsonRpcRequest): Record<string, string> {
+  return {
+    [MCP_ATTRIBUTES.methodName]: request.method,
+    [MCP_ATTRIBUTES.requestId]: String(request.id),
+  };
+}
+
 function openIncoming(
   transport: TransportLike,
   request: JsonRpcRequest,
   interceptor: MCPInterceptor,
+  extra: unknown,
 ): TraceContext {
   const params = request.params ?? {};
+  // The request's own `_meta` trace context first, else whatever is current (a host's span).
   const context = startSpanContext(extractMcpParent(params) ?? currentTraceContext());
   const attributes: Record<string, string> = {
-    "mcp.method.name": request.method,
-    "mcp.request.id": String(request.id),
+    ...requestAttributes(request),
+    ...connectionAttributes(connection(transport), extra),
   };
   // Session ids and resource URIs identify users and what they read: recorded by the
   // interceptor's identifier policy (hashed with its content hash key, as sent, or not at all).
@@ -210,17 +324,17 @@ function openIncoming(
     transport.sessionId === undefined
       ? undefined
       : interceptor.recordedIdentifier(transport.sessionId);
-  if (sessionId !== undefined) attributes["mcp.session.id"] = sessionId;
+  if (sessionId !== undefined) attributes[MCP_ATTRIBUTES.sessionId] = sessionId;
   let toolName: string | undefined;
   if (request.method === "tools/call" && typeof params.name === "string") {
     toolName = params.name;
-    attributes["gen_ai.tool.name"] = params.name;
-    attributes["gen_ai.operation.name"] = "execute_tool";
+    attributes[MCP_ATTRIBUTES.toolName] = params.name;
+    attributes[MCP_ATTRIBUTES.operationName] = "execute_tool";
   } else if (request.method === "resources/read" && typeof params.uri === "string") {
     const uri = interceptor.recordedIdentifier(params.uri);
-    if (uri !== undefined) attributes["mcp.resource.uri"] = uri;
+    if (uri !== undefined) attributes[MCP_ATTRIBUTES.resourceUri] = uri;
   } else if (request.method === "prompts/get" && typeof params.name === "string") {
-    attributes["gen_ai.prompt.name"] = params.name;
+    attributes[MCP_ATTRIBUTES.promptName] = params.name;
   }
   spans(incoming, transport).set(request.id, {
     context,
@@ -248,7 +362,7 @@ function closeIncoming(
   let errorType: string | undefined;
   if (response.error) {
     errorType = String(response.error.code);
-    attributes["rpc.jsonrpc.error_code"] = String(response.error.code);
+    attributes[MCP_ATTRIBUTES.statusCode] = String(response.error.code);
   } else if (response.result?.isError === true) {
     errorType = "tool_error";
   }
@@ -276,9 +390,9 @@ function openOutgoing(transport: TransportLike, request: JsonRpcRequest): JsonRp
     startWall: wallClockMs(),
     started: performance.now(),
     attributes: {
-      "mcp.method.name": request.method,
-      "mcp.request.id": String(request.id),
-      "gen_ai.operation.name": "chat",
+      ...requestAttributes(request),
+      ...connectionAttributes(connection(transport)),
+      [MCP_ATTRIBUTES.operationName]: "chat",
     },
     toolName: undefined,
     prompt,
@@ -297,8 +411,11 @@ function closeOutgoing(
   open.delete(response.id);
   const result = response.result ?? {};
   const model = typeof result.model === "string" ? result.model : "unknown";
-  const attributes: Record<string, string> = { ...span.attributes, "gen_ai.response.model": model };
-  if (response.error) attributes["rpc.jsonrpc.error_code"] = String(response.error.code);
+  const attributes: Record<string, string> = {
+    ...span.attributes,
+    [MCP_ATTRIBUTES.responseModel]: model,
+  };
+  if (response.error) attributes[MCP_ATTRIBUTES.statusCode] = String(response.error.code);
   finish(interceptor, span, attributes, {
     model,
     ...(span.prompt === undefined ? {} : { prompt: span.prompt }),

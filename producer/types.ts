@@ -7,7 +7,17 @@ import type { Logger } from "./logger.js";
 import type { ModelPrice } from "./pricing.js";
 import type { RemoteParent, TraceContext } from "./trace.js";
 
-/** Token usage the provider reported. Either spelling is accepted. */
+/**
+ * Token usage the provider reported. Either spelling is accepted.
+ *
+ * The prompt (input) count is every input token of the call, cached and audio tokens included,
+ * and the completion (output) count every output token, audio included: the cache and audio
+ * counts are parts of them, priced at their own rates (as OpenTelemetry's `gen_ai.usage.*` and
+ * the price table count them). OpenAI's `prompt_tokens` already include `cached_tokens` and
+ * audio; Anthropic's `input_tokens` exclude the cache reads and writes, so add them:
+ * `promptTokens: input_tokens + cache_read_input_tokens + cache_creation_input_tokens`
+ * ({@link usageFromAnthropic} and {@link usageFromOpenAI} convert).
+ */
 export interface ReportedUsage {
   readonly promptTokens?: number;
   readonly completionTokens?: number;
@@ -15,6 +25,18 @@ export interface ReportedUsage {
   readonly inputTokens?: number;
   /** OpenTelemetry's name for completion tokens (`gen_ai.usage.output_tokens`). */
   readonly outputTokens?: number;
+  /** Input tokens read from the prompt cache; part of the prompt tokens. */
+  readonly cacheReadTokens?: number;
+  /** OpenTelemetry's name for cache reads (`gen_ai.usage.cache_read.input_tokens`). */
+  readonly cacheReadInputTokens?: number;
+  /** Input tokens written to the prompt cache; part of the prompt tokens. */
+  readonly cacheWriteTokens?: number;
+  /** OpenTelemetry's name for cache writes (`gen_ai.usage.cache_creation.input_tokens`). */
+  readonly cacheCreationInputTokens?: number;
+  /** Audio input tokens; part of the prompt tokens (OpenTelemetry names none). */
+  readonly inputAudioTokens?: number;
+  /** Audio output tokens; part of the completion tokens (OpenTelemetry names none). */
+  readonly outputAudioTokens?: number;
 }
 
 /** One model call as the host describes it. Only `model` is required. */

@@ -8,3 +8,5 @@
 \ir migrations/003_rollup_revisions.sql
 \ir migrations/004_rollup_scope.sql
 \ir migrations/005_rollup_other_models.sql
+\ir migrations/006_usage_cache_tokens.sql
+\ir migrations/007_latency_percentiles.sql

@@ -48,6 +48,7 @@ import {
   pauseWithHeartbeats,
   pipelineTopics,
   recordBytes,
+  shellOptionsOf,
   Tally,
   type TopicSpec,
 } from "../ops/service.js";
@@ -166,19 +167,7 @@ export class Sink extends ConsumerService<SinkStats> {
       connection,
       `mcpo-sink-${randomUUID().slice(0, 8)}`,
     );
-    super({
-      component: "sink",
-      kafka,
-      registryUrl: connection.schemaRegistry,
-      topics,
-      logger,
-      registry: metrics.registry,
-      metricsPort: config.metricsPort,
-      metricsHost: config.metricsHost,
-      unknownSchemaIdGraceMs: config.unknownSchemaIdGraceMs,
-      autoCreateTopics: config.autoCreateTopics,
-      autoRegisterSchemas: config.autoRegisterSchemas,
-    });
+    super(shellOptionsOf("sink", config, { kafka, topics, logger, registry: metrics.registry }));
     this.topics = topics;
     this.metrics = metrics;
     this.logger = logger;

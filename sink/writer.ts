@@ -217,6 +217,10 @@ const SPAN_COLUMNS = [
   "source_topic",
   "source_partition",
   "source_offset",
+  "cache_read_tokens",
+  "cache_write_tokens",
+  "input_audio_tokens",
+  "output_audio_tokens",
 ] as const;
 
 /** A value as a CSV field for COPY: empty for NULL, quoted text otherwise. */
@@ -275,6 +279,10 @@ function spanCsvLine(row: SpanRow): string {
     row.source?.topic ?? null,
     row.source?.partition ?? null,
     row.source?.offset ?? null,
+    e.cache_read_tokens,
+    e.cache_write_tokens,
+    e.input_audio_tokens,
+    e.output_audio_tokens,
   ]
     .map(csvField)
     .join(",");
@@ -512,25 +520,29 @@ export class PostgresWriter {
          retries, fallback_used, confidence, confidence_gate_threshold, high_risk_path, deterministic_fallback_triggered,
          prompt_diff_score, shadow_agreement, is_golden_financial_scenario, golden_scenario_passed, status, error_type,
          prompt_size_bytes, response_size_bytes, prompt_sha256, response_sha256, prompt_text, response_text, attributes,
-         source_topic, source_partition, source_offset)
+         source_topic, source_partition, source_offset,
+         cache_read_tokens, cache_write_tokens, input_audio_tokens, output_audio_tokens)
        select span_id, event_id::uuid, trace_id, parent_span_id, kind, service, service_instance, provider, model,
          tool_name, mcp_method, ${ts("start_us")}, ${ts("end_us")}, prompt_tokens, completion_tokens, token_source, cost_nano_usd,
          retries, fallback_used, confidence, confidence_gate_threshold, high_risk_path, deterministic_fallback_triggered,
          prompt_diff_score, shadow_agreement, is_golden_financial_scenario, golden_scenario_passed, status, error_type,
          prompt_size_bytes, response_size_bytes, prompt_sha256, response_sha256, prompt_text, response_text, attributes::jsonb,
-         source_topic, source_partition, source_offset
+         source_topic, source_partition, source_offset,
+         cache_read_tokens, cache_write_tokens, input_audio_tokens, output_audio_tokens
        from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
          $10::text[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::text[], $17::bigint[],
          $18::int[], $19::bool[], $20::float8[], $21::float8[], $22::bool[], $23::bool[],
          $24::float8[], $25::bool[], $26::bool[], $27::bool[], $28::text[], $29::text[],
          $30::bigint[], $31::bigint[], $32::bytea[], $33::bytea[], $34::text[], $35::text[], $36::text[],
-         $37::text[], $38::int[], $39::bigint[])
+         $37::text[], $38::int[], $39::bigint[],
+         $40::bigint[], $41::bigint[], $42::bigint[], $43::bigint[])
          as t(span_id, event_id, trace_id, parent_span_id, kind, service, service_instance, provider, model,
          tool_name, mcp_method, start_us, end_us, prompt_tokens, completion_tokens, token_source, cost_nano_usd,
          retries, fallback_used, confidence, confidence_gate_threshold, high_risk_path, deterministic_fallback_triggered,
          prompt_diff_score, shadow_agreement, is_golden_financial_scenario, golden_scenario_passed, status, error_type,
          prompt_size_bytes, response_size_bytes, prompt_sha256, response_sha256, prompt_text, response_text, attributes,
-         source_topic, source_partition, source_offset)
+         source_topic, source_partition, source_offset,
+         cache_read_tokens, cache_write_tokens, input_audio_tokens, output_audio_tokens)
        on conflict do nothing`,
       [
         column((r) => r.event.span_id),
@@ -572,6 +584,10 @@ export class PostgresWriter {
         column((r) => r.source?.topic ?? null),
         column((r) => r.source?.partition ?? null),
         column((r) => r.source?.offset ?? null),
+        column((r) => r.event.cache_read_tokens),
+        column((r) => r.event.cache_write_tokens),
+        column((r) => r.event.input_audio_tokens),
+        column((r) => r.event.output_audio_tokens),
       ],
     );
     const inserted = result.rowCount ?? 0;

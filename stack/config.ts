@@ -7,6 +7,9 @@ import { ConfigError, DEFAULTS, loadConnectionConfig, portOf } from "../config/i
 /** Where this package's own files are: the repository root in development, the package root once installed. */
 export const PACKAGE_ROOT = findPackageRoot(dirname(fileURLToPath(import.meta.url)));
 
+/** Whether this is an installed package (under node_modules) rather than the repository. */
+export const INSTALLED = PACKAGE_ROOT.split(/[\\/]/).includes("node_modules");
+
 function findPackageRoot(start: string): string {
   let dir = start;
   for (;;) {
@@ -231,9 +234,8 @@ export function loadStackConfig(env: NodeJS.ProcessEnv = process.env): StackConf
   const defaultRegistryPort = portOf(DEFAULTS.schemaRegistryUrl);
   // In this repository the stack lives in its git-ignored `.stack/`; an installed package keeps it
   // in the working directory rather than inside node_modules.
-  const installed = PACKAGE_ROOT.split(/[\\/]/).includes("node_modules");
   const dir = resolve(
-    env[STACK_ENV.dir] ?? join(installed ? process.cwd() : PACKAGE_ROOT, ".stack"),
+    env[STACK_ENV.dir] ?? join(INSTALLED ? process.cwd() : PACKAGE_ROOT, ".stack"),
   );
   const config: StackConfig = {
     dir,

@@ -15,7 +15,7 @@ import {
   settingOf,
   SettingsResolver,
 } from "../cli/config.js";
-import { CallGenerator, runFleet } from "../cli/fleet.js";
+import { CallGenerator, runFleet, TOOL_CALL_EVERY } from "../cli/fleet.js";
 import { InMemoryExporter } from "../producer/exporters/memory.js";
 import { clock, percent, Progress, table } from "../cli/output.js";
 import {
@@ -321,6 +321,41 @@ describe("fleet run", () => {
     expect(
       gateBlocks(events.filter((e) => e.service === "payments-mcp" && !inDrift(e))),
     ).toBeLessThan(0.1);
+  });
+});
+
+describe("fleet traces", () => {
+  it("makes one call in TOOL_CALL_EVERY inside an MCP tool call: a tool_call span (tools/call) with the model call as its child, spanning it, in one trace", async () => {
+    const exporter = new InMemoryExporter();
+    const result = await runFleet({
+      services: ["payments-mcp"],
+      replicas: 1,
+      ratePerSecond: 1000,
+      durationMs: 600,
+      exporterFor: () => exporter,
+    });
+    const events = exporter.events;
+    expect(events.length).toBe(result.recorded);
+    const tools = events.filter((e) => e.kind === "tool_call");
+    const models = events.filter((e) => e.kind === "model_call");
+    expect(tools.length).toBe(Math.floor(models.length / TOOL_CALL_EVERY));
+    expect(tools.length).toBeGreaterThan(5);
+    for (const tool of tools) {
+      const children = models.filter((m) => m.parent_span_id === tool.span_id);
+      expect(children.length).toBe(1);
+      const child = children[0] as (typeof models)[number];
+      expect(child.trace_id).toBe(tool.trace_id);
+      expect(tool.parent_span_id).toBeNull();
+      expect(tool.mcp_method).toBe("tools/call");
+      expect(tool.tool_name).toBe(child.tool_name);
+      expect(tool.model).toBeNull();
+      expect(tool.start_time).toBeLessThan(child.start_time);
+      expect(tool.end_time).toBe(child.end_time);
+    }
+    // Every other model call is a root span of its own trace.
+    expect(models.filter((m) => m.parent_span_id === null).length).toBe(
+      models.length - tools.length,
+    );
   });
 });
 

@@ -49,6 +49,16 @@ describe("generated types", () => {
     );
     expect(OTEL_FIELD_MAPPING["ModelCallEvent.mcp_method"]).toBe("mcp.method.name");
     expect(OTEL_FIELD_MAPPING["ModelCallEvent.model"]).toBe("gen_ai.request.model");
+    // The names of @opentelemetry/semantic-conventions' incubating GenAI attributes.
+    expect(OTEL_FIELD_MAPPING["ModelCallEvent.cache_read_tokens"]).toBe(
+      "gen_ai.usage.cache_read.input_tokens",
+    );
+    expect(OTEL_FIELD_MAPPING["ModelCallEvent.cache_write_tokens"]).toBe(
+      "gen_ai.usage.cache_creation.input_tokens",
+    );
+    // OpenTelemetry defines no audio token attributes: no mapping is made up.
+    expect(OTEL_FIELD_MAPPING["ModelCallEvent.input_audio_tokens"]).toBeUndefined();
+    expect(OTEL_FIELD_MAPPING["ModelCallEvent.output_audio_tokens"]).toBeUndefined();
   });
 });
 
@@ -76,6 +86,15 @@ describe("ModelCallEvent validation", () => {
     ["end_time", { end_time: 1, start_time: 2 }, "before start_time"],
     ["token_source", { token_source: "none" }, "unknown usage must stay null"],
     ["token_source", { prompt_tokens: null, completion_tokens: null }, "no token count"],
+    ["cache_read_tokens", { cache_read_tokens: -1 }, "below minimum 0"],
+    ["cache_write_tokens", { cache_write_tokens: 2.5 }, "integer"],
+    ["input_audio_tokens", { input_audio_tokens: 2 ** 60 }, "exact long range"],
+    ["output_audio_tokens", { output_audio_tokens: "7" }, "expected"],
+    [
+      "token_source",
+      { token_source: "none", prompt_tokens: null, completion_tokens: null, cache_read_tokens: 5 },
+      "unknown usage must stay null",
+    ],
   ] as const)("rejects %s: %o", (path, overrides, reason) => {
     const issue = MODEL_CALL_EVENT.check(sampleEvent(overrides as never));
     expect(issue?.path).toBe(path);
@@ -101,6 +120,17 @@ describe("ModelCallEvent validation", () => {
     expect(
       MODEL_CALL_EVENT.check(
         sampleEvent({ token_source: "reported", prompt_tokens: 0, completion_tokens: 0 }),
+      ),
+    ).toBeUndefined();
+    // Cache and audio counts: optional parts of the usage, null when not reported.
+    expect(
+      MODEL_CALL_EVENT.check(
+        sampleEvent({
+          cache_read_tokens: 300,
+          cache_write_tokens: 0,
+          input_audio_tokens: 12,
+          output_audio_tokens: 40,
+        }),
       ),
     ).toBeUndefined();
   });

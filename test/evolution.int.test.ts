@@ -150,6 +150,83 @@ describe("MetricRollup's revision field", () => {
   });
 });
 
+describe("ModelCallEvent's cache and audio token fields", () => {
+  const USAGE_FIELDS = [
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+  ] as const;
+  /** ModelCallEvent as registered before the fields: the same record without them. */
+  type Before = Omit<ModelCallEvent, (typeof USAGE_FIELDS)[number]>;
+  const BEFORE_USAGE = defineContract<Before>(
+    withFields(
+      v1Fields.filter((field) => !(USAGE_FIELDS as readonly string[]).includes(field.name)),
+    ),
+  );
+
+  it("is a compatible evolution: registered after the schema without them, old records read with them null and new ones by old readers", async () => {
+    // Appended at the end, optional, default null.
+    expect(v1Fields.slice(-USAGE_FIELDS.length).map((field) => field.name)).toEqual([
+      ...USAGE_FIELDS,
+    ]);
+    for (const field of v1Fields.slice(-USAGE_FIELDS.length))
+      expect(field, field.name).toMatchObject({ type: ["null", "long"], default: null });
+    const subject = valueSubject(uniqueName("evo-usage"));
+    // The codec's default compatibility, FULL_TRANSITIVE, as the services use.
+    const before = await register(BEFORE_USAGE, subject);
+    const now = await register(MODEL_CALL_EVENT, subject);
+    expect(now.schemaId).not.toBe(before.schemaId);
+    const url = services().schemaRegistryUrl;
+    expect(await getCompatibility(url, subject)).toBe("FULL_TRANSITIVE");
+    const response = await fetch(`${url}/subjects/${encodeURIComponent(subject)}/versions`);
+    expect(await response.json()).toEqual([1, 2]);
+
+    const {
+      cache_read_tokens: _read,
+      cache_write_tokens: _write,
+      input_audio_tokens: _inputAudio,
+      output_audio_tokens: _outputAudio,
+      ...older
+    } = sampleEvent();
+    expect(await now.decode(before.encode(older))).toEqual({
+      ok: true,
+      value: {
+        ...older,
+        cache_read_tokens: null,
+        cache_write_tokens: null,
+        input_audio_tokens: null,
+        output_audio_tokens: null,
+      },
+      schemaId: before.schemaId,
+    });
+    const cached = sampleEvent({
+      prompt_tokens: 4_000,
+      cache_read_tokens: 3_072,
+      cache_write_tokens: 512,
+      input_audio_tokens: 100,
+      output_audio_tokens: 20,
+    });
+    expect(await now.decode(now.encode(cached))).toEqual({
+      ok: true,
+      value: cached,
+      schemaId: now.schemaId,
+    });
+    const {
+      cache_read_tokens: _r,
+      cache_write_tokens: _w,
+      input_audio_tokens: _ia,
+      output_audio_tokens: _oa,
+      ...projected
+    } = cached;
+    expect(await before.decode(now.encode(cached))).toEqual({
+      ok: true,
+      value: projected,
+      schemaId: now.schemaId,
+    });
+  });
+});
+
 describe("a registry that stops answering", () => {
   it("decoding a record whose writer schema is not cached yet returns a retriable REGISTRY_UNAVAILABLE error value, not a throw", async () => {
     // A pass-through to the real registry that the test can close.

@@ -2,9 +2,22 @@
  * The MCP SDK integration with a real MCP client and server (`@modelcontextprotocol/sdk`) over
  * its in-memory transport: spans for tools, resources, prompts and sampling, with parent links.
  */
+import { randomUUID } from "node:crypto";
+import { PassThrough } from "node:stream";
+
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { InMemoryTransport } from "@modelcontextprotocol/sdk/inMemory.js";
-import { CreateMessageRequestSchema } from "@modelcontextprotocol/sdk/types.js";
+import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js";
+import { WebStandardStreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/webStandardStreamableHttp.js";
+import { ReadBuffer, serializeMessage } from "@modelcontextprotocol/sdk/shared/stdio.js";
+import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
+import {
+  CreateMessageRequestSchema,
+  LATEST_PROTOCOL_VERSION,
+  McpError,
+  type JSONRPCMessage,
+} from "@modelcontextprotocol/sdk/types.js";
 import { afterEach, describe, expect, it } from "vitest";
 
 import type { ModelCallEvent } from "../avro/generated.js";
@@ -104,7 +117,13 @@ describe("instrumentMcpServer", { timeout: 30_000 }, () => {
     expect(span.attributes).toMatchObject({
       "gen_ai.tool.name": "get_account_balance",
       "mcp.method.name": "tools/call",
+      "jsonrpc.request.id": expect.stringMatching(/^\d+$/) as string,
+      // The version the server's initialize result negotiated.
+      "mcp.protocol.version": LATEST_PROTOCOL_VERSION,
     });
+    expect(span.attributes).not.toHaveProperty("mcp.request.id");
+    // The in-memory transport is neither a pipe nor TCP.
+    expect(span.attributes).not.toHaveProperty("network.transport");
     expect(span.end_time).toBeGreaterThanOrEqual(span.start_time);
   });
 
@@ -199,6 +218,23 @@ describe("instrumentMcpServer", { timeout: 30_000 }, () => {
     });
   });
 
+  it("records a JSON-RPC error's code as rpc.response.status_code", async () => {
+    setup = await connect();
+    const failure = await setup.client
+      .readResource({ uri: "nowhere://x" })
+      .catch((error: unknown) => error);
+    expect(failure).toBeInstanceOf(McpError);
+    const code = String((failure as McpError).code);
+    const exporter = setup.exporter;
+    const read = await eventually(
+      () => byKind(exporter.events, "resource_read")[0],
+      "the resource span",
+    );
+    expect(read).toMatchObject({ status: "error", error_type: code });
+    expect(read.attributes["rpc.response.status_code"]).toBe(code);
+    expect(read.attributes).not.toHaveProperty("rpc.jsonrpc.error_code");
+  });
+
   it("records sampling/createMessage as a model call under the tool, and sends its traceparent", async () => {
     setup = await connect({ sampling: true });
     const result = await setup.client.callTool({
@@ -220,6 +256,11 @@ describe("instrumentMcpServer", { timeout: 30_000 }, () => {
       trace_id: tool.trace_id,
       status: "ok",
     });
+    expect(sampling.attributes).toMatchObject({
+      "mcp.method.name": "sampling/createMessage",
+      "jsonrpc.request.id": expect.stringMatching(/^\d+$/) as string,
+      "mcp.protocol.version": LATEST_PROTOCOL_VERSION,
+    });
     expect(sampling.prompt_tokens).toBeGreaterThan(5);
     expect(sampling.completion_tokens).toBeGreaterThan(2);
     expect(setup.sampled[0]?.meta).toEqual({
@@ -227,3 +268,101 @@ describe("instrumentMcpServer", { timeout: 30_000 }, () => {
     });
   });
 });
+
+type McpServerOf = ReturnType<typeof createExampleServer>;
+
+/** A client transport over two streams, the client's end of a stdio connection. */
+class StreamClientTransport implements Transport {
+  onmessage?: (message: JSONRPCMessage) => void;
+  onclose?: () => void;
+  private readonly buffer = new ReadBuffer();
+
+  constructor(
+    private readonly toServer: PassThrough,
+    private readonly fromServer: PassThrough,
+  ) {}
+
+  start(): Promise<void> {
+    this.fromServer.on("data", (chunk: Buffer) => {
+      this.buffer.append(chunk);
+      for (let message = this.buffer.readMessage(); message; message = this.buffer.readMessage())
+        this.onmessage?.(message);
+    });
+    return Promise.resolve();
+  }
+
+  send(message: JSONRPCMessage): Promise<void> {
+    this.toServer.write(serializeMessage(message));
+    return Promise.resolve();
+  }
+
+  close(): Promise<void> {
+    this.onclose?.();
+    return Promise.resolve();
+  }
+}
+
+describe(
+  "instrumentMcpServer on the SDK's stdio and Streamable HTTP transports",
+  { timeout: 30_000 },
+  () => {
+    async function toolSpan(
+      connectBoth: (server: McpServerOf, client: Client) => Promise<() => Promise<void>>,
+    ): Promise<ModelCallEvent> {
+      const exporter = new InMemoryExporter();
+      const interceptor = instrument({
+        serviceName: "example-mcp",
+        exporter,
+        logger: silentLogger,
+        contentHashKey: null,
+      });
+      const server = createExampleServer(interceptor);
+      instrumentMcpServer(server, interceptor);
+      const client = new Client({ name: "test-client", version: "1.0.0" });
+      const close = await connectBoth(server, client);
+      try {
+        await client.callTool({ name: "get_account_balance", arguments: { accountId: "acc-1" } });
+        return await eventually(() => byKind(exporter.events, "tool_call")[0], "the tool span");
+      } finally {
+        await client.close();
+        await close();
+      }
+    }
+
+    it("names stdio's network transport pipe", async () => {
+      const span = await toolSpan(async (server, client) => {
+        const toServer = new PassThrough();
+        const fromServer = new PassThrough();
+        await server.connect(new StdioServerTransport(toServer, fromServer));
+        await client.connect(new StreamClientTransport(toServer, fromServer));
+        return () => server.close();
+      });
+      expect(span.attributes).toMatchObject({
+        "network.transport": "pipe",
+        "mcp.protocol.version": LATEST_PROTOCOL_VERSION,
+        "mcp.method.name": "tools/call",
+      });
+    });
+
+    it("names Streamable HTTP's network transport tcp", async () => {
+      const span = await toolSpan(async (server, client) => {
+        const serverTransport = new WebStandardStreamableHTTPServerTransport({
+          sessionIdGenerator: () => randomUUID(),
+          enableJsonResponse: true,
+        });
+        await server.connect(serverTransport);
+        await client.connect(
+          new StreamableHTTPClientTransport(new URL("http://mcp.test/mcp"), {
+            fetch: (url, init) => serverTransport.handleRequest(new Request(url, init)),
+          }),
+        );
+        return () => server.close();
+      });
+      expect(span.attributes).toMatchObject({
+        "network.transport": "tcp",
+        "mcp.protocol.version": LATEST_PROTOCOL_VERSION,
+        "mcp.method.name": "tools/call",
+      });
+    });
+  },
+);

@@ -70,6 +70,7 @@ describe("package", () => {
         "kafka",
         "metrics",
         "ops",
+        "otlp",
         "processor",
         "producer",
         "sink",

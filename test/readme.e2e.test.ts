@@ -45,6 +45,19 @@ describe("README", () => {
     expect(result.stdout).toMatch(/smoke ok in \d+\.\d s/);
   });
 
+  it("shows examples/cached-cost.ts as it is, and what it prints: a cached call's cost", async () => {
+    const example = readFileSync(`${REPO_ROOT}/examples/cached-cost.ts`, "utf8");
+    const code = /\/\/ README: begin\n([\s\S]*?)\/\/ README: end\n/.exec(example)?.[1];
+    expect(code).toBeDefined();
+    expect(readme).toContain(`\`\`\`ts\n${code ?? ""}\`\`\``);
+    const result = await runTs("examples/cached-cost.ts", []);
+    expect(result.code, result.stderr).toBe(0);
+    // The README's output block is what the example prints, computed by the code.
+    expect(result.stdout).toBe("10050 9000 6900000\n10050 null 30450000\n");
+    expect(readme).toContain(`\`\`\`\n${result.stdout}\`\`\``);
+    expect(readme).toContain("the cached call costs $0.0069, the\nsame tokens uncached $0.03045");
+  });
+
   it("stops with the key's name when a connection setting is invalid", async () => {
     const result = await runTs("scripts/smoke.ts", [], {
       env: { ...process.env, KAFKA_BROKERS: "not a broker list" },

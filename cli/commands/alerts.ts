@@ -1,12 +1,22 @@
-/** `alerts tail`: alert transitions as they arrive, as a table or as JSON lines. */
+/**
+ * `alerts tail`: alert transitions as they arrive, as a table or as JSON lines. `alerts forward`:
+ * the service that delivers them to webhooks and Alertmanager.
+ */
 import { randomUUID } from "node:crypto";
 
 import type { AlertEvent } from "../../avro/generated.js";
-import { topicNames, endpointOptionsOf, redactSecrets } from "../../config/index.js";
+import {
+  topicNames,
+  endpointOptionsOf,
+  forwardConfigSchema,
+  redactSecrets,
+} from "../../config/index.js";
 import { connectAdmin, kafkaSettingsOf } from "../../kafka/index.js";
 import { MissingTopicError } from "../../processor/replay.js";
+import { pinoLogger, untilSignal } from "../../ops/index.js";
+import { AlertForwarder } from "../../processor/forward.js";
 import { subscribeAlerts } from "../../processor/subscribe.js";
-import type { SettingsResolver } from "../config.js";
+import { FORWARD_SETTINGS, type SettingsResolver } from "../config.js";
 import { isoMicros, jsonLine, terminalText } from "../output.js";
 import { checkKafka, checkRegistry } from "../preflight.js";
 
@@ -109,5 +119,34 @@ export async function runAlertsTail(settings: SettingsResolver, flags: TailFlags
   await finished;
   clearTimeout(idleTimer);
   await subscription.stop();
+  return 0;
+}
+
+/**
+ * `alerts forward`: runs the alert forwarder until SIGINT/SIGTERM (then stops it: exit 0) or
+ * until it fails for good (thrown: the CLI prints it and exits non-zero). A setting the forwarder
+ * refuses is named as it was given (flag, variable or file key).
+ */
+export async function runAlertsForward(settings: SettingsResolver): Promise<number> {
+  const connection = settings.connection();
+  const { databaseUrl: _unused, ...endpoints } = endpointOptionsOf(connection);
+  const options = settings.options(forwardConfigSchema);
+  const logLevel = settings.logLevel();
+  let forwarder: AlertForwarder;
+  try {
+    forwarder = new AlertForwarder({
+      ...endpoints,
+      ...options,
+      logger: pinoLogger("alerts-forward", logLevel),
+    });
+  } catch (error) {
+    throw settings.renamed(error, FORWARD_SETTINGS);
+  }
+  await checkKafka(connection);
+  await checkRegistry(connection);
+  await forwarder.start();
+  const outcome = await Promise.race([untilSignal().then(() => undefined), forwarder.failed]);
+  if (outcome) throw outcome;
+  await forwarder.stop();
   return 0;
 }

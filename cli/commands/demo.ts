@@ -31,6 +31,7 @@ import {
   stackUp,
   type StackService,
 } from "../../stack/index.js";
+import { INSTALLED } from "../../stack/config.js";
 import { ensurePostgresDatabase } from "../../stack/probes.js";
 import { migrate } from "../../sink/migrate.js";
 import { Sink } from "../../sink/sink.js";
@@ -593,21 +594,20 @@ function printSummary(summary: DemoSummary): void {
   out();
   out("next steps (same settings):");
   const window = `--window ${summary.windowMs / 1000}s --grace ${summary.graceMs / 1000}s`;
+  // In this repository the package's scripts; an installed package has only its command.
+  const cli = INSTALLED ? "npx mcp-observatory" : "npm run cli --";
   const steps: [string, string][] = [
     ...(summary.localStack === "started-and-stopped"
       ? [
-          ["npm run stack:up", "the demo stopped the stack it started; its data stays"] as [
-            string,
-            string,
-          ],
+          [
+            INSTALLED ? `${cli} stack up` : "npm run stack:up",
+            "the demo stopped the stack it started; its data stays",
+          ] as [string, string],
         ]
       : []),
-    [
-      `npm run cli -- replay --verify --dry-run ${window}`,
-      "rebuild every rollup from the log and compare",
-    ],
-    ["npm run cli -- alerts tail --from-beginning", "the alerts topic"],
-    ["npm run cli -- report --since 15m", "rates from PostgreSQL"],
+    [`${cli} replay --verify --dry-run ${window}`, "rebuild every rollup from the log and compare"],
+    [`${cli} alerts tail --from-beginning`, "the alerts topic"],
+    [`${cli} report --since 15m`, "rates from PostgreSQL"],
   ];
   const width = Math.max(...steps.map(([command]) => command.length));
   for (const [command, what] of steps) out(`  ${command.padEnd(width)}  # ${what}`);

@@ -9,7 +9,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 
 import { watermarkTick } from "../../avro/control.js";
 import type { ModelCallEvent } from "../../avro/generated.js";
-import { sampleEvent } from "../support/events.js";
+import { emptyAttributesCountAt, sampleEvent } from "../support/events.js";
 
 /** A record as a producer writes it. */
 export interface HostileRecord {
@@ -94,14 +94,15 @@ export function goodCall(
 }
 
 /**
- * The event's last byte is the empty `attributes` map (a zero block count); replaced by a varint
- * of about 2^60, a reader that trusts block counts loops (or allocates) for ever.
+ * The empty `attributes` map's zero block count (before the null fields after it) replaced by a
+ * varint of about 2^60: a reader that trusts block counts loops (or allocates) for ever.
  */
 export function withHugeMapCount(encoded: Buffer): Buffer {
-  if (encoded.at(-1) !== 0) throw new Error("the event must end with an empty attributes map");
+  const at = emptyAttributesCountAt(encoded);
   return Buffer.concat([
-    encoded.subarray(0, -1),
+    encoded.subarray(0, at),
     Buffer.from([0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20]),
+    encoded.subarray(at + 1),
   ]);
 }
 

@@ -3,7 +3,7 @@ import { createHash, randomUUID } from "node:crypto";
 
 import fc from "fast-check";
 
-import { CALL_KIND_SYMBOLS } from "../../avro/generated.js";
+import { CALL_KIND_SYMBOLS, MODEL_CALL_EVENT_SCHEMA } from "../../avro/generated.js";
 import type { ModelCallEvent, TokenSource } from "../../avro/generated.js";
 
 const HELLO_MCP_SHA256 = createHash("sha256").update("Hello MCP").digest();
@@ -50,8 +50,29 @@ export function sampleEvent(overrides: Partial<ModelCallEvent> = {}): ModelCallE
     prompt_text: null,
     response_text: null,
     attributes: { "mcp.session.id": "s-1", "gen_ai.response.id": "chatcmpl-1" },
+    cache_read_tokens: null,
+    cache_write_tokens: null,
+    input_audio_tokens: null,
+    output_audio_tokens: null,
     ...overrides,
   };
+}
+
+/**
+ * Where the closing count of an encoded event's empty `attributes` map is: the map is followed by
+ * the fields after it (the usage counts), null, one byte (the union index 0) each.
+ *
+ * @throws {Error} when the bytes do not end with an empty map and those null fields.
+ */
+export function emptyAttributesCountAt(encoded: Buffer): number {
+  const names = (MODEL_CALL_EVENT_SCHEMA.fields as readonly { name: string }[]).map(
+    (field) => field.name,
+  );
+  const after = names.length - 1 - names.indexOf("attributes");
+  const at = encoded.length - 1 - after;
+  if (!encoded.subarray(at).equals(Buffer.alloc(after + 1)))
+    throw new Error("the event must end with an empty attributes map and null fields after it");
+  return at;
 }
 
 /** `length` lower-case hex digits, not all zero. */
@@ -116,6 +137,11 @@ function nameArbitrary(
   );
 }
 
+/** A part of a token count (a cache or audio count): at most the count, null without one. */
+function part(value: number | null, total: number | null): number | null {
+  return value === null || total === null ? null : Math.min(value, total);
+}
+
 /** Options of {@link eventArbitrary}. */
 export interface EventArbitraryOptions {
   /** Event end times start here (µs; default 1 764 000 000 000 000). */
@@ -171,6 +197,13 @@ export function eventArbitrary(options: EventArbitraryOptions = {}): fc.Arbitrar
       ),
       tokens,
       cost: fc.option(fc.integer({ min: 0, max: 10_000_000_000 })),
+      // Cache and audio counts, parts of the prompt and completion counts (kept only with a count).
+      details: fc.record({
+        cache_read: fc.option(fc.nat(100_000)),
+        cache_write: fc.option(fc.nat(100_000)),
+        input_audio: fc.option(fc.nat(100_000)),
+        output_audio: fc.option(fc.nat(50_000)),
+      }),
       retries: fc.oneof(fc.constant(0), fc.integer({ min: 0, max: 5 })),
       fallback_used: fc.boolean(),
       confidence: fc.option(unitDouble),
@@ -198,6 +231,10 @@ export function eventArbitrary(options: EventArbitraryOptions = {}): fc.Arbitrar
         token_source: r.tokens.source,
         prompt_tokens: r.tokens.prompt,
         completion_tokens: r.tokens.completion,
+        cache_read_tokens: part(r.details.cache_read, r.tokens.prompt),
+        cache_write_tokens: part(r.details.cache_write, r.tokens.prompt),
+        input_audio_tokens: part(r.details.input_audio, r.tokens.prompt),
+        output_audio_tokens: part(r.details.output_audio, r.tokens.completion),
         cost_nano_usd: r.cost,
         retries: r.retries,
         fallback_used: r.fallback_used,
