@@ -20,6 +20,7 @@ COPY --from=build /app/dist ./dist
 COPY avro/*.avsc avro/*.md ./avro/
 COPY schema ./schema
 COPY stack/pom.xml ./stack/pom.xml
+COPY ui/public ./ui/public
 USER node
 ENTRYPOINT ["node", "dist/cli/main.js"]
 CMD ["--help"]

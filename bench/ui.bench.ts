@@ -4,10 +4,14 @@
  * (service totals and two models each), generated in SQL; then it times the UI's API over HTTP:
  * the fleet page, and one service's page over a day in 5-minute buckets and over the whole range
  * in 1-hour buckets. Each query is run BENCH_UI_RUNS times (default 5); the median is printed.
+ * With Chromium at /usr/bin/chromium it also times the pages in the browser: from navigation to
+ * drawn (every chart and every sparkline in view).
  */
+import { existsSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 
 import pg from "pg";
+import { chromium } from "playwright-core";
 
 import { loadConnectionConfig } from "../config/index.js";
 import { migrate } from "../sink/migrate.js";
@@ -58,6 +62,44 @@ async function median(label: string, url: string): Promise<number> {
   return middle;
 }
 
+const CHROMIUM = "/usr/bin/chromium";
+
+/** Each page's time from navigation to drawn, in Chromium, the median of RUNS. */
+async function pages(base: string, hashes: readonly [string, string][]): Promise<void> {
+  if (!existsSync(CHROMIUM)) {
+    process.stdout.write(`pages in the browser: skipped (no Chromium at ${CHROMIUM})\n`);
+    return;
+  }
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
+  });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+    for (const [label, hash] of hashes) {
+      const times: number[] = [];
+      for (let i = 0; i < RUNS; i++) {
+        // A full load each time: from a blank page, not a hash change.
+        await page.goto("about:blank");
+        const started = performance.now();
+        await page.goto(`${base}${hash}`);
+        await page.waitForSelector("body[data-ready='true']");
+        // Drawn: uPlot made every canvas the page wants in view.
+        await page.waitForFunction(
+          "[...document.querySelectorAll('.plot, .spark')].filter((e) => { const r = e.getBoundingClientRect(); return r.top < innerHeight && r.bottom > 0; }).every((e) => e.querySelector('canvas'))",
+        );
+        times.push(performance.now() - started);
+      }
+      times.sort((a, b) => a - b);
+      process.stdout.write(
+        `${label.padEnd(44)} median ${(times[Math.floor(times.length / 2)] ?? 0).toFixed(0).padStart(6)} ms  (navigation to drawn, Chromium)\n`,
+      );
+    }
+  } finally {
+    await browser.close();
+  }
+}
+
 async function main(): Promise<void> {
   const base = new URL(loadConnectionConfig().databaseUrl);
   const name = `mcpo_bench_ui_${process.pid}`;
@@ -96,6 +138,11 @@ async function main(): Promise<void> {
       `GET /api/service (${DAYS} days, 1 h buckets)`,
       `${api}/service/svc-001?range=${DAYS}d&bucket=1h`,
     );
+    await pages(server.url, [
+      ["page: fleet", "#/"],
+      ["page: service, 1 day in 5 m buckets", "#/service/svc-001?range=24h&bucket=5m"],
+      [`page: service, ${DAYS} days in 1 h buckets`, `#/service/svc-001?range=${DAYS}d&bucket=1h`],
+    ]);
   } finally {
     await server?.stop();
     await admin.query(`drop database if exists ${name} with (force)`);

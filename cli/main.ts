@@ -399,6 +399,10 @@ Examples:
         "--keep-stack",
         "leave the local stack running afterwards (for replay, alerts tail, report)",
       )
+      .option(
+        "--ui",
+        "after the summary, serve the web UI over the results until Ctrl-C (its address is printed; the ui settings from MCPO_UI_* or the file's ui section, port 4000)",
+      )
       .option("--json", "print the summary as one JSON object (progress goes to stderr)")
       .addHelpText(
         "after",
@@ -413,6 +417,7 @@ Examples:
         services: Number(options.services),
         replicas: Number(options.replicas),
         keepStack: options.keepStack === true,
+        ui: options.ui === true,
         json: options.json === true,
         verbose: verboseOf(command),
       }),

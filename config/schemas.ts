@@ -620,6 +620,8 @@ export const ingestConfigSchema = z.strictObject(
   }),
 );
 
+const METRICS_URL = "expected an http(s) URL of a /metrics endpoint";
+
 /**
  * The web UI's settings (connection settings aside): `mcp-observatory ui`, the file's `ui`
  * section.
@@ -655,6 +657,12 @@ export const uiConfigSchema = z.strictObject(
       schema: nonEmpty().optional(),
       description: "a file holding the password (trailing newline dropped)",
       cli: { env: "MCPO_UI_PASSWORD_FILE", secret: true },
+    },
+    metricsUrl: {
+      schema: z.array(forwardUrl(METRICS_URL), METRICS_URL).readonly().default([]),
+      description:
+        "/metrics endpoints of processors and sinks whose health (lag, late events, dead letters) the pipeline page shows (repeat the flag or comma-separate)",
+      cli: { env: "MCPO_UI_METRICS_URL" },
     },
     liveAlerts: {
       schema: z.boolean(BOOLEAN).default(true),

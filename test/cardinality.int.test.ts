@@ -133,7 +133,7 @@ describe("migration 5 (rollup_other_models)", () => {
       await writer.write({ rollups: rollups.filter((rollup) => !rollup.other_models) });
       await expect(writer.write({ rollups: overflow })).rejects.toThrow(/metric_rollups_scope/);
 
-      expect(await migrate(scratch.url)).toEqual([5]);
+      expect(await migrate(scratch.url)).toEqual([5, 6, 7]);
       expect(await writer.write({ rollups: overflow })).toMatchObject({ rollupsUpserted: 1 });
       const { rows } = await pool.query<{ scope: string; model: string; calls: string }>(
         "select scope, model, calls::text from metric_rollups where service = 'mig-mcp' order by scope, model",

@@ -87,7 +87,7 @@ describe("mcp-observatory migrate", () => {
     const first = await runCli(["migrate", "--database-url", database.url], env);
     expect(first.code, first.stderr).toBe(0);
     expect(first.stdout).toBe(
-      `created database ${database.url}\napplied migrations 1, 2, 3, 4, 5 to ${database.url}\n`,
+      `created database ${database.url}\napplied migrations 1, 2, 3, 4, 5, 6, 7 to ${database.url}\n`,
     );
     client = new pg.Client({ connectionString: database.url });
     await client.connect();
@@ -103,7 +103,8 @@ describe("mcp-observatory migrate", () => {
       alerts: "alerts",
       offsets: "consumed_offsets",
       merge: "merge_rollups(interval,timestamp with time zone,timestamp with time zone)",
-      migrations: "1:initial,2:topic_ids,3:rollup_revisions,4:rollup_scope,5:rollup_other_models",
+      migrations:
+        "1:initial,2:topic_ids,3:rollup_revisions,4:rollup_scope,5:rollup_other_models,6:usage_cache_tokens,7:latency_percentiles",
     });
     const catalog = `select (select string_agg(table_name || '.' || column_name || ':' || data_type, ',' order by table_name, column_name)
                              from information_schema.columns where table_schema = current_schema()) as columns,

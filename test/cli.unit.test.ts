@@ -304,7 +304,9 @@ describe("fleet run", () => {
     expect(new Set(events.map((e) => e.service_instance)).size).toBe(4);
     // Spread, not bursts stamped with one time: many distinct milliseconds.
     expect(new Set(events.map((e) => Math.floor(e.end_time / 1000))).size).toBeGreaterThan(500);
-    const span = result.endedAtMs - result.startedAtMs;
+    // The drift is a stretch of the planned run (its duration), not of how long the run took: a
+    // loaded machine may finish its last round late.
+    const span = 1500;
     const inDrift = (e: (typeof events)[number]) => {
       const t = e.end_time / 1000 - result.startedAtMs;
       return t >= span * 0.32 && t < span * 0.58;

@@ -2,9 +2,10 @@
  * Decoding untrusted bytes is bounded (issue 13 item 1): mutated records of the three contract
  * records — bit flips, truncations, inserted varints, huge or negative counts written where
  * counts, lengths and indexes live, random splices — each decode to a value or a typed failure,
- * never a throw, each within 25 ms. Crafted cases pin the refusals: what, which field, at which
- * byte offset. Writer schemas of other versions (a newer event with fields the reader skips, an
- * older rollup) are decoded too: the bounds are checked against the writer's schema.
+ * never a throw, none running away (each within 250 ms). Crafted cases pin the refusals: what,
+ * which field, at which byte offset. Writer schemas of other versions (a newer event with fields
+ * the reader skips, an older rollup) are decoded too: the bounds are checked against the
+ * writer's schema.
  *
  * The codecs are built without a registry (the registry is not under test here): an in-memory
  * lookup answers the writer schemas of other ids.
@@ -37,11 +38,12 @@ import { testSeed } from "./support/seed.js";
 
 const SEED = testSeed("decode-fuzz.unit.test.ts fast-check");
 /**
- * The bound on one decode, ms: the best of up to five timings, so a pause of the machine's (GC,
- * another process on two cores) is not taken for a decode that runs away; a hostile length that
- * allocated or looped on its word would take orders of magnitude longer.
+ * The bound on one decode, ms: a guard against a decode that runs away (a hostile count or length
+ * that allocated or looped on its word takes seconds), not a speed target (those are benchmarks'):
+ * the best of up to five timings, far above a normal decode's fraction of a millisecond, so a
+ * loaded machine's pauses do not fail it.
  */
-const DECODE_BUDGET_MS = 25;
+const DECODE_BUDGET_MS = 250;
 
 // ---------------------------------------------------------------------------------------------
 // Writer schemas: ours, and other versions an in-memory lookup answers by id.
@@ -860,7 +862,7 @@ describe("bounded decoding of untrusted bytes", () => {
     );
   });
 
-  it("mutated records decode to a value or a typed failure, never a throw, each within 25 ms", () => {
+  it("mutated records decode to a value or a typed failure, never a throw, none running away", () => {
     slowest = { ms: 0, where: "" };
     let decoded = 0;
     const failures = new Map<string, number>();

@@ -75,6 +75,7 @@ describe("package", () => {
         "producer",
         "sink",
         "stack",
+        "ui",
       ].sort(),
     );
   });

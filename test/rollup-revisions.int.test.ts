@@ -280,7 +280,7 @@ describe("migration 3 (rollup revisions)", () => {
           JSON.stringify(total.latency),
         ],
       );
-      expect(await migrate(scratch.url)).toEqual([3, 4, 5]);
+      expect(await migrate(scratch.url)).toEqual([3, 4, 5, 6, 7]);
       const { rows } = await pool.query<{ version: number; name: string }>(
         "select version, name from schema_migrations order by version",
       );
@@ -290,6 +290,8 @@ describe("migration 3 (rollup revisions)", () => {
         { version: 3, name: "rollup_revisions" },
         { version: 4, name: "rollup_scope" },
         { version: 5, name: "rollup_other_models" },
+        { version: 6, name: "usage_cache_tokens" },
+        { version: 7, name: "latency_percentiles" },
       ]);
       expect(await revisions(pool, "svc-upgraded")).toEqual({ "(total)": 0 });
       await expect(

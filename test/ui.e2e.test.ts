@@ -43,7 +43,10 @@ describe.skipIf(NO_BROWSER !== undefined)("mcp-observatory ui in Chromium", () =
   let database: FreshDatabase | undefined;
   let prefix = "";
   let client: pg.Client | undefined;
+  let demo: BackgroundCommand | undefined;
   let ui: BackgroundCommand | undefined;
+  /** The demo's UI (fleet, service and trace pages) and the `ui` command's (alerts page). */
+  let demoBase = "";
   let base = "";
   let browser: Browser | undefined;
   let page: Page;
@@ -66,7 +69,8 @@ describe.skipIf(NO_BROWSER !== undefined)("mcp-observatory ui in Chromium", () =
       MCPO_PROCESSOR_GROUP: `${prefix}processor`,
       MCPO_SINK_GROUP: `${prefix}sink`,
     };
-    const demo = startCli(
+    // The demo fills the database, then (--ui) serves the web UI over it until SIGTERM.
+    const running = startCli(
       [
         "demo",
         "--duration",
@@ -78,24 +82,19 @@ describe.skipIf(NO_BROWSER !== undefined)("mcp-observatory ui in Chromium", () =
         "--replicas",
         "1",
         "--json",
+        "--ui",
       ],
-      env,
+      { ...env, MCPO_UI_PORT: "0" },
     );
-    const code = await demo.exited;
-    expect(code, demo.stderr()).toBe(0);
+    demo = running;
+    demoBase = await addressOf(running, "stderr", 150_000);
     const connection = new pg.Client({ connectionString: database.url });
     await connection.connect();
     client = connection;
-    ui = startCli(["ui", "--port", "0"], env);
-    const running = ui;
-    const address = await waitFor(
-      "the UI to print its address",
-      () => /web UI: (http:\S+)/.exec(running.stdout())?.[1],
-      (url) => url !== undefined || running.exitCode() !== undefined,
-      { timeoutMs: 30_000, intervalMs: 100 },
-    );
-    expect(address, running.stderr()).toBeDefined();
-    base = (address ?? "").replace(/\/$/, "");
+    // And `mcp-observatory ui` on its own.
+    const command = startCli(["ui", "--port", "0"], env);
+    ui = command;
+    base = await addressOf(command, "stdout", 30_000);
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       args: [
@@ -119,6 +118,7 @@ describe.skipIf(NO_BROWSER !== undefined)("mcp-observatory ui in Chromium", () =
   afterAll(async () => {
     await browser?.close();
     await ui?.stop();
+    await demo?.stop();
     await client?.end().catch(() => undefined);
     if (database) await dropDatabase(database).catch(() => undefined);
     if (prefix === "") return;
@@ -126,6 +126,13 @@ describe.skipIf(NO_BROWSER !== undefined)("mcp-observatory ui in Chromium", () =
     await admin.connect();
     const topics = (await admin.listTopics()).filter((topic) => topic.startsWith(prefix));
     if (topics.length > 0) await admin.deleteTopics({ topics }).catch(() => undefined);
+    // The UIs' own alert groups (mcpo-ui-<random>), once their members left.
+    const { groups } = await admin.listGroups();
+    const left = groups.map((g) => g.groupId).filter((id) => id.startsWith("mcpo-ui-"));
+    const described = left.length > 0 ? (await admin.describeGroups(left)).groups : [];
+    const empty = described.filter((g) => g.state === "Empty").map((g) => g.groupId);
+    if (empty.length > 0) await admin.deleteGroups(empty).catch(() => undefined);
+    await admin.deleteGroups([`${prefix}processor`, `${prefix}sink`]).catch(() => undefined);
     await admin.disconnect();
     const registry = services().schemaRegistryUrl;
     const subjects = (await (await fetch(`${registry}/subjects`)).json()) as string[];
@@ -136,9 +143,9 @@ describe.skipIf(NO_BROWSER !== undefined)("mcp-observatory ui in Chromium", () =
         }).catch(() => undefined);
   });
 
-  async function open(hash: string): Promise<void> {
+  async function open(hash: string, at = demoBase): Promise<void> {
     consoleErrors.length = 0;
-    await page.goto(`${base}/${hash}`);
+    await page.goto(`${at}/${hash}`);
     await page.waitForSelector("body[data-ready='true']", { timeout: 20_000 });
     // Charts are drawn on the next frame.
     await page.waitForTimeout(300);
@@ -308,6 +315,8 @@ describe.skipIf(NO_BROWSER !== undefined)("mcp-observatory ui in Chromium", () =
     expect(marked.sort((a, b) => (a.id ?? "").localeCompare(b.id ?? ""))).toEqual(expected);
     expect(await page.locator("[data-chart] canvas").count()).toBeGreaterThanOrEqual(13);
     await page.screenshot({ path: join(ARTIFACTS, "ui-service.png"), fullPage: true });
+    // The first screenful, as README shows it (docs/ui-service.png).
+    await page.screenshot({ path: join(ARTIFACTS, "ui-service-top.png") });
     expect(consoleErrors).toEqual([]);
     expect(await seriousViolations()).toEqual([]);
   });
@@ -344,7 +353,7 @@ describe.skipIf(NO_BROWSER !== undefined)("mcp-observatory ui in Chromium", () =
   });
 
   it("alerts: every incident, filters by state, and a transition published on the alerts topic appears without a reload", async () => {
-    await open("#/alerts");
+    await open("#/alerts", base);
     const all = await db().query<{ alert_id: string; state: string }>(
       "select alert_id, state from alerts order by alert_id",
     );
@@ -362,7 +371,7 @@ describe.skipIf(NO_BROWSER !== undefined)("mcp-observatory ui in Chromium", () =
     expect(states.length).toBe(all.rows.filter((r) => r.state === "resolved").length);
     expect(new Set(states)).toEqual(new Set(["resolved"]));
 
-    await open("#/alerts");
+    await open("#/alerts", base);
     const topic = topicNames(prefix).alerts;
     const codec = await AvroCodec.register(ALERT_EVENT, {
       registryUrl: services().schemaRegistryUrl,
@@ -397,7 +406,68 @@ describe.skipIf(NO_BROWSER !== undefined)("mcp-observatory ui in Chromium", () =
     expect(consoleErrors).toEqual([]);
     expect(await seriousViolations()).toEqual([]);
   });
+
+  it("pipeline: the demo's processor and sink, up, with the consumer lag, late events and dead letters their /metrics endpoints report", async () => {
+    await open("#/pipeline");
+    const rows = await attributes("#pipeline tbody tr", ["data-url", "data-up"]);
+    expect(rows.map((r) => r["data-up"])).toEqual(["true", "true"]);
+    const components: string[] = [];
+    for (const row of rows) {
+      const url = row["data-url"] ?? "";
+      const text = await (await fetch(url)).text();
+      const component = /^mcpo_(processor|sink)_consumer_lag/m.exec(text)?.[1] ?? "";
+      components.push(component);
+      // Summed over every label set, read here from the endpoint's own text.
+      const sum = (name: string) =>
+        [
+          ...text.matchAll(new RegExp(`^mcpo_${component}_${name}(?:\\{[^}]*\\})? (\\S+)$`, "gm")),
+        ].reduce((total, match) => total + Number(match[1]), 0);
+      const shown = async (metric: string) =>
+        (await cell(`#pipeline tr[data-url="${url}"] td[data-metric="${metric}"]`))[0]?.value;
+      expect(await shown("lag"), url).toBe(String(sum("consumer_lag")));
+      // Declared by both; 0 until a record is dead-lettered.
+      expect(text).toContain(`# TYPE mcpo_${component}_dead_lettered_total counter`);
+      expect(await shown("deadLettered"), url).toBe(String(sum("dead_lettered_total")));
+      if (component === "processor")
+        expect(await shown("late"), url).toBe(String(sum("late_events_total")));
+    }
+    expect(components.sort()).toEqual(["processor", "sink"]);
+    await page.screenshot({ path: join(ARTIFACTS, "ui-pipeline.png"), fullPage: true });
+    expect(consoleErrors).toEqual([]);
+    expect(await seriousViolations()).toEqual([]);
+  });
+
+  it("the demo with --ui printed its summary, served the pages above, and on SIGTERM stops everything with exit code 0; so does `ui`", async () => {
+    const summary = JSON.parse(demo?.stdout().trim().split("\n").at(-1) ?? "{}") as {
+      totals?: { spans?: number };
+    };
+    const spans = await db().query<{ n: string }>("select count(*)::text as n from spans");
+    expect(summary.totals?.spans).toBe(Number(spans.rows[0]?.n));
+    let started = Date.now();
+    expect(await ui?.stop("SIGTERM")).toBe(0);
+    process.stderr.write(`[ui] ui stopped in ${Date.now() - started} ms\n`);
+    started = Date.now();
+    expect(await demo?.stop("SIGTERM")).toBe(0);
+    process.stderr.write(`[ui] demo --ui stopped in ${Date.now() - started} ms\n`);
+    await expect(fetch(base)).rejects.toThrow();
+  });
 });
+
+/** The address a process prints as `web UI: <url>`, without its trailing slash. */
+async function addressOf(
+  command: BackgroundCommand,
+  stream: "stdout" | "stderr",
+  timeoutMs: number,
+): Promise<string> {
+  const address = await waitFor(
+    "the web UI's address",
+    () => /web UI: (http:\S+)/.exec(command[stream]())?.[1],
+    (url) => url !== undefined || command.exitCode() !== undefined,
+    { timeoutMs, intervalMs: 100 },
+  );
+  expect(address, command.stderr()).toBeDefined();
+  return (address ?? "").replace(/\/$/, "");
+}
 
 function liveAlert(n: number): AlertEvent {
   const windowStart = (Date.now() - 10_000) * 1000;

@@ -5,6 +5,7 @@ import { describe, expect, it } from "vitest";
 import { SettingsResolver, UI_SETTINGS } from "../cli/config.js";
 import { ConfigError, parseUiConfig, uiConfigSchema } from "../config/index.js";
 import { DEFAULT_ALERT_RULES } from "../metrics/rules.js";
+import { healthOf, pipelineHealth, sumByName } from "../ui/pipeline.js";
 import { breaches, rulesView } from "../ui/queries.js";
 import { durationParam, publicDir, UiServer } from "../ui/server.js";
 
@@ -92,5 +93,53 @@ describe("ui query parameters", () => {
 
   it("the pages are found beside the server's source (and, built, in the package's ui/public)", () => {
     expect(readFileSync(`${publicDir()}/index.html`, "utf8")).toContain('src="/app.js"');
+  });
+});
+
+describe("ui pipeline health", () => {
+  const exposition = [
+    "# HELP mcpo_processor_consumer_lag Records between the processed position and the partition's end",
+    "# TYPE mcpo_processor_consumer_lag gauge",
+    'mcpo_processor_consumer_lag{partition="0"} 3',
+    'mcpo_processor_consumer_lag{partition="1"} 4',
+    "mcpo_processor_late_events_total 2",
+    'mcpo_processor_dead_lettered_total{code="DECODE"} 1',
+    "mcpo_processor_events_total 1500",
+    "mcpo_processor_watermark_seconds NaN",
+    "# TYPE mcpo_processor_rejected_events_total counter",
+    "not a sample",
+  ].join("\n");
+
+  it("sums each metric over its label sets (a declared one without samples is 0), skipping comments, malformed lines and NaN", () => {
+    const sums = sumByName(exposition);
+    expect(sums.get("mcpo_processor_consumer_lag")).toBe(7);
+    expect(sums.get("mcpo_processor_late_events_total")).toBe(2);
+    expect(sums.has("mcpo_processor_watermark_seconds")).toBe(false);
+    // Declared, no sample yet: 0.
+    expect(sums.get("mcpo_processor_rejected_events_total")).toBe(0);
+    expect(sums.has("not")).toBe(false);
+  });
+
+  it("names the component from its metrics and picks lag, late, dead letters and what it handled", () => {
+    expect(healthOf("http://p/metrics", sumByName(exposition))).toEqual({
+      url: "http://p/metrics",
+      component: "processor",
+      up: true,
+      lag: 7,
+      late: 2,
+      deadLettered: 1,
+      handled: 1500,
+    });
+    const sink = healthOf(
+      "http://s/metrics",
+      sumByName('mcpo_sink_consumer_lag{partition="0"} 0\nmcpo_sink_rows_total{table="spans"} 9'),
+    );
+    expect(sink).toMatchObject({ component: "sink", lag: 0, late: null, handled: 9 });
+  });
+
+  it("reports an endpoint that does not answer as down, with why", async () => {
+    const [health] = await pipelineHealth(["http://127.0.0.1:1/metrics"], 2000);
+    expect(health).toMatchObject({ up: false, component: null, lag: null });
+    expect(health?.error).toBeTruthy();
   });
 });

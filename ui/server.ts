@@ -30,6 +30,7 @@ import {
 import { localUrl, type OpsLogger } from "../ops/index.js";
 import { subscribeAlerts, type AlertSubscription } from "../processor/subscribe.js";
 import { openPool } from "../sink/writer.js";
+import { pipelineHealth } from "./pipeline.js";
 import { alertsView, fleetView, serviceView, traceView } from "./queries.js";
 
 /** Variables of the password, when not given as options. */
@@ -115,7 +116,8 @@ export class UiServer {
     // Compared as digests: equal lengths, constant time, whatever was sent.
     this.credentials =
       secret && sha256(Buffer.concat([Buffer.from(`${this.config.user}:`, "utf8"), secret.bytes]));
-    this.app = Fastify({ logger: false });
+    // On stop every connection is closed, the live streams' (which a page would hold open) too.
+    this.app = Fastify({ logger: false, forceCloseConnections: true });
     this.routes();
   }
 
@@ -205,6 +207,9 @@ export class UiServer {
         ...(pick(query.state) ? { state: query.state } : {}),
       });
     });
+    app.get("/api/pipeline", async () => ({
+      endpoints: await pipelineHealth(this.config.metricsUrl),
+    }));
     app.get("/api/alerts/stream", (request, reply) => {
       reply.hijack();
       reply.raw.writeHead(200, {

@@ -18,6 +18,7 @@ import {
   topicNames,
   type ConnectionConfig,
   endpointOptionsOf,
+  uiConfigSchema,
 } from "../../config/index.js";
 import type { OpsLogger } from "../../ops/index.js";
 import { StreamProcessor } from "../../processor/processor.js";
@@ -36,6 +37,7 @@ import { ensurePostgresDatabase } from "../../stack/probes.js";
 import { migrate } from "../../sink/migrate.js";
 import { Sink } from "../../sink/sink.js";
 import { openPool } from "../../sink/writer.js";
+import { UiServer } from "../../ui/server.js";
 import { CONNECTION, settingOf, type SettingsResolver } from "../config.js";
 import { FLEET_SERVICES, runFleet, type FleetResult } from "../fleet.js";
 import { count, jsonLine, table, terminalLines } from "../output.js";
@@ -49,6 +51,8 @@ export interface DemoFlags {
   readonly services: number;
   readonly replicas: number;
   readonly keepStack?: boolean;
+  /** After the summary, serve the web UI over the results until Ctrl-C. */
+  readonly ui?: boolean;
   readonly json?: boolean;
   readonly verbose?: boolean;
 }
@@ -344,6 +348,33 @@ export async function runDemo(base: SettingsResolver, flags: DemoFlags): Promise
     });
     if (flags.json) process.stdout.write(`${jsonLine(summary)}\n`);
     else printSummary(summary);
+    if (flags.ui) {
+      const uiOptions = settings.options(uiConfigSchema);
+      // The pipeline page shows this run's processor and sink unless other endpoints are given.
+      const metricsUrl = [processor.metricsUrl, sink.metricsUrl].filter(
+        (url): url is string => url !== undefined,
+      );
+      const ui = new UiServer({
+        ...endpointOptionsOf(connection),
+        ...uiOptions,
+        ...(uiOptions.metricsUrl?.length ? {} : { metricsUrl }),
+        logger: quietLogger(flags.verbose ?? false, "ui"),
+      });
+      await ui.start();
+      cleanups.push(() => ui.stop());
+      say(`web UI: ${ui.url}  (Ctrl-C stops it and the demo)`);
+      await new Promise<void>((resolve) => {
+        if (abort.signal.aborted) resolve();
+        else
+          abort.signal.addEventListener(
+            "abort",
+            () => {
+              resolve();
+            },
+            { once: true },
+          );
+      });
+    }
     return 0;
   } finally {
     process.removeListener("SIGINT", onSignal);
@@ -608,6 +639,7 @@ function printSummary(summary: DemoSummary): void {
     [`${cli} replay --verify --dry-run ${window}`, "rebuild every rollup from the log and compare"],
     [`${cli} alerts tail --from-beginning`, "the alerts topic"],
     [`${cli} report --since 15m`, "rates from PostgreSQL"],
+    [`${cli} ui`, "the web UI: fleet, services, traces, alerts (or run the demo with --ui)"],
   ];
   const width = Math.max(...steps.map(([command]) => command.length));
   for (const [command, what] of steps) out(`  ${command.padEnd(width)}  # ${what}`);

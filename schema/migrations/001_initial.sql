@@ -144,7 +144,7 @@ create table if not exists consumed_offsets (
   primary key (consumer_group, topic, partition)
 );
 
--- Rollups merged into coarser windows (hour, day, …) by adding counts. Latency sketches are
+-- Rollups merged into coarser windows (hour, day, ...) by adding counts. Latency sketches are
 -- merged by the library (metrics/LatencySketch) from `latency_sketches`, the list of sketches.
 -- (Migration 4 replaces it with one that also returns the scope; dropped first, so running this
 -- file again over a newer database works, and the later migrations put the newer one back.)

@@ -3,25 +3,25 @@
 --
 -- `metric_rollups.latency_sketch` holds a DDSketch of the window's call latencies (milliseconds)
 -- in the canonical form metrics/sketch.ts writes:
---   {"relative_accuracy": 0.01, "zero_count": n, "keys": [k, …], "counts": [c, …],
+--   {"relative_accuracy": 0.01, "zero_count": n, "keys": [k, ...], "counts": [c, ...],
 --    "min_ms": x | null, "max_ms": y | null}
 -- keys ascending, counts > 0. It is the positive store of a @datadog/sketches-js DDSketch with a
--- logarithmic index mapping (relative accuracy α = 0.01, so γ = (1 + α) / (1 − α), index offset 0):
--- a value v > 0 lies in the bin of key ceil(log_γ v), and the bin's value is
--- 2^(key / m) · 2 / (1 + γ) with m = ln 2 / ln(1 + (γ − 1)) — each a constant below, written with
+-- logarithmic index mapping (relative accuracy alpha = 0.01, so gamma = (1 + alpha) / (1 - alpha), index offset 0):
+-- a value v > 0 lies in the bin of key ceil(log_gamma v), and the bin's value is
+-- 2^(key / m) * 2 / (1 + gamma) with m = ln 2 / ln(1 + (gamma - 1)) - each a constant below, written with
 -- 17 significant digits so it is the same double the library computes. Latencies are never
 -- negative (the library counts a negative latency as 0), so there is no negative store; values
--- at or below the mapping's smallest (≈ 1.1e-308) are in `zero_count`.
+-- at or below the mapping's smallest (~ 1.1e-308) are in `zero_count`.
 --
 -- Merging adds the counts key by key (and zero_count; min and max are the least and greatest),
 -- as LatencySketch.mergeFrom does, so a merged sketch is the sketch of all the merged calls and
 -- its quantiles keep the relative-accuracy guarantee: the value reported for quantile q is within
--- 1% of the latency of rank floor(q · (n − 1)) among the n calls. The quantile walks the bins as
--- DDSketch.getValueAtQuantile does: rank = q · (n − 1); 0 when rank < zero_count, else the value
--- of the first key whose running count exceeds rank − zero_count. The bin chosen is the library's
+-- 1% of the latency of rank floor(q * (n - 1)) among the n calls. The quantile walks the bins as
+-- DDSketch.getValueAtQuantile does: rank = q * (n - 1); 0 when rank < zero_count, else the value
+-- of the first key whose running count exceeds rank - zero_count. The bin chosen is the library's
 -- exactly (integer counts, the same floating-point operations in the same order); its value comes
 -- from PostgreSQL's power() (the C library's pow), which differs from JavaScript's Math.pow by at
--- most one unit in the last place for some keys — 1e-16 relative, far inside the 1% guarantee.
+-- most one unit in the last place for some keys - 1e-16 relative, far inside the 1% guarantee.
 
 -- The value the bin of `key` stands for (Infinity past the largest double, as the library gives).
 create or replace function latency_sketch_value(key integer)

@@ -613,6 +613,69 @@ async function tracePage(id) {
   );
 }
 
+async function pipelinePage() {
+  const view = await api("/api/pipeline");
+  const columns = [
+    ["lag", "Consumer lag"],
+    ["late", "Late events"],
+    ["deadLettered", "Dead-lettered"],
+    ["handled", "Handled"],
+  ];
+  main.replaceChildren(
+    h("h1", {}, "Pipeline"),
+    view.endpoints.length === 0
+      ? h(
+          "p",
+          { class: "muted", id: "no-endpoints" },
+          "No metrics endpoints configured: give the processors' and sinks' /metrics URLs with --metrics-url (MCPO_UI_METRICS_URL).",
+        )
+      : h(
+          "table",
+          { id: "pipeline", "aria-label": "Processors and sinks" },
+          h(
+            "thead",
+            {},
+            h(
+              "tr",
+              {},
+              h("th", { scope: "col" }, "Endpoint"),
+              h("th", { scope: "col" }, "Component"),
+              h("th", { scope: "col" }, "State"),
+              columns.map(([, label]) => h("th", { scope: "col", class: "num" }, label)),
+            ),
+          ),
+          h(
+            "tbody",
+            {},
+            view.endpoints.map((e) =>
+              h(
+                "tr",
+                { "data-url": e.url, "data-up": e.up },
+                h("th", { scope: "row" }, e.url),
+                h("td", {}, e.component ?? "–"),
+                h(
+                  "td",
+                  { class: e.up ? "state-resolved" : "state-firing" },
+                  e.up ? "up" : `down (${e.error})`,
+                ),
+                columns.map(([key]) =>
+                  h(
+                    "td",
+                    {
+                      class: key === "deadLettered" && e[key] > 0 ? "num breach" : "num",
+                      "data-metric": key,
+                      "data-value": e[key] ?? "",
+                    },
+                    format(key, e[key]),
+                  ),
+                ),
+              ),
+            ),
+          ),
+        ),
+  );
+}
+
 let stream;
 
 async function alertsPage(params) {
@@ -684,6 +747,7 @@ async function route() {
     if (parts[0] === "service" && parts[1]) await servicePage(parts[1], params);
     else if (parts[0] === "trace" && parts[1]) await tracePage(parts[1]);
     else if (parts[0] === "alerts") await alertsPage(params);
+    else if (parts[0] === "pipeline") await pipelinePage();
     else await fleetPage();
     document.body.dataset.page = parts[0] ?? "fleet";
     document.body.dataset.ready = "true";
