@@ -319,19 +319,22 @@ export interface ConfigFile {
   readonly data: Readonly<Record<string, unknown>>;
 }
 
+/** Every component's settings (the connection's aside). */
+const COMPONENT_SETTINGS: readonly SettingSpec[] = [
+  ...PROCESSOR_SETTINGS,
+  ...WINDOW_SETTINGS,
+  ...SINK_SETTINGS,
+  ...FORWARD_SETTINGS,
+  ...INGEST_SETTINGS,
+  ...OTLP_EXPORT_SETTINGS,
+  ...UI_SETTINGS,
+];
+
 /** Keys inside a file section (`processor`, `sink`), from the schemas' file keys. */
 function sectionKeys(section: string): readonly string[] {
-  const keys = [
-    ...PROCESSOR_SETTINGS,
-    ...WINDOW_SETTINGS,
-    ...SINK_SETTINGS,
-    ...FORWARD_SETTINGS,
-    ...INGEST_SETTINGS,
-    ...OTLP_EXPORT_SETTINGS,
-    ...UI_SETTINGS,
-  ]
-    .filter((setting) => setting.key.startsWith(`${section}.`))
-    .map((setting) => setting.key.slice(section.length + 1));
+  const keys = COMPONENT_SETTINGS.filter((setting) => setting.key.startsWith(`${section}.`)).map(
+    (setting) => setting.key.slice(section.length + 1),
+  );
   return [...new Set(keys)];
 }
 
@@ -363,16 +366,7 @@ const FILE_SECTIONS: Readonly<Record<string, readonly string[] | null>> = {
 
 /** Every file key a default may be given for. */
 const FILE_KEYS = new Set(
-  [
-    ...CONNECTION_SETTINGS,
-    ...PROCESSOR_SETTINGS,
-    ...WINDOW_SETTINGS,
-    ...SINK_SETTINGS,
-    ...FORWARD_SETTINGS,
-    ...INGEST_SETTINGS,
-    ...OTLP_EXPORT_SETTINGS,
-    ...UI_SETTINGS,
-  ].map((setting) => setting.key),
+  [...CONNECTION_SETTINGS, ...COMPONENT_SETTINGS].map((setting) => setting.key),
 );
 
 /**

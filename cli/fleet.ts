@@ -237,6 +237,12 @@ export interface FleetOptions {
   readonly alignEndToMs?: number;
   /** How often each replica emits its share, ms (default 50). */
   readonly tickMs?: number;
+  /**
+   * The fleet's clock, ms since the epoch (default `Date.now`): what is owed, the calls' end times
+   * and the drift stretch follow it, so a virtual clock makes a run independent of the machine's
+   * load (tests).
+   */
+  readonly clock?: () => number;
 }
 
 /** What a fleet run did. */
@@ -284,7 +290,8 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
       });
     }
   const perReplica = options.ratePerSecond / Math.max(1, replicas.length);
-  const started = Date.now();
+  const clock = options.clock ?? Date.now;
+  const started = clock();
   let end = started + options.durationMs;
   if (options.alignEndToMs !== undefined && options.alignEndToMs > 0)
     end = Math.ceil(end / options.alignEndToMs) * options.alignEndToMs;
@@ -301,7 +308,7 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
   const chunk = 500;
 
   while (!options.signal?.aborted) {
-    const now = Date.now();
+    const now = clock();
     if (now >= end) break;
     const from = last;
     const elapsedMs = now - last;
@@ -340,10 +347,10 @@ export async function runFleet(options: FleetOptions): Promise<FleetResult> {
     }
     await Promise.all(pending);
     await new Promise((resolve) =>
-      setTimeout(resolve, Math.min(tickMs, Math.max(0, end - Date.now()))),
+      setTimeout(resolve, Math.min(tickMs, Math.max(0, end - clock()))),
     );
   }
-  const endedAtMs = Date.now();
+  const endedAtMs = clock();
   const localAlerts = new Map<string, string[]>();
   for (const replica of replicas) {
     const active = replica.interceptor.getActiveAlerts();

@@ -334,6 +334,32 @@ async function whileLeadersSettle<T>(
   }
 }
 
+/**
+ * Waits, up to 15 s, until every partition of `names` has a leader in the cluster's metadata, so
+ * the first fetch or produce does not meet "does not host this topic-partition" for a topic just
+ * created (by this process or another). A metadata request that fails counts as not yet; past the
+ * deadline it returns, and the requests after it retry as they do for any leader change.
+ */
+export async function awaitLeaders(admin: kafkajs.Admin, names: readonly string[]): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const ready = await admin.fetchTopicMetadata({ topics: [...names] }).then(
+      (metadata) =>
+        names.every((name) => {
+          const topic = metadata.topics.find((entry) => entry.name === name);
+          return (
+            topic !== undefined &&
+            topic.partitions.length > 0 &&
+            topic.partitions.every((partition) => partition.leader >= 0)
+          );
+        }),
+      () => false,
+    );
+    if (ready || Date.now() > deadline) return;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
 /** kafkajs's TLS options from {@link KafkaTls}. */
 function tlsOptions(tls: KafkaTls): ConnectionOptions {
   return {
@@ -1005,9 +1031,9 @@ export async function roundTrip(
   let timer: NodeJS.Timeout | undefined;
   try {
     await admin.connect();
-    if (!(await admin.listTopics()).includes(options.topic))
+    if (!(await admin.listTopics()).includes(options.topic)) {
       await admin.createTopics({
-        waitForLeaders: true,
+        waitForLeaders: false,
         topics: [
           {
             topic: options.topic,
@@ -1016,6 +1042,8 @@ export async function roundTrip(
           },
         ],
       });
+      await awaitLeaders(admin, [options.topic]);
+    }
     await consumer.connect();
     await consumer.subscribe({ topic: options.topic, fromBeginning: true });
     const seen = new Promise<void>((resolve) => {
@@ -1099,8 +1127,11 @@ export async function connectAdmin(settings: KafkaSettings): Promise<TopicAdmin>
       const missing = topics.filter((topic) => !existing.has(topic.name));
       if (missing.length > 0)
         try {
+          // Not kafkajs's wait for leaders: it gives up at the first "does not host this
+          // topic-partition", which a broker answers for a topic its controller created a moment
+          // ago (several processes starting together); awaitLeaders below waits that out.
           await admin.createTopics({
-            waitForLeaders: true,
+            waitForLeaders: false,
             topics: missing.map((topic) => ({
               topic: topic.name,
               numPartitions: topic.partitions,
@@ -1116,24 +1147,11 @@ export async function connectAdmin(settings: KafkaSettings): Promise<TopicAdmin>
             missing.map((topic) => topic.name),
           );
         }
-      // Another process may have created them a moment ago: wait until every partition has a
-      // leader, so the first fetch or produce does not meet "does not host this topic-partition".
-      const deadline = Date.now() + 15_000;
-      for (;;) {
-        const ready = await admin
-          .fetchTopicMetadata({ topics: topics.map((topic) => topic.name) })
-          .then(
-            (metadata) =>
-              metadata.topics.every(
-                (topic) =>
-                  topic.partitions.length > 0 &&
-                  topic.partitions.every((partition) => partition.leader >= 0),
-              ),
-            () => false,
-          );
-        if (ready || Date.now() > deadline) break;
-        await new Promise((resolve) => setTimeout(resolve, 200));
-      }
+      // Another process may have created them a moment ago, too.
+      await awaitLeaders(
+        admin,
+        topics.map((topic) => topic.name),
+      );
       return missing.map((topic) => topic.name);
     },
     async endOffsets(topic) {

@@ -24,11 +24,9 @@ import { gunzip } from "node:zlib";
 
 import { collectDefaultMetrics, Counter, Registry } from "prom-client";
 
-import { AvroCodec, valueSubject } from "../avro/codec.js";
-import { MODEL_CALL_EVENT } from "../avro/contracts.js";
+import type { AvroCodec } from "../avro/codec.js";
 import type { ModelCallEvent } from "../avro/generated.js";
 import {
-  modelCallsTopicConfig,
   parseIngestConfig,
   readSecret,
   rememberSecret,
@@ -37,13 +35,11 @@ import {
   type IngestConfigInput,
 } from "../config/index.js";
 import {
-  connectAdmin,
   createRecordProducer,
   kafkaSettingsOf,
   type KafkaSettings,
   type RecordProducer,
 } from "../kafka/index.js";
-import { provideTopics } from "../kafka/topics.js";
 import {
   localUrl,
   serveMetrics,
@@ -51,6 +47,7 @@ import {
   type MetricsServer,
   type OpsLogger,
 } from "../ops/index.js";
+import { ModelCallsTopic } from "../producer/exporters/kafka.js";
 import { MCPInterceptor } from "../producer/interceptor.js";
 import type { OtlpTraceResponse } from "./model.js";
 import { spanToCall } from "./semconv.js";
@@ -183,9 +180,8 @@ export class OtlpIngest {
   private server: Server | undefined;
   private metricsServer: MetricsServer | undefined;
   private producer: RecordProducer | undefined;
-  private codec: AvroCodec<ModelCallEvent> | undefined;
+  private readonly output: ModelCallsTopic;
   private ready: Promise<void> | undefined;
-  private topicReady = false;
   private inFlight = 0;
   private readonly handlers = new Set<Promise<void>>();
   private stopping: Promise<void> | undefined;
@@ -202,6 +198,15 @@ export class OtlpIngest {
     };
     this.topic = topicNames(this.config.connection.topicPrefix).modelCalls;
     this.kafka = kafkaSettingsOf(this.config.connection, this.config.clientId);
+    this.output = new ModelCallsTopic({
+      kafka: this.kafka,
+      topic: this.topic,
+      partitions: this.config.partitions,
+      retentionMs: this.config.modelCallsRetentionMs,
+      autoCreateTopics: this.config.autoCreateTopics,
+      registry: this.config.connection.schemaRegistry,
+      autoRegisterSchemas: this.config.autoRegisterSchemas,
+    });
     const given = (option: string | undefined, variable: string, key: string) => {
       const value = option ?? env[variable];
       return value !== undefined && value !== "" ? { value, key } : undefined;
@@ -256,7 +261,10 @@ export class OtlpIngest {
     return {
       alive,
       ready: alive && this.server?.listening === true,
-      detail: { state: alive ? "running" : "stopping", kafkaReady: this.codec !== undefined },
+      detail: {
+        state: alive ? "running" : "stopping",
+        kafkaReady: this.output.readyCodec !== undefined,
+      },
     };
   }
 
@@ -342,30 +350,7 @@ export class OtlpIngest {
     this.ready ??= (async () => {
       this.producer ??= createRecordProducer(this.kafka);
       await this.producer.connect();
-      if (!this.topicReady) {
-        const admin = await connectAdmin(this.kafka);
-        try {
-          await provideTopics(
-            admin,
-            [
-              {
-                name: this.topic,
-                partitions: this.config.partitions,
-                config: modelCallsTopicConfig(this.config.modelCallsRetentionMs),
-              },
-            ],
-            this.config.autoCreateTopics,
-          );
-        } finally {
-          await admin.close();
-        }
-        this.topicReady = true;
-      }
-      this.codec ??= await AvroCodec.register(MODEL_CALL_EVENT, {
-        registryUrl: this.config.connection.schemaRegistry,
-        subject: valueSubject(this.topic),
-        autoRegister: this.config.autoRegisterSchemas,
-      });
+      await this.output.ready();
     })().catch((error: unknown) => {
       this.ready = undefined;
       const old = this.producer;
@@ -590,7 +575,7 @@ export class OtlpIngest {
     });
     const send = (async () => {
       await this.ensureReady();
-      const codec = this.codec as AvroCodec<ModelCallEvent>;
+      const codec = this.output.readyCodec as AvroCodec<ModelCallEvent>;
       const records = events.map((event) => ({ key: event.service, value: codec.encode(event) }));
       await (this.producer as RecordProducer).send(this.topic, records, "gzip", {
         onTooLarge: (error) => {

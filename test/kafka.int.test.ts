@@ -146,6 +146,40 @@ describe("Kafka (real broker)", () => {
     }
   });
 
+  it("creates topics while other processes create theirs: ensureTopics waits for the leaders instead of failing with 'does not host this topic-partition'", async () => {
+    // Replicas, the processor and the sink start together and each creates what it needs: the
+    // broker answers metadata for a topic its controller just created before it hosts it.
+    const settings = {
+      clientId: uniqueName("create"),
+      brokers: services().kafkaBrokers.split(","),
+    };
+    const names = Array.from({ length: 10 }, (_, i) =>
+      Array.from({ length: 6 }, (_, j) => `${uniqueName("created")}-${i}-${j}`),
+    );
+    try {
+      const outcomes = await Promise.allSettled(
+        names.map(async (group) => {
+          const ours = await connectAdmin(settings);
+          try {
+            return await ours.ensureTopics(group.map((name) => ({ name, partitions: 6 })));
+          } finally {
+            await ours.close();
+          }
+        }),
+      );
+      const failures = outcomes.flatMap((outcome) =>
+        outcome.status === "rejected" ? [String(outcome.reason)] : [],
+      );
+      expect(failures).toEqual([]);
+      const metadata = await admin.fetchTopicMetadata({ topics: names.flat() });
+      expect(metadata.topics.map((topic) => topic.partitions.length)).toEqual(
+        names.flat().map(() => 6),
+      );
+    } finally {
+      await admin.deleteTopics({ topics: names.flat() }).catch(() => undefined);
+    }
+  });
+
   it("creates a topic with the partitions asked for", async () => {
     const metadata = await admin.fetchTopicMetadata({ topics: [topic] });
     expect(metadata.topics[0]?.partitions).toHaveLength(3);

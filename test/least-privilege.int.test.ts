@@ -21,6 +21,7 @@ import { Sink } from "../sink/sink.js";
 import { runCli } from "./support/cli.js";
 import { sampleEvent } from "./support/events.js";
 import {
+  createTopics,
   quietLogger,
   services,
   testKafka,
@@ -198,7 +199,7 @@ describe("autoCreateTopics: false on a prefix nobody provisioned", () => {
       expect(await topicsOf(topic)).toEqual([]);
       const admin = testKafka().admin();
       await admin.connect();
-      await admin.createTopics({ waitForLeaders: true, topics: [{ topic, numPartitions: 1 }] });
+      await createTopics(admin, [{ topic, numPartitions: 1 }]);
       await admin.disconnect();
       expect(await exporter.flush(30_000)).toEqual({ complete: true, remaining: 0 });
       expect(exporter.stats()).toMatchObject({ sent: 5, dropped: 0 });
@@ -261,12 +262,13 @@ describe("autoRegisterSchemas: false with subjects nobody registered", () => {
     // The topics are there (created by the test); the subjects are not.
     const admin = testKafka().admin();
     await admin.connect();
-    await admin.createTopics({
-      waitForLeaders: true,
-      topics: [topics.modelCalls, topics.metricRollups, topics.alerts, topics.deadLetter].map(
-        (topic) => ({ topic, numPartitions: 1 }),
-      ),
-    });
+    await createTopics(
+      admin,
+      [topics.modelCalls, topics.metricRollups, topics.alerts, topics.deadLetter].map((topic) => ({
+        topic,
+        numPartitions: 1,
+      })),
+    );
     await admin.disconnect();
   });
 

@@ -10,7 +10,7 @@ import { afterAll, describe, expect, it } from "vitest";
 
 import { topicNames } from "../config/index.js";
 import { runCli } from "./support/cli.js";
-import { services, testKafka, uniqueName } from "./support/isolation.js";
+import { createTopics, services, testKafka, uniqueName } from "./support/isolation.js";
 
 const PROVISION = "mcp-observatory topics create";
 const prefixes: string[] = [];
@@ -247,12 +247,13 @@ describe("the least-privilege switches on the command line", () => {
     const names = topicNames(prefix);
     const admin = testKafka().admin();
     await admin.connect();
-    await admin.createTopics({
-      waitForLeaders: true,
-      topics: [names.modelCalls, names.metricRollups, names.alerts, names.deadLetter].map(
-        (topic) => ({ topic, numPartitions: 1 }),
-      ),
-    });
+    await createTopics(
+      admin,
+      [names.modelCalls, names.metricRollups, names.alerts, names.deadLetter].map((topic) => ({
+        topic,
+        numPartitions: 1,
+      })),
+    );
     await admin.disconnect();
     const result = await runCli(
       ["sink", "--no-auto-create-topics", "--metrics-port", "0"],

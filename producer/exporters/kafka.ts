@@ -27,7 +27,7 @@ import {
   modelCallsTopicConfig,
   topicNames,
   UNLIMITED_RETENTION_MS,
-  type RegistryEndpoint,
+  type RegistryTarget,
   type SecurityEndpointOptions,
 } from "../../config/index.js";
 import { provisioningSwitch } from "../../config/provisioning.js";
@@ -100,21 +100,69 @@ export interface KafkaExporterOptions extends BatchingOptions, SecurityEndpointO
   readonly logger?: Logger;
 }
 
+/**
+ * The model-calls topic as a writer of events needs it: created when it is missing and the writer
+ * may (as the processor and the sink create it: `modelCallsTopicConfig`), else only checked, and
+ * its subject's codec (registered, or only looked up). Each step is done once; a step that failed
+ * is tried again at the next {@link ready}. The library's exporter and the OTLP receiver
+ * (otlp/ingest.ts) both write through it.
+ */
+export class ModelCallsTopic {
+  private provided = false;
+  private codec: AvroCodec<ModelCallEvent> | undefined;
+
+  constructor(
+    private readonly options: {
+      readonly kafka: KafkaSettings;
+      readonly topic: string;
+      readonly partitions: number;
+      readonly retentionMs: number;
+      readonly autoCreateTopics: boolean;
+      readonly registry: RegistryTarget;
+      readonly autoRegisterSchemas: boolean;
+    },
+  ) {}
+
+  /** The codec, once {@link ready} has resolved. */
+  get readyCodec(): AvroCodec<ModelCallEvent> | undefined {
+    return this.codec;
+  }
+
+  /** Provides the topic and the codec (what is not done yet), and gives the codec. */
+  async ready(): Promise<AvroCodec<ModelCallEvent>> {
+    const { kafka, topic, partitions, retentionMs, autoCreateTopics } = this.options;
+    if (!this.provided) {
+      const admin = await connectAdmin(kafka);
+      try {
+        await provideTopics(
+          admin,
+          [{ name: topic, partitions, config: modelCallsTopicConfig(retentionMs) }],
+          autoCreateTopics,
+        );
+      } finally {
+        await admin.close();
+      }
+      this.provided = true;
+    }
+    this.codec ??= await AvroCodec.register(MODEL_CALL_EVENT, {
+      registryUrl: this.options.registry,
+      subject: valueSubject(topic),
+      autoRegister: this.options.autoRegisterSchemas,
+    });
+    return this.codec;
+  }
+}
+
 export class KafkaExporter extends BatchingExporter {
   readonly topic: string;
   private readonly kafka: KafkaSettings;
-  private readonly registry: RegistryEndpoint;
-  private readonly topicPartitions: number;
-  private readonly autoCreateTopics: boolean;
-  private readonly autoRegisterSchemas: boolean;
+  private readonly output: ModelCallsTopic;
   private readonly clientId: string;
   private readonly compression: Compression;
   private readonly maxRecordBytes: number;
   private readonly maxRequestBytes: number;
   private producer: RecordProducer | undefined;
   private connected = false;
-  private topicReady = false;
-  private codec: AvroCodec<ModelCallEvent> | undefined;
   private tooLarge = 0;
   /**
    * The encoded form of the batch in flight, kept across retries: how many of its records are
@@ -136,15 +184,18 @@ export class KafkaExporter extends BatchingExporter {
     const topic = options.topic ?? topicNames(connection.topicPrefix).modelCalls;
     super(options, topic, redactingLogger(options.logger ?? stderrLogger));
     this.topic = topic;
-    this.topicPartitions = positiveInt("topicPartitions", options.topicPartitions, 6);
-    this.autoCreateTopics = provisioningSwitch("autoCreateTopics", options.autoCreateTopics);
-    this.autoRegisterSchemas = provisioningSwitch(
-      "autoRegisterSchemas",
-      options.autoRegisterSchemas,
-    );
     this.clientId = options.clientId ?? "mcp-observatory-exporter";
     this.kafka = kafkaSettingsOf(connection, this.clientId);
-    this.registry = connection.schemaRegistry;
+    this.output = new ModelCallsTopic({
+      kafka: this.kafka,
+      topic,
+      partitions: positiveInt("topicPartitions", options.topicPartitions, 6),
+      // As the processor and the sink create it: kept for ever, stamped with the broker's clock.
+      retentionMs: UNLIMITED_RETENTION_MS,
+      autoCreateTopics: provisioningSwitch("autoCreateTopics", options.autoCreateTopics),
+      registry: connection.schemaRegistry,
+      autoRegisterSchemas: provisioningSwitch("autoRegisterSchemas", options.autoRegisterSchemas),
+    });
     const compression: string = options.compression ?? "gzip";
     if (compression !== "none" && compression !== "gzip" && compression !== "snappy")
       throw new ConfigError(
@@ -189,7 +240,7 @@ export class KafkaExporter extends BatchingExporter {
       for (const event of batch) {
         let value: Buffer;
         try {
-          value = (this.codec as AvroCodec<ModelCallEvent>).encode(event);
+          value = (this.output.readyCodec as AvroCodec<ModelCallEvent>).encode(event);
         } catch (error) {
           dropped++;
           this.logger.error("event cannot be encoded; dropped", {
@@ -276,30 +327,6 @@ export class KafkaExporter extends BatchingExporter {
       await this.producer.connect();
       this.connected = true;
     }
-    if (!this.topicReady) {
-      const admin = await connectAdmin(this.kafka);
-      try {
-        // As the processor and the sink create it: kept for ever, stamped with the broker's clock.
-        await provideTopics(
-          admin,
-          [
-            {
-              name: this.topic,
-              partitions: this.topicPartitions,
-              config: modelCallsTopicConfig(UNLIMITED_RETENTION_MS),
-            },
-          ],
-          this.autoCreateTopics,
-        );
-      } finally {
-        await admin.close();
-      }
-      this.topicReady = true;
-    }
-    this.codec ??= await AvroCodec.register(MODEL_CALL_EVENT, {
-      registryUrl: this.registry,
-      subject: valueSubject(this.topic),
-      autoRegister: this.autoRegisterSchemas,
-    });
+    await this.output.ready();
   }
 }

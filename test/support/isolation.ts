@@ -9,6 +9,7 @@ import { Kafka, logLevel, type Admin } from "kafkajs";
 import pg from "pg";
 import { afterAll, beforeAll, expect, inject } from "vitest";
 
+import { awaitLeaders } from "../../kafka/index.js";
 import type { OpsLogger } from "../../ops/index.js";
 import type { ServiceEndpoints } from "./endpoints.js";
 
@@ -39,19 +40,26 @@ export function testKafka(clientId = uniqueName("test"), brokers = services().ka
   });
 }
 
-/** Creates topics and waits for their leaders. */
+/**
+ * Creates topics and waits for their leaders (as the product does: kafkajs's own wait gives up at
+ * the first "does not host this topic-partition" of a broker still taking the topic in).
+ */
 export async function createTopics(
   admin: Admin,
   topics: readonly { topic: string; numPartitions?: number; config?: Record<string, string> }[],
 ): Promise<void> {
   await admin.createTopics({
-    waitForLeaders: true,
+    waitForLeaders: false,
     topics: topics.map(({ topic, numPartitions, config }) => ({
       topic,
       numPartitions: numPartitions ?? 1,
       configEntries: Object.entries(config ?? {}).map(([name, value]) => ({ name, value })),
     })),
   });
+  await awaitLeaders(
+    admin,
+    topics.map(({ topic }) => topic),
+  );
 }
 
 /** A database of this test file's own, created on the test PostgreSQL server. */
